@@ -1,0 +1,261 @@
+"""Run configuration: TOML files validated once into typed dataclasses.
+
+A config file has one table per section; every key is optional and falls back to the default
+below. Unknown sections or keys are errors (a typo must not silently run the default)::
+
+    seed = 0
+    [data]
+    source = "cifar10"
+    [pretrain]
+    arch = "smallnet"
+    epochs = 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EntropyConfig",
+    "PretrainConfig",
+    "ProbeConfig",
+    "PruneConfig",
+    "RunConfig",
+    "config_to_toml",
+    "load_config",
+    "shipped_configs",
+]
+
+KNOWN_ARCHS = ("mobilenetv3_small", "resnet18", "smallnet")
+KNOWN_DATASETS = ("cifar10", "cifar100", "imagefolder", "pacs")
+
+
+class ConfigError(ValueError):
+    """A config file or value is invalid."""
+
+
+def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False, hi_open=False):
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (ok_lo and ok_hi):
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ConfigError(f"{name} must be in {lb}{lo}, {hi}{rb}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, lo: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/datasets"
+    """folder holding the datasets (relative paths are relative to the working directory)."""
+    source: str = "cifar10"
+    """source (pre-training) dataset."""
+    target: str = "cifar100"
+    """target (transfer) dataset."""
+    target_domains: list[str] = field(default_factory=list)
+    """PACS domains to use for the target (empty = all)."""
+    source_per_class: int = 0
+    """source training images per class (0 = all)."""
+    target_train_per_class: int = 0
+    """target training images per class used for entropy and the probe (0 = all)."""
+    target_test_per_class: int = 0
+    """target test images per class for the probe accuracy (0 = all)."""
+    download: bool = False
+    """download official archives when missing (needs internet)."""
+
+    def __post_init__(self) -> None:
+        for name in ("source", "target"):
+            value = getattr(self, name)
+            if value not in KNOWN_DATASETS:
+                raise ConfigError(
+                    f"data.{name} = {value!r} is not a known dataset; known: "
+                    + ", ".join(KNOWN_DATASETS)
+                )
+        for name in ("source_per_class", "target_train_per_class", "target_test_per_class"):
+            _check_int(f"data.{name}", getattr(self, name), lo=0)
+
+
+@dataclass
+class PretrainConfig:
+    arch: str = "resnet18"
+    """encoder architecture: one of mobilenetv3_small, resnet18, smallnet."""
+    epochs: int = 90
+    batch_size: int = 128
+    lr: float = 0.1
+    """peak SGD learning rate (per batch of batch_size), cosine-decayed to 0."""
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in KNOWN_ARCHS:
+            raise ConfigError(
+                f"pretrain.arch = {self.arch!r} is not a known architecture; known: "
+                + ", ".join(KNOWN_ARCHS)
+            )
+        _check_int("pretrain.epochs", self.epochs)
+        _check_int("pretrain.batch_size", self.batch_size)
+        _check_range("pretrain.lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("pretrain.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+
+
+@dataclass
+class PruneConfig:
+    keep_per_round: float = 0.75
+    """fraction of the remaining weights each round keeps (the paper removes 25%)."""
+    alpha_min: float = 0.005
+    """stop at the last rung whose kept fraction alpha is >= alpha_min."""
+    retrain_epochs: int = 10
+    """source epochs of retraining after each prune."""
+    lr: float = 0.05
+    """peak learning rate of each retraining (cosine)."""
+
+    def __post_init__(self) -> None:
+        _check_range("prune.keep_per_round", self.keep_per_round, 0.0, 1.0, lo_open=True,
+                     hi_open=True)
+        _check_range("prune.alpha_min", self.alpha_min, 0.0, 1.0, lo_open=True)
+        _check_int("prune.retrain_epochs", self.retrain_epochs, lo=0)
+        _check_range("prune.lr", self.lr, 0.0, 10.0, lo_open=True)
+
+
+@dataclass
+class EntropyConfig:
+    levels: int = 4
+    """quantization levels M (eqs. 2-6); the paper uses 4."""
+
+    def __post_init__(self) -> None:
+        _check_int("entropy.levels", self.levels, lo=2)
+        if self.levels > 1024:
+            raise ConfigError(f"entropy.levels must be in [2, 1024], got {self.levels}")
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 30
+    """epochs of head training on the frozen target features."""
+    batch_size: int = 128
+    lr: float = 1e-3
+    """Adam learning rate (features are standardized first)."""
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        _check_int("probe.epochs", self.epochs)
+        _check_int("probe.batch_size", self.batch_size)
+        _check_range("probe.lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_range("probe.weight_decay", self.weight_decay, 0.0, 1.0)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"
+    """"auto" (CUDA when present), "cpu" or "cuda"."""
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        _check_int("seed", self.seed, lo=0)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """sha256 of the canonical TOML form (a stable config hash for provenance)."""
+        return hashlib.sha256(config_to_toml(self).encode()).hexdigest()
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "pretrain": PretrainConfig,
+    "prune": PruneConfig,
+    "entropy": EntropyConfig,
+    "probe": ProbeConfig,
+}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"invalid {where}: {e}") from e
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    top = {k: v for k, v in raw.items() if k not in _SECTIONS}
+    sections = {}
+    for key, cls in _SECTIONS.items():
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
+        sections[key] = _build(cls, value, f"[{key}]")
+    return _build(RunConfig, {**top, **sections}, "the top level")
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Configs that ship with the package, by name (``quickstart``, ``paper``, ...)."""
+    folder = resources.files("entropi.host") / "configs"
+    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir()
+            if p.name.endswith(".toml")}
+
+
+def load_config(path_or_name: str | os.PathLike) -> RunConfig:
+    """Load a TOML config file, or a shipped config by name (see :func:`shipped_configs`)."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        shipped = shipped_configs()
+        if str(path_or_name) in shipped:
+            path = shipped[str(path_or_name)]
+        else:
+            raise ConfigError(
+                f"config {str(path_or_name)!r} is neither a file nor a shipped config; shipped: "
+                + ", ".join(sorted(shipped))
+            )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    return config_from_dict(raw)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML (every key, defaults included); loads back to ``cfg``."""
+    d = cfg.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in _SECTIONS]
+    for section in _SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in d[section].items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""Host-side linear probe: train a softmax head on frozen encoder features, report accuracy.
+
+Features are standardized with the training mean and std (the head is linear, so this changes
+only the optimization, not what is reachable), then a linear layer is trained with Adam on
+mini-batches. Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+__all__ = ["ProbeResult", "linear_probe"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    train_accuracy: float
+    test_accuracy: float
+    final_loss: float
+
+
+def _as_tensor(a: np.ndarray, name: str, device) -> torch.Tensor:
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples x features), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN/inf")
+    return torch.as_tensor(a, dtype=torch.float32, device=device)
+
+
+def linear_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    num_classes: int,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> ProbeResult:
+    """Train ``Linear(features, num_classes)`` on (train_x, train_y); top-1 on (test_x, test_y)."""
+    xtr = _as_tensor(train_x, "train_x", device)
+    xte = _as_tensor(test_x, "test_x", device)
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"train/test feature widths differ: {xtr.shape[1]} vs {xte.shape[1]}")
+    ytr = torch.as_tensor(np.asarray(train_y), dtype=torch.int64, device=device)
+    yte = torch.as_tensor(np.asarray(test_y), dtype=torch.int64, device=device)
+    for name, y in (("train_y", ytr), ("test_y", yte)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(f"{name} has labels outside [0, {num_classes})")
+    mu = xtr.mean(0, keepdim=True)
+    sd = xtr.std(0, keepdim=True).clamp_min(1e-6)
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    head = torch.nn.Linear(xtr.shape[1], num_classes).to(device)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.01, generator=gen)
+        head.bias.zero_()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    n = len(xtr)
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    loss = torch.tensor(float("nan"))
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        train_acc = float((head(xtr).argmax(1) == ytr).float().mean())
+        test_acc = float((head(xte).argmax(1) == yte).float().mean())
+    return ProbeResult(train_acc, test_acc, float(loss))

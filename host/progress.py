@@ -1,0 +1,15 @@
+"""Progress bars for long work (tqdm to stderr; silent when ENTROPI_QUIET=1)."""
+
+from __future__ import annotations
+
+import os
+
+from tqdm.auto import tqdm
+
+__all__ = ["progress"]
+
+
+def progress(*, total: int, desc: str, unit: str = "it") -> tqdm:
+    quiet = os.environ.get("ENTROPI_QUIET", "") not in ("", "0")
+    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False, dynamic_ncols=True,
+                mininterval=1.0)

@@ -1,0 +1,155 @@
+"""Supervised training, evaluation and feature extraction on tensors held on the training device.
+
+Images stay uint8 NHWC on the device; :func:`entropi.host.data.iterate_batches` normalizes and
+augments whole batches there. On CUDA, training uses bfloat16 autocast and channels_last.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .data import iterate_batches
+from .prune import Masks, apply_masks
+from .progress import progress
+
+__all__ = ["TrainStats", "evaluate", "extract_features", "pick_device", "train"]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+@dataclass
+class TrainStats:
+    epochs: int
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_second: float
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    label_smoothing: float = 0.0,
+    masks: Masks | None = None,
+    seed: int = 0,
+    desc: str = "train",
+) -> TrainStats:
+    """SGD + momentum (Nesterov) with a per-step cosine schedule from ``lr`` to 0.
+
+    ``x`` is uint8 NHWC and ``y`` int64, both on the model's device. With ``masks``, pruned
+    encoder weights are re-zeroed after every step, so they stay exactly 0.
+    """
+    device = x.device
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        lr=lr,
+        momentum=momentum,
+        nesterov=momentum > 0,
+    )
+    steps_per_epoch = math.ceil(len(x) / batch_size)
+    total = max(1, epochs * steps_per_epoch)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.train()
+    step, loss_val, t0 = 0, float("nan"), time.perf_counter()
+    bar = progress(total=total, desc=desc, unit="step")
+    try:
+        for _ in range(epochs):
+            for xb, yb in iterate_batches(
+                x, y, batch_size, shuffle=True, augment=True, generator=gen, mean=mean, std=std,
+                channels_last=channels_last,
+            ):
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                with _autocast(device):
+                    loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if masks is not None:
+                    apply_masks(model.encoder, masks)
+                step += 1
+                if step % 20 == 0 or step == total:
+                    loss_val = float(loss)
+                    if not math.isfinite(loss_val):
+                        raise FloatingPointError(
+                            f"{desc}: loss became {loss_val} at step {step}; lower the learning "
+                            "rate"
+                        )
+                    bar.set_postfix(loss=f"{loss_val:.3f}")
+                bar.update(1)
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        model.to(memory_format=torch.contiguous_format)
+    seconds = time.perf_counter() - t0
+    return TrainStats(epochs, step, loss_val, seconds, epochs * len(x) / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def _forward_batches(module, x, batch_size, mean, std, amp=True):
+    module.eval()
+    device = x.device
+    for xb, _ in iterate_batches(
+        x, None, batch_size, shuffle=False, augment=False, mean=mean, std=std,
+        channels_last=device.type == "cuda",
+    ):
+        if amp:
+            with _autocast(device):
+                yield module(xb).float()
+        else:
+            yield module(xb).float()
+
+
+def evaluate(model, x, y, *, mean, std, batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on uint8 NHWC ``x`` with labels ``y`` (same device)."""
+    correct = 0
+    offset = 0
+    for logits in _forward_batches(model, x, batch_size, mean, std):
+        correct += int((logits.argmax(1) == y[offset : offset + len(logits)]).sum())
+        offset += len(logits)
+    return correct / len(x)
+
+
+def extract_features(encoder, x, *, mean, std, batch_size: int = 512) -> np.ndarray:
+    """Encoder outputs (float32 numpy, N x feature_dim) for uint8 NHWC ``x``.
+
+    Computed in float32 even on CUDA: the entropy quantizes these values, and bfloat16 rounding
+    would move samples across quantization bins.
+    """
+    batches = _forward_batches(encoder, x, batch_size, mean, std, amp=False)
+    return torch.cat([f.cpu() for f in batches]).numpy()

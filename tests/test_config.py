@@ -1,0 +1,47 @@
+"""Configs: shipped files validate, bad values name the key and range, TOML round-trips."""
+
+import pytest
+
+from entropi.host.config import ConfigError, config_to_toml, load_config, shipped_configs
+
+
+def test_every_shipped_config_validates():
+    shipped = shipped_configs()
+    assert {"quickstart", "paper", "paper_mobilenetv3"} <= set(shipped)
+    for name in shipped:
+        cfg = load_config(name)
+        assert cfg.pretrain.arch in ("smallnet", "resnet18", "mobilenetv3_small")
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config("quickstart")
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(cfg))
+    again = load_config(path)
+    assert again == cfg and again.digest() == cfg.digest()
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[pretrain]\narch = "vgg"', "known: mobilenetv3_small, resnet18, smallnet"),
+        ('[data]\nsource = "imagenet"', "known: cifar10, cifar100"),
+        ("[prune]\nkeep_per_round = 1.5", r"prune.keep_per_round must be in \(0.0, 1.0\)"),
+        ("[prune]\nalpha_min = 0", r"prune.alpha_min must be in \(0.0, 1.0\]"),
+        ("[entropy]\nlevels = 1", "entropy.levels must be an integer >= 2"),
+        ("[pretrain]\nepochs = 0", "pretrain.epochs must be an integer >= 1"),
+        ("[pretrain]\nepoch = 3", r"unknown key\(s\) \['epoch'\] in \[pretrain\]"),
+        ("seed = -1", "seed must be an integer >= 0"),
+        ("[pretrain", "not valid TOML"),
+    ],
+)
+def test_bad_values(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_unknown_config_name_lists_shipped():
+    with pytest.raises(ConfigError, match="shipped: .*quickstart"):
+        load_config("no-such-config")
