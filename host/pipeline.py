@@ -32,7 +32,7 @@ from .checkpoint import (
     classifier_from_checkpoint,
 )
 from .config import RunConfig, config_to_toml, load_config
-from .data import load_dataset, stratified_subset
+from .data import channel_stats, load_dataset, stratified_subset
 from .entropy import state_entropy
 from .models import build_model
 from .probe import linear_probe
@@ -163,9 +163,7 @@ def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
     train_ds = _load(cfg, "source", "train")
     test_ds = _load(cfg, "source", _TEST_SPLIT[cfg.data.source])
     x, y = _subset(train_ds, cfg.data.source_per_class, cfg.seed)
-    xf = x.reshape(-1, 3).astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in xf.mean(0))
-    std = tuple(float(v) for v in xf.std(0))
+    mean, std = channel_stats(x)
     to = lambda a, dt: torch.as_tensor(a, dtype=dt).to(device)  # noqa: E731
     return SourceData(
         to(x, torch.uint8), to(y, torch.int64), to(test_ds.x, torch.uint8),

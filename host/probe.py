@@ -81,4 +81,4 @@ def linear_probe(
     with torch.no_grad():
         train_acc = float((head(xtr).argmax(1) == ytr).float().mean())
         test_acc = float((head(xte).argmax(1) == yte).float().mean())
-    return ProbeResult(train_acc, test_acc, float(loss))
+    return ProbeResult(train_acc, test_acc, float(loss.detach()))

@@ -80,7 +80,9 @@ def train(
         momentum=momentum,
         nesterov=momentum > 0,
     )
-    steps_per_epoch = math.ceil(len(x) / batch_size)
+    # drop the last partial batch: a batch of one breaks batch norm in training mode
+    drop_last = len(x) > batch_size
+    steps_per_epoch = len(x) // batch_size if drop_last else 1
     total = max(1, epochs * steps_per_epoch)
     gen = torch.Generator(device=device).manual_seed(seed)
     model.train()
@@ -90,7 +92,7 @@ def train(
         for _ in range(epochs):
             for xb, yb in iterate_batches(
                 x, y, batch_size, shuffle=True, augment=True, generator=gen, mean=mean, std=std,
-                channels_last=channels_last,
+                channels_last=channels_last, drop_last=drop_last,
             ):
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
@@ -103,7 +105,7 @@ def train(
                     apply_masks(model.encoder, masks)
                 step += 1
                 if step % 20 == 0 or step == total:
-                    loss_val = float(loss)
+                    loss_val = float(loss.detach())
                     if not math.isfinite(loss_val):
                         raise FloatingPointError(
                             f"{desc}: loss became {loss_val} at step {step}; lower the learning "
@@ -124,8 +126,9 @@ def train(
 def _forward_batches(module, x, batch_size, mean, std, amp=True):
     module.eval()
     device = x.device
+    labels = torch.zeros(len(x), dtype=torch.int64, device=device)
     for xb, _ in iterate_batches(
-        x, None, batch_size, shuffle=False, augment=False, mean=mean, std=std,
+        x, labels, batch_size, shuffle=False, augment=False, mean=mean, std=std,
         channels_last=device.type == "cuda",
     ):
         if amp:

@@ -70,8 +70,18 @@ def test_zeros_survive_retraining():
     x = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     y = torch.randint(0, 3, (64,))
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    train(model, x, y, epochs=2, batch_size=16, lr=0.1, weight_decay=1e-3, masks=masks,
-          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    train(
+        model,
+        x,
+        y,
+        epochs=2,
+        batch_size=16,
+        lr=0.1,
+        weight_decay=1e-3,
+        masks=masks,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
     for name, p in prunable_parameters(model.encoder):
         assert torch.all(p[~masks[name]] == 0.0), name  # exactly zero, not just small
         assert torch.any(p[masks[name]] != before[name][masks[name]])  # kept weights trained

@@ -1,0 +1,238 @@
+"""Datasets for entropi: readers, the uint8 cache, stratified subsets and on-device batches.
+
+One entry point, :func:`load_dataset`, returns a :class:`Dataset` (uint8 NHWC images + int64
+labels) for a name in :data:`DATASETS`:
+
+- ``cifar10``: the official python files (``root/cifar-10-batches-py/``), else the image folder
+  ``root/cifar10-jpeg/{train,test}/<class>/*.jpg``, else its archive ``root/cifar10-jpeg.tar.gz``;
+  with ``download=True`` and none of these, the official archive is downloaded.
+- ``cifar100``: the official python files ``root/cifar-100-python/{train,test,meta}``.
+- ``pacs``: ``root/pacs32/`` (``index.csv`` + ``<domain>/<class>/*.png``) or ``root/pacs32.tar.gz``.
+- ``imagefolder``: ``root/<split>/<class>/*.jpg|png`` (``root`` may also be a ``.tar.gz``).
+
+Slow sources are decoded once into a uint8 cache (``$ENTROPI_CACHE`` or ``./.cache/entropi``).
+Training then moves the arrays to the device (:func:`to_device`) and iterates augmented,
+normalized batches there (:class:`TensorLoader` / :func:`iterate_batches`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._data_archive import DownloadError, download_file, extract_tar
+from ._data_base import (
+    ChecksumError,
+    Dataset,
+    DatasetNotFoundError,
+    UnsafeArchiveError,
+    default_cache_dir,
+    file_md5,
+)
+from ._data_batches import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    TensorLoader,
+    augment_crop_flip,
+    channel_stats,
+    iterate_batches,
+    normalize,
+    to_device,
+)
+from ._data_cifar import CIFAR, read_cifar
+from ._data_images import read_image_folder, read_pacs
+from ._data_subset import stratified_split, stratified_subset
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "ChecksumError",
+    "DATASETS",
+    "Dataset",
+    "DatasetNotFoundError",
+    "DatasetSpec",
+    "DownloadError",
+    "TensorLoader",
+    "UnsafeArchiveError",
+    "augment_crop_flip",
+    "channel_stats",
+    "default_cache_dir",
+    "download_file",
+    "extract_tar",
+    "file_md5",
+    "iterate_batches",
+    "load_dataset",
+    "normalize",
+    "read_cifar",
+    "read_image_folder",
+    "read_pacs",
+    "stratified_split",
+    "stratified_subset",
+    "to_device",
+]
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+@dataclass(frozen=True)
+class _Request:
+    split: str
+    root: Path
+    download: bool
+    domains: Sequence[str] | None
+    cache_dir: Path
+    url: str | None
+    progress: bool
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: what the dataset is, its splits, and the function that loads it."""
+
+    description: str
+    splits: tuple[str, ...]
+    load: Callable[[_Request], Dataset]
+
+
+def _load_cifar10(r: _Request) -> Dataset:
+    official = CIFAR["cifar10"]
+    folder, jpeg_dir, jpeg_tar = (
+        r.root / official.folder,
+        r.root / "cifar10-jpeg",
+        r.root / "cifar10-jpeg.tar.gz",
+    )
+    complete = all((folder / f).is_file() for f in (*official.splits[r.split], official.meta))
+    if complete or r.root.name == official.folder:
+        return read_cifar("cifar10", r.split, r.root, cache_dir=r.cache_dir)
+    for source in (jpeg_dir, jpeg_tar):
+        if source.exists():
+            ds = read_image_folder(source, r.split, name="cifar10", cache_dir=r.cache_dir)
+            if tuple(ds.classes) != CIFAR10_CLASSES:
+                raise ValueError(
+                    f"{source} has class folders {ds.classes}; CIFAR-10 needs exactly "
+                    f"{list(CIFAR10_CLASSES)}"
+                )
+            return ds
+    if r.download:
+        return read_cifar(
+            "cifar10",
+            r.split,
+            r.root,
+            download=True,
+            url=r.url,
+            cache_dir=r.cache_dir,
+            progress=r.progress,
+        )
+    raise DatasetNotFoundError(
+        f"CIFAR-10 {r.split} not found. Searched, in order: {folder}/ (official python files "
+        f"{[*official.splits[r.split], official.meta]}), {jpeg_dir}/ (image folder "
+        f"{r.split}/<class>/*.jpg), {jpeg_tar}. Pass download=True to fetch the official "
+        f"{official.archive} from {official.url}, or put one of these under {r.root}"
+    )
+
+
+def _load_cifar100(r: _Request) -> Dataset:
+    return read_cifar(
+        "cifar100",
+        r.split,
+        r.root,
+        download=r.download,
+        url=r.url,
+        cache_dir=r.cache_dir,
+        progress=r.progress,
+    )
+
+
+def _load_pacs(r: _Request) -> Dataset:
+    candidates = [r.root / "pacs32", r.root / "pacs32.tar.gz", r.root]
+    for source in candidates:
+        if (source.is_dir() and (source / "index.csv").is_file()) or (
+            source.is_file() and source.name.endswith((".tar.gz", ".tgz", ".tar"))
+        ):
+            return read_pacs(source, r.split, domains=r.domains, cache_dir=r.cache_dir)
+    raise DatasetNotFoundError(
+        f"PACS not found. Searched {candidates[0]}/index.csv, {candidates[1]} and "
+        f"{candidates[2]}/index.csv. Expected pacs32/index.csv (path,class,domain,split) with "
+        f"pacs32/<domain>/<class>/<name>.png, or the archive pacs32.tar.gz, under {r.root}; "
+        f"PACS has no automatic download"
+    )
+
+
+def _load_imagefolder(r: _Request) -> Dataset:
+    return read_image_folder(r.root, r.split, name="imagefolder", cache_dir=r.cache_dir)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "cifar10": DatasetSpec("CIFAR-10, 10 classes, 50k/10k 32x32", ("train", "test"), _load_cifar10),
+    "cifar100": DatasetSpec(
+        "CIFAR-100, 100 fine classes, 50k/10k 32x32", ("train", "test"), _load_cifar100
+    ),
+    "pacs": DatasetSpec(
+        "PACS 32x32, 7 classes, 4 domains (art_painting, cartoon, photo, sketch)",
+        ("train", "val", "test", "all"),
+        _load_pacs,
+    ),
+    "imagefolder": DatasetSpec(
+        "any <root>/<split>/<class>/*.jpg|png folder (or .tar.gz of one)", (), _load_imagefolder
+    ),
+}
+
+
+def load_dataset(
+    name: str,
+    split: str,
+    root: str | os.PathLike,
+    *,
+    download: bool = False,
+    domains: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    url: str | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Load split ``split`` of dataset ``name`` (a key of :data:`DATASETS`) from ``root``.
+
+    ``download``: fetch the official archive when the files are missing (CIFAR only; ``url``
+    overrides the archive's URL). ``domains``: PACS domains to keep (default all). ``cache_dir``:
+    where extracted archives and decoded arrays go (default :func:`default_cache_dir`).
+
+    Raises ``ValueError`` for an unknown name, split or domain, :class:`DatasetNotFoundError`
+    (naming the paths searched and how to get the files) when the data is missing, and
+    :class:`ChecksumError` when an official file's MD5 does not match.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {sorted(DATASETS)}")
+    spec = DATASETS[name]
+    if spec.splits and split not in spec.splits:
+        raise ValueError(f"{name} has no split {split!r}; valid splits: {list(spec.splits)}")
+    if domains is not None and name != "pacs":
+        raise ValueError(f"domains={domains!r} only applies to 'pacs', not to {name!r}")
+    if url is not None and name not in CIFAR:
+        raise ValueError(f"url only applies to the downloadable datasets {sorted(CIFAR)}")
+    request = _Request(
+        split=split,
+        root=Path(root).expanduser(),
+        download=download,
+        domains=domains,
+        cache_dir=Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+        url=url,
+        progress=progress,
+    )
+    return spec.load(request)

@@ -1,0 +1,137 @@
+"""End to end on a tiny image folder: results.json, the plot, resume after an interrupt."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from entropi.host import pipeline
+from entropi.host.checkpoint import CheckpointError, list_rungs, load_rung
+from entropi.host.config import config_from_dict
+from entropi.host.data import DatasetNotFoundError
+
+
+def tiny_config(root, **prune):
+    return config_from_dict(
+        {
+            "name": "tiny",
+            "seed": 0,
+            "device": "cpu",
+            "data": {"root": str(root), "source": "imagefolder", "target": "imagefolder"},
+            "pretrain": {"arch": "smallnet", "epochs": 2, "batch_size": 16, "lr": 0.05},
+            "prune": {"keep_per_round": 0.5, "alpha_min": 0.1, "retrain_epochs": 1, **prune},
+            "probe": {"epochs": 3, "batch_size": 16},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(image_folder, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run") / "r"
+    results = pipeline.run_all(tiny_config(image_folder), out, argv=["entropi", "run"])
+    return out, results
+
+
+def test_results_and_artifacts(finished_run):
+    out, results = finished_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    alphas = [r["alpha"] for r in results["rungs"]]
+    assert alphas == pytest.approx([1.0, 0.5, 0.25, 0.125], abs=1e-5)
+    for r in results["rungs"]:
+        for key in (
+            "alpha",
+            "nnz",
+            "source_accuracy",
+            "entropy",
+            "per_unit_bound",
+            "probe_accuracy",
+        ):
+            assert key in r
+        assert r["entropy"] <= r["per_unit_bound"] + 1e-12
+    ent = [r["entropy"] for r in results["rungs"]]
+    assert results["selected_index"] == ent.index(max(ent))
+    probes = [r["probe_accuracy"] for r in results["rungs"]]
+    assert results["best_probe_index"] == probes.index(max(probes))
+    assert results["regret"] == pytest.approx(max(probes) - probes[results["selected_index"]])
+    assert {"pretrain", "prune", "score"} <= set(results["stage_seconds"])
+    png = (out / "entropy_vs_alpha.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("config.toml", "run.json", "progress.log"):
+        assert (out / name).is_file()
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["package_version"]
+
+
+def test_rungs_load_with_exact_zeros(finished_run):
+    out, _ = finished_run
+    encoder, meta = load_rung(out, 2)
+    zeros = sum(
+        int((p == 0).sum())
+        for n, p in encoder.named_parameters()
+        if n.endswith("weight") and p.ndim > 1
+    )
+    assert meta["alpha"] == pytest.approx(0.25, abs=1e-5)
+    assert zeros == meta["n_prunable"] - meta["nnz"]
+    _, sel = load_rung(out, "selected")
+    assert sel["index"] == json.loads((out / "results.json").read_text())["selected_index"]
+
+
+def test_resume_after_interrupt_equals_uninterrupted(
+    finished_run, image_folder, tmp_path, monkeypatch
+):
+    _, reference = finished_run
+    out = tmp_path / "r"
+    real_train = pipeline.train
+    calls = {"n": 0}
+
+    def flaky_train(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # pretrain, rung 1, then Ctrl-C during rung 2
+            raise KeyboardInterrupt
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", flaky_train)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_all(tiny_config(image_folder), out)
+    assert len(list_rungs(out)) == 2  # rungs 0 and 1 completed and saved
+    with pytest.raises(pipeline.RunExistsError, match="--resume"):
+        pipeline.run_all(tiny_config(image_folder), out)
+    monkeypatch.setattr(pipeline, "train", real_train)
+    resumed = pipeline.run_all(None, out, resume=True)
+    for a, b in zip(resumed["rungs"], reference["rungs"], strict=True):
+        assert a["nnz"] == b["nnz"]
+        assert a["source_accuracy"] == b["source_accuracy"]
+        assert a["entropy"] == pytest.approx(b["entropy"], abs=1e-9)
+    assert (
+        len(json.loads((out / "run.json").read_text())["invocations"]) == 2
+    )  # refused one not logged
+
+
+def test_resume_refuses_other_config(finished_run, image_folder):
+    out, _ = finished_run
+    other = tiny_config(image_folder, retrain_epochs=2)
+    with pytest.raises(pipeline.RunExistsError, match="different config"):
+        pipeline.open_run(other, out, resume=True)
+
+
+def test_corrupt_rung_checkpoint(finished_run, tmp_path):
+    import shutil
+
+    out, _ = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "rungs" / "rung_001.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_rung(copy, 1)
+    with pytest.raises(CheckpointError, match="rungs 0..3"):
+        load_rung(copy, 9)
+
+
+def test_missing_dataset_says_where(tmp_path):
+    cfg = config_from_dict({"data": {"root": str(tmp_path), "source": "cifar10"}})
+    with pytest.raises(DatasetNotFoundError, match="cifar"):
+        pipeline.load_source(cfg, torch.device("cpu"))
