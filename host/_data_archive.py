@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.error
@@ -15,7 +14,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ._data_base import ChecksumError, UnsafeArchiveError
+from ._data_base import ChecksumError, UnsafeArchiveError, progress_bar
 from ._io import atomic_write
 
 __all__ = ["DownloadError", "check_members", "download_file", "extract_tar"]
@@ -98,16 +97,6 @@ def extract_tar(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a host dependency
-        return None
-    return tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr, disable=not enabled
-    )
-
-
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -134,7 +123,7 @@ def download_file(
             ) from e
         with resp:
             length = resp.headers.get("Content-Length")
-            bar = _progress(int(length) if length else None, dest.name, progress)
+            bar = progress_bar(int(length) if length else None, dest.name, enabled=progress)
             h = hashlib.md5()
             try:
                 while chunk := resp.read(_CHUNK):

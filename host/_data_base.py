@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,13 @@ __all__ = [
     "cached_arrays",
     "default_cache_dir",
     "file_md5",
+    "progress_bar",
     "source_key",
     "verify_md5",
 ]
 
 CACHE_ENV = "ENTROPI_CACHE"
+QUIET_ENV = "ENTROPI_QUIET"
 _CACHE_FORMAT = "1"
 
 
@@ -126,6 +129,19 @@ def verify_md5(path: str | os.PathLike, expected: str, *, advice: str) -> None:
     actual = file_md5(path)
     if actual != expected:
         raise ChecksumError(path, expected, actual, advice)
+
+
+def progress_bar(total: int | None, desc: str, *, unit: str = "B", enabled: bool = True):
+    """A tqdm bar on stderr, or ``None`` if tqdm is missing, ``enabled`` is false or the
+    environment sets ``ENTROPI_QUIET`` (tests, CI). Callers do ``bar.update(n)``/``bar.close()``.
+    """
+    if not enabled or os.environ.get(QUIET_ENV, "") not in ("", "0"):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a host dependency
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", file=sys.stderr)
 
 
 def default_cache_dir() -> Path:

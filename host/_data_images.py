@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from ._data_archive import extract_tar
-from ._data_base import Dataset, DatasetNotFoundError, cached_arrays, default_cache_dir, source_key
+from ._data_base import (
+    Dataset,
+    DatasetNotFoundError,
+    cached_arrays,
+    default_cache_dir,
+    progress_bar,
+    source_key,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -68,6 +75,7 @@ def decode_images(paths: Sequence[Path]) -> np.ndarray:
     from PIL import Image
 
     out: np.ndarray | None = None
+    bar = progress_bar(len(paths), "decode images", unit="img") if len(paths) >= 2000 else None
     for i, p in enumerate(paths):
         with Image.open(p) as im:
             a = np.asarray(im.convert("RGB"))
@@ -80,6 +88,11 @@ def decode_images(paths: Sequence[Path]) -> np.ndarray:
                 f"resize them first"
             )
         out[i] = a
+        if bar is not None and i % 500 == 499:
+            bar.update(500)
+    if bar is not None:
+        bar.update(len(paths) - bar.n)
+        bar.close()
     return out if out is not None else np.empty((0, 32, 32, 3), dtype=np.uint8)
 
 

@@ -29,8 +29,10 @@ def _print_summary(results: dict, out) -> None:
     for r in results["rungs"]:
         mark = " <- selected" if r["index"] == results["selected_index"] else ""
         mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
-        print(f"{r['index']:>4} {r['alpha']:>9.5f} {r['nnz']:>9} {r['source_accuracy']:>8.4f} "
-              f"{r['entropy']:>8.4f} {r['probe_accuracy']:>7.4f}{mark}")
+        print(
+            f"{r['index']:>4} {r['alpha']:>9.5f} {r['nnz']:>9} {r['source_accuracy']:>8.4f} "
+            f"{r['entropy']:>8.4f} {r['probe_accuracy']:>7.4f}{mark}"
+        )
     print(f"regret {results['regret']:.4f}; results in {Path(out) / 'results.json'}")
 
 
@@ -115,8 +117,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         return sub.add_parser(name, help=help, description=help)
 
     p = add("run", _cmd_run, "Run the whole pipeline: pretrain, prune, score, select.")
-    p.add_argument("config", nargs="?", metavar="CONFIG",
-                   help="TOML config file or shipped config name (quickstart, paper, ...)")
+    p.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help="TOML config file or shipped config name (quickstart, paper, ...)",
+    )
     p.add_argument("--out", metavar="RUNDIR", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
@@ -126,10 +132,18 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--resume", action="store_true")
 
     _add_run_args(add("prune", _cmd_prune, "Build the pruning ladder of a pretrained run."))
-    _add_run_args(add("probe", _cmd_probe,
-                      "Entropy and linear-probe accuracy of every rung on the target data."))
-    _add_run_args(add("select", _cmd_select,
-                      "Pick the highest-entropy rung; write results.json and the plot."))
+    _add_run_args(
+        add(
+            "probe",
+            _cmd_probe,
+            "Entropy and linear-probe accuracy of every rung on the target data.",
+        )
+    )
+    _add_run_args(
+        add(
+            "select", _cmd_select, "Pick the highest-entropy rung; write results.json and the plot."
+        )
+    )
 
     p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
     p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")
@@ -145,8 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return table[args.command](args)
     except KeyboardInterrupt:
-        print("\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`",
-              file=sys.stderr)
+        print(
+            "\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`",
+            file=sys.stderr,
+        )
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, ImportError) as e:
         print(f"entropi: error: {e}", file=sys.stderr)

@@ -125,8 +125,9 @@ class PruneConfig:
     """peak learning rate of each retraining (cosine)."""
 
     def __post_init__(self) -> None:
-        _check_range("prune.keep_per_round", self.keep_per_round, 0.0, 1.0, lo_open=True,
-                     hi_open=True)
+        _check_range(
+            "prune.keep_per_round", self.keep_per_round, 0.0, 1.0, lo_open=True, hi_open=True
+        )
         _check_range("prune.alpha_min", self.alpha_min, 0.0, 1.0, lo_open=True)
         _check_int("prune.retrain_epochs", self.retrain_epochs, lo=0)
         _check_range("prune.lr", self.lr, 0.0, 10.0, lo_open=True)
@@ -218,8 +219,11 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 def shipped_configs() -> dict[str, Path]:
     """Configs that ship with the package, by name (``quickstart``, ``paper``, ...)."""
     folder = resources.files("entropi.host") / "configs"
-    return {p.name.removesuffix(".toml"): Path(str(p)) for p in folder.iterdir()
-            if p.name.endswith(".toml")}
+    return {
+        p.name.removesuffix(".toml"): Path(str(p))
+        for p in folder.iterdir()
+        if p.name.endswith(".toml")
+    }
 
 
 def load_config(path_or_name: str | os.PathLike) -> RunConfig:

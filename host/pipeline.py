@@ -25,11 +25,11 @@ import torch
 from ._io import atomic_write_json, atomic_write_text
 from .checkpoint import (
     CheckpointError,
+    classifier_from_checkpoint,
     list_rungs,
     load_checkpoint,
     rung_path,
     save_checkpoint,
-    classifier_from_checkpoint,
 )
 from .config import RunConfig, config_to_toml, load_config
 from .data import channel_stats, load_dataset, stratified_subset
@@ -166,8 +166,13 @@ def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
     mean, std = channel_stats(x)
     to = lambda a, dt: torch.as_tensor(a, dtype=dt).to(device)  # noqa: E731
     return SourceData(
-        to(x, torch.uint8), to(y, torch.int64), to(test_ds.x, torch.uint8),
-        to(test_ds.y, torch.int64), list(train_ds.classes), mean, std,
+        to(x, torch.uint8),
+        to(y, torch.int64),
+        to(test_ds.x, torch.uint8),
+        to(test_ds.y, torch.int64),
+        list(train_ds.classes),
+        mean,
+        std,
     )
 
 
@@ -221,12 +226,25 @@ def stage_pretrain(cfg: RunConfig, rundir: Path, src: SourceData, device) -> dic
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.pretrain.arch, len(src.classes)).to(device)
     p = cfg.pretrain
-    log(rundir, f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
-        f"{p.epochs} epochs, device {device}")
+    log(
+        rundir,
+        f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
+        f"{p.epochs} epochs, device {device}",
+    )
     stats = train(
-        model, src.x_train, src.y_train, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
-        momentum=p.momentum, weight_decay=p.weight_decay, label_smoothing=p.label_smoothing,
-        mean=src.mean, std=src.std, seed=cfg.seed, desc="pretrain",
+        model,
+        src.x_train,
+        src.y_train,
+        epochs=p.epochs,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        label_smoothing=p.label_smoothing,
+        mean=src.mean,
+        std=src.std,
+        seed=cfg.seed,
+        desc="pretrain",
     )
     acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
     payload = _rung_payload(cfg, model, dense_masks(model.encoder), 1.0, acc, src, stats.seconds)
@@ -253,17 +271,30 @@ def stage_prune(cfg: RunConfig, rundir: Path, src: SourceData, device) -> list[f
         if cfg.prune.retrain_epochs > 0:
             p = cfg.pretrain
             stats = train(
-                model, src.x_train, src.y_train, epochs=cfg.prune.retrain_epochs,
-                batch_size=p.batch_size, lr=cfg.prune.lr, momentum=p.momentum,
-                weight_decay=p.weight_decay, label_smoothing=p.label_smoothing, mean=src.mean,
-                std=src.std, masks=masks, seed=cfg.seed + r, desc=f"rung {r} retrain",
+                model,
+                src.x_train,
+                src.y_train,
+                epochs=cfg.prune.retrain_epochs,
+                batch_size=p.batch_size,
+                lr=cfg.prune.lr,
+                momentum=p.momentum,
+                weight_decay=p.weight_decay,
+                label_smoothing=p.label_smoothing,
+                mean=src.mean,
+                std=src.std,
+                masks=masks,
+                seed=cfg.seed + r,
+                desc=f"rung {r} retrain",
             )
             seconds = stats.seconds
         acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
         prev = _rung_payload(cfg, model, masks, alphas[r], acc, src, seconds)
         save_checkpoint(path, prev)
-        log(rundir, f"prune: rung {r}/{len(alphas) - 1} alpha {prev['alpha']:.5f} "
-            f"nnz {prev['nnz']} source accuracy {acc:.4f} ({seconds:.1f}s)")
+        log(
+            rundir,
+            f"prune: rung {r}/{len(alphas) - 1} alpha {prev['alpha']:.5f} "
+            f"nnz {prev['nnz']} source accuracy {acc:.4f} ({seconds:.1f}s)",
+        )
     return alphas
 
 
@@ -293,8 +324,16 @@ def stage_score(cfg: RunConfig, rundir: Path, tgt: TargetData, device) -> list[d
         t1 = time.perf_counter()
         pr = cfg.probe
         probe = linear_probe(
-            ftr, tgt.y_train, fte, tgt.y_test, num_classes=len(tgt.classes), epochs=pr.epochs,
-            batch_size=pr.batch_size, lr=pr.lr, weight_decay=pr.weight_decay, seed=cfg.seed,
+            ftr,
+            tgt.y_train,
+            fte,
+            tgt.y_test,
+            num_classes=len(tgt.classes),
+            epochs=pr.epochs,
+            batch_size=pr.batch_size,
+            lr=pr.lr,
+            weight_decay=pr.weight_decay,
+            seed=cfg.seed,
             device=device,
         )
         score = {
@@ -305,6 +344,7 @@ def stage_score(cfg: RunConfig, rundir: Path, tgt: TargetData, device) -> list[d
             "entropy": ent.entropy,
             "per_unit_bound": ent.per_unit_bound,
             "distinct_states": ent.distinct_states,
+            "n": ent.n,
             "delta": ent.delta,
             "probe_accuracy": probe.test_accuracy,
             "probe_train_accuracy": probe.train_accuracy,
@@ -312,24 +352,42 @@ def stage_score(cfg: RunConfig, rundir: Path, tgt: TargetData, device) -> list[d
             "probe_seconds": time.perf_counter() - t1,
         }
         atomic_write_json(spath, score)
-        log(rundir, f"score: rung {index} alpha {score['alpha']:.5f} entropy "
-            f"{ent.entropy:.4f} probe accuracy {probe.test_accuracy:.4f}")
+        log(
+            rundir,
+            f"score: rung {index} alpha {score['alpha']:.5f} entropy "
+            f"{ent.entropy:.4f} probe accuracy {probe.test_accuracy:.4f}",
+        )
         scores.append(score)
     return scores
+
+
+def select_rung(rungs: list[dict]) -> int:
+    """Index of the highest-entropy rung (the paper's rule); ties go to the denser rung.
+
+    When the entropy saturates at log n (every target sample in its own quantized state, common
+    for wide features and small target sets) several rungs tie at the maximum and the estimator
+    cannot rank them; the first rung to reach the plateau (the densest) is kept, and
+    results.json lists the saturated rungs so the user can see it happened.
+    """
+    top = max(r["entropy"] for r in rungs)
+    return next(i for i, r in enumerate(rungs) if r["entropy"] >= top - 1e-9)
 
 
 def stage_select(cfg: RunConfig, rundir: Path) -> dict[str, Any]:
     """Pick the highest-entropy rung; write results.json and the entropy/probe plot."""
     from .plot import plot_entropy_vs_alpha
 
-    rungs = [json.loads(_score_path(rundir, i).read_text()) for i in range(len(list_rungs(rundir)))
-             if _score_path(rundir, i).is_file()]
+    rungs = [
+        json.loads(_score_path(rundir, i).read_text())
+        for i in range(len(list_rungs(rundir)))
+        if _score_path(rundir, i).is_file()
+    ]
     if not rungs:
         raise CheckpointError(f"{rundir} has no scored rungs; run `entropi probe` first")
-    entropies = [r["entropy"] for r in rungs]
+    sel = select_rung(rungs)
     probes = [r["probe_accuracy"] for r in rungs]
-    sel = int(np.argmax(entropies))  # first maximum on ties: the densest such rung
     best = int(np.argmax(probes))
+    n_target = max(r.get("n", 0) for r in rungs)
     timings_path = rundir / "timings.json"
     results = {
         "package_version": package_version(),
@@ -342,6 +400,10 @@ def stage_select(cfg: RunConfig, rundir: Path) -> dict[str, Any]:
         "entropy_units": "nats",
         "rungs": rungs,
         "selected_index": sel,
+        "selection_rule": "argmax entropy; ties (within 1e-9 nats) go to the denser rung",
+        "saturated_rungs": [
+            r["index"] for r in rungs if n_target and r["entropy"] >= np.log(n_target) - 1e-9
+        ],
         "selected_alpha": rungs[sel]["alpha"],
         "best_probe_index": best,
         "dense_probe_accuracy": rungs[0]["probe_accuracy"],
@@ -350,11 +412,21 @@ def stage_select(cfg: RunConfig, rundir: Path) -> dict[str, Any]:
         "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
         "stage_seconds": json.loads(timings_path.read_text()) if timings_path.is_file() else {},
     }
+    if results["saturated_rungs"]:
+        log(
+            rundir,
+            f"select: warning: entropy saturated at log n = {np.log(n_target):.4f} on "
+            f"rungs {results['saturated_rungs']}; the estimator cannot rank them (try fewer "
+            "levels or more target samples)",
+        )
     atomic_write_json(rundir / "results.json", results)
     plot_entropy_vs_alpha(results, rundir / "entropy_vs_alpha.png")
-    log(rundir, f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, entropy "
+    log(
+        rundir,
+        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, entropy "
         f"{rungs[sel]['entropy']:.4f}, probe {rungs[sel]['probe_accuracy']:.4f}); best probe rung "
-        f"{best} ({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}")
+        f"{best} ({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}",
+    )
     return results
 
 

@@ -46,7 +46,46 @@ def linear_probe(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> ProbeResult:
-    """Train ``Linear(features, num_classes)`` on (train_x, train_y); top-1 on (test_x, test_y)."""
+    """Train ``Linear(features, num_classes)`` on (train_x, train_y); top-1 on (test_x, test_y).
+
+    On the CPU this runs single-threaded: the matrices are small, and intra-op threading made the
+    probe 18x slower on a busy 2-core machine (9.6 s vs 0.55 s for 5,000 x 256, 20 epochs).
+    """
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _linear_probe(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            num_classes=num_classes,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            device=device,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _linear_probe(
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    num_classes,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    seed,
+    device,
+) -> ProbeResult:
     xtr = _as_tensor(train_x, "train_x", device)
     xte = _as_tensor(test_x, "test_x", device)
     if xtr.shape[1] != xte.shape[1]:

@@ -11,5 +11,12 @@ __all__ = ["progress"]
 
 def progress(*, total: int, desc: str, unit: str = "it") -> tqdm:
     quiet = os.environ.get("ENTROPI_QUIET", "") not in ("", "0")
-    return tqdm(total=total, desc=desc, unit=unit, disable=quiet, leave=False, dynamic_ncols=True,
-                mininterval=1.0)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=quiet,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )

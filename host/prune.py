@@ -42,9 +42,7 @@ def geometric_alphas(keep_per_round: float, alpha_min: float) -> list[float]:
 
 
 def dense_masks(encoder: nn.Module) -> Masks:
-    return {
-        name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable_parameters(encoder)
-    }
+    return {name: torch.ones_like(p, dtype=torch.bool) for name, p in prunable_parameters(encoder)}
 
 
 def global_magnitude_masks(encoder: nn.Module, masks: Masks, alpha: float) -> Masks:
@@ -71,8 +69,9 @@ def global_magnitude_masks(encoder: nn.Module, masks: Masks, alpha: float) -> Ma
     with torch.no_grad():
         scores = torch.cat(
             [
-                torch.where(masks[name], p.detach().abs().float(), torch.tensor(-1.0, device=p.device))
-                .flatten()
+                torch.where(
+                    masks[name], p.detach().abs().float(), torch.tensor(-1.0, device=p.device)
+                ).flatten()
                 for name, p in params
             ]
         )

@@ -16,8 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .data import iterate_batches
-from .prune import Masks, apply_masks
 from .progress import progress
+from .prune import Masks, apply_masks
 
 __all__ = ["TrainStats", "evaluate", "extract_features", "pick_device", "train"]
 
@@ -91,8 +91,16 @@ def train(
     try:
         for _ in range(epochs):
             for xb, yb in iterate_batches(
-                x, y, batch_size, shuffle=True, augment=True, generator=gen, mean=mean, std=std,
-                channels_last=channels_last, drop_last=drop_last,
+                x,
+                y,
+                batch_size,
+                shuffle=True,
+                augment=True,
+                generator=gen,
+                mean=mean,
+                std=std,
+                channels_last=channels_last,
+                drop_last=drop_last,
             ):
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
@@ -128,7 +136,13 @@ def _forward_batches(module, x, batch_size, mean, std, amp=True):
     device = x.device
     labels = torch.zeros(len(x), dtype=torch.int64, device=device)
     for xb, _ in iterate_batches(
-        x, labels, batch_size, shuffle=False, augment=False, mean=mean, std=std,
+        x,
+        labels,
+        batch_size,
+        shuffle=False,
+        augment=False,
+        mean=mean,
+        std=std,
         channels_last=device.type == "cuda",
     ):
         if amp:

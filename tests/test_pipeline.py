@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from entropi.host import pipeline
 from entropi.host.checkpoint import CheckpointError, list_rungs, load_rung
 from entropi.host.config import config_from_dict
@@ -53,7 +52,7 @@ def test_results_and_artifacts(finished_run):
             assert key in r
         assert r["entropy"] <= r["per_unit_bound"] + 1e-12
     ent = [r["entropy"] for r in results["rungs"]]
-    assert results["selected_index"] == ent.index(max(ent))
+    assert ent[results["selected_index"]] == max(ent)
     probes = [r["probe_accuracy"] for r in results["rungs"]]
     assert results["best_probe_index"] == probes.index(max(probes))
     assert results["regret"] == pytest.approx(max(probes) - probes[results["selected_index"]])
@@ -135,3 +134,15 @@ def test_missing_dataset_says_where(tmp_path):
     cfg = config_from_dict({"data": {"root": str(tmp_path), "source": "cifar10"}})
     with pytest.raises(DatasetNotFoundError, match="cifar"):
         pipeline.load_source(cfg, torch.device("cpu"))
+
+
+def test_select_rung_ties_go_to_the_denser_rung():
+    rungs = [
+        {"entropy": 2.0, "per_unit_bound": 9.0},
+        {"entropy": 3.0, "per_unit_bound": 5.0},
+        {"entropy": 3.0, "per_unit_bound": 7.0},
+        {"entropy": 3.0, "per_unit_bound": 7.0},
+        {"entropy": 2.5, "per_unit_bound": 8.0},
+    ]
+    assert pipeline.select_rung(rungs) == 1  # first (densest) rung of the tied maximum
+    assert pipeline.select_rung(rungs[:2]) == 1
