@@ -1,0 +1,265 @@
+"""Device head-training experiment: memory at 256 KB, single-core speed, process RSS.
+
+Run: ``.venv/bin/python benchmarks/device_head_bench.py`` (writes
+``benchmarks/results/device_head.json``; ``--quick`` for a short smoke run). Measures, for
+512 features x 100 classes (CIFAR-100 on a ResNet18 encoder; synthetic features):
+
+- the 256 KB run: planned batch/blocks, analytic floor, tracemalloc peak, peak / floor;
+- single-thread speed at batch 32 (unblocked): samples/s of the training step (wall and CPU
+  time, best of repeats), and the fraction of one core's sgemm rate at the same shapes
+  (achieved GEMM FLOP/s of the step: 2 GEMMs x 2*B*D*C FLOPs, over numpy sgemm's FLOP/s);
+- peak RSS of a whole ``entropi-device train`` process on a smallnet TFLite bundle
+  (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+D, C, B = 512, 100, 32
+# Runs `entropi-device` (its console-script entry point) and reports the process's VmHWM (peak
+# RSS since exec) on stdout's last line. ru_maxrss of a child is not usable here: Linux carries the
+# high-water RSS across fork+exec, so a child of this torch-loaded process would inherit it.
+_LAUNCHER = (
+    "import sys, io\n"
+    "from entropi.device.cli import main\n"
+    "sys.stdout = io.StringIO()\n"
+    "rc = main(sys.argv[1:])\n"
+    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+    "sys.__stdout__.write(hwm + '\\n')\n"
+    "sys.exit(rc)\n"
+)
+_CONVERT = (
+    "import sys, torch, litert_torch\n"
+    "from entropi.host.models import build_encoder\n"
+    "torch.manual_seed(0)\n"
+    "enc = build_encoder('smallnet').eval()\n"
+    "litert_torch.convert(enc, (torch.randn(32, 3, 32, 32),)).export(sys.argv[1])\n"
+)
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _features(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    x = rng.standard_normal((C, D)).astype(np.float32)[y] * 0.5
+    x += rng.standard_normal((n, D), dtype=np.float32)
+    return x, y
+
+
+def memory_256kb(n: int, epochs: int) -> dict:
+    from entropi.device import TrainConfig, parse_size, train_head
+
+    x, y = _features(n)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f.npy"
+        np.save(path, x)
+        mm = np.load(path, mmap_mode="r")
+        cfg = TrainConfig(
+            epochs=epochs,
+            lr=0.05,
+            budget_bytes=parse_size("256KB"),
+            checkpoint_every=200,
+            patience=3,
+        )
+        r = train_head(mm, y, cfg, num_classes=C, workdir=Path(d) / "work")
+    return {
+        "budget_bytes": r.plan.budget_bytes,
+        "batch_size": r.plan.batch_size,
+        "block_rows": r.plan.block_rows,
+        "analytic_bytes": r.plan.analytic_bytes,
+        "peak_bytes": r.peak_bytes,
+        "peak_over_analytic": r.peak_bytes / r.plan.analytic_bytes,
+        "within_budget": r.peak_bytes <= r.plan.budget_bytes,
+        "buffers": r.plan.buffers,
+        "val_accuracy": r.val_accuracy,
+        "samples_per_second_traced": r.samples_per_second,
+        "n_samples": n,
+        "epochs_run": r.epochs_run,
+        "note": "features in a memmap; checkpoints every 200 steps and early stopping on",
+    }
+
+
+def _speed_child(steps: int, repeats: int) -> dict:
+    """Runs in a child with one BLAS thread."""
+    from entropi.device import TrainConfig, plan_memory
+    from entropi.device.budget import UFUNC_BUFSIZE
+    from entropi.device.trainer import _Loop
+
+    x, y = _features(50_000)
+    y = y.astype(np.intp)
+    plan = plan_memory(D, C, None, max_batch_size=B)
+    loop = _Loop(x, y, len(x), C, TrainConfig(), plan)
+    noop = lambda s: None  # noqa: E731
+    lr = lambda s: 0.01  # noqa: E731
+    np.setbufsize(UFUNC_BUFSIZE)
+    loop.run_epoch_steps(0, 0, 200, 0, lr, noop)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        loop.run_epoch_steps(0, 0, steps, 0, lr, noop)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    # sgemm at the same shapes: forward (B x D) @ (D x C), weight gradient (D x B) @ (B x C)
+    xb = x[:B].copy()
+    w = np.zeros((D, C), np.float32)
+    z = np.empty((B, C), np.float32)
+    g = np.empty((D, C), np.float32)
+    for _ in range(500):
+        np.matmul(xb, w, z)
+        np.matmul(xb.T, z, g)
+    gemm = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for _ in range(steps):
+            np.matmul(xb, w, z)
+            np.matmul(xb.T, z, g)
+        gemm.append(time.process_time() - c0)
+    flops_per_step = 2 * 2 * B * D * C
+    best_cpu, best_wall, best_gemm = min(cpu), min(wall), min(gemm)
+    return {
+        "batch_size": B,
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "samples_per_second_cpu": steps * B / best_cpu,
+        "samples_per_second_wall": steps * B / best_wall,
+        "samples_per_second_wall_median": steps * B / sorted(wall)[len(wall) // 2],
+        "us_per_step_cpu": best_cpu / steps * 1e6,
+        "sgemm_gflops": flops_per_step * steps / best_gemm / 1e9,
+        "step_gemm_gflops": flops_per_step * steps / best_cpu / 1e9,
+        "sgemm_fraction": best_gemm / best_cpu,
+        "goal_samples_per_second": 330_000,
+    }
+
+
+def speed(steps: int, repeats: int) -> dict:
+    env = {**os.environ, **ONE_THREAD}
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import device_head_bench as b;"
+        f" print(json.dumps(b._speed_child({steps}, {repeats})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def process_rss(n_images: int, epochs: int) -> dict:
+    """Peak RSS of `entropi-device train` with a smallnet TFLite bundle (LiteRT loaded)."""
+    from entropi.device.bundle import write_bundle
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        # Convert in a separate process: a process that has run the converter holds ~600 MB,
+        # and a child spawned from it reported that as its own peak RSS.
+        subprocess.run(
+            [sys.executable, "-c", _CONVERT, str(d / "enc.tflite")], check=True, capture_output=True
+        )
+        bundle = write_bundle(
+            d / "bundle",
+            encoder_files={"encoder.tflite": d / "enc.tflite"},
+            input_shape=[3, 32, 32],
+            normalization={"mean": [0.507, 0.487, 0.441], "std": [0.267, 0.256, 0.276]},
+            feature_dim=256,
+            provenance={"note": "random-init smallnet, benchmark only"},
+        )
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 100, n_images)
+        x = rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
+        np.savez(d / "data.npz", x_train=x, y_train=y)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _LAUNCHER,
+                    "train",
+                    "--bundle",
+                    str(bundle),
+                    "--data",
+                    str(d / "data.npz"),
+                    "--budget",
+                    "256KB",
+                    "--epochs",
+                    str(epochs),
+                    "--out",
+                    str(d / "head"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, **ONE_THREAD},
+            )
+            _, status, usage = os.wait4(proc.pid, 0)  # rusage of this one child
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.perf_counter() - t0
+            if proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(err.read().decode())
+        rss_kb = usage.ru_maxrss
+        rep = json.loads((d / "head" / "train.json").read_text())
+    return {
+        "peak_rss_bytes": rss_kb * 1024,
+        "peak_rss_mb": rss_kb / 1024,
+        "rss_measured_with": "VmHWM of the process running entropi.device.cli.main (the "
+        "entropi-device entry point), read from /proc/self/status at exit",
+        "goal_mb": 64,
+        "encoder": "smallnet (256 features), TFLite via litert-torch, fixed batch 32",
+        "images": n_images,
+        "wall_seconds": wall,
+        "train_json": {
+            k: rep[k]
+            for k in (
+                "accuracy",
+                "peak_bytes",
+                "analytic_bytes",
+                "budget_bytes",
+                "samples_per_second",
+                "steps",
+                "feature_seconds",
+                "train_seconds",
+            )
+        },
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short smoke run")
+    p.add_argument("--out", default=str(HERE / "results" / "device_head.json"))
+    a = p.parse_args(argv)
+    q = a.quick
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "load_average": os.getloadavg(),
+        },
+        "shapes": {"feature_dim": D, "classes": C},
+        "memory_256kb": memory_256kb(2000 if q else 10_000, 2 if q else 5),
+        "speed_one_thread": speed(300 if q else 3000, 3 if q else 7),
+        "process": process_rss(500 if q else 5000, 2 if q else 10),
+        "command": "python benchmarks/device_head_bench.py" + (" --quick" if q else ""),
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Atomic writes for device artifacts (a private copy of ``entropi.host._io``: no host import).
+
+Every file is written to a temp file in the target folder, fsynced and renamed over the target,
+so a failure leaves the previous file (or nothing), never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["atomic_dir", "atomic_write", "atomic_write_json"]
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], None], *, buffering: int = -1
+) -> Path:
+    """Call ``write(f)`` on a temp file next to ``path`` and rename it to ``path`` on success.
+
+    ``buffering`` is passed to ``open`` (the default buffer is the file system's block size,
+    often 64 KB or more; the training loop asks for less).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb", buffering=buffering) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    data = (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder next to ``path``; rename it to ``path`` when the block succeeds.
+
+    On an exception the temp folder is removed and ``path`` is untouched. With ``overwrite`` an
+    existing ``path`` is replaced (moved aside first, then deleted); without it, an existing
+    non-empty ``path`` is an error.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty; choose another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

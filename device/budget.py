@@ -1,0 +1,202 @@
+"""The memory budget of the head-training loop: sizes, analytic accounting, and the plan.
+
+What the budget covers: the RAM the training loop holds while it runs, i.e. the head's weights
+and bias, the optimizer state (momentum buffers), one batch of features, its logits/probabilities,
+the per-batch index arrays, the gradient block, and the interpreter overhead of the loop (a fixed
+reserve, :data:`RESERVE_BYTES`). What it does not cover: the feature store, which lives in a
+memory-mapped file ("flash") and is read one batch at a time, and the Python interpreter and
+libraries loaded before training (the process RSS, reported separately by the benchmark).
+
+Sizes: ``KB`` = 1024 bytes and ``MB`` = 1024**2 bytes (``KiB``/``MiB`` are accepted too).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import BudgetError
+
+__all__ = [
+    "MIN_BLOCK_ROWS",
+    "RESERVE_BYTES",
+    "UFUNC_BUFSIZE",
+    "MemoryPlan",
+    "buffer_bytes",
+    "format_size",
+    "parse_size",
+    "plan_memory",
+]
+
+#: Bytes reserved for what the loop allocates besides its buffers: array headers and views,
+#: Python floats/ints, the zip writer of checkpoints (~9 KB) and first-call interpreter warm-up
+#: (~8 KB in a fresh process), with margin. Measured with tracemalloc (the tests
+#: check that measured peak <= analytic + reserve).
+RESERVE_BYTES = 24 * 1024
+
+#: numpy's ufunc buffer size (elements) while the loop runs: broadcasting ufuncs allocate a
+#: temporary of min(bufsize, size) elements per call, 8192 by default (32 KB in float32).
+UFUNC_BUFSIZE = 256
+
+#: The planner prefers weight-update blocks of at least this many rows (fewer, larger GEMMs) and
+#: only goes below it when nothing else fits.
+MIN_BLOCK_ROWS = 16
+
+_INDEX_BYTES = np.dtype(np.intp).itemsize
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2}
+_UNITS["mib"] = 1024**2
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """``"256KB"`` -> 262144. Units B, KB, MB (KB = 1024 B, MB = 1024 KB); a bare number is B."""
+    if isinstance(text, int):
+        value, unit = float(text), ""
+    else:
+        m = _SIZE_RE.match(str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"invalid size {text!r}: use a number followed by B, KB or MB "
+                "(KB = 1024 B, MB = 1024 KB), e.g. 256KB"
+            )
+        value, unit = float(m.group(1)), m.group(2).lower()
+    size = int(value * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"invalid size {text!r}: must be > 0 bytes")
+    return size
+
+
+def format_size(n: int) -> str:
+    """``262144`` -> ``"256.0 KB"`` (KB = 1024 B)."""
+    if n >= 1024**2:
+        return f"{n / 1024**2:.2f} MB"
+    if n >= 1024:
+        return f"{n / 1024:.1f} KB"
+    return f"{n} B"
+
+
+def buffer_bytes(
+    feature_dim: int,
+    num_classes: int,
+    batch_size: int,
+    block_rows: int,
+    *,
+    momentum: bool,
+    dtype: np.dtype | type = np.float32,
+    epochs: int = 0,
+) -> dict[str, int]:
+    """Every buffer the training loop allocates, name -> bytes (the analytic accounting).
+
+    ``epochs`` sizes the per-epoch history (held-out loss and accuracy, float64).
+    """
+    s = np.dtype(dtype).itemsize
+    d, c, b, r = feature_dim, num_classes, batch_size, block_rows
+    out = {
+        "weights": d * c * s,
+        "bias": c * s,
+        "momentum_weights": d * c * s if momentum else 0,
+        "momentum_bias": c * s if momentum else 0,
+        "features_batch": b * d * s,
+        "logits_batch": b * c * s,
+        "row_stat": b * s,
+        "label_logit": b * s,
+        "ones_batch": b * s,
+        "ones_classes": c * s,
+        "grad_block": r * c * s,
+        "grad_bias": c * s,
+        "ufunc_buffer": min(UFUNC_BUFSIZE, b * c) * s,
+        "index_base": b * _INDEX_BYTES,
+        "index_batch": b * _INDEX_BYTES,
+        "labels_batch": b * _INDEX_BYTES,
+        "flat_index": b * _INDEX_BYTES,
+        "row_offsets": b * _INDEX_BYTES,
+        "history": 2 * 8 * epochs,
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How the loop will run inside the budget."""
+
+    batch_size: int
+    """Samples per SGD step (at most the requested batch size)."""
+    block_rows: int
+    """Rows of the weight matrix updated per GEMM; ``feature_dim`` means unblocked."""
+    budget_bytes: int
+    """The budget the plan was made for (0: no limit)."""
+    analytic_bytes: int
+    """Sum of :attr:`buffers` (the floor the measured peak cannot go below)."""
+    reserve_bytes: int
+    """Allowance for interpreter objects on top of the buffers."""
+    buffers: dict[str, int]
+    """Buffer name -> bytes."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _total(d, c, b, r, momentum, dtype, epochs) -> int:
+    bufs = buffer_bytes(d, c, b, r, momentum=momentum, dtype=dtype, epochs=epochs)
+    return sum(bufs.values()) + RESERVE_BYTES
+
+
+def plan_memory(
+    feature_dim: int,
+    num_classes: int,
+    budget_bytes: int | None,
+    *,
+    max_batch_size: int = 32,
+    momentum: bool = False,
+    dtype: np.dtype | type = np.float32,
+    epochs: int = 0,
+) -> MemoryPlan:
+    """Choose (batch size, block rows) that fit ``budget_bytes``, or raise :class:`BudgetError`.
+
+    ``budget_bytes=None`` means no limit: the requested batch and unblocked updates.
+    Otherwise the preference is: the largest batch size <= ``max_batch_size`` whose loop fits
+    with weight-update blocks of at least ``min(feature_dim, MIN_BLOCK_ROWS)`` rows, then the
+    largest such block (balanced so that blocks are of near-equal size). If nothing fits that
+    way, batch 1 with the largest block >= 1 row. The error states the minimum budget (batch 1,
+    1-row blocks).
+    """
+    d, c = int(feature_dim), int(num_classes)
+    if d < 1 or c < 2:
+        raise ValueError(f"need feature_dim >= 1 and num_classes >= 2, got {d} and {c}")
+    if max_batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {max_batch_size}")
+    if budget_bytes is None:
+        buffers = buffer_bytes(
+            d, c, max_batch_size, d, momentum=momentum, dtype=dtype, epochs=epochs
+        )
+        return MemoryPlan(max_batch_size, d, 0, sum(buffers.values()), RESERVE_BYTES, buffers)
+    row_bytes = c * np.dtype(dtype).itemsize
+    min_rows = min(d, MIN_BLOCK_ROWS)
+    for b in range(max_batch_size, 0, -1):
+        free = budget_bytes - _total(d, c, b, 0, momentum, dtype, epochs)
+        rows = min(d, free // row_bytes) if free > 0 else 0
+        if rows >= min_rows or (b == 1 and rows >= 1):
+            rows = math.ceil(d / math.ceil(d / rows))
+            buffers = buffer_bytes(d, c, b, rows, momentum=momentum, dtype=dtype, epochs=epochs)
+            return MemoryPlan(
+                batch_size=b,
+                block_rows=rows,
+                budget_bytes=int(budget_bytes),
+                analytic_bytes=sum(buffers.values()),
+                reserve_bytes=RESERVE_BYTES,
+                buffers=buffers,
+            )
+    minimum = _total(d, c, 1, 1, momentum, dtype, epochs)
+    hint = " or train without momentum" if momentum else ""
+    raise BudgetError(
+        f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold the head "
+        f"training loop for {d} features x {c} classes ({np.dtype(dtype).name}, "
+        f"momentum={'yes' if momentum else 'no'}): the minimum is {format_size(minimum)} "
+        f"({minimum} B, batch 1, 1-row weight blocks; weights alone take "
+        f"{format_size(d * c * np.dtype(dtype).itemsize)}). Raise --budget to at least "
+        f"{math.ceil(minimum / 1024)}KB{hint}.",
+        minimum_bytes=minimum,
+    )
