@@ -97,6 +97,52 @@ def _cmd_entropy(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from entropi.export import export_rung
+
+    formats = tuple(a.format or ("onnx", "tflite"))
+    info = export_rung(a.run, a.rung, formats=formats, compact=a.compact, out_dir=a.out)
+    for name, f in info["files"].items():
+        print(
+            f"{name}: {f['bytes']} bytes, max |diff| {f['max_abs_diff']:.2e}, "
+            f"max rel {f['max_rel_diff']:.2e}"
+        )
+    print(
+        f"nnz {info['nnz']}, dense {info['dense_bytes']} B, floor {info['floor_bytes']} B; "
+        f"details in {Path(a.out) / 'export.json'}"
+    )
+    return 0
+
+
+def _cmd_bundle(a: argparse.Namespace) -> int:
+    from .bundle import bundle_rung
+
+    formats = tuple(a.format or ("onnx", "tflite"))
+    path = bundle_rung(
+        a.run, a.out, rung=a.rung, form=a.form, formats=formats, overwrite=a.overwrite
+    )
+    print(f"bundle written to {path}")
+    return 0
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from entropi.benchmarks.bench import run_bench
+
+    result = run_bench(
+        archs=a.arch or ("resnet18", "mobilenetv3_small"),
+        classes=a.classes or (5, 100),
+        batch=a.batch,
+        alpha=a.alpha,
+        out_dir=a.out,
+    )
+    print(f"{len(result['rows'])} rows; see {Path(a.out) / 'bench.md'}")
+    return 0
+
+
+def _rung_arg(value: str) -> str | int:
+    return value if value == "selected" else int(value)
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`/`pretrain`")
 
@@ -144,6 +190,57 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
             "select", _cmd_select, "Pick the highest-entropy rung; write results.json and the plot."
         )
     )
+
+    p = add(
+        "export",
+        _cmd_export,
+        "Export a rung to ONNX / TFLite (pruned weights stored sparse), verified.",
+    )
+    p.add_argument("--run", required=True, metavar="RUNDIR")
+    p.add_argument(
+        "--rung", type=_rung_arg, default="selected", help="'selected' (default) or a rung index"
+    )
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=("onnx", "tflite"),
+        help="repeat for several (default: onnx and tflite)",
+    )
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="also export the compact form (dead channels removed)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
+
+    p = add("bundle", _cmd_bundle, "Package an exported encoder for the device runtime.")
+    p.add_argument("--run", required=True, metavar="RUNDIR")
+    p.add_argument("--rung", type=_rung_arg, default="selected")
+    p.add_argument(
+        "--form",
+        choices=("compact", "sparse"),
+        default="compact",
+        help="compact (fastest on the device, default) or sparse (smallest file)",
+    )
+    p.add_argument("--format", action="append", choices=("onnx", "tflite"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--out", required=True, metavar="BUNDLE")
+
+    p = add(
+        "bench",
+        _cmd_bench,
+        "FLOPs and backprop memory of head-only vs full fine-tuning (bench.json/md/png).",
+    )
+    p.add_argument("--arch", action="append", help="repeat; default resnet18, mobilenetv3_small")
+    p.add_argument("--classes", action="append", type=int, help="repeat; default 5 and 100")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="kept fraction for the effective-sparse FLOPs (default 0.01)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
     p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")

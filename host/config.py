@@ -25,6 +25,8 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "DeviceConfig",
+    "ExportConfig",
     "EntropyConfig",
     "PretrainConfig",
     "ProbeConfig",
@@ -161,6 +163,52 @@ class ProbeConfig:
 
 
 @dataclass
+class ExportConfig:
+    enabled: bool = True
+    """export the selected rung (and bundle it for the device) at the end of `entropi run`."""
+    formats: list[str] = field(default_factory=lambda: ["onnx", "tflite"])
+    """encoder file formats: onnx and/or tflite (tflite needs the `tflite` extra)."""
+    form: str = "compact"
+    """encoder form in the device bundle: compact (dead channels removed) or sparse."""
+    verify_images: int = 64
+    """real target images used (besides random inputs) to verify the exported files."""
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.formats if f not in ("onnx", "tflite")]
+        if bad or not self.formats:
+            raise ConfigError(
+                f"export.formats must be a non-empty subset of ['onnx', 'tflite'], "
+                f"got {self.formats!r}"
+            )
+        if self.form not in ("compact", "sparse"):
+            raise ConfigError(f"export.form must be 'compact' or 'sparse', got {self.form!r}")
+        _check_int("export.verify_images", self.verify_images, lo=0)
+
+
+@dataclass
+class DeviceConfig:
+    enabled: bool = True
+    """train the head with the numpy device runtime at the end of `entropi run`."""
+    budget: str = "256KB"
+    """RAM budget of the head-training loop (B/KB/MB, KB = 1024 B)."""
+    epochs: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    """largest batch; the planner lowers it when the budget is tight."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.budget, str) or not self.budget.strip():
+            raise ConfigError(f"device.budget must be a size such as '256KB', got {self.budget!r}")
+        _check_int("device.epochs", self.epochs)
+        _check_int("device.batch_size", self.batch_size)
+        _check_range("device.lr", self.lr, 0.0, 10.0, lo_open=True)
+        _check_range("device.momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        _check_range("device.weight_decay", self.weight_decay, 0.0, 1.0)
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -171,6 +219,8 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    device_train: DeviceConfig = field(default_factory=DeviceConfig)
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, lo=0)
@@ -191,6 +241,8 @@ _SECTIONS = {
     "prune": PruneConfig,
     "entropy": EntropyConfig,
     "probe": ProbeConfig,
+    "export": ExportConfig,
+    "device_train": DeviceConfig,
 }
 
 

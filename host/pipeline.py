@@ -430,6 +430,80 @@ def stage_select(cfg: RunConfig, rundir: Path) -> dict[str, Any]:
     return results
 
 
+def write_target_npz(tgt: TargetData, path: Path) -> Path:
+    """The target data in the device runtime's .npz format (uint8 NHWC + labels + names)."""
+    import io
+
+    from ._io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        x_train=tgt.x_train,
+        y_train=tgt.y_train.astype(np.int64),
+        x_test=tgt.x_test,
+        y_test=tgt.y_test.astype(np.int64),
+        class_names=np.array(tgt.classes),
+    )
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def stage_export(cfg: RunConfig, rundir: Path, tgt: TargetData) -> dict[str, Any]:
+    """Export the selected rung (verified against PyTorch, also on real target images)."""
+    from .bundle import ensure_export
+
+    e = cfg.export
+    images = tgt.x_test[: e.verify_images] if e.verify_images else None
+    out, info = ensure_export(
+        rundir,
+        "selected",
+        formats=tuple(e.formats),
+        compact=e.form == "compact",
+        verify_images=images,
+    )
+    worst = max(f["max_abs_diff"] for f in info["files"].values())
+    sizes = ", ".join(f"{name} {f['bytes'] / 1024:.0f} KiB" for name, f in info["files"].items())
+    log(rundir, f"export: {sizes}; max |diff| vs PyTorch {worst:.2e}")
+    return info
+
+
+def stage_device(cfg: RunConfig, rundir: Path, tgt: TargetData) -> dict[str, Any]:
+    """Bundle the selected encoder and train the head with the numpy device runtime."""
+    from entropi.device.cli import train as device_train
+
+    from .bundle import bundle_rung
+
+    bundle = bundle_rung(
+        rundir,
+        rundir / "bundle",
+        form=cfg.export.form,
+        formats=tuple(cfg.export.formats),
+        class_names=tgt.classes,
+        overwrite=True,
+    )
+    data = write_target_npz(tgt, rundir / "target_data.npz")
+    d = cfg.device_train
+    report = device_train(
+        bundle,
+        data,
+        rundir / "head",
+        budget=d.budget,
+        epochs=d.epochs,
+        lr=d.lr,
+        momentum=d.momentum,
+        weight_decay=d.weight_decay,
+        batch_size=d.batch_size,
+        seed=cfg.seed,
+    )
+    log(
+        rundir,
+        f"device: head trained in {d.budget} budget: {report['accuracy_split']} accuracy "
+        f"{report['accuracy']:.4f}, peak {report['peak_bytes']} B (analytic "
+        f"{report['analytic_bytes']} B), {report['samples_per_second']:.0f} samples/s",
+    )
+    return report
+
+
 def _timed(rundir: Path, stage: str, fn, *args):
     t0 = time.perf_counter()
     try:
@@ -448,5 +522,36 @@ def run_all(cfg: RunConfig | None, rundir, *, resume: bool = False, argv=None) -
     _timed(rundir, "prune", stage_prune, cfg, rundir, src, device)
     del src
     tgt = _timed(rundir, "load_target", load_target, cfg)
+    atomic_write_json(rundir / "target_classes.json", tgt.classes)
     _timed(rundir, "score", stage_score, cfg, rundir, tgt, device)
-    return stage_select(cfg, rundir)
+    results = stage_select(cfg, rundir)
+    if cfg.export.enabled:
+        info = _timed(rundir, "export", stage_export, cfg, rundir, tgt)
+        results["export"] = {
+            "dir": "export",
+            "files": {
+                k: {kk: v[kk] for kk in ("bytes", "max_abs_diff", "max_rel_diff")}
+                for k, v in info["files"].items()
+            },
+            "nnz": info["nnz"],
+            "dense_bytes": info["dense_bytes"],
+            "floor_bytes": info["floor_bytes"],
+        }
+        if cfg.device_train.enabled:
+            report = _timed(rundir, "device", stage_device, cfg, rundir, tgt)
+            results["device"] = {
+                k: report[k]
+                for k in (
+                    "accuracy",
+                    "accuracy_split",
+                    "peak_bytes",
+                    "analytic_bytes",
+                    "budget_bytes",
+                    "samples_per_second",
+                    "steps_per_second",
+                    "samples",
+                )
+            }
+        results["stage_seconds"] = json.loads((rundir / "timings.json").read_text())
+        atomic_write_json(rundir / "results.json", results)
+    return results

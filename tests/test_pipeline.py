@@ -22,6 +22,8 @@ def tiny_config(root, **prune):
             "pretrain": {"arch": "smallnet", "epochs": 2, "batch_size": 16, "lr": 0.05},
             "prune": {"keep_per_round": 0.5, "alpha_min": 0.1, "retrain_epochs": 1, **prune},
             "probe": {"epochs": 3, "batch_size": 16},
+            "export": {"formats": ["onnx"], "verify_images": 4},
+            "device_train": {"epochs": 2, "budget": "64KB", "batch_size": 8},
         }
     )
 
@@ -56,10 +58,19 @@ def test_results_and_artifacts(finished_run):
     probes = [r["probe_accuracy"] for r in results["rungs"]]
     assert results["best_probe_index"] == probes.index(max(probes))
     assert results["regret"] == pytest.approx(max(probes) - probes[results["selected_index"]])
-    assert {"pretrain", "prune", "score"} <= set(results["stage_seconds"])
+    assert {"pretrain", "prune", "score", "export", "device"} <= set(results["stage_seconds"])
+    # export + device stages: verified sparse + compact ONNX, then the numpy head in budget
+    assert set(results["export"]["files"]) == {"encoder.onnx", "encoder_compact.onnx"}
+    for f in results["export"]["files"].values():
+        assert f["max_abs_diff"] < 1e-4
+    dev = results["device"]
+    assert dev["peak_bytes"] <= dev["budget_bytes"] == 64 * 1024
+    assert 0.0 <= dev["accuracy"] <= 1.0 and dev["accuracy_split"] == "test"
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["feature_dim"] == 256
     png = (out / "entropy_vs_alpha.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("config.toml", "run.json", "progress.log"):
+    for name in ("config.toml", "run.json", "progress.log", "head/train.json"):
         assert (out / name).is_file()
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and info["package_version"]
@@ -146,3 +157,30 @@ def test_select_rung_ties_go_to_the_denser_rung():
     ]
     assert pipeline.select_rung(rungs) == 1  # first (densest) rung of the tied maximum
     assert pipeline.select_rung(rungs[:2]) == 1
+
+
+def test_export_and_bundle_commands(finished_run, tmp_path, capsys):
+    from entropi.host import cli
+
+    out, results = finished_run
+    rc = cli.main(
+        [
+            "export",
+            "--run",
+            str(out),
+            "--rung",
+            "1",
+            "--format",
+            "onnx",
+            "--out",
+            str(tmp_path / "exp"),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    info = json.loads((tmp_path / "exp" / "export.json").read_text())
+    assert info["provenance"]["rung_index"] == 1 and "encoder.onnx" in info["files"]
+    rc = cli.main(["bundle", "--run", str(out), "--format", "onnx", "--out", str(tmp_path / "b")])
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "b" / "encoder_compact.onnx").is_file()
+    assert cli.main(["bundle", "--run", str(out), "--rung", "7", "--out", str(tmp_path / "c")]) == 2
+    assert "rung 7 does not exist" in capsys.readouterr().err
