@@ -1,0 +1,93 @@
+"""Synthetic pruned encoders for tests and benchmarks (random weights, no training).
+
+``randomize_batchnorm_`` gives batch norms non-trivial statistics (a fresh encoder's BN is the
+identity in eval mode, which would make folding untested); ``magnitude_prune_`` applies one global
+unstructured magnitude mask (REFERENCE eq. 7) keeping ``round(alpha * n)`` weights;
+``kill_channels_`` zeroes every weight of a random subset of output channels, which is what
+iterative magnitude pruning of a trained network does to many channels at alpha ~ 0.01.
+"""
+
+from __future__ import annotations
+
+import torch
+from entropi.host.models import prunable_parameters
+from torch import nn
+
+__all__ = ["fake_rung_meta", "kill_channels_", "magnitude_prune_", "randomize_batchnorm_"]
+
+
+def randomize_batchnorm_(encoder: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm random affine parameters and running statistics (in place)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in encoder.modules():
+            if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return encoder.eval()
+
+
+def magnitude_prune_(encoder: nn.Module, alpha: float) -> int:
+    """Zero all but the ``round(alpha * n)`` largest-magnitude prunable weights, globally.
+
+    Returns the number of non-zeros kept.
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
+    params = [p for _, p in prunable_parameters(encoder)]
+    flat = torch.cat([p.detach().abs().reshape(-1) for p in params])
+    keep = round(alpha * flat.numel())
+    if keep >= flat.numel():
+        return int(flat.numel())
+    order = torch.argsort(flat, descending=True, stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool)
+    mask[order[:keep]] = True
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.mul_(mask[offset : offset + n].reshape(p.shape))
+            offset += n
+    return keep
+
+
+def kill_channels_(encoder: nn.Module, fraction: float, seed: int = 0) -> int:
+    """Zero every weight of a random ``fraction`` of output channels of each conv/linear whose
+    weight is prunable (never all of them). Returns the number of channels killed."""
+    g = torch.Generator().manual_seed(seed)
+    killed = 0
+    with torch.no_grad():
+        for _, p in prunable_parameters(encoder):
+            out = p.shape[0]
+            n = min(int(fraction * out), out - 1)
+            idx = torch.randperm(out, generator=g)[:n]
+            p[idx] = 0.0
+            killed += n
+    return killed
+
+
+def fake_rung_meta(encoder: nn.Module, arch: str, **overrides: object) -> dict[str, object]:
+    """Rung metadata as :func:`entropi.host.checkpoint.load_rung` returns it, for a given
+    encoder (alpha and nnz measured from its prunable weights)."""
+    params = [p for _, p in prunable_parameters(encoder)]
+    n = sum(p.numel() for p in params)
+    nnz = int(sum(int(torch.count_nonzero(p)) for p in params))
+    meta: dict[str, object] = {
+        "format": 1,
+        "arch": arch,
+        "feature_dim": int(getattr(encoder, "feature_dim", 0)),
+        "num_source_classes": 10,
+        "alpha": nnz / n,
+        "nnz": nnz,
+        "n_prunable": n,
+        "source_accuracy": float("nan"),
+        "normalization": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]},
+        "input_shape": [3, 32, 32],
+        "source_dataset": "synthetic",
+        "index": 0,
+    }
+    meta.update(overrides)
+    return meta

@@ -1,0 +1,204 @@
+"""Convert an encoder to TFLite with litert-torch, then store pruned weights in TFLite's own
+sparse format.
+
+litert-torch writes dense weights. :func:`sparsify_tflite` rewrites the flatbuffer with the
+``ai_edge_litert`` schema object API: every float32 weight of a CONV_2D / DEPTHWISE_CONV_2D /
+FULLY_CONNECTED op whose sparse form is smaller gets a new constant tensor with
+``SparsityParameters`` (traversal order = dimension order, all dimensions dense except the last,
+which is CSR: ``array_segments`` [rows + 1] and ``array_indices`` [NNZ], each in the narrowest of
+uint8 / uint16 / int32 that holds its values) and one DENSIFY op that rebuilds the original dense
+tensor when the interpreter prepares the graph. The stock LiteRT interpreter runs such files
+(it densifies once at load). Provenance goes into the model's ``metadata`` list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._errors import require
+
+__all__ = [
+    "METADATA_NAME",
+    "TfliteSparseStats",
+    "convert_tflite",
+    "read_metadata",
+    "sparsify_tflite",
+]
+
+METADATA_NAME = "entropi_provenance"
+_WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+@dataclass(frozen=True)
+class TfliteSparseStats:
+    """What :func:`sparsify_tflite` stored sparse."""
+
+    tensors: int  # weight tensors stored with SparsityParameters (= DENSIFY ops added)
+    nnz: int
+    numel: int
+
+
+def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
+    """Convert ``module`` (eval mode, fixed input shape of ``example``) to TFLite bytes."""
+    litert_torch = require("litert_torch", "tflite", "TFLite export (litert-torch)")
+    module.eval()
+    sink = io.StringIO()
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
+        warnings.simplefilter("ignore")
+        logging.getLogger("litert_torch").setLevel(logging.ERROR)
+        edge_model = litert_torch.convert(module, (example,))
+        return bytes(edge_model.model_content())
+
+
+def _narrowest(values: np.ndarray):
+    """(union type, vector object) of the narrowest TFLite index vector holding ``values``."""
+    schema = require("ai_edge_litert.schema_py_generated", "litert", "TFLite sparsification")
+    top = int(values.max()) if values.size else 0
+    if top < 2**8:
+        vec, kind, dtype = schema.Uint8VectorT(), schema.SparseIndexVector.Uint8Vector, np.uint8
+    elif top < 2**16:
+        vec, kind, dtype = schema.Uint16VectorT(), schema.SparseIndexVector.Uint16Vector, np.uint16
+    else:
+        vec, kind, dtype = schema.Int32VectorT(), schema.SparseIndexVector.Int32Vector, np.int32
+    vec.values = values.astype(dtype)
+    return kind, vec
+
+
+def _csr_sparsity(arr: np.ndarray):
+    """SparsityParametersT (dense outer dims, CSR last dim), the values, and the stored size."""
+    schema = require("ai_edge_litert.schema_py_generated", "litert", "TFLite sparsification")
+    rows = arr.reshape(-1, arr.shape[-1])
+    nz_rows, nz_cols = np.nonzero(rows)
+    values = rows[nz_rows, nz_cols].astype(np.float32)
+    segments = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(nz_rows, minlength=rows.shape[0]), out=segments[1:])
+    dims = [
+        schema.DimensionMetadataT(format=schema.DimensionType.DENSE, denseSize=int(s))
+        for s in arr.shape[:-1]
+    ]
+    seg_kind, seg_vec = _narrowest(segments)
+    idx_kind, idx_vec = _narrowest(nz_cols)
+    dims.append(
+        schema.DimensionMetadataT(
+            format=schema.DimensionType.SPARSE_CSR,
+            arraySegmentsType=seg_kind,
+            arraySegments=seg_vec,
+            arrayIndicesType=idx_kind,
+            arrayIndices=idx_vec,
+        )
+    )
+    params = schema.SparsityParametersT(
+        traversalOrder=list(range(arr.ndim)), blockMap=[], dimMetadata=dims
+    )
+    stored = values.nbytes + seg_vec.values.nbytes + idx_vec.values.nbytes
+    return params, values, stored
+
+
+def _opcode_index(model, builtin: int) -> int:
+    schema = require("ai_edge_litert.schema_py_generated", "litert", "TFLite sparsification")
+    for i, code in enumerate(model.operatorCodes):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return i
+    model.operatorCodes.append(
+        schema.OperatorCodeT(
+            deprecatedBuiltinCode=min(builtin, 127), builtinCode=builtin, version=1
+        )
+    )
+    return len(model.operatorCodes) - 1
+
+
+def sparsify_tflite(
+    model_bytes: bytes, *, sparse: bool = True, metadata: dict[str, object] | None = None
+) -> tuple[bytes, TfliteSparseStats]:
+    """Rewrite pruned weights of a TFLite model to sparse storage and attach ``metadata``.
+
+    With ``sparse=False`` only the metadata is attached.
+    """
+    schema = require("ai_edge_litert.schema_py_generated", "litert", "TFLite sparsification")
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "TFLite sparsification")
+    model = fb.read_model_from_bytearray(bytearray(model_bytes))
+    op_names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    n_t = n_nnz = n_el = 0
+    if sparse:
+        densify = _opcode_index(model, schema.BuiltinOperator.DENSIFY)
+        refs = Counter(t.buffer for sg in model.subgraphs for t in sg.tensors)
+        for sg in model.subgraphs:
+            weights = set()
+            for op in sg.operators:
+                code = model.operatorCodes[op.opcodeIndex]
+                name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+                if name in _WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
+                    weights.add(int(op.inputs[1]))
+            new_ops = []
+            for t_idx in sorted(weights):
+                tensor = sg.tensors[t_idx]
+                buf = model.buffers[tensor.buffer]
+                if tensor.type != schema.TensorType.FLOAT32 or buf.data is None:
+                    continue
+                if refs[tensor.buffer] > 1:  # a buffer shared with another tensor stays dense
+                    continue
+                if tensor.sparsity is not None or len(tensor.shape) < 2:
+                    continue
+                arr = np.frombuffer(bytes(buf.data), dtype=np.float32).reshape(tensor.shape)
+                params, values, stored = _csr_sparsity(arr)
+                if stored >= arr.nbytes:
+                    continue
+                model.buffers.append(schema.BufferT())
+                model.buffers[-1].data = values.view(np.uint8)
+                sparse_t = schema.TensorT()
+                sparse_t.shape = list(tensor.shape)
+                sparse_t.type = schema.TensorType.FLOAT32
+                sparse_t.buffer = len(model.buffers) - 1
+                sparse_t.name = f"{_name(tensor)}/sparse"
+                sparse_t.sparsity = params
+                sg.tensors.append(sparse_t)
+                buf.data = None  # the dense tensor is now computed by DENSIFY
+                op = schema.OperatorT()
+                op.opcodeIndex = densify
+                op.inputs = [len(sg.tensors) - 1]
+                op.outputs = [t_idx]
+                new_ops.append(op)
+                n_t, n_nnz, n_el = n_t + 1, n_nnz + values.size, n_el + arr.size
+            sg.operators = new_ops + list(sg.operators)
+    if metadata is not None:
+        model.buffers.append(schema.BufferT())
+        blob = json.dumps(metadata, sort_keys=True).encode()
+        model.buffers[-1].data = np.frombuffer(blob, dtype=np.uint8).copy()
+        entry = schema.MetadataT()
+        entry.name = METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME]
+        model.metadata.append(entry)
+    out = fb.convert_object_to_bytearray(model)
+    return bytes(out), TfliteSparseStats(n_t, int(n_nnz), int(n_el))
+
+
+def read_metadata(model: bytes | str | os.PathLike) -> dict[str, object]:
+    """The entropi provenance stored in a TFLite file (empty dict if none)."""
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading TFLite metadata")
+    data = bytes(model) if isinstance(model, bytes | bytearray) else open(model, "rb").read()
+    obj = fb.read_model_from_bytearray(bytearray(data))
+    for m in obj.metadata or []:
+        if _name(m) == METADATA_NAME:
+            return json.loads(bytes(obj.buffers[m.buffer].data).decode())
+    return {}
+
+
+def _name(obj) -> str:
+    name = obj.name
+    return name.decode() if isinstance(name, bytes) else str(name or "")
