@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from entropi.host._io import default_mode
 from torch import nn
 
 from ._errors import ExportError, require
@@ -209,6 +210,7 @@ def export_encoder(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    os.chmod(tmp, default_mode(directory=True))
     try:
         files: dict[str, Any] = {}
         for stem, module, sparse in variants:

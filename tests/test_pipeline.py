@@ -184,3 +184,9 @@ def test_export_and_bundle_commands(finished_run, tmp_path, capsys):
     assert (tmp_path / "b" / "encoder_compact.onnx").is_file()
     assert cli.main(["bundle", "--run", str(out), "--rung", "7", "--out", str(tmp_path / "c")]) == 2
     assert "rung 7 does not exist" in capsys.readouterr().err
+
+
+def test_artifacts_are_readable_by_others(finished_run):
+    out, _ = finished_run
+    for path in (out / "results.json", out / "rungs" / "rung_000.pt", out / "export"):
+        assert path.stat().st_mode & 0o044, f"{path} is not group/world readable"
