@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from entropi.host._io import default_mode
 from torch import nn
+
+from entropi.host._io import default_mode
 
 from ._errors import ExportError, require
 from .compact import compact_encoder

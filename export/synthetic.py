@@ -10,8 +10,9 @@ iterative magnitude pruning of a trained network does to many channels at alpha 
 from __future__ import annotations
 
 import torch
-from entropi.host.models import prunable_parameters
 from torch import nn
+
+from entropi.host.models import prunable_parameters
 
 __all__ = ["fake_rung_meta", "kill_channels_", "magnitude_prune_", "randomize_batchnorm_"]
 

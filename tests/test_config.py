@@ -1,6 +1,7 @@
 """Configs: shipped files validate, bad values name the key and range, TOML round-trips."""
 
 import pytest
+
 from entropi.host.config import ConfigError, config_to_toml, load_config, shipped_configs
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch.nn import functional as F
+
 from entropi.host import _data_cifar, _data_images
 from entropi.host.data import (
     CIFAR,
@@ -36,8 +39,6 @@ from entropi.host.data import (
     stratified_subset,
     to_device,
 )
-from PIL import Image
-from torch.nn import functional as F
 
 torch.set_num_threads(1)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from entropi.device import DataError, TrainConfig, train_head
+from entropi.device._blas import find_gemm
 from entropi.device.budget import UFUNC_BUFSIZE, plan_memory
 from entropi.device.schedule import batch_rows, epoch_order, learning_rate
 from entropi.device.softmax import cross_entropy, gradients, logits
@@ -76,17 +77,20 @@ def _torch_sgd(x, y, cfg: TrainConfig, batch, n_train, num_classes):
 
 
 @pytest.mark.parametrize(
-    "momentum,weight_decay,schedule,budget",
+    "momentum,weight_decay,schedule,budget,blas",
     [
-        (0.0, 0.0, "cosine", None),
-        (0.9, 1e-3, "cosine", None),
-        (0.0, 5e-3, "step", None),
-        # a budget this small forces blocked weight updates and a smaller batch
-        (0.0, 1e-3, "cosine", 4096),
-        (0.9, 1e-3, "constant", 4096 + 16 * 5 * 8 + 5 * 8),
+        (0.0, 0.0, "cosine", None, True),
+        (0.0, 0.0, "cosine", None, False),
+        (0.9, 1e-3, "cosine", None, True),
+        (0.0, 5e-3, "step", None, True),
+        (0.0, 5e-3, "step", None, False),
+        # a budget this small forces blocked weight updates (numpy path) and a smaller batch
+        (0.0, 1e-3, "cosine", 4096, False),
+        (0.0, 1e-3, "cosine", 2048, True),
+        (0.9, 1e-3, "constant", 4096 + 16 * 5 * 8 + 5 * 8, True),
     ],
 )
-def test_training_run_matches_torch_sgd_float64(momentum, weight_decay, schedule, budget):
+def test_training_run_matches_torch_sgd_float64(momentum, weight_decay, schedule, budget, blas):
     x, y = _data()
     cfg = TrainConfig(
         epochs=4,
@@ -102,7 +106,9 @@ def test_training_run_matches_torch_sgd_float64(momentum, weight_decay, schedule
         dtype="float64",
         budget_bytes=None if budget is None else budget + 24 * 1024,
     )
-    res = train_head(x, y, cfg, measure_memory=False)
+    res = train_head(x, y, cfg, measure_memory=False, blas=blas)
+    fused = blas and momentum == 0 and find_gemm(np.float64) is not None
+    assert res.plan.fused_update == fused
     if budget is not None:
         assert res.plan.block_rows < 16 or res.plan.batch_size < 12
     w, b = _torch_sgd(x, y, cfg, res.plan.batch_size, res.n_train, 5)
@@ -110,6 +116,35 @@ def test_training_run_matches_torch_sgd_float64(momentum, weight_decay, schedule
     # p - lr*wd*p, which stay below 1e-12 over these ~80 steps.
     np.testing.assert_allclose(res.weights, w, rtol=0, atol=1e-12)
     np.testing.assert_allclose(res.bias, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.skipif(find_gemm(np.float32) is None, reason="numpy's BLAS exposes no cblas sgemm")
+def test_blas_and_numpy_updates_agree_float32():
+    """The fused BLAS update (W = (1 - lr*wd) W - x^T z) against the numpy path (gradient block,
+    then subtract): same plan batch, float32, 5 epochs with weight decay."""
+    x, y = _data()
+    cfg = TrainConfig(epochs=5, lr=0.2, weight_decay=1e-3, batch_size=12, patience=0, seed=2)
+    fused = train_head(x.astype(np.float32), y, cfg, measure_memory=False, blas=True)
+    plain = train_head(x.astype(np.float32), y, cfg, measure_memory=False, blas=False)
+    assert fused.plan.fused_update and not plain.plan.fused_update
+    assert fused.plan.batch_size == plain.plan.batch_size and "grad_block" not in fused.plan.buffers
+    # one rounding instead of two per weight per step, over ~100 steps of O(0.1) updates
+    np.testing.assert_allclose(fused.weights, plain.weights, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(fused.bias, plain.bias)
+
+
+def test_large_logits_fall_back_to_the_max_shift():
+    """Inputs scaled so that exp(logits) overflows: the step recomputes with the max shift and
+    still equals torch (float64)."""
+    x, y = _data()
+    x = x * 200.0
+    cfg = TrainConfig(epochs=2, lr=0.5, batch_size=12, patience=0, seed=1, dtype="float64")
+    res = train_head(x, y, cfg, measure_memory=False)
+    z = x @ res.weights + res.bias
+    assert np.abs(z).max() > 800  # exp would overflow float64 without the shift
+    w, b = _torch_sgd(x, y, cfg, res.plan.batch_size, res.n_train, 5)
+    np.testing.assert_allclose(res.weights, w, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(res.bias, b, rtol=1e-10, atol=1e-9)
 
 
 def test_float32_run_tracks_float64_run():

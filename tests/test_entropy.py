@@ -4,10 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from entropi.host.entropy import FeatureError, quantize, state_entropy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from entropi.host.entropy import FeatureError, quantize, state_entropy
 
 TOL = 1e-12  # float64 sums of a few terms
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -23,8 +26,6 @@ from entropi.export import (
 from entropi.export.synthetic import kill_channels_, magnitude_prune_, randomize_batchnorm_
 from entropi.export.verify import compare_arrays, torch_features
 from entropi.host.models import build_encoder
-from torch import nn
-from torch.nn import functional as F
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}

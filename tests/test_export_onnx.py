@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -22,7 +24,6 @@ from entropi.export import (
 )
 from entropi.export.synthetic import magnitude_prune_, randomize_batchnorm_
 from entropi.host.models import build_encoder, prunable_parameters
-from torch import nn
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from entropi.export import VerificationError, export_rung, read_metadata
 from entropi.export.synthetic import kill_channels_, magnitude_prune_, randomize_batchnorm_
 from entropi.host.checkpoint import CheckpointError, rung_path, save_checkpoint

@@ -14,6 +14,8 @@ import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
+from torch import nn
+
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -27,7 +29,6 @@ from entropi.export import (
 )
 from entropi.export.synthetic import fake_rung_meta, magnitude_prune_, randomize_batchnorm_
 from entropi.host.models import build_encoder, prunable_parameters
-from torch import nn
 
 pytest.importorskip("litert_torch")
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from entropi.host import pipeline
 from entropi.host.checkpoint import CheckpointError, list_rungs, load_rung
 from entropi.host.config import config_from_dict

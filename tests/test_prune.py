@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from entropi.host.models import build_encoder, build_model, prunable_parameters
 from entropi.host.prune import (
     apply_masks,
