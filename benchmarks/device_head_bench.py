@@ -8,8 +8,11 @@ Run: ``.venv/bin/python benchmarks/device_head_bench.py`` (writes
 - single-thread speed at batch 32 (unblocked): samples/s of the training step (wall and CPU
   time, best of repeats), and the fraction of one core's sgemm rate at the same shapes
   (achieved GEMM FLOP/s of the step: 2 GEMMs x 2*B*D*C FLOPs, over numpy sgemm's FLOP/s);
-- peak RSS of a whole ``entropi-device train`` process on a smallnet TFLite bundle
-  (``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``).
+- peak RSS (VmHWM) of a whole ``entropi-device train`` process on a smallnet TFLite bundle, on
+  real CIFAR-100 written as an uncompressed ``.npz`` in ``--data-dir`` (default /tmp): the
+  quickstart subset (5,000 train / 2,000 test images) and the full set (50,000 / 10,000). The
+  ``.npz`` files are made once from ``--datasets`` (the official CIFAR-100 python files) with the
+  host reader and reused.
 """
 
 from __future__ import annotations
@@ -91,19 +94,9 @@ def memory_256kb(n: int, epochs: int) -> dict:
     }
 
 
-def _speed_child(steps: int, repeats: int) -> dict:
-    """Runs in a child with one BLAS thread."""
-    from entropi.device import TrainConfig, plan_memory
-    from entropi.device.budget import UFUNC_BUFSIZE
-    from entropi.device.trainer import _Loop
-
-    x, y = _features(50_000)
-    y = y.astype(np.intp)
-    plan = plan_memory(D, C, None, max_batch_size=B)
-    loop = _Loop(x, y, len(x), C, TrainConfig(), plan)
+def _time_loop(loop, steps: int, repeats: int) -> tuple[list[float], list[float]]:
     noop = lambda s: None  # noqa: E731
     lr = lambda s: 0.01  # noqa: E731
-    np.setbufsize(UFUNC_BUFSIZE)
     loop.run_epoch_steps(0, 0, 200, 0, lr, noop)
     wall, cpu = [], []
     for _ in range(repeats):
@@ -111,6 +104,25 @@ def _speed_child(steps: int, repeats: int) -> dict:
         loop.run_epoch_steps(0, 0, steps, 0, lr, noop)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+def _speed_child(steps: int, repeats: int) -> dict:
+    """Runs in a child with one BLAS thread: the fused-BLAS step and the numpy-only step."""
+    from entropi.device import TrainConfig, plan_memory
+    from entropi.device._blas import find_gemm
+    from entropi.device.budget import UFUNC_BUFSIZE
+    from entropi.device.trainer import _Loop
+
+    x, y = _features(50_000)
+    y = y.astype(np.intp)
+    gemm = find_gemm(np.float32)
+    np.setbufsize(UFUNC_BUFSIZE)
+    runs = {}
+    for name, fused in (("numpy", False), ("blas", gemm is not None)):
+        plan = plan_memory(D, C, None, max_batch_size=B, fused_update=fused)
+        loop = _Loop(x, y, len(x), C, TrainConfig(), plan, gemm if fused else None)
+        runs[name] = _time_loop(loop, steps, repeats)
     # sgemm at the same shapes: forward (B x D) @ (D x C), weight gradient (D x B) @ (B x C)
     xb = x[:B].copy()
     w = np.zeros((D, C), np.float32)
@@ -119,28 +131,35 @@ def _speed_child(steps: int, repeats: int) -> dict:
     for _ in range(500):
         np.matmul(xb, w, z)
         np.matmul(xb.T, z, g)
-    gemm = []
+    gemm_t = []
     for _ in range(repeats):
         c0 = time.process_time()
         for _ in range(steps):
             np.matmul(xb, w, z)
             np.matmul(xb.T, z, g)
-        gemm.append(time.process_time() - c0)
+        gemm_t.append(time.process_time() - c0)
     flops_per_step = 2 * 2 * B * D * C
-    best_cpu, best_wall, best_gemm = min(cpu), min(wall), min(gemm)
-    return {
+    best_gemm = min(gemm_t)
+    best = "blas" if gemm is not None else "numpy"
+    wall, cpu = runs[best]
+    out = {
         "batch_size": B,
         "steps_per_repeat": steps,
         "repeats": repeats,
-        "samples_per_second_cpu": steps * B / best_cpu,
-        "samples_per_second_wall": steps * B / best_wall,
+        "update": "fused BLAS gemm (W = W - x^T z)" if best == "blas" else "numpy",
+        "samples_per_second_cpu": steps * B / min(cpu),
+        "samples_per_second_wall": steps * B / min(wall),
         "samples_per_second_wall_median": steps * B / sorted(wall)[len(wall) // 2],
-        "us_per_step_cpu": best_cpu / steps * 1e6,
+        "us_per_step_cpu": min(cpu) / steps * 1e6,
         "sgemm_gflops": flops_per_step * steps / best_gemm / 1e9,
-        "step_gemm_gflops": flops_per_step * steps / best_cpu / 1e9,
-        "sgemm_fraction": best_gemm / best_cpu,
+        "step_gemm_gflops": flops_per_step * steps / min(cpu) / 1e9,
+        "sgemm_fraction": best_gemm / min(cpu),
         "goal_samples_per_second": 330_000,
     }
+    for name, (wall, cpu) in runs.items():
+        out[f"samples_per_second_cpu_{name}"] = steps * B / min(cpu)
+        out[f"samples_per_second_wall_median_{name}"] = steps * B / sorted(wall)[len(wall) // 2]
+    return out
 
 
 def speed(steps: int, repeats: int) -> dict:
@@ -155,7 +174,34 @@ def speed(steps: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def process_rss(n_images: int, epochs: int) -> dict:
+def cifar100_npz(
+    path: Path, datasets: Path, train_per_class: int | None, test_per_class: int | None
+):
+    """Write CIFAR-100 (x_/y_train, x_/y_test, class_names) to ``path`` once (uncompressed).
+
+    ``*_per_class``: keep the first N images of each class (None: all). Never commit the file.
+    """
+    if path.exists():
+        return path
+    from entropi.host.data import load_dataset
+
+    arrays = {}
+    for split, k in (("train", train_per_class), ("test", test_per_class)):
+        ds = load_dataset("cifar100", split, datasets, progress=False)
+        keep = np.arange(len(ds.y))
+        if k is not None:
+            keep = np.sort(np.concatenate([np.flatnonzero(ds.y == c)[:k] for c in range(100)]))
+        arrays[f"x_{split}"] = np.ascontiguousarray(ds.x[keep])
+        arrays[f"y_{split}"] = ds.y[keep].astype(np.int64)
+        names = ds.classes
+    arrays["class_names"] = np.asarray(names)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def process_rss(data: Path, epochs: int) -> dict:
     """Peak RSS of `entropi-device train` with a smallnet TFLite bundle (LiteRT loaded)."""
     from entropi.device.bundle import write_bundle
 
@@ -174,10 +220,8 @@ def process_rss(n_images: int, epochs: int) -> dict:
             feature_dim=256,
             provenance={"note": "random-init smallnet, benchmark only"},
         )
-        rng = np.random.default_rng(0)
-        y = rng.integers(0, 100, n_images)
-        x = rng.integers(0, 256, (n_images, 32, 32, 3), dtype=np.uint8)
-        np.savez(d / "data.npz", x_train=x, y_train=y)
+        with np.load(data) as z:
+            n_images = {k: z[k].shape[0] for k in z.files if k.startswith("y_")}
         t0 = time.perf_counter()
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(
@@ -189,7 +233,7 @@ def process_rss(n_images: int, epochs: int) -> dict:
                     "--bundle",
                     str(bundle),
                     "--data",
-                    str(d / "data.npz"),
+                    str(data),
                     "--budget",
                     "256KB",
                     "--epochs",
@@ -197,17 +241,16 @@ def process_rss(n_images: int, epochs: int) -> dict:
                     "--out",
                     str(d / "head"),
                 ],
-                stdout=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
                 stderr=err,
                 env={**os.environ, **ONE_THREAD},
             )
-            _, status, usage = os.wait4(proc.pid, 0)  # rusage of this one child
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            stdout, _ = proc.communicate()
             wall = time.perf_counter() - t0
             if proc.returncode != 0:
                 err.seek(0)
                 raise RuntimeError(err.read().decode())
-        rss_kb = usage.ru_maxrss
+        rss_kb = int(stdout.decode().strip().splitlines()[-1])
         rep = json.loads((d / "head" / "train.json").read_text())
     return {
         "peak_rss_bytes": rss_kb * 1024,
@@ -216,12 +259,16 @@ def process_rss(n_images: int, epochs: int) -> dict:
         "entropi-device entry point), read from /proc/self/status at exit",
         "goal_mb": 64,
         "encoder": "smallnet (256 features), TFLite via litert-torch, fixed batch 32",
+        "data": str(data),
+        "data_bytes": data.stat().st_size,
         "images": n_images,
+        "epochs": epochs,
         "wall_seconds": wall,
         "train_json": {
             k: rep[k]
             for k in (
                 "accuracy",
+                "accuracy_split",
                 "peak_bytes",
                 "analytic_bytes",
                 "budget_bytes",
@@ -238,8 +285,21 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--out", default=str(HERE / "results" / "device_head.json"))
+    p.add_argument("--datasets", default="/work/shared/datasets", help="holds cifar-100-python")
+    p.add_argument("--data-dir", default="/tmp", help="where the CIFAR-100 .npz files go")
+    p.add_argument("--only-rss", action="store_true", help="only the process RSS runs")
     a = p.parse_args(argv)
     q = a.quick
+    dd, ds = Path(a.data_dir), Path(a.datasets)
+    quick_npz = cifar100_npz(dd / "entropi_cifar100_quickstart.npz", ds, 50, 20)
+    full_npz = cifar100_npz(dd / "entropi_cifar100_full.npz", ds, None, None)
+    rss = {
+        "quickstart_5000": process_rss(quick_npz, 2 if q else 10),
+        "full_50000": process_rss(full_npz, 1 if q else 3),
+    }
+    if a.only_rss:
+        print(json.dumps(rss, indent=2))
+        return 0
     result = {
         "machine": {
             "platform": platform.platform(),
@@ -252,7 +312,7 @@ def main(argv=None) -> int:
         "shapes": {"feature_dim": D, "classes": C},
         "memory_256kb": memory_256kb(2000 if q else 10_000, 2 if q else 5),
         "speed_one_thread": speed(300 if q else 3000, 3 if q else 7),
-        "process": process_rss(500 if q else 5000, 2 if q else 10),
+        "process": rss,
         "command": "python benchmarks/device_head_bench.py" + (" --quick" if q else ""),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from entropi.device import TrainConfig, parse_size, plan_memory, train_head
+from entropi.device._blas import find_gemm
 from entropi.device.budget import UFUNC_BUFSIZE
 from entropi.device.softmax import cross_entropy, logits
 from entropi.device.trainer import _Loop
@@ -43,8 +45,9 @@ def test_bench_head_epoch(benchmark, data, budget):
 
 def test_bench_training_step_batch32(benchmark, data):
     x, y = data
-    plan = plan_memory(D, C, None, max_batch_size=32)
-    loop = _Loop(x, y.astype(np.intp), len(x), C, TrainConfig(), plan)
+    gemm = find_gemm(np.float32)
+    plan = plan_memory(D, C, None, max_batch_size=32, fused_update=gemm is not None)
+    loop = _Loop(x, y.astype(np.intp), len(x), C, TrainConfig(), plan, gemm)
     old = np.setbufsize(UFUNC_BUFSIZE)
     try:
         steps = len(x) // 32

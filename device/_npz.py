@@ -14,13 +14,14 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._io import atomic_write
 
-__all__ = ["load_npz", "read_npz_into", "save_npz", "warm_up"]
+__all__ = ["NpyMember", "load_npz", "npy_member", "read_npz_into", "save_npz", "warm_up"]
 
 _CHUNK_BYTES = 4096
 _FILE_BUFFER = 512
@@ -65,11 +66,7 @@ def read_npz_into(path: str | os.PathLike, outs: Mapping[str, np.ndarray]) -> No
         for name, out in outs.items():
             info = zf.getinfo(f"{name}.npy")
             if info.compress_type == zipfile.ZIP_STORED:
-                # local file header: 30 bytes, then the file name and the extra field
-                raw.seek(info.header_offset + 26)
-                lengths = raw.read(4)
-                start = info.header_offset + 30 + lengths[0] + 256 * lengths[1]
-                start += lengths[2] + 256 * lengths[3]
+                start = _stored_data_start(raw, info)
                 expected = _npy_header(out)
                 raw.seek(start)
                 if raw.read(len(expected)) == expected:
@@ -95,6 +92,50 @@ def read_npz_into(path: str | os.PathLike, outs: Mapping[str, np.ndarray]) -> No
                     pos += n
 
 
+@dataclass(frozen=True)
+class NpyMember:
+    """Where one ``.npy`` member of an ``.npz`` keeps its array."""
+
+    name: str
+    """Member name without ``.npy``."""
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    data_offset: int | None
+    """Byte offset of the array data in the ``.npz`` file for an uncompressed member (it can be
+    read in place at any row), None for a compressed one (read it sequentially)."""
+
+
+def _stored_data_start(raw, info: zipfile.ZipInfo) -> int:
+    """Offset of a stored member's first byte (after the local header, name and extra field)."""
+    raw.seek(info.header_offset + 26)
+    lengths = raw.read(4)
+    return info.header_offset + 30 + lengths[0] + 256 * lengths[1] + lengths[2] + 256 * lengths[3]
+
+
+def npy_member(path: str | os.PathLike, name: str) -> NpyMember:
+    """Shape, dtype and data location of member ``name`` of ``path``, without reading the data.
+
+    Raises ``KeyError`` when the member does not exist.
+    """
+    with open(path, "rb", buffering=0) as raw, zipfile.ZipFile(raw) as zf:
+        info = zf.getinfo(f"{name}.npy")
+        with zf.open(info) as member:
+            shape, fortran, dtype = _parse_header(member)
+            header_len = member.tell()
+        offset = None
+        if info.compress_type == zipfile.ZIP_STORED:
+            offset = _stored_data_start(raw, info) + header_len
+    return NpyMember(name, tuple(shape), np.dtype(dtype), bool(fortran), offset)
+
+
+def _parse_header(member):
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    return np.lib.format.read_array_header_2_0(member)
+
+
 def _npy_header(arr: np.ndarray) -> bytes:
     """The exact ``.npy`` v1.0 header :func:`save_npz` writes for ``arr``."""
     buf = io.BytesIO()
@@ -113,11 +154,7 @@ def warm_up() -> None:
 
 
 def _read_header(member, path, name, out) -> tuple[tuple[int, ...], np.dtype]:
-    version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
-    else:
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+    shape, fortran, dtype = _parse_header(member)
     if tuple(shape) != out.shape or dtype != out.dtype or fortran:
         raise ValueError(
             f"{path}: member {name!r} is {dtype}{tuple(shape)}, expected {out.dtype}{out.shape}"

@@ -134,6 +134,8 @@ class MemoryPlan:
     """Allowance for interpreter objects on top of the buffers."""
     buffers: dict[str, int]
     """Buffer name -> bytes."""
+    fused_update: bool = False
+    """The weight update is one BLAS gemm into the weights (no gradient block, unblocked)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +155,7 @@ def plan_memory(
     momentum: bool = False,
     dtype: np.dtype | type = np.float32,
     epochs: int = 0,
+    fused_update: bool = False,
 ) -> MemoryPlan:
     """Choose (batch size, block rows) that fit ``budget_bytes``, or raise :class:`BudgetError`.
 
@@ -161,13 +164,18 @@ def plan_memory(
     with weight-update blocks of at least ``min(feature_dim, MIN_BLOCK_ROWS)`` rows, then the
     largest such block (balanced so that blocks are of near-equal size). If nothing fits that
     way, batch 1 with the largest block >= 1 row. The error states the minimum budget (batch 1,
-    1-row blocks).
+    1-row blocks). ``fused_update`` (the trainer's BLAS path, no momentum): no gradient block is
+    held, so the plan is the largest batch size that fits, unblocked.
     """
     d, c = int(feature_dim), int(num_classes)
+    if fused_update and momentum:
+        raise ValueError("fused_update needs momentum=False (momentum keeps a gradient block)")
     if d < 1 or c < 2:
         raise ValueError(f"need feature_dim >= 1 and num_classes >= 2, got {d} and {c}")
     if max_batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {max_batch_size}")
+    if fused_update:
+        return _plan_fused(d, c, budget_bytes, max_batch_size, dtype, epochs)
     if budget_bytes is None:
         buffers = buffer_bytes(
             d, c, max_batch_size, d, momentum=momentum, dtype=dtype, epochs=epochs
@@ -189,13 +197,33 @@ def plan_memory(
                 reserve_bytes=RESERVE_BYTES,
                 buffers=buffers,
             )
-    minimum = _total(d, c, 1, 1, momentum, dtype, epochs)
+    _raise_budget(d, c, budget_bytes, momentum, dtype, _total(d, c, 1, 1, momentum, dtype, epochs))
+
+
+def _plan_fused(d, c, budget_bytes, max_batch_size, dtype, epochs) -> MemoryPlan:
+    """Plan for the fused update: no gradient block, so only the batch size is chosen."""
+    for b in range(max_batch_size, 0, -1):
+        if budget_bytes is None or _total(d, c, b, 0, False, dtype, epochs) <= budget_bytes:
+            buffers = buffer_bytes(d, c, b, 0, momentum=False, dtype=dtype, epochs=epochs)
+            return MemoryPlan(
+                batch_size=b,
+                block_rows=d,
+                budget_bytes=int(budget_bytes or 0),
+                analytic_bytes=sum(buffers.values()),
+                reserve_bytes=RESERVE_BYTES,
+                buffers=buffers,
+                fused_update=True,
+            )
+    _raise_budget(d, c, budget_bytes, False, dtype, _total(d, c, 1, 0, False, dtype, epochs))
+
+
+def _raise_budget(d, c, budget_bytes, momentum, dtype, minimum) -> None:
     hint = " or train without momentum" if momentum else ""
     raise BudgetError(
         f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold the head "
         f"training loop for {d} features x {c} classes ({np.dtype(dtype).name}, "
         f"momentum={'yes' if momentum else 'no'}): the minimum is {format_size(minimum)} "
-        f"({minimum} B, batch 1, 1-row weight blocks; weights alone take "
+        f"({minimum} B, batch 1; weights alone take "
         f"{format_size(d * c * np.dtype(dtype).itemsize)}). Raise --budget to at least "
         f"{math.ceil(minimum / 1024)}KB{hint}.",
         minimum_bytes=minimum,

@@ -22,7 +22,7 @@ from .budget import format_size, parse_size
 from .bundle import load_bundle
 from .data import load_images
 from .errors import DeviceError
-from .features import extract_features
+from .features import extract_features, stream_features
 from .head import Head, load_head, save_head
 from .trainer import TrainConfig, train_head
 
@@ -43,6 +43,24 @@ def _features(bundle, images, labels, *, out_path=None, seed=None):
         out_path=out_path,
         seed=seed,
     )
+
+
+def _stream(bundle, images):
+    """Features of ``images`` chunk by chunk: ``(start, features)``."""
+    return stream_features(
+        bundle.encoder(), images, input_shape=bundle.input_shape, mean=bundle.mean, std=bundle.std
+    )
+
+
+def _metrics(bundle, head: Head, images, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``head``, streaming the images (nothing held whole)."""
+    loss = correct = 0.0
+    for start, f in _stream(bundle, images):
+        m = head.evaluate(f, labels[start : start + len(f)])
+        loss += m["loss"] * len(f)
+        correct += m["accuracy"] * len(f)
+    n = max(len(labels), 1)
+    return {"accuracy": correct / n, "loss": loss / n, "samples": len(labels)}
 
 
 def train(
@@ -126,8 +144,7 @@ def train(
     except DeviceError:
         test = None
     if test is not None and test.labels is not None and test is not imgs:
-        tf, tl = _features(b, test.images, test.labels)
-        metrics = head.evaluate(tf, tl)
+        metrics = _metrics(b, head, test.images, test.labels)
         report |= {
             "accuracy": metrics["accuracy"],
             "accuracy_split": "test",
@@ -153,8 +170,7 @@ def evaluate(
     imgs = load_images(data, split)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels to evaluate against")
-    feats, labels = _features(b, imgs.images, imgs.labels)
-    return h.evaluate(feats, labels)
+    return _metrics(b, h, imgs.images, imgs.labels)
 
 
 def predict(
@@ -169,9 +185,8 @@ def predict(
     b = load_bundle(bundle)
     h = load_head(head)
     imgs = load_images(data, split)
-    feats, _ = _features(b, imgs.images, None)
-    probs = h.probabilities(feats)
     out = []
+    probs = (p for _, f in _stream(b, imgs.images) for p in h.probabilities(f))
     for p in probs:
         best = np.argsort(-p)[:top]
         out.append(

@@ -5,12 +5,17 @@ runs a fixed sequence of numpy calls that write into those buffers (``out=`` eve
 
 1. rows of the batch: ``(a*k + c) mod n_train`` for this epoch's affine order (no permutation
    array), gathered from the feature store (a memmap: "flash") into the batch buffer;
-2. logits ``z = x @ W + b``; the softmax is computed in place in ``z`` (max-shift, exp, row sums
-   by a matrix-vector product), pre-scaled by ``lr / batch`` so that after subtracting the one-hot
-   labels ``z`` holds ``lr * dL/dz``;
-3. the weight matrix is updated in blocks of rows: ``g = x[:, blk].T @ z`` then ``W[blk] -= g``
-   (with decay, momentum), so a full gradient matrix is never materialized when the budget is
-   tight; unblocked when it fits.
+2. logits ``z = x @ W + b``; the softmax is computed in place in ``z`` (exp, row sums by a
+   matrix-vector product; the max shift is applied only when a row sum leaves [1e-30, 1e30]),
+   pre-scaled by ``lr / batch`` so that after subtracting the one-hot labels ``z`` holds
+   ``lr * dL/dz``;
+3. without momentum, when numpy's BLAS exposes cblas gemm (:mod:`._blas`), the weights are
+   updated by one gemm, ``W = (1 - lr*wd) W - x.T @ z``, with no gradient buffer; otherwise in
+   blocks of rows: ``g = x[:, blk].T @ z`` then ``W[blk] -= g`` (with decay, momentum), so a
+   full gradient matrix is never materialized when the budget is tight; unblocked when it fits.
+
+A feature store that is a memory-mapped ``.npy`` file is read with ``os.preadv`` into the batch
+buffer (no page of it stays mapped, so the process RSS does not grow with the store).
 
 Semantics equal ``torch.optim.SGD(lr, momentum, weight_decay, dampening=0)`` on the mean
 cross-entropy of each batch (weight decay applies to the bias too, as in torch), with the
@@ -29,15 +34,19 @@ import math
 import os
 import time
 import tracemalloc
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._blas import NO_TRANS, ROW_MAJOR, TRANS, find_gemm
 from ._npz import read_npz_into, save_npz, warm_up
+from ._pages import mapping_of, release_pages
 from .budget import UFUNC_BUFSIZE, MemoryPlan, plan_memory
 from .errors import DataError, ResumeError
+from .errors import DataError as _DataError
 from .schedule import SCHEDULES, epoch_order, learning_rate
 
 __all__ = ["TrainConfig", "TrainResult", "train_head", "validate_training_data"]
@@ -156,9 +165,12 @@ def validate_training_data(
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"labels must be integers, got dtype {labels.dtype}")
+    mapping = mapping_of(features)
     for start in range(0, len(features), _CHECK_ROWS):
         chunk = features[start : start + _CHECK_ROWS]
-        if not np.isfinite(chunk).all():
+        finite = bool(np.isfinite(chunk).all())
+        release_pages(mapping)
+        if not finite:
             bad = start + int(np.argwhere(~np.isfinite(chunk))[0, 0])
             raise DataError(
                 f"features contain NaN or inf (first at row {bad}); check the encoder and the "
@@ -178,13 +190,31 @@ def validate_training_data(
     return n_cls
 
 
+def _open_store(x: np.ndarray) -> tuple[int | None, int, int]:
+    """``(fd, data offset, row bytes)`` when ``x`` is a whole memory-mapped ``.npy`` store (its
+    batches are then read from the file), else ``(None, 0, 0)`` (batches gathered in memory)."""
+    if (
+        isinstance(x, np.memmap)
+        and mapping_of(x) is x.base
+        and x.filename
+        and x.flags.c_contiguous
+        and x.dtype.isnative
+    ):
+        return os.open(x.filename, os.O_RDONLY), int(x.offset), x.shape[1] * x.dtype.itemsize
+    return None, 0, 0
+
+
 class _Loop:
     """Buffers and steps of one training run (all arrays allocated in ``__init__``)."""
 
-    def __init__(self, x, y, n_train, n_classes, cfg: TrainConfig, plan: MemoryPlan) -> None:
+    def __init__(
+        self, x, y, n_train, n_classes, cfg: TrainConfig, plan: MemoryPlan, gemm=None
+    ) -> None:
         ft = np.dtype(cfg.dtype)
         d, c, b, r = x.shape[1], n_classes, plan.batch_size, plan.block_rows
         self.x, self.y, self.n_train, self.cfg, self.plan = x, y, n_train, cfg, plan
+        self.fd, self.offset, self.row_bytes = _open_store(x)
+        self._closer = weakref.finalize(self, os.close, self.fd) if self.fd is not None else None
         self.d, self.c, self.b, self.r = d, c, b, r
         self.W = np.zeros((d, c), ft)
         self.bias = np.zeros(c, ft)
@@ -199,7 +229,8 @@ class _Loop:
         self.ll = np.empty(b, ft)
         self.ones_b = np.ones(b, ft)
         self.ones_c = np.ones(c, ft)
-        self.g = np.empty((r, c), ft)
+        self.gemm = gemm if plan.fused_update else None
+        self.g = np.empty((0 if self.gemm else r, c), ft)
         self.gb = np.empty(c, ft)
         self.base = np.empty(b, np.intp)
         self.idx = np.empty(b, np.intp)
@@ -207,6 +238,28 @@ class _Loop:
         self.flat = np.empty(b, np.intp)
         self.rowoff = np.arange(0, b * c, c, dtype=np.intp)
         self.blocks = [(0, d)] if r >= d else None
+        self.xb_bytes = memoryview(self.xb).cast("B") if self.fd is not None else None
+
+    def close(self) -> None:
+        """Close the feature store file (when batches are read from a file); idempotent."""
+        if self._closer is not None:
+            self._closer()
+
+    def read_rows(self, idx: np.ndarray, m: int) -> None:
+        """Rows ``idx[:m]`` of the store file into ``xb[:m]`` with ``os.preadv`` (page cache, not
+        process memory: no page of the store stays mapped)."""
+        fd, off, rb, mv = self.fd, self.offset, self.row_bytes, self.xb_bytes
+        pos = 0
+        for r in idx[:m].tolist():
+            if os.preadv(fd, [mv[pos : pos + rb]], off + r * rb) != rb:
+                raise _DataError(f"feature store {self.x.filename} is truncated at row {r}")
+            pos += rb
+
+    def read_range(self, r0: int, m: int) -> None:
+        """Consecutive rows ``[r0, r0 + m)`` of the store file into ``xb[:m]`` (one read)."""
+        rb = self.row_bytes
+        if os.preadv(self.fd, [self.xb_bytes[: m * rb]], self.offset + r0 * rb) != m * rb:
+            raise _DataError(f"feature store {self.x.filename} is truncated at row {r0}")
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"weights": self.W, "bias": self.bias}
@@ -226,7 +279,7 @@ class _Loop:
             np.remainder,
             np.put,
         )
-        maxred = np.maximum.reduce
+        maxred, minred = np.maximum.reduce, np.minimum.reduce
         x, y, W, bias, V, vb = self.x, self.y, self.W, self.bias, self.V, self.vb
         xb, xbT, z, zf, rs, rs2, ll = self.xb, self.xbT, self.z, self.zf, self.rs, self.rs2, self.ll
         ones_b, ones_c, g, gb = self.ones_b, self.ones_c, self.g, self.gb
@@ -237,20 +290,33 @@ class _Loop:
         np.floor_divide(rowoff, self.c, base)
         np_mul(base, a, base)
         inv_b = 1.0 / b
+        reader = self.read_rows if self.fd is not None else None
+        gemm = self.gemm
+        px, pz, pw = self.xb.ctypes.data, self.z.ctypes.data, W.ctypes.data
         for k in range(k0, k1):
             step = step0 + (k - k0)
             lr = lr_at(step)
             np_add(base, (a * k * b + c0) % n, idx)
             np_rem(idx, n, idx)
-            np_take(x, idx, 0, xb, "clip")
+            if reader is None:
+                np_take(x, idx, 0, xb, "clip")
+            else:
+                reader(idx, b)
             np_take(y, idx, 0, yb, "clip")
             # logits, softmax in place, scaled: z = s * (softmax(z) - onehot), s = lr/b or 1/b
             np_matmul(xb, W, z)
             np_add(z, bias, z)
-            maxred(z, 1, None, rs)
-            np_sub(z, rs2, z)
+            # exp without the max shift when every row sum stays in [1e-30, 1e30] (no overflow,
+            # no denormal loss: softmax is shift-invariant); else recompute with the shift
             np_exp(z, z)
             np_matmul(z, ones_c, rs)
+            if not (minred(rs) >= 1e-30 and maxred(rs) <= 1e30):
+                np_matmul(xb, W, z)
+                np_add(z, bias, z)
+                maxred(z, 1, None, rs)
+                np_sub(z, rs2, z)
+                np_exp(z, z)
+                np_matmul(z, ones_c, rs)
             s = inv_b if mu else lr * inv_b
             np_div(s, rs, rs)
             np_mul(z, rs2, z)
@@ -266,6 +332,11 @@ class _Loop:
                 if wd:
                     np_mul(bias, 1.0 - lr * wd, bias)
                 np_sub(bias, gb, bias)
+            if gemm is not None:  # W = (1 - lr*wd) W - x^T z in one BLAS call
+                gemm(ROW_MAJOR, TRANS, NO_TRANS, d, self.c, b, -1.0, px, d, pz, self.c,
+                     1.0 - lr * wd, pw, self.c)  # fmt: skip
+                after(step)
+                continue
             blocks = self.blocks or ((r0, min(d, r0 + r)) for r0 in range(0, d, r))
             for r0, r1 in blocks:
                 if r1 - r0 == d:
@@ -307,7 +378,10 @@ class _Loop:
             idx, yb, flat, rowoff = self.idx[:m], self.yb[:m], self.flat[:m], self.rowoff[:m]
             np.floor_divide(rowoff, self.c, idx)
             np.add(idx, r0, idx)
-            np.take(self.x, idx, 0, xb, "clip")
+            if self.fd is not None:
+                self.read_range(r0, m)
+            else:
+                np.take(self.x, idx, 0, xb, "clip")
             np.take(self.y, idx, 0, yb, "clip")
             np.matmul(xb, self.W, z)
             np.add(z, self.bias, z)
@@ -338,6 +412,7 @@ def train_head(
     resume: bool = False,
     measure_memory: bool = True,
     hook: Callable[[int], None] | None = None,
+    blas: bool = True,
 ) -> TrainResult:
     """Train a head on ``features`` (N, D) and ``labels`` (N,) within ``config.budget_bytes``.
 
@@ -347,6 +422,9 @@ def train_head(
     (needed for ``checkpoint_every``, ``resume`` and early stopping). ``hook(step)`` is called
     after every step (tests use it to interrupt a run). The budget is planned before anything is
     allocated; :class:`.errors.BudgetError` states the minimum when it cannot fit.
+
+    ``blas``: without momentum, update the weights with one BLAS gemm per step (no gradient
+    buffer; :mod:`._blas`) when numpy's BLAS exposes it; False forces the numpy path.
     """
     ft = np.dtype(config.dtype)
     if features.dtype != ft:
@@ -366,6 +444,7 @@ def train_head(
     if len(np.unique(labels[:n_train])) < 2:
         raise DataError("the training split holds a single class; softmax training needs >= 2")
     d = features.shape[1]
+    gemm = find_gemm(ft) if blas and config.momentum == 0 else None
     plan = plan_memory(
         d,
         n_cls,
@@ -374,6 +453,7 @@ def train_head(
         momentum=config.momentum > 0,
         dtype=ft,
         epochs=config.epochs,
+        fused_update=gemm is not None,
     )
     workdir = Path(workdir) if workdir is not None else None
     if workdir is None and (config.checkpoint_every or resume):
@@ -383,7 +463,8 @@ def train_head(
     if workdir is not None:
         warm_up()
     old_bufsize = np.setbufsize(UFUNC_BUFSIZE)
-    _warm_up(features, labels, n_train, n_cls, config, plan)
+    old_err = np.seterr(over="ignore")  # an overflowing unshifted exp is detected and redone
+    _warm_up(features, labels, n_train, n_cls, config, plan, gemm)
     tracing = tracemalloc.is_tracing()
     if measure_memory:
         if not tracing:
@@ -403,15 +484,17 @@ def train_head(
             hook,
             measure_memory,
             base_bytes if measure_memory else 0,
+            gemm,
         )
     finally:
         np.setbufsize(old_bufsize)
+        np.seterr(**old_err)
         if measure_memory and not tracing:
             tracemalloc.stop()
 
 
 def _train(
-    features, labels, config, plan, n_cls, n_train, workdir, resume, hook, measure, base_bytes
+    features, labels, config, plan, n_cls, n_train, workdir, resume, hook, measure, base_bytes, gemm
 ):
     n, d = features.shape
     n_val = n - n_train
@@ -438,7 +521,7 @@ def _train(
         )
 
     t0 = time.perf_counter()
-    loop = _Loop(features, labels, n_train, n_cls, config, plan)
+    loop = _Loop(features, labels, n_train, n_cls, config, plan, gemm)
     state = {"step": 0, "best": math.inf, "best_epoch": -1, "bad": 0, "stopped": False}
     hist = np.full((2, config.epochs), np.nan)  # held-out loss, accuracy per epoch
     ckpt = workdir / CHECKPOINT_NAME if workdir is not None else None
@@ -493,6 +576,7 @@ def _train(
     if config.checkpoint_every:
         save_checkpoint()
     steps = state["step"] - start_step
+    loop.close()
     return TrainResult(
         weights=loop.W,
         bias=loop.bias,
@@ -516,15 +600,16 @@ def _train(
     )
 
 
-def _warm_up(x, y, n_train, n_cls, config: TrainConfig, plan: MemoryPlan) -> None:
+def _warm_up(x, y, n_train, n_cls, config: TrainConfig, plan: MemoryPlan, gemm=None) -> None:
     """Run two steps and a short evaluation with throw-away buffers, outside the measured window.
 
     numpy fills per-ufunc dispatch caches and Python its lazy imports on first use; doing that
     here, with the real shapes and plan, keeps one-time allocations out of the measured peak.
     """
-    loop = _Loop(x, y, n_train, n_cls, config, plan)
+    loop = _Loop(x, y, n_train, n_cls, config, plan, gemm)
     loop.run_epoch_steps(0, 0, min(2, n_train // plan.batch_size), 0, lambda s: 0.0, _no_hook)
     loop.evaluate(0, min(len(x), plan.batch_size + 1))
+    loop.close()
     epoch_order(config.seed, 0, n_train)
 
 

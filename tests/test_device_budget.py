@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from entropi.device import BudgetError, TrainConfig, parse_size, plan_memory, train_head
 from entropi.device.budget import RESERVE_BYTES, UFUNC_BUFSIZE, buffer_bytes
 

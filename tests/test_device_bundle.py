@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from entropi.device import BundleError, ChecksumError, DataError, FormatVersionError
 from entropi.device.bundle import load_bundle, write_bundle
 from entropi.device.features import extract_features, preprocess

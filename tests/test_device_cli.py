@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from test_device_bundle import MEAN, STD, export_onnx
+
 from entropi.device.bundle import write_bundle
 from entropi.device.cli import COMMANDS, main
-from test_device_bundle import MEAN, STD, export_onnx
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import torch
+
 from entropi.device import DataError, TrainConfig, train_head
 from entropi.device._blas import find_gemm
 from entropi.device.budget import UFUNC_BUFSIZE, plan_memory

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from entropi.device import ResumeError, TrainConfig, train_head
 from entropi.device._npz import load_npz
 
