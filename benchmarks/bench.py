@@ -1,0 +1,344 @@
+"""``entropi bench``: FLOPs and memory of head-only vs full fine-tuning, as JSON, Markdown and PNG.
+
+One row per architecture x classes x mode:
+
+- ``full``: full fine-tuning in PyTorch (SGD with momentum 0.9, float32, BN in train mode).
+  FLOPs from :mod:`.flops`; memory measured by :func:`.memory.measure_step` (saved tensors,
+  gradients, optimizer state, batch) next to :func:`.memory.analytic_step`.
+- ``head``: head-only training on the device: the numpy runtime of ``entropi.device`` (mini-batch
+  SGD with momentum 0.9 on features, unblocked, float32). Memory measured is its tracemalloc
+  peak; the analytic count is its own buffer plan; the breakdown maps its buffers onto the same
+  categories. The PyTorch head-only step is measured too (``memory_torch``) for comparison.
+
+Dense FLOPs are at alpha = 1; sparse FLOPs at ``alpha``: global magnitude masks (the ENTROPI
+pruning rule, eq. 7) computed on the randomly initialised encoder (seeded), which places the
+non-zeros as a magnitude criterion on untrained weights does; a trained ladder's rung would
+distribute them differently.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from entropi.host._io import atomic_write, atomic_write_json, atomic_write_text
+from entropi.host.models import ARCHITECTURES, build_model
+from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
+
+from .flops import CONVENTIONS as FLOP_CONVENTIONS
+from .flops import count_step_flops
+from .memory import analytic_step, measure_step
+
+__all__ = [
+    "MEMORY_CONVENTIONS",
+    "collect_bench",
+    "hardware",
+    "library_versions",
+    "plot_bench",
+    "render_markdown",
+    "run_bench",
+]
+
+MEMORY_CONVENTIONS = (
+    "Bytes per training step, float32 values, int64 labels. full: PyTorch, SGD momentum 0.9; "
+    "measured = bytes of the real tensors of one step: parameters + BN buffers + p.grad + "
+    "optimizer state + distinct storages saved for backward (saved_tensors_hooks, deduplicated "
+    "by storage, excluding parameters/buffers/batch) + the batch; analytic = the same categories "
+    "from shapes and per-op rules; transient kernel workspace is in neither (see cuda_peak on "
+    "CUDA). head: numpy device runtime, SGD momentum 0.9, unblocked; measured = tracemalloc peak "
+    "of the training loop; analytic = the sum of its planned buffers; the frozen encoder and the "
+    "feature store (flash / memory-mapped) are not counted."
+)
+_HEAD_CATEGORIES = {
+    "weights": "weights",
+    "bias": "weights",
+    "momentum_weights": "optimizer_state",
+    "momentum_bias": "optimizer_state",
+    "grad_block": "gradients",
+    "grad_bias": "gradients",
+    "features_batch": "batch",
+    "labels_batch": "batch",
+    "logits_batch": "activations",
+    "row_stat": "activations",
+    "label_logit": "activations",
+}
+_SEED = 0
+
+
+def hardware() -> dict:
+    """CPU model and core count (and the GPU when CUDA is available)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    out = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def library_versions() -> dict:
+    def version(dist: str) -> str | None:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "entropi": version("entropi"),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _head_device_memory(feature_dim: int, classes: int, batch: int) -> dict:
+    """Run the numpy device trainer for a few steps; its measured peak and buffer plan."""
+    from entropi.device import TrainConfig, train_head
+
+    rng = np.random.default_rng(_SEED)
+    n = batch * 8
+    features = rng.standard_normal((n, feature_dim), dtype=np.float32)
+    labels = (np.arange(n) % classes).astype(np.intp)
+    cfg = TrainConfig(
+        epochs=1, lr=0.01, momentum=0.9, batch_size=batch, val_fraction=0.0, patience=0
+    )
+    result = train_head(features, labels, cfg, num_classes=classes, measure_memory=True)
+    breakdown = dict.fromkeys(
+        ["weights", "buffers", "gradients", "optimizer_state", "activations", "batch", "other"], 0
+    )
+    for name, nbytes in result.plan.buffers.items():
+        breakdown[_HEAD_CATEGORIES.get(name, "other")] += nbytes
+    breakdown["total"] = sum(breakdown.values())
+    return {
+        "measured": int(result.peak_bytes),
+        "analytic": int(result.plan.analytic_bytes),
+        "breakdown": breakdown,
+        "buffers": dict(result.plan.buffers),
+        "batch_size": result.plan.batch_size,
+        "block_rows": result.plan.block_rows,
+    }
+
+
+def _check_args(archs: Sequence[str], classes: Sequence[int], batch: int, alpha: float) -> None:
+    unknown = [a for a in archs if a not in ARCHITECTURES]
+    if unknown or not archs:
+        raise ValueError(
+            f"unknown architecture(s) {unknown or list(archs)}; known: {', '.join(ARCHITECTURES)}"
+        )
+    bad = [c for c in classes if not isinstance(c, int) or isinstance(c, bool) or c < 2]
+    if bad or not classes:
+        raise ValueError(f"classes must be integers >= 2, got {list(classes)}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 2:
+        raise ValueError(f"batch must be an integer >= 2 (BN needs 2 samples), got {batch!r}")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1] (the kept fraction of weights), got {alpha!r}")
+
+
+def _rows_for(arch: str, classes: int, batch: int, alpha: float, device: torch.device) -> list:
+    torch.manual_seed(_SEED)
+    model = build_model(arch, classes)
+    sparse = copy.deepcopy(model)
+    masks = global_magnitude_masks(sparse.encoder, dense_masks(sparse.encoder), alpha)
+    apply_masks(sparse.encoder, masks)
+    rows = []
+    for mode in ("head", "full"):
+        dense_f = count_step_flops(model, mode, batch)
+        sparse_f = count_step_flops(sparse, mode, batch)
+        row: dict = {
+            "arch": arch,
+            "classes": classes,
+            "batch": batch,
+            "mode": mode,
+            "flops_dense": dense_f.step(matmul=True),
+            "flops_sparse": sparse_f.step(sparse=True, matmul=True),
+            "flops_backward_dense": dense_f.backward(matmul=True),
+            "flops_backward_sparse": sparse_f.backward(sparse=True, matmul=True),
+            "flops_breakdown": {
+                "dense": dense_f.as_dict(),
+                "sparse": {k: v for k, v in sparse_f.as_dict().items() if "sparse" in k},
+            },
+        }
+        torch_meas = measure_step(model.to(device), mode, batch)
+        torch_an = analytic_step(model, mode, batch)
+        model.to("cpu")
+        torch_mem = {
+            "measured": torch_meas.breakdown.total,
+            "analytic": torch_an.total,
+            "breakdown": torch_meas.breakdown.as_dict(),
+            "saved_tensors": torch_meas.saved_tensors,
+            "cuda_peak": torch_meas.cuda_max_allocated,
+        }
+        if mode == "full":
+            row |= {
+                "memory_bytes": torch_mem["measured"],
+                "memory_bytes_analytic": torch_mem["analytic"],
+                "memory_breakdown": torch_mem["breakdown"],
+                "memory_breakdown_analytic": torch_an.as_dict(),
+                "memory_source": f"pytorch ({device.type}) saved tensors + grads + SGD momentum",
+                "cuda_peak_bytes": torch_mem["cuda_peak"],
+            }
+        else:
+            dev = _head_device_memory(model.feature_dim, classes, batch)
+            row |= {
+                "memory_bytes": dev["measured"],
+                "memory_bytes_analytic": dev["analytic"],
+                "memory_breakdown": dev["breakdown"],
+                "memory_source": "numpy device runtime (tracemalloc peak; SGD momentum)",
+                "device_plan": {k: dev[k] for k in ("buffers", "batch_size", "block_rows")},
+                "memory_torch": torch_mem,
+            }
+        rows.append(row)
+    return rows
+
+
+def _fmt_flops(n: int) -> str:
+    return f"{n / 1e6:,.2f}"
+
+
+def _fmt_mb(n: int) -> str:
+    return f"{n / 1e6:,.3f}"
+
+
+def render_markdown(result: dict) -> str:
+    """The ``bench.md`` table: one line per row, then hardware, versions and conventions."""
+    lines = [
+        "# entropi bench: head-only vs full fine-tuning, per training step",
+        "",
+        f"Batch {result['batch']}; sparse FLOPs at alpha = {result['alpha']} "
+        "(global magnitude masks on the seeded random init). MFLOPs = 1e6 FLOPs, MB = 1e6 bytes.",
+        "",
+        "| arch | classes | mode | MFLOPs dense | MFLOPs sparse | backward MFLOPs dense "
+        "| memory MB measured | memory MB analytic | weights | grads | optim | activations "
+        "| batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        b = r["memory_breakdown"]
+        lines.append(
+            f"| {r['arch']} | {r['classes']} | {r['mode']} | {_fmt_flops(r['flops_dense'])} "
+            f"| {_fmt_flops(r['flops_sparse'])} | {_fmt_flops(r['flops_backward_dense'])} "
+            f"| {_fmt_mb(r['memory_bytes'])} | {_fmt_mb(r['memory_bytes_analytic'])} "
+            f"| {_fmt_mb(b['weights'])} | {_fmt_mb(b['gradients'])} "
+            f"| {_fmt_mb(b['optimizer_state'])} | {_fmt_mb(b['activations'])} "
+            f"| {_fmt_mb(b['batch'])} |"
+        )
+    hw, lib = result["hardware"], result["versions"]
+    lines += [
+        "",
+        f"Hardware: {hw['cpu']}, {hw['cores']} cores"
+        + (f", GPU {hw['gpu']}" if "gpu" in hw else "")
+        + f"; {hw['platform']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in lib.items()) + ".",
+        "",
+        f"FLOP conventions: {result['conventions']['flops']}",
+        "",
+        f"Memory conventions: {result['conventions']['memory']}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_bench(result: dict, path: Path) -> None:
+    """Bar chart (log scale) of head-only vs full FLOPs and memory per (arch, classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    labels = sorted({(r["arch"], r["classes"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.38
+    for ax, key, unit, scale in (
+        (axes[0], "flops_dense", "MFLOPs per step", 1e6),
+        (axes[1], "memory_bytes", "memory per step (MB)", 1e6),
+    ):
+        for i, mode in enumerate(("head", "full")):
+            vals = [
+                next(r[key] for r in rows if (r["arch"], r["classes"]) == lab and r["mode"] == mode)
+                / scale
+                for lab in labels
+            ]
+            xs = [j + (i - 0.5) * width for j in range(len(labels))]
+            bars = ax.bar(xs, vals, width, label=f"{mode}-only" if mode == "head" else "full FT")
+            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(labels)), [f"{a}\n{c} cl." for a, c in labels], fontsize=8)
+        ax.set_ylabel(unit)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Head-only vs full fine-tuning, batch {result['batch']} (log scale)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+
+
+def collect_bench(
+    *,
+    archs: Sequence[str] = ("resnet18", "mobilenetv3_small"),
+    classes: Sequence[int] = (5, 100),
+    batch: int = 32,
+    alpha: float = 0.01,
+    device: str | None = None,
+) -> dict:
+    """The ``bench.json`` content (rows and provenance) without writing anything."""
+    archs, classes = list(archs), list(classes)
+    _check_args(archs, classes, batch, alpha)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.perf_counter()
+    rows = [row for a in archs for c in classes for row in _rows_for(a, c, batch, alpha, dev)]
+    return {
+        "rows": rows,
+        "batch": batch,
+        "alpha": alpha,
+        "archs": archs,
+        "classes": classes,
+        "seed": _SEED,
+        "hardware": hardware(),
+        "versions": library_versions(),
+        "conventions": {"flops": FLOP_CONVENTIONS, "memory": MEMORY_CONVENTIONS},
+        "command": sys.argv,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def run_bench(
+    *,
+    archs: Sequence[str] = ("resnet18", "mobilenetv3_small"),
+    classes: Sequence[int] = (5, 100),
+    batch: int = 32,
+    alpha: float = 0.01,
+    out_dir: str | os.PathLike,
+    device: str | None = None,
+) -> dict:
+    """Benchmark FLOPs and memory of head-only vs full fine-tuning; write bench.{json,md,png}.
+
+    ``alpha`` is the kept fraction for the effective-sparse FLOPs (dense counts are alpha = 1).
+    ``device``: where the full fine-tuning step is measured (default: CUDA when available, else
+    CPU); on CUDA the rows also carry ``cuda_peak_bytes``. Returns the ``bench.json`` content.
+    """
+    result = collect_bench(archs=archs, classes=classes, batch=batch, alpha=alpha, device=device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "bench.json", result)
+    atomic_write_text(out / "bench.md", render_markdown(result))
+    plot_bench(result, out / "bench.png")
+    return result

@@ -1,0 +1,79 @@
+"""Shared set-up of the pytest-benchmark suite (``pytest benchmarks``).
+
+Every benchmark runs on one thread by default (``--bench-threads N`` to change; set
+``OMP_NUM_THREADS`` too for numpy's BLAS), with fixed seeds, and asserts that what it times is
+correct, so ``pytest benchmarks --benchmark-disable -q`` (one call each, no timing) is a fast
+smoke test that keeps the suite from rotting. Machine and library versions are added to the
+``--benchmark-json`` output, which ``python -m entropi.benchmarks.summarize`` turns into
+``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--bench-threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for the benchmarks (default 1: one core)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _deterministic(request: pytest.FixtureRequest):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(request.config.getoption("--bench-threads"))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["entropi"] = {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "bench_threads": config.getoption("--bench-threads"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": {
+            name: _version(name)
+            for name in (
+                "entropi",
+                "torch",
+                "numpy",
+                "onnxruntime",
+                "ai-edge-litert",
+                "onnx",
+                "pytest-benchmark",
+            )
+        },
+    }
