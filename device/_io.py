@@ -1,4 +1,5 @@
-"""Atomic writes for device artifacts (a private copy of ``entropi.host._io``: no host import).
+"""Atomic writes for every artifact of entropi (host code re-uses these: the device side must not
+import host code, so the implementation lives here).
 
 Every file is written to a temp file in the target folder, fsynced and renamed over the target,
 so a failure leaves the previous file (or nothing), never a half-written one.
