@@ -16,7 +16,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from .pipeline import run_all
 
     cfg = load_config(a.config) if a.config else None
-    if cfg is None and not a.resume:
+    if cfg is None and not (a.resume and a.out):
         raise ValueError("a CONFIG is needed unless --resume continues an existing --out RUNDIR")
     out = a.out or f"runs/{cfg.name}"
     results = run_all(cfg, out, resume=a.resume)

@@ -66,3 +66,8 @@ def test_run_unknown_config(capsys):
 def test_select_on_non_run(tmp_path, capsys):
     assert cli.main(["select", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_run_needs_config_or_resume_out(capsys):
+    assert cli.main(["run", "--resume"]) == 2
+    assert "a CONFIG is needed" in capsys.readouterr().err
