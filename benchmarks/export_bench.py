@@ -10,7 +10,10 @@ two variants:
   weights, so compaction has little to remove.
 - ``dead_channels``: first every conv/linear layer loses a random half of its output channels
   (all weights zero), then global magnitude pruning to alpha = 0.01. This imitates what IMP does
-  to a trained network at alpha ~ 0.01 (whole channels die); it is a synthetic stand-in.
+  to a trained network at alpha ~ 0.01 (whole channels die); it is a synthetic stand-in. A dead
+  channel outputs its BN shift, so about half of them are positive constants after ReLU; the
+  compact form removes them too, adding their contribution back as biases and, behind
+  zero-padded convs, constant bias maps (see ``entropi.export.compact``).
 
 plus, when ``runs/quickstart`` has a ladder, its selected rung (a real IMP-pruned smallnet).
 
@@ -140,6 +143,7 @@ def onnx_breakdown(path: Path) -> dict:
 
 def build_case(arch: str, variant: str):
     import torch
+
     from entropi.export.synthetic import (
         fake_rung_meta,
         kill_channels_,
@@ -158,6 +162,7 @@ def build_case(arch: str, variant: str):
 
 def run_case(name: str, encoder, meta, out: Path, repeats: int, config_sha256=None) -> dict:
     import torch
+
     from entropi.export import (
         DEFAULT_ATOL,
         DEFAULT_RTOL,
@@ -231,6 +236,10 @@ def run_case(name: str, encoder, meta, out: Path, repeats: int, config_sha256=No
                 "channels_before",
                 "channels_after",
                 "constant_channels_kept",
+                "fixed_channels_removed",
+                "bias_maps",
+                "bias_map_floats",
+                "channels_kept_for_alignment",
             )
         },
         "verification": {
@@ -286,7 +295,8 @@ def to_markdown(report: dict) -> str:
         "# Export benchmark",
         "",
         f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores "
-        f"(load average at start {report['machine']['load_avg_at_start'][0]:.2f}); "
+        f"(load average (1 min) at start {report['machine']['load_avg_at_start'][0]:.2f}, "
+        f"at end {report['machine']['load_avg_at_end'][0]:.2f}; other processes were running); "
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
         report["conventions"],
@@ -318,14 +328,16 @@ def to_markdown(report: dict) -> str:
         "## Compaction",
         "",
         "| case | params before | params after | channels before | channels after "
-        "| constant channels kept (read through padding) |",
-        "|---|---|---|---|---|---|",
+        "| fixed channels removed (folded into biases / maps) | bias maps (floats) "
+        "| fixed channels kept (read where also variable) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["cases"]:
         c = r["compact"]
         lines.append(
             f"| {r['case']} | {c['params_before']:,} | {c['params_after']:,} | "
             f"{c['channels_before']} | {c['channels_after']} | "
+            f"{c['fixed_channels_removed']} | {c['bias_maps']} ({c['bias_map_floats']:,}) | "
             f"{c['constant_channels_kept']} |"
         )
     lines += [
@@ -349,6 +361,21 @@ def to_markdown(report: dict) -> str:
                 f"| {lat['sparse']['peak_rss_mb']:.0f} | {lat['compact']['peak_rss_mb']:.0f} "
                 f"| {lat['dense']['rss_before_model_mb']:.0f} |"
             )
+    lines += [
+        "",
+        "## Verification (max |file - PyTorch encoder| over 4 random inputs; relative to "
+        "max |reference|)",
+        "",
+        "| case | " + " | ".join(VERIFIED) + " |",
+        "|---|" + "---|" * len(VERIFIED),
+    ]
+    for r in report["cases"]:
+        v = r["verification"]
+        cells = [
+            f"{v[f]['max_abs_diff']:.2e} ({v[f]['max_rel_diff']:.1e})" if f in v else "-"
+            for f in VERIFIED
+        ]
+        lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     lines += ["", "## Goals", ""]
     for r in report["cases"]:
         q = r["size_over_floor"]
@@ -361,6 +388,7 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+VERIFIED = ("encoder.onnx", "encoder.tflite", "encoder_compact.onnx", "encoder_compact.tflite")
 CONVENTIONS = (
     "Conventions: floor = nnz x (4-byte float32 value + 4-byte int32 index), nnz = non-zero "
     "conv/linear weights; ONNX sparse_initializer must use int64 (8-byte) indices, so sparse "
@@ -384,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(1)
+    machine = _machine()
     cases = CASES[2:3] if args.quick else CASES
     report_cases = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -407,8 +436,9 @@ def main(argv: list[str] | None = None) -> dict:
                     name, encoder, meta, Path(tmp) / "quickstart", args.repeats, config_hash(qs)
                 )
             )
+    machine["load_avg_at_end"] = os.getloadavg()
     report = {
-        "machine": _machine(),
+        "machine": machine,
         "versions": _versions(),
         "conventions": CONVENTIONS,
         "alpha": ALPHA,

@@ -6,7 +6,7 @@ exported file against a PyTorch module.
 """
 
 from ._errors import ExportError, MissingDependencyError, UnsupportedModuleError, VerificationError
-from .compact import CompactReport, compact_encoder
+from .compact import CompactReport, ConvWithBiasMap, InputShapeError, compact_encoder
 from .exporter import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -28,8 +28,10 @@ __all__ = [
     "INDEX_BYTES",
     "ONNX_OPSET",
     "CompactReport",
+    "ConvWithBiasMap",
     "Diff",
     "ExportError",
+    "InputShapeError",
     "MissingDependencyError",
     "UnsupportedModuleError",
     "VerificationError",

@@ -24,7 +24,8 @@ __all__ = ["ONNX_OPSET", "SparseStats", "export_onnx", "sparsify_onnx"]
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "features"
-_WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
+# Add: the compact form's bias maps (zero but for the padded border) are stored sparse too
+_WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose", "Add"}
 
 
 @dataclass(frozen=True)
