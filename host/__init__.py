@@ -1,1 +1,40 @@
-"""placeholder"""
+"""entropi.host: pre-training, the pruning ladder, entropy selection and the `entropi` CLI.
+
+Public API (imported on first use, so that `entropi --help` does not pay for torch):
+
+- :func:`run_all`: the whole pipeline over a run directory (resumable); the stages are in
+  :mod:`entropi.host.pipeline`.
+- :func:`load_config`, :class:`RunConfig`: validated TOML configs; :func:`shipped_configs`.
+- :func:`load_dataset`, :func:`stratified_subset`: data readers and low-data subsets.
+- :func:`build_model`, :data:`ARCHITECTURES`: CIFAR-sized encoders with a linear head.
+- :func:`global_magnitude_masks`, :func:`geometric_alphas`: iterative magnitude pruning.
+- :func:`state_entropy`: quantized-state entropy and the per-unit bound (numpy only).
+- :func:`linear_probe`, :func:`load_rung`, :func:`bundle_rung`.
+"""
+
+from importlib import import_module
+
+_EXPORTS = {
+    "run_all": "pipeline",
+    "RunConfig": "config",
+    "load_config": "config",
+    "shipped_configs": "config",
+    "load_dataset": "data",
+    "stratified_subset": "data",
+    "build_model": "models",
+    "ARCHITECTURES": "models",
+    "global_magnitude_masks": "prune",
+    "geometric_alphas": "prune",
+    "state_entropy": "entropy",
+    "linear_probe": "probe",
+    "load_rung": "checkpoint",
+    "bundle_rung": "bundle",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,3 +39,10 @@ def test_unknown_architecture_lists_known():
         build_model("vgg16", 10)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         build_model("smallnet", 1)
+
+
+def test_host_facade_exports_resolve():
+    import entropi.host as host
+
+    for name in host.__all__:
+        assert getattr(host, name) is not None
