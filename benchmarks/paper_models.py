@@ -14,8 +14,9 @@ see REFERENCE section 6); the parameter counts are checked against torchvision's
 
 from __future__ import annotations
 
-from entropi.host.models import BasicBlock, Classifier, InvertedResidual
 from torch import nn
+
+from entropi.host.models import BasicBlock, Classifier, InvertedResidual
 
 __all__ = ["PAPER_ARCHITECTURES", "build_paper_model"]
 

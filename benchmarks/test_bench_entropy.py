@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from entropi.host.entropy import state_entropy
 
 N, DIM, LEVELS = 50_000, 512, 4

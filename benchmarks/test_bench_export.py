@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from entropi.host.models import build_encoder
 
 

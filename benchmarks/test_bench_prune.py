@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from entropi.host.models import build_encoder
 from entropi.host.prune import apply_masks, count_nonzero, dense_masks, global_magnitude_masks
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from entropi.benchmarks.bench import run_bench
 from entropi.benchmarks.paper_models import build_paper_model
 from entropi.benchmarks.summarize import BenchmarkJSONError, render_results, summarize

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from entropi.benchmarks.flops import count_step_flops, flop_counter_step_flops
-from entropi.host.models import Classifier, build_model
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from entropi.benchmarks.flops import count_step_flops, flop_counter_step_flops
+from entropi.host.models import Classifier, build_model
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 

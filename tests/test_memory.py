@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from entropi.benchmarks.memory import analytic_step, measure_step, saved_tensor_bytes
 from entropi.host.models import Classifier, build_model
-from torch import nn
 
 
 def _mlp() -> Classifier:
