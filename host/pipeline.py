@@ -208,7 +208,7 @@ def _rung_payload(cfg, model, masks, alpha, source_acc, src: SourceData, train_s
         "n_prunable": n,
         "source_accuracy": source_acc,
         "normalization": {"mean": list(src.mean), "std": list(src.std)},
-        "input_shape": [3, 32, 32],
+        "input_shape": [int(src.x_train.shape[3]), *map(int, src.x_train.shape[1:3])],
         "train_seconds": train_seconds,
         "encoder": {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()},
         "head": {k: v.detach().cpu() for k, v in model.head.state_dict().items()},
