@@ -26,6 +26,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=1,
         help="torch intra-op threads for the benchmarks (default 1: one core)",
     )
+    parser.addoption(
+        "--bench-keep-data",
+        action="store_true",
+        help="keep every round's timing in --benchmark-json (default: statistics only, so the "
+        "committed file stays small)",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -77,3 +83,12 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
             )
         },
     }
+
+
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list, output_json: dict
+) -> None:
+    if config.getoption("--bench-keep-data"):
+        return
+    for bench in output_json.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)

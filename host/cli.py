@@ -134,6 +134,7 @@ def _cmd_bench(a: argparse.Namespace) -> int:
         batch=a.batch,
         alpha=a.alpha,
         out_dir=a.out,
+        device=a.device,
     )
     print(f"{len(result['rows'])} rows; see {Path(a.out) / 'bench.md'}")
     return 0
@@ -231,7 +232,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         _cmd_bench,
         "FLOPs and backprop memory of head-only vs full fine-tuning (bench.json/md/png).",
     )
-    p.add_argument("--arch", action="append", help="repeat; default resnet18, mobilenetv3_small")
+    p.add_argument(
+        "--arch",
+        action="append",
+        choices=("mobilenetv3_small", "resnet18", "smallnet"),
+        help="repeat; default resnet18, mobilenetv3_small",
+    )
     p.add_argument("--classes", action="append", type=int, help="repeat; default 5 and 100")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument(
@@ -239,6 +245,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         type=float,
         default=0.01,
         help="kept fraction for the effective-sparse FLOPs (default 0.01)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="where the full fine-tuning step is measured (default: CUDA if present)",
     )
     p.add_argument("--out", required=True, metavar="DIR")
 
