@@ -40,7 +40,7 @@ from ._errors import ExportError, require
 from .compact import compact_encoder
 from .fold import fold_batchnorm
 from .onnx_export import ONNX_OPSET, export_onnx
-from .tflite_export import convert_tflite, sparsify_tflite
+from .tflite_export import convert_tflite, import_converter, sparsify_tflite
 from .verify import compare_arrays, compare_onnx_torch, compare_tflite_torch, torch_features
 
 __all__ = [
@@ -176,7 +176,7 @@ def export_encoder(
         require("onnx", "export", "ONNX export")
         require("onnxruntime", "export", "verifying the ONNX export")
     if "tflite" in formats:
-        require("litert_torch", "tflite", "TFLite export (litert-torch)")
+        import_converter()
         require("ai_edge_litert", "litert", "verifying the TFLite export")
     if n_random < 1:
         raise ExportError(f"n_random must be >= 1 (random verification inputs), got {n_random}")

@@ -51,18 +51,61 @@ class TfliteSparseStats:
 
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     """Convert ``module`` (eval mode, fixed input shape of ``example``) to TFLite bytes."""
-    litert_torch = require("litert_torch", "tflite", "TFLite export (litert-torch)")
     module.eval()
     sink = io.StringIO()
     with (
+        _fd2_captured() as captured,
         warnings.catch_warnings(),
         contextlib.redirect_stdout(sink),
         contextlib.redirect_stderr(sink),
     ):
         warnings.simplefilter("ignore")
         logging.getLogger("litert_torch").setLevel(logging.ERROR)
-        edge_model = litert_torch.convert(module, (example,))
+        litert_torch = import_converter()
+        try:
+            edge_model = litert_torch.convert(module, (example,))
+        except Exception:
+            captured.show = True
+            raise
         return bytes(edge_model.model_content())
+
+
+def import_converter():
+    """Import litert-torch (or raise naming the extra), keeping its import-time C++ logging
+    (oneDNN, torchao, absl) off the terminal unless the import fails."""
+    with _fd2_captured() as captured:
+        try:
+            return require("litert_torch", "tflite", "TFLite export (litert-torch)")
+        except Exception:
+            captured.show = True
+            raise
+
+
+@contextlib.contextmanager
+def _fd2_captured():
+    """Send file descriptor 2 to a temp file while the converter runs: its C++ logging (absl,
+    TF, torchao) bypasses Python's sys.stderr. The text is replayed if the conversion fails."""
+    import tempfile
+
+    class _State:
+        show = False
+
+    state = _State()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (embedded interpreters): nothing to capture
+        yield state
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield state
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if state.show:
+                tmp.seek(0)
+                os.write(2, tmp.read()[-20000:])
 
 
 def _narrowest(values: np.ndarray):
