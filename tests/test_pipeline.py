@@ -191,3 +191,15 @@ def test_artifacts_are_readable_by_others(finished_run):
     out, _ = finished_run
     for path in (out / "results.json", out / "rungs" / "rung_000.pt", out / "export"):
         assert path.stat().st_mode & 0o044, f"{path} is not group/world readable"
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenetv3_small"])
+def test_paper_architectures_run_end_to_end(image_folder, tmp_path, arch):
+    """The `paper` configs' encoders through every stage (tiny data, one epoch, two rungs)."""
+    raw = tiny_config(image_folder, alpha_min=0.5).to_dict()
+    raw["pretrain"].update(arch=arch, epochs=1)
+    raw["device_train"].update(epochs=1, budget="1MB")
+    results = pipeline.run_all(config_from_dict(raw), tmp_path / "r")
+    assert [r["alpha"] for r in results["rungs"]] == pytest.approx([1.0, 0.5], abs=1e-6)
+    assert results["export"]["files"]["encoder.onnx"]["max_abs_diff"] < 1e-3
+    assert results["device"]["peak_bytes"] <= results["device"]["budget_bytes"]
