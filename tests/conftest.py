@@ -6,6 +6,12 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI runs property tests with a fixed seed so that a rare example cannot make one run red
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 os.environ.setdefault("ENTROPI_QUIET", "1")
 
