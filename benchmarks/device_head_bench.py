@@ -252,6 +252,8 @@ def process_rss(data: Path, epochs: int) -> dict:
                 raise RuntimeError(err.read().decode())
         rss_kb = int(stdout.decode().strip().splitlines()[-1])
         rep = json.loads((d / "head" / "train.json").read_text())
+        from entropi.device.cli import train_summary
+
     return {
         "peak_rss_bytes": rss_kb * 1024,
         "peak_rss_mb": rss_kb / 1024,
@@ -264,20 +266,7 @@ def process_rss(data: Path, epochs: int) -> dict:
         "images": n_images,
         "epochs": epochs,
         "wall_seconds": wall,
-        "train_json": {
-            k: rep[k]
-            for k in (
-                "accuracy",
-                "accuracy_split",
-                "peak_bytes",
-                "analytic_bytes",
-                "budget_bytes",
-                "samples_per_second",
-                "steps",
-                "feature_seconds",
-                "train_seconds",
-            )
-        },
+        "train_json": train_summary(rep),
     }
 
 

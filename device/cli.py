@@ -200,6 +200,28 @@ def predict(
     return out
 
 
+SUMMARY_KEYS = (
+    "accuracy",
+    "accuracy_split",
+    "peak_bytes",
+    "analytic_bytes",
+    "budget_bytes",
+    "samples",
+    "samples_per_second",
+    "steps",
+    "steps_per_second",
+    "epochs_run",
+    "feature_seconds",
+    "train_seconds",
+)
+"""The train.json fields worth repeating in a summary (CLI output, run results, benchmarks)."""
+
+
+def train_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`SUMMARY_KEYS` of a train.json report."""
+    return {k: report[k] for k in SUMMARY_KEYS}
+
+
 def _cmd_train(a: argparse.Namespace) -> Any:
     rep = train(
         a.bundle,
@@ -217,17 +239,7 @@ def _cmd_train(a: argparse.Namespace) -> Any:
         checkpoint_every=a.checkpoint_every,
         resume=a.resume,
     )
-    keys = (
-        "accuracy",
-        "accuracy_split",
-        "peak_bytes",
-        "analytic_bytes",
-        "budget_bytes",
-        "samples_per_second",
-        "steps",
-        "epochs_run",
-    )
-    summary = {k: rep[k] for k in keys}
+    summary = train_summary(rep)
     summary["peak"] = format_size(rep["peak_bytes"])
     return summary
 

@@ -216,6 +216,27 @@ def _rung_payload(cfg, model, masks, alpha, source_acc, src: SourceData, train_s
     }
 
 
+def _train_on_source(cfg: RunConfig, model, src: SourceData, *, epochs, lr, seed, desc, masks=None):
+    """Source training (pre-training or a rung's retraining) with the [pretrain] optimizer."""
+    p = cfg.pretrain
+    return train(
+        model,
+        src.x_train,
+        src.y_train,
+        epochs=epochs,
+        batch_size=p.batch_size,
+        lr=lr,
+        momentum=p.momentum,
+        weight_decay=p.weight_decay,
+        label_smoothing=p.label_smoothing,
+        mean=src.mean,
+        std=src.std,
+        masks=masks,
+        seed=seed,
+        desc=desc,
+    )
+
+
 def stage_pretrain(cfg: RunConfig, rundir: Path, src: SourceData, device) -> dict:
     """Train the dense source model and save it as rung 0 (skipped if rung 0 exists)."""
     path = rung_path(rundir, 0)
@@ -231,20 +252,8 @@ def stage_pretrain(cfg: RunConfig, rundir: Path, src: SourceData, device) -> dic
         f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
         f"{p.epochs} epochs, device {device}",
     )
-    stats = train(
-        model,
-        src.x_train,
-        src.y_train,
-        epochs=p.epochs,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        momentum=p.momentum,
-        weight_decay=p.weight_decay,
-        label_smoothing=p.label_smoothing,
-        mean=src.mean,
-        std=src.std,
-        seed=cfg.seed,
-        desc="pretrain",
+    stats = _train_on_source(
+        cfg, model, src, epochs=p.epochs, lr=p.lr, seed=cfg.seed, desc="pretrain"
     )
     acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
     payload = _rung_payload(cfg, model, dense_masks(model.encoder), 1.0, acc, src, stats.seconds)
@@ -269,22 +278,15 @@ def stage_prune(cfg: RunConfig, rundir: Path, src: SourceData, device) -> list[f
         torch.manual_seed(cfg.seed + r)
         seconds = 0.0
         if cfg.prune.retrain_epochs > 0:
-            p = cfg.pretrain
-            stats = train(
+            stats = _train_on_source(
+                cfg,
                 model,
-                src.x_train,
-                src.y_train,
+                src,
                 epochs=cfg.prune.retrain_epochs,
-                batch_size=p.batch_size,
                 lr=cfg.prune.lr,
-                momentum=p.momentum,
-                weight_decay=p.weight_decay,
-                label_smoothing=p.label_smoothing,
-                mean=src.mean,
-                std=src.std,
-                masks=masks,
                 seed=cfg.seed + r,
                 desc=f"rung {r} retrain",
+                masks=masks,
             )
             seconds = stats.seconds
         acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
@@ -539,19 +541,9 @@ def run_all(cfg: RunConfig | None, rundir, *, resume: bool = False, argv=None) -
         }
         if cfg.device_train.enabled:
             report = _timed(rundir, "device", stage_device, cfg, rundir, tgt)
-            results["device"] = {
-                k: report[k]
-                for k in (
-                    "accuracy",
-                    "accuracy_split",
-                    "peak_bytes",
-                    "analytic_bytes",
-                    "budget_bytes",
-                    "samples_per_second",
-                    "steps_per_second",
-                    "samples",
-                )
-            }
+            from entropi.device.cli import train_summary
+
+            results["device"] = train_summary(report)
         results["stage_seconds"] = json.loads((rundir / "timings.json").read_text())
         atomic_write_json(rundir / "results.json", results)
     return results
