@@ -19,7 +19,6 @@ distribute them differently.
 from __future__ import annotations
 
 import copy
-import importlib.metadata
 import os
 import platform
 import sys
@@ -34,6 +33,7 @@ from entropi.host._io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import ARCHITECTURES, build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
 
+from ._machine import cpu_model, versions
 from .flops import CONVENTIONS as FLOP_CONVENTIONS
 from .flops import count_step_flops
 from .memory import analytic_step, measure_step
@@ -76,15 +76,7 @@ _SEED = 0
 
 def hardware() -> dict:
     """CPU model and core count (and the GPU when CUDA is available)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     out = {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -97,15 +89,9 @@ def hardware() -> dict:
 
 
 def library_versions() -> dict:
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     return {
         "python": platform.python_version(),
-        "entropi": version("entropi"),
+        "entropi": versions(["entropi"])["entropi"],
         "torch": torch.__version__,
         "numpy": np.__version__,
     }

@@ -10,13 +10,14 @@ smoke test that keeps the suite from rotting. Machine and library versions are a
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import random
 
 import numpy as np
 import pytest
 import torch
+
+from entropi.benchmarks._machine import cpu_model, versions
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,34 +46,15 @@ def _deterministic(request: pytest.FixtureRequest):
     torch.set_num_threads(threads)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     machine_info["entropi"] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "bench_threads": config.getoption("--bench-threads"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {
-            name: _version(name)
-            for name in (
+        "versions": versions(
+            [
                 "entropi",
                 "torch",
                 "numpy",
@@ -80,8 +62,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
                 "ai-edge-litert",
                 "onnx",
                 "pytest-benchmark",
-            )
-        },
+            ]
+        ),
     }
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.benchmarks._machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 D, C, B = 512, 100, 32
 # Runs `entropi-device` (its console-script entry point) and reports the process's VmHWM (peak
@@ -292,7 +294,7 @@ def main(argv=None) -> int:
     result = {
         "machine": {
             "platform": platform.platform(),
-            "processor": platform.processor(),
+            "processor": cpu_model(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": np.__version__,

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.benchmarks._machine import cpu_model, versions
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = [
     ("resnet18", "magnitude"),
@@ -253,35 +255,13 @@ def run_case(name: str, encoder, meta, out: Path, repeats: int, config_sha256=No
 
 
 def _versions() -> dict:
-    import importlib.metadata as md
-
-    out = {}
-    for dist in (
-        "entropi",
-        "torch",
-        "onnx",
-        "onnxruntime",
-        "ai-edge-litert",
-        "litert-torch",
-        "numpy",
-    ):
-        try:
-            out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            out[dist] = None
-    return out
+    return versions(
+        ["entropi", "torch", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch", "numpy"]
+    )
 
 
 def _machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

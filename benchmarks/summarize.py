@@ -18,6 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from entropi.benchmarks._machine import cpu_model
 from entropi.host._io import atomic_write_text
 
 __all__ = ["format_seconds", "render_results", "summarize"]
@@ -36,21 +37,10 @@ def format_seconds(t: float) -> str:
     return f"{t * 1e6:.3g} us"
 
 
-def _cpu_model_now() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def _machine(data: dict) -> list[str]:
     info = data.get("machine_info", {})
     ours = info.get("entropi", {})
-    cpu = ours.get("cpu_model") or (info.get("cpu") or {}).get("brand_raw") or _cpu_model_now()
+    cpu = ours.get("cpu_model") or (info.get("cpu") or {}).get("brand_raw") or cpu_model()
     cores = ours.get("logical_cores") or os.cpu_count()
     lines = [
         f"- CPU: {cpu}, {cores} logical cores; {info.get('system', '')} "
