@@ -25,6 +25,7 @@ the CUDA peak shows how much it adds.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -144,6 +145,34 @@ def _inputs(
     return x, y
 
 
+@contextlib.contextmanager
+def _one_step(model: nn.Module, mode: Mode):
+    """Make only the trained part of ``model`` require grad, in train mode; restore weights,
+    BN statistics, grads, requires_grad flags and the train/eval mode afterwards.
+
+    Yields ``(trained module, its parameters)``.
+    """
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    trained = _trained(model, mode)
+    params = list(trained.parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    trained.train()
+    try:
+        yield trained, params
+    finally:
+        model.load_state_dict(state)
+        for n, p in model.named_parameters():
+            p.grad = None
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+
+
 def measure_step(
     model: nn.Module,
     mode: Mode,
@@ -160,22 +189,11 @@ def measure_step(
     """
     _check(mode, batch, optimizer)
     device = next(model.parameters()).device
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    trained = _trained(model, mode)
-    params = list(trained.parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-        p.grad = None
-    trained.train()
-    x, y = _inputs(model, mode, batch, input_shape, device)
-    buffers = list(trained.buffers())
-    opt = _make_optimizer(params, optimizer)
-    cuda = device.type == "cuda"
-    try:
+    with _one_step(model, mode) as (trained, params):
+        x, y = _inputs(model, mode, batch, input_shape, device)
+        buffers = list(trained.buffers())
+        opt = _make_optimizer(params, optimizer)
+        cuda = device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -207,13 +225,6 @@ def measure_step(
             batch=x.numel() * x.element_size() + y.numel() * y.element_size(),
         )
         return MemoryMeasurement(breakdown, count, peak)
-    finally:
-        del opt
-        model.load_state_dict(state)
-        for n, p in model.named_parameters():
-            p.grad = None
-            p.requires_grad_(flags[n])
-        model.train(was_training)
 
 
 # --- analytic ----------------------------------------------------------------------------------
@@ -289,19 +300,9 @@ def analytic_step(
     parameters, buffers and the batch.
     """
     _check(mode, batch, optimizer)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    was_training = model.training
-    trained = _trained(model, mode)
-    params = list(trained.parameters())
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    trained.train()
     device = next(model.parameters()).device
-    x, y = _inputs(model, mode, batch, input_shape, device)
-    try:
+    with _one_step(model, mode) as (trained, params):
+        x, y = _inputs(model, mode, batch, input_shape, device)
         with trace_forward(model) as tr:
             tr.section = mode
             F.cross_entropy(trained(x), y)
@@ -313,11 +314,6 @@ def analytic_step(
             for t in _saved_by(r, i):
                 if t.storage not in excluded and t.param is None:
                     saved[t.storage] = t.storage_nbytes
-    finally:
-        model.load_state_dict(state)
-        for n, p in model.named_parameters():
-            p.requires_grad_(flags[n])
-        model.train(was_training)
     buffers = list(trained.buffers())
     return MemoryBreakdown(
         weights=sum(p.numel() * p.element_size() for p in params),
