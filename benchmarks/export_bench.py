@@ -144,22 +144,11 @@ def onnx_breakdown(path: Path) -> dict:
 
 
 def build_case(arch: str, variant: str):
-    import torch
+    from entropi.export.synthetic import fake_rung_meta, synthetic_encoder
 
-    from entropi.export.synthetic import (
-        fake_rung_meta,
-        kill_channels_,
-        magnitude_prune_,
-        randomize_batchnorm_,
-    )
-    from entropi.host.models import build_encoder
-
-    torch.manual_seed(0)
-    encoder = randomize_batchnorm_(build_encoder(arch))
-    if variant == "dead_channels":
-        kill_channels_(encoder, KILL_FRACTION, seed=0)
-    magnitude_prune_(encoder, ALPHA)
-    return encoder.eval(), fake_rung_meta(encoder, arch, source_dataset=f"synthetic ({variant})")
+    kill = KILL_FRACTION if variant == "dead_channels" else 0.0
+    encoder = synthetic_encoder(arch, alpha=ALPHA, kill=kill)
+    return encoder, fake_rung_meta(encoder, arch, source_dataset=f"synthetic ({variant})")
 
 
 def run_case(name: str, encoder, meta, out: Path, repeats: int, config_sha256=None) -> dict:

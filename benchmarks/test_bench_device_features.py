@@ -15,9 +15,11 @@ import torch
 from entropi.device import load_bundle, write_bundle
 from entropi.device.features import extract_features
 from entropi.export import DEFAULT_ATOL, DEFAULT_RTOL, export_encoder
-from entropi.export.synthetic import fake_rung_meta, magnitude_prune_, randomize_batchnorm_
+from entropi.export.synthetic import (
+    fake_rung_meta,
+    synthetic_encoder,
+)
 from entropi.export.verify import compare_arrays, torch_features
-from entropi.host.models import build_encoder
 
 N_IMAGES = 256
 
@@ -26,9 +28,7 @@ N_IMAGES = 256
 def setup(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    encoder = randomize_batchnorm_(build_encoder("smallnet"))
-    magnitude_prune_(encoder, 0.1)
+    encoder = synthetic_encoder("smallnet", alpha=0.1)
     meta = fake_rung_meta(encoder, "smallnet")
     out = tmp_path_factory.mktemp("bench_device_features")
     export_encoder(encoder, meta, out / "export", compact=True)

@@ -21,14 +21,8 @@ from entropi.export import (
     fold_batchnorm,
     sparsify_tflite,
 )
-from entropi.export.synthetic import (
-    fake_rung_meta,
-    kill_channels_,
-    magnitude_prune_,
-    randomize_batchnorm_,
-)
+from entropi.export.synthetic import fake_rung_meta, synthetic_encoder
 from entropi.export.verify import compare_arrays, torch_features
-from entropi.host.models import build_encoder
 
 FORMS = ["dense", "sparse", "compact"]
 
@@ -37,10 +31,7 @@ FORMS = ["dense", "sparse", "compact"]
 def files(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    encoder = randomize_batchnorm_(build_encoder("mobilenetv3_small"))
-    kill_channels_(encoder, 0.5)
-    magnitude_prune_(encoder, 0.01)
+    encoder = synthetic_encoder("mobilenetv3_small", alpha=0.01, kill=0.5)
     out = tmp_path_factory.mktemp("bench_export")
     export_encoder(encoder, fake_rung_meta(encoder, "mobilenetv3_small"), out, compact=True)
     folded, example = fold_batchnorm(encoder), torch.zeros(1, 3, 32, 32)

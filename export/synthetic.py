@@ -12,9 +12,43 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from entropi.host.models import prunable_parameters
+from entropi.host.models import build_encoder, prunable_parameters
 
-__all__ = ["fake_rung_meta", "kill_channels_", "magnitude_prune_", "randomize_batchnorm_"]
+__all__ = [
+    "fake_rung_meta",
+    "kill_channels_",
+    "magnitude_prune_",
+    "randomize_batchnorm_",
+    "synthetic_encoder",
+]
+
+
+def synthetic_encoder(
+    arch: str,
+    *,
+    alpha: float = 1.0,
+    kill: float = 0.0,
+    seed: int = 0,
+    positive_shifts: bool = False,
+) -> nn.Module:
+    """A seeded random eval-mode encoder: non-trivial BN statistics, ``kill`` of every layer's
+    output channels zeroed, then pruned to ``alpha``.
+
+    With ``positive_shifts`` every batch-norm shift is > 0, so each dead channel outputs a
+    positive constant after ReLU / hardswish (the case zero-padded convs cannot simply drop).
+    """
+    torch.manual_seed(seed)
+    encoder = randomize_batchnorm_(build_encoder(arch), seed)
+    if positive_shifts:
+        with torch.no_grad():
+            for m in encoder.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.bias.abs_().add_(0.1)
+    if kill > 0:
+        kill_channels_(encoder, kill, seed=seed)
+    if alpha < 1:
+        magnitude_prune_(encoder, alpha)
+    return encoder.eval()
 
 
 def randomize_batchnorm_(encoder: nn.Module, seed: int = 0) -> nn.Module:

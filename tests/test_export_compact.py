@@ -28,9 +28,10 @@ from entropi.export import (
     fold_batchnorm,
 )
 from entropi.export.compact import ConvWithBiasMap, InputShapeError, _round_up
-from entropi.export.synthetic import kill_channels_, magnitude_prune_, randomize_batchnorm_
+from entropi.export.synthetic import (
+    synthetic_encoder,
+)
 from entropi.export.verify import compare_arrays, torch_features
-from entropi.host.models import build_encoder
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
@@ -52,17 +53,7 @@ def dead_channel_encoder(arch: str, alpha: float, kill: float, positive: bool) -
     With ``positive`` every batch-norm shift is > 0, so each dead channel outputs a positive
     constant after ReLU / hardswish (the case that zero-padded convs cannot simply drop).
     """
-    torch.manual_seed(0)
-    encoder = randomize_batchnorm_(build_encoder(arch))
-    if positive:
-        with torch.no_grad():
-            for m in encoder.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.bias.abs_().add_(0.1)
-    kill_channels_(encoder, kill, seed=0)
-    if alpha < 1:
-        magnitude_prune_(encoder, alpha)
-    return encoder.eval()
+    return synthetic_encoder(arch, alpha=alpha, kill=kill, positive_shifts=positive)
 
 
 def params(module: nn.Module) -> int:

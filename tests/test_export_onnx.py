@@ -22,8 +22,8 @@ from entropi.export import (
     export_onnx,
     fold_batchnorm,
 )
-from entropi.export.synthetic import magnitude_prune_, randomize_batchnorm_
-from entropi.host.models import build_encoder, prunable_parameters
+from entropi.export.synthetic import synthetic_encoder
+from entropi.host.models import prunable_parameters
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
@@ -38,11 +38,7 @@ def _one_thread():
 
 
 def make_encoder(arch: str, alpha: float, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    encoder = randomize_batchnorm_(build_encoder(arch), seed)
-    if alpha < 1:
-        magnitude_prune_(encoder, alpha)
-    return encoder.eval()
+    return synthetic_encoder(arch, alpha=alpha, seed=seed)
 
 
 def inputs(n: int = 3, seed: int = 1) -> np.ndarray:

@@ -27,8 +27,11 @@ from entropi.export import (
     read_metadata,
     sparsify_tflite,
 )
-from entropi.export.synthetic import fake_rung_meta, magnitude_prune_, randomize_batchnorm_
-from entropi.host.models import build_encoder, prunable_parameters
+from entropi.export.synthetic import (
+    fake_rung_meta,
+    synthetic_encoder,
+)
+from entropi.host.models import prunable_parameters
 
 pytest.importorskip("litert_torch")
 
@@ -37,11 +40,7 @@ TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
 
 
 def make_encoder(arch: str, alpha: float, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    encoder = randomize_batchnorm_(build_encoder(arch), seed)
-    if alpha < 1:
-        magnitude_prune_(encoder, alpha)
-    return encoder.eval()
+    return synthetic_encoder(arch, alpha=alpha, seed=seed)
 
 
 def inputs(n: int = 3, seed: int = 1) -> np.ndarray:
