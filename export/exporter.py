@@ -41,7 +41,7 @@ from .compact import compact_encoder
 from .fold import fold_batchnorm
 from .onnx_export import ONNX_OPSET, export_onnx
 from .tflite_export import convert_tflite, import_converter, sparsify_tflite
-from .verify import compare_arrays, compare_onnx_torch, compare_tflite_torch, torch_features
+from .verify import compare_arrays, run_onnx, run_tflite, torch_features
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -185,10 +185,12 @@ def export_encoder(
     inputs = _verification_inputs(provenance, verify_images, n_random, seed)
     example = torch.from_numpy(inputs[:1].copy())
 
+    # the PyTorch reference every form and file is checked against, computed once
+    reference = torch_features(encoder, inputs)
     folded = fold_batchnorm(encoder)
     fold_diff = compare_arrays(
         torch_features(folded, inputs),
-        torch_features(encoder, inputs),
+        reference,
         atol=atol,
         rtol=rtol,
         what="BN-folded encoder",
@@ -200,7 +202,7 @@ def export_encoder(
         small, report = compact_encoder(folded, example)
         compact_diff = compare_arrays(
             torch_features(small, inputs),
-            torch_features(encoder, inputs),
+            reference,
             atol=atol,
             rtol=rtol,
             what="compact encoder (PyTorch)",
@@ -216,35 +218,32 @@ def export_encoder(
         files: dict[str, Any] = {}
         for stem, module, sparse in variants:
             md = {**provenance, "form": "compact" if stem.endswith("compact") else "pruned"}
-            if "onnx" in formats:
-                path = tmp / f"{stem}.onnx"
-                props = {
-                    f"entropi.{k}": v if isinstance(v, str) else json.dumps(v)
-                    for k, v in md.items()
-                }
-                props["entropi.onnx_opset"] = str(ONNX_OPSET)
-                data, stats = export_onnx(module, example, sparse=sparse, metadata=props)
+            for fmt in (f for f in FORMATS if f in formats):
+                path = tmp / f"{stem}.{fmt}"
+                if fmt == "onnx":
+                    props = {
+                        f"entropi.{k}": v if isinstance(v, str) else json.dumps(v)
+                        for k, v in md.items()
+                    }
+                    props["entropi.onnx_opset"] = str(ONNX_OPSET)
+                    data, stats = export_onnx(module, example, sparse=sparse, metadata=props)
+                    run, runtime, label = run_onnx, "onnxruntime", "ONNX"
+                else:
+                    tflite = convert_tflite(module, example)
+                    data, stats = sparsify_tflite(tflite, sparse=sparse, metadata=md)
+                    run, runtime, label = run_tflite, "ai-edge-litert", "TFLite"
                 path.write_bytes(data)
-                diff = compare_onnx_torch(path, encoder, inputs, atol=atol, rtol=rtol)
+                diff = compare_arrays(
+                    run(path, inputs),
+                    reference,
+                    atol=atol,
+                    rtol=rtol,
+                    what=f"{label} model {path.name}",
+                )
                 files[path.name] = _file_entry(
                     path,
                     diff,
-                    runtime=f"onnxruntime {_version('onnxruntime')}",
-                    sparse_tensors=stats.tensors,
-                    sparse_nnz=stats.nnz,
-                    params=_param_count(module),
-                )
-            if "tflite" in formats:
-                path = tmp / f"{stem}.tflite"
-                data, stats = sparsify_tflite(
-                    convert_tflite(module, example), sparse=sparse, metadata=md
-                )
-                path.write_bytes(data)
-                diff = compare_tflite_torch(path, encoder, inputs, atol=atol, rtol=rtol)
-                files[path.name] = _file_entry(
-                    path,
-                    diff,
-                    runtime=f"ai-edge-litert {_version('ai-edge-litert')}",
+                    runtime=f"{runtime} {_version(runtime)}",
                     sparse_tensors=stats.tensors,
                     sparse_nnz=stats.nnz,
                     params=_param_count(module),
