@@ -205,20 +205,14 @@ def _fmt_mb(n: int) -> str:
     return f"{n / 1e6:,.3f}"
 
 
-def render_markdown(result: dict) -> str:
-    """The ``bench.md`` table: one line per row, then hardware, versions and conventions."""
+def rows_markdown(rows: list[dict]) -> list[str]:
+    """Markdown table lines of bench rows (MFLOPs per step, MB = 1e6 bytes)."""
     lines = [
-        "# entropi bench: head-only vs full fine-tuning, per training step",
-        "",
-        f"Batch {result['batch']}; sparse FLOPs at alpha = {result['alpha']} "
-        "(global magnitude masks on the seeded random init). MFLOPs = 1e6 FLOPs, MB = 1e6 bytes.",
-        "",
-        "| arch | classes | mode | MFLOPs dense | MFLOPs sparse | backward MFLOPs dense "
-        "| memory MB measured | memory MB analytic | weights | grads | optim | activations "
-        "| batch |",
+        "| arch | classes | mode | step MFLOPs dense | step MFLOPs sparse | backward MFLOPs "
+        "dense | MB measured | MB analytic | weights | grads | optimizer | activations | batch |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
+    for r in rows:
         b = r["memory_breakdown"]
         lines.append(
             f"| {r['arch']} | {r['classes']} | {r['mode']} | {_fmt_flops(r['flops_dense'])} "
@@ -228,6 +222,19 @@ def render_markdown(result: dict) -> str:
             f"| {_fmt_mb(b['optimizer_state'])} | {_fmt_mb(b['activations'])} "
             f"| {_fmt_mb(b['batch'])} |"
         )
+    return lines
+
+
+def render_markdown(result: dict) -> str:
+    """The ``bench.md`` table: one line per row, then hardware, versions and conventions."""
+    lines = [
+        "# entropi bench: head-only vs full fine-tuning, per training step",
+        "",
+        f"Batch {result['batch']}; sparse FLOPs at alpha = {result['alpha']} "
+        "(global magnitude masks on the seeded random init). MFLOPs = 1e6 FLOPs, MB = 1e6 bytes.",
+        "",
+        *rows_markdown(result["rows"]),
+    ]
     hw, lib = result["hardware"], result["versions"]
     lines += [
         "",

@@ -22,7 +22,7 @@ from entropi.host._io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
 
-from .bench import collect_bench
+from .bench import collect_bench, rows_markdown
 from .flops import count_step_flops
 from .memory import analytic_step
 from .paper_models import build_paper_model
@@ -41,7 +41,6 @@ OURS = {"resnet18": "resnet18", "mobilenetv3": "mobilenetv3_small"}
 #: The batch size the readings assume for the paper (0.16 MFLOPs = 2 x 32 x 512 x 5).
 PAPER_BATCH = 32
 _MIB = 2**20
-_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "batch")
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -252,19 +251,8 @@ def render_table2(result: dict) -> str:
         "",
         f"Sparse: alpha = {result['alpha']} (global magnitude masks on the seeded random init).",
         "",
-        "| arch | classes | mode | step MFLOPs dense | step MFLOPs sparse | backward MFLOPs "
-        "dense | MB measured | MB analytic | weights | grads | optimizer | activations | batch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows_markdown(result["rows"]),
     ]
-    for r in result["rows"]:
-        m = r["memory_breakdown"]
-        lines.append(
-            f"| {r['arch']} | {r['classes']} | {r['mode']} | {r['flops_dense'] / 1e6:,.2f} "
-            f"| {r['flops_sparse'] / 1e6:,.2f} | {r['flops_backward_dense'] / 1e6:,.2f} "
-            f"| {r['memory_bytes'] / 1e6:,.3f} | {r['memory_bytes_analytic'] / 1e6:,.3f} | "
-            + " | ".join(f"{m[k] / 1e6:,.3f}" for k in _CATEGORIES)
-            + " |"
-        )
     lines += [
         "",
         "## Readings of the paper's numbers",
