@@ -125,10 +125,7 @@ def load_rung(
     path = rung_path(rundir, index)
     ckpt = load_checkpoint(path, required=("arch", "encoder", "alpha", "nnz"))
     encoder = build_encoder(ckpt["arch"])
-    try:
-        encoder.load_state_dict(ckpt["encoder"])
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match arch {ckpt['arch']!r}: {e}") from e
+    _load_state(encoder, ckpt, "encoder", path)
     encoder.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("encoder", "head", "masks")}
     meta["index"] = index
@@ -136,10 +133,20 @@ def load_rung(
     return encoder, meta
 
 
-def classifier_from_checkpoint(ckpt: dict[str, Any]) -> Classifier:
-    """Rebuild the full source classifier (encoder + source head) from a rung/pretrain dict."""
+def classifier_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "") -> Classifier:
+    """Rebuild the full source classifier (encoder + source head) from a rung checkpoint dict."""
     encoder = build_encoder(ckpt["arch"])
     model = Classifier(encoder, encoder.feature_dim, ckpt["num_source_classes"])
-    model.encoder.load_state_dict(ckpt["encoder"])
-    model.head.load_state_dict(ckpt["head"])
+    _load_state(model.encoder, ckpt, "encoder", path)
+    _load_state(model.head, ckpt, "head", path)
     return model
+
+
+def _load_state(module: torch.nn.Module, ckpt: dict[str, Any], key: str, path) -> None:
+    """``module.load_state_dict(ckpt[key])``, a mismatch reported as :class:`CheckpointError`."""
+    try:
+        module.load_state_dict(ckpt[key])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {path or '(in memory)'}: {key} does not match arch {ckpt['arch']!r}: {e}"
+        ) from e

@@ -271,7 +271,7 @@ def stage_prune(cfg: RunConfig, rundir: Path, src: SourceData, device) -> list[f
         if path.is_file():
             prev = load_checkpoint(path, required=("encoder", "head", "masks"))
             continue
-        model = classifier_from_checkpoint(prev).to(device)
+        model = classifier_from_checkpoint(prev, rung_path(rundir, r - 1)).to(device)
         masks = {k: v.to(device) for k, v in prev["masks"].items()}
         masks = global_magnitude_masks(model.encoder, masks, alphas[r])
         apply_masks(model.encoder, masks)
@@ -317,7 +317,7 @@ def stage_score(cfg: RunConfig, rundir: Path, tgt: TargetData, device) -> list[d
             continue
         t0 = time.perf_counter()
         ckpt = load_checkpoint(path, required=("encoder", "normalization"))
-        model = classifier_from_checkpoint(ckpt).to(device)
+        model = classifier_from_checkpoint(ckpt, path).to(device)
         mean, std = tuple(ckpt["normalization"]["mean"]), tuple(ckpt["normalization"]["std"])
         to = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
         ftr = extract_features(model.encoder, to(tgt.x_train), mean=mean, std=std)
