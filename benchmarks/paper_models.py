@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from entropi.host.models import BasicBlock, Classifier, InvertedResidual
+from entropi.host.models import Classifier, mobilenetv3_layers, resnet18_layers
 
 __all__ = ["PAPER_ARCHITECTURES", "build_paper_model"]
 
@@ -57,41 +57,20 @@ class _ResNet18ImageNet(nn.Sequential):
     feature_dim = 512
 
     def __init__(self) -> None:
-        layers: list[nn.Module] = [
+        stem = [
             nn.Conv2d(3, 64, 7, 2, 3, bias=False),
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         ]
-        in_ch = 64
-        for out_ch, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
-            in_ch = out_ch
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        super().__init__(*layers)
+        super().__init__(*resnet18_layers(stem))
 
 
 class _MobileNetV3(nn.Sequential):
     def __init__(self, table: list[tuple], last_conv: int, feature_dim: int) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 16, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.Hardswish(),
-        ]
-        in_ch = 16
-        for kernel, exp, out_ch, se, act, stride in table:
-            layers.append(InvertedResidual(in_ch, kernel, exp, out_ch, se, act, stride))
-            in_ch = out_ch
-        layers += [
-            nn.Conv2d(in_ch, last_conv, 1, bias=False),
-            nn.BatchNorm2d(last_conv),
-            nn.Hardswish(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(last_conv, feature_dim),
-            nn.Hardswish(),
-        ]
-        super().__init__(*layers)
+        super().__init__(
+            *mobilenetv3_layers(table, stem_stride=2, last_conv=last_conv, feature_dim=feature_dim)
+        )
         self.feature_dim = feature_dim
 
 

@@ -44,21 +44,22 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+def resnet18_layers(stem: list[nn.Module]) -> list[nn.Module]:
+    """``stem`` (ending at 64 channels), the four stages of two basic blocks, global pooling."""
+    layers = list(stem)
+    in_ch = 64
+    for out_ch, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
+        in_ch = out_ch
+    return layers + [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+
+
 class ResNet18Encoder(nn.Sequential):
     feature_dim = 512
 
     def __init__(self) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 64, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-        ]
-        in_ch = 64
-        for out_ch, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            layers += [BasicBlock(in_ch, out_ch, stride), BasicBlock(out_ch, out_ch, 1)]
-            in_ch = out_ch
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        super().__init__(*layers)
+        stem = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True)]
+        super().__init__(*resnet18_layers(stem))
 
 
 def _make_divisible(v: float, divisor: int = 8) -> int:
@@ -121,29 +122,38 @@ _MBV3_SMALL = [
 ]
 
 
+def mobilenetv3_layers(
+    table: list[tuple], *, stem_stride: int, last_conv: int, feature_dim: int
+) -> list[nn.Module]:
+    """Stem (16 channels), the inverted-residual ``table``, the last 1x1 conv, global pooling and
+    the ``last_conv -> feature_dim`` linear + hardswish of torchvision's classifier."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 16, 3, stem_stride, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.Hardswish(),
+    ]
+    in_ch = 16
+    for kernel, exp, out_ch, se, act, stride in table:
+        layers.append(InvertedResidual(in_ch, kernel, exp, out_ch, se, act, stride))
+        in_ch = out_ch
+    return layers + [
+        nn.Conv2d(in_ch, last_conv, 1, bias=False),
+        nn.BatchNorm2d(last_conv),
+        nn.Hardswish(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(last_conv, feature_dim),
+        nn.Hardswish(),
+    ]
+
+
 class MobileNetV3SmallEncoder(nn.Sequential):
     feature_dim = 1024
 
     def __init__(self) -> None:
-        layers: list[nn.Module] = [
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.Hardswish(),
-        ]
-        in_ch = 16
-        for kernel, exp, out_ch, se, act, stride in _MBV3_SMALL:
-            layers.append(InvertedResidual(in_ch, kernel, exp, out_ch, se, act, stride))
-            in_ch = out_ch
-        layers += [
-            nn.Conv2d(in_ch, 576, 1, bias=False),
-            nn.BatchNorm2d(576),
-            nn.Hardswish(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(576, 1024),
-            nn.Hardswish(),
-        ]
-        super().__init__(*layers)
+        super().__init__(
+            *mobilenetv3_layers(_MBV3_SMALL, stem_stride=1, last_conv=576, feature_dim=1024)
+        )
 
 
 class SmallNetEncoder(nn.Sequential):
