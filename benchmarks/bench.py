@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entropi.host._io import atomic_write, atomic_write_json, atomic_write_text
+from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import ARCHITECTURES, build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entropi.host._io import atomic_write_json
+from entropi.device.io import atomic_write_json
 from entropi.host.checkpoint import list_rungs, load_rung
 from entropi.host.config import load_config
 from entropi.host.entropy import state_entropy

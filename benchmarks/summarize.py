@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from entropi.benchmarks._machine import cpu_model
-from entropi.host._io import atomic_write_text
+from entropi.device.io import atomic_write_text
 
 __all__ = ["format_seconds", "render_results", "summarize"]
 

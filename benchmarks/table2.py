@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from entropi.host._io import atomic_write, atomic_write_json, atomic_write_text
+from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
 

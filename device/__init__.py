@@ -16,6 +16,7 @@ from .errors import (
     ChecksumError,
     DataError,
     DeviceError,
+    EntropiError,
     FormatVersionError,
     ResumeError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "ChecksumError",
     "DataError",
     "DeviceError",
+    "EntropiError",
     "FormatVersionError",
     "Head",
     "MemoryPlan",

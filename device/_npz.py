@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write
+from .io import atomic_write
 
 __all__ = ["NpyMember", "load_npz", "npy_member", "read_npz_into", "save_npz", "warm_up"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_dir, atomic_write_json
+from .io import atomic_dir, atomic_write_json
 from .errors import BundleError, ChecksumError, FormatVersionError
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "load_bundle", "sha256_file", "write_bundle"]

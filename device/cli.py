@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import atomic_write_json
+from .io import atomic_write_json
 from .budget import format_size, parse_size
 from .bundle import load_bundle
 from .data import load_images

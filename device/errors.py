@@ -1,4 +1,10 @@
-"""Exceptions raised by the device runtime; all are ``ValueError`` subclasses."""
+"""Exceptions of entropi: the package root :class:`EntropiError` and the device runtime's errors.
+
+:class:`EntropiError` is the root of every error entropi raises on bad input, in every layer; it
+lives here, in the lowest layer, so that the device runtime stays importable with numpy alone.
+Both CLIs print any ``EntropiError`` as one line and exit non-zero. Device errors are also
+``ValueError`` subclasses.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,17 @@ __all__ = [
     "ChecksumError",
     "DataError",
     "DeviceError",
+    "EntropiError",
     "FormatVersionError",
     "ResumeError",
 ]
 
 
-class DeviceError(ValueError):
+class EntropiError(Exception):
+    """Root of every error entropi raises on bad input (a config, a path, data, a budget...)."""
+
+
+class DeviceError(EntropiError, ValueError):
     """Base class of every error the device runtime raises on bad input."""
 
 

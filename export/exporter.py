@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from entropi.host._io import default_mode
+from entropi.device.io import default_mode
 
 from ._errors import ExportError, require
 from .compact import compact_encoder

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from ._data_base import ChecksumError, UnsafeArchiveError, progress_bar
-from ._io import atomic_write
+from entropi.device.io import atomic_write
 
 __all__ = ["DownloadError", "check_members", "download_file", "extract_tar"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write
+from entropi.device.io import atomic_write
 
 __all__ = [
     "ChecksumError",

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_bytes
+from entropi.device.io import atomic_write_bytes
 from .models import Classifier, build_encoder
 
 __all__ = [

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write_json, atomic_write_text
+from entropi.device.io import atomic_write_json, atomic_write_text
 from .checkpoint import (
     CheckpointError,
     classifier_from_checkpoint,
@@ -436,7 +436,7 @@ def write_target_npz(tgt: TargetData, path: Path) -> Path:
     """The target data in the device runtime's .npz format (uint8 NHWC + labels + names)."""
     import io
 
-    from ._io import atomic_write_bytes
+    from entropi.device.io import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(

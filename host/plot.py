@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_bytes
+from entropi.device.io import atomic_write_bytes
 
 __all__ = ["plot_entropy_vs_alpha"]
 

@@ -1,5 +1,7 @@
-"""Atomic writes for every artifact of entropi (host code re-uses these: the device side must not
-import host code, so the implementation lives here).
+"""Atomic writes for every artifact of entropi, and the package version.
+
+These are shared by every layer; they live here, in the lowest layer (numpy-free stdlib code),
+so that export and host use them without the device ever importing host code.
 
 Every file is written to a temp file in the target folder, fsynced and renamed over the target,
 so a failure leaves the previous file (or nothing), never a half-written one.
@@ -16,7 +18,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_dir", "atomic_write", "atomic_write_json"]
+__all__ = [
+    "atomic_dir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "default_mode",
+    "package_version",
+]
+
+
+def package_version() -> str:
+    """The installed entropi version, or ``"0+unknown"`` when running from an uninstalled tree."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("entropi")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def atomic_write(
@@ -46,16 +66,31 @@ def atomic_write(
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path``, atomically."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``, atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
-    data = (json.dumps(obj, indent=2) + "\n").encode("utf-8")
-    return atomic_write(path, lambda f: f.write(data))
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """Permissions a plain open()/mkdir() would give under the current umask (mkstemp and
+    mkdtemp use 0600/0700, which would make shared run artifacts unreadable to others)."""
+    return (0o777 if directory else 0o666) & ~_umask()
 
 
 @contextmanager

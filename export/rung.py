@@ -1,0 +1,158 @@
+"""The rung record: the one schema of a rung of the pruning ladder.
+
+The host pipeline writes rungs, export, bundle and benchmarks read them; all of them go through
+:class:`RungInfo` (what a rung *is*, without tensors) and :class:`Rung` (the info plus the state
+dicts). On disk a rung is a ``torch.save`` of a flat dict, loaded with ``weights_only=True``::
+
+    format              RUNG_FORMAT (a newer file is refused with a clear error)
+    arch                architecture name (the host's registry builds the module)
+    feature_dim         width of the encoder's output
+    input_shape         [C, H, W] of one input image
+    normalization       {"mean": [C floats], "std": [C floats]} in 0..1 pixel units
+    alpha, nnz, n_prunable, alpha_target
+                        measured kept fraction of the prunable weights, their non-zeros and count,
+                        and the fraction the ladder aimed at
+    source_dataset, source_classes, num_source_classes, source_accuracy, train_seconds
+    encoder, head, masks  state dicts (pruned weights exactly 0) and a bool mask per prunable
+                          weight name
+
+This module lives in the export layer because export is the lowest layer that reads rungs; it
+needs torch only to save and load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from entropi.device.errors import EntropiError
+from entropi.device.io import atomic_write_bytes
+
+__all__ = ["RUNG_FORMAT", "CheckpointError", "Rung", "RungInfo", "load_rung_file", "save_rung"]
+
+RUNG_FORMAT = 1
+_TENSORS = ("encoder", "head", "masks")
+
+
+class CheckpointError(EntropiError, ValueError):
+    """A checkpoint or run directory is missing, corrupt or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class RungInfo:
+    """What one rung is, without its tensors."""
+
+    arch: str
+    feature_dim: int
+    input_shape: tuple[int, ...]
+    """C x H x W of one input image."""
+    normalization: dict[str, list[float]]
+    """``{"mean": [...], "std": [...]}`` per channel, in 0..1 pixel units."""
+    alpha: float
+    """Measured kept fraction of the prunable (conv / linear) weights."""
+    nnz: int
+    n_prunable: int
+    alpha_target: float | None = None
+    source_dataset: str | None = None
+    source_classes: list[str] = field(default_factory=list)
+    num_source_classes: int = 0
+    source_accuracy: float | None = None
+    train_seconds: float = 0.0
+    index: int | None = None
+    """Position in the ladder (0 = dense); set when read from a run folder, not stored."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (non-finite floats become None)."""
+        d = dataclasses.asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()
+        }
+
+
+@dataclass
+class Rung:
+    """A rung: its :class:`RungInfo` plus encoder / source-head state dicts and masks."""
+
+    info: RungInfo
+    encoder: dict[str, Any]
+    head: dict[str, Any]
+    masks: dict[str, Any]
+
+    def to_payload(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self.info)
+        d.pop("index")
+        d["input_shape"] = list(self.info.input_shape)
+        return {
+            "format": RUNG_FORMAT,
+            **d,
+            "encoder": self.encoder,
+            "head": self.head,
+            "masks": self.masks,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any, where: str = "(in memory)", index: int | None = None):
+        """Validate a loaded dict; every problem is a :class:`CheckpointError` naming ``where``."""
+        if not isinstance(payload, dict):
+            raise CheckpointError(
+                f"checkpoint {where} holds a {type(payload).__name__}, not a dict"
+            )
+        version = payload.get("format")
+        if not isinstance(version, int) or version < 1:
+            raise CheckpointError(f"checkpoint {where} has no valid rung format version")
+        if version > RUNG_FORMAT:
+            raise CheckpointError(
+                f"checkpoint {where} has rung format {version}; this entropi reads up to "
+                f"{RUNG_FORMAT} (upgrade entropi)"
+            )
+        names = {f.name for f in dataclasses.fields(RungInfo)} - {"index"}
+        required = [
+            f.name
+            for f in dataclasses.fields(RungInfo)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [k for k in (*required, *_TENSORS) if k not in payload]
+        if missing:
+            raise CheckpointError(f"checkpoint {where} lacks keys {missing}")
+        values = {k: v for k, v in payload.items() if k in names}
+        values["input_shape"] = tuple(int(v) for v in values["input_shape"])
+        try:
+            info = RungInfo(**values, index=index)
+        except TypeError as e:  # pragma: no cover - guarded by the key checks above
+            raise CheckpointError(f"checkpoint {where}: {e}") from e
+        return cls(info, *(payload[k] for k in _TENSORS))
+
+
+def save_rung(path: str | os.PathLike, rung: Rung) -> Path:
+    """Atomically ``torch.save`` the rung's payload to ``path``."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(rung.to_payload(), buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_payload(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a CheckpointError."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})"
+        ) from e
+
+
+def load_rung_file(path: str | os.PathLike, index: int | None = None) -> Rung:
+    """Read and validate one rung file."""
+    return Rung.from_payload(load_payload(path), str(path), index)

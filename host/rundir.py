@@ -1,0 +1,133 @@
+"""The run folder: every path of one ``entropi run`` and its atomic writes, in one place.
+
+Layout::
+
+    RUNDIR/config.toml            the resolved config (every key)
+    RUNDIR/run.json               provenance: invocations, package version, seed, config hash
+    RUNDIR/progress.log           one timestamped line per finished step
+    RUNDIR/timings.json           seconds per stage (summed over resumes)
+    RUNDIR/rungs/rung_NNN.pt      the ladder, one rung record per file (rung 0 is dense)
+    RUNDIR/scores/rung_NNN.json   the selection criteria and probe of each rung
+    RUNDIR/target_classes.json    class names of the target
+    RUNDIR/results.json           rung table, selection, export and device summaries
+    RUNDIR/entropy_vs_alpha.png
+    RUNDIR/export/                verified encoder files + export.json
+    RUNDIR/bundle/                the device bundle
+    RUNDIR/target_data.npz        the target in the device runtime's .npz layout
+    RUNDIR/head/                  the trained head + train.json
+
+Everything is written atomically (temp file + rename), so an interrupted run never leaves a
+half-written artifact and ``--resume`` can trust every file it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from entropi.device.io import atomic_write_json, atomic_write_text
+
+__all__ = ["RunDir"]
+
+
+class RunDir:
+    """Paths and atomic writes of one run folder (nothing is created until written)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    # --- paths -------------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "progress.log"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    @property
+    def rungs_dir(self) -> Path:
+        return self.root / "rungs"
+
+    def rung(self, index: int) -> Path:
+        return self.rungs_dir / f"rung_{index:03d}.pt"
+
+    def score(self, index: int) -> Path:
+        return self.root / "scores" / f"rung_{index:03d}.json"
+
+    @property
+    def target_classes(self) -> Path:
+        return self.root / "target_classes.json"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "entropy_vs_alpha.png"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def bundle(self) -> Path:
+        return self.root / "bundle"
+
+    @property
+    def target_data(self) -> Path:
+        return self.root / "target_data.npz"
+
+    @property
+    def head(self) -> Path:
+        return self.root / "head"
+
+    def rung_files(self) -> list[Path]:
+        """Rung files in ladder order (dense first)."""
+        return sorted(self.rungs_dir.glob("rung_[0-9][0-9][0-9].pt"))
+
+    # --- reads and writes --------------------------------------------------------------------
+    def read_json(self, path: Path, default: Any = None) -> Any:
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    def write_json(self, path: Path, obj: Any) -> Path:
+        return atomic_write_json(path, obj)
+
+    def write_text(self, path: Path, text: str) -> Path:
+        return atomic_write_text(path, text)
+
+    def log(self, message: str) -> None:
+        """Append a timestamped line to progress.log and echo it to stderr."""
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
+        print(line, file=sys.stderr, flush=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "a") as f:
+            f.write(line + "\n")
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        """Add ``seconds`` to ``stage`` in timings.json (resumed runs accumulate)."""
+        t = self.read_json(self.timings, {})
+        t[stage] = t.get(stage, 0.0) + seconds
+        self.write_json(self.timings, t)
+
+    def stage_seconds(self) -> dict[str, float]:
+        return self.read_json(self.timings, {})
