@@ -4,39 +4,32 @@
   sparse), checked against torch's ``FlopCounterMode`` (:func:`flop_counter_step_flops`).
 - :func:`measure_step` / :func:`analytic_step`: backprop memory by category, measured with
   ``saved_tensors_hooks`` and counted from shapes.
-- :func:`run_bench`: ``entropi bench`` (bench.json, bench.md, bench.png); :func:`run_table2`: the
-  paper's Table 2 analog; :func:`summarize`: pytest-benchmark JSON -> ``RESULTS.md``.
+- :func:`run_bench`: ``entropi bench`` (bench.json, bench.md, bench.png).
+
+The experiments that use these (the paper's Table 2, the export and head-training studies, the
+levels ablation, the RESULTS.md summarizer) are scripts in ``scripts/``, outside the package.
 """
 
-from .bench import collect_bench, run_bench
-from .flops import CONVENTIONS, FlopReport, count_step_flops, flop_counter_step_flops
-from .memory import MemoryBreakdown, MemoryMeasurement, analytic_step, measure_step
+from importlib import import_module
 
-__all__ = [
-    "CONVENTIONS",
-    "FlopReport",
-    "MemoryBreakdown",
-    "MemoryMeasurement",
-    "analytic_step",
-    "collect_bench",
-    "count_step_flops",
-    "flop_counter_step_flops",
-    "measure_step",
-    "run_bench",
-    "run_table2",
-    "summarize",
-]
+# imported on first use, so that `entropi --help` (which loads .command) does not pay for torch
+_EXPORTS = {
+    "CONVENTIONS": "flops",
+    "FlopReport": "flops",
+    "count_step_flops": "flops",
+    "flop_counter_step_flops": "flops",
+    "MemoryBreakdown": "memory",
+    "MemoryMeasurement": "memory",
+    "analytic_step": "memory",
+    "measure_step": "memory",
+    "collect_bench": "bench",
+    "run_bench": "bench",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    # Loaded on first use, so that `python -m entropi.benchmarks.summarize` / `.table2` run their
-    # module once (runpy warns when the package has already imported it).
-    if name == "summarize":
-        from .summarize import summarize
-
-        return summarize
-    if name == "run_table2":
-        from .table2 import run_table2
-
-        return run_table2
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

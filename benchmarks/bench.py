@@ -33,9 +33,10 @@ from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import ARCHITECTURES, build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
 
-from ._machine import cpu_model, versions
+from .command import DEFAULTS
 from .flops import CONVENTIONS as FLOP_CONVENTIONS
 from .flops import count_step_flops
+from .machine import cpu_model, versions
 from .memory import analytic_step, measure_step
 
 __all__ = [
@@ -106,7 +107,14 @@ def _head_device_memory(feature_dim: int, classes: int, batch: int) -> dict:
     features = rng.standard_normal((n, feature_dim), dtype=np.float32)
     labels = (np.arange(n) % classes).astype(np.intp)
     cfg = TrainConfig(
-        epochs=1, lr=0.01, momentum=0.9, batch_size=batch, val_fraction=0.0, patience=0
+        epochs=1,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=batch,
+        val_fraction=0.0,
+        patience=0,
+        budget="unlimited",  # measure the unblocked step, whatever its size
     )
     result = train_head(features, labels, cfg, num_classes=classes, measure_memory=True)
     breakdown = dict.fromkeys(
@@ -316,10 +324,10 @@ def collect_bench(
 
 def run_bench(
     *,
-    archs: Sequence[str] = ("resnet18", "mobilenetv3_small"),
-    classes: Sequence[int] = (5, 100),
-    batch: int = 32,
-    alpha: float = 0.01,
+    archs: Sequence[str] = DEFAULTS["archs"],
+    classes: Sequence[int] = DEFAULTS["classes"],
+    batch: int = DEFAULTS["batch"],
+    alpha: float = DEFAULTS["alpha"],
     out_dir: str | os.PathLike,
     device: str | None = None,
 ) -> dict:

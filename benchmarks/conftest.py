@@ -4,7 +4,7 @@ Every benchmark runs on one thread by default (``--bench-threads N`` to change; 
 ``OMP_NUM_THREADS`` too for numpy's BLAS), with fixed seeds, and asserts that what it times is
 correct, so ``pytest benchmarks --benchmark-disable -q`` (one call each, no timing) is a fast
 smoke test that keeps the suite from rotting. Machine and library versions are added to the
-``--benchmark-json`` output, which ``python -m entropi.benchmarks.summarize`` turns into
+``--benchmark-json`` output, which ``python scripts/summarize.py`` turns into
 ``benchmarks/RESULTS.md``.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropi.benchmarks._machine import cpu_model, versions
+from entropi.benchmarks.machine import cpu_model, versions
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

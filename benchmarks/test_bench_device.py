@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from entropi.device import TrainConfig, parse_size, plan_memory, train_head
-from entropi.device._blas import find_gemm
+from entropi.device import TrainConfig, plan_memory, train_head
+from entropi.device.blas import find_gemm
 from entropi.device.budget import UFUNC_BUFSIZE
 from entropi.device.softmax import cross_entropy, logits
-from entropi.device.trainer import _Loop
+from entropi.device.trainer import StepLoop
 
 D, C = 512, 100
 
@@ -33,9 +33,11 @@ def test_bench_head_epoch(benchmark, data, budget):
     cfg = TrainConfig(
         epochs=1,
         lr=0.05,
+        momentum=0.0,
+        weight_decay=0.0,
         patience=0,
         val_fraction=0.1,
-        budget_bytes=parse_size(budget) if budget else None,
+        budget=budget or "unlimited",
     )
     res = benchmark(train_head, x, y, cfg, num_classes=C, measure_memory=False)
     z = logits(x[res.n_train :], res.weights, res.bias)
@@ -47,7 +49,8 @@ def test_bench_training_step_batch32(benchmark, data):
     x, y = data
     gemm = find_gemm(np.float32)
     plan = plan_memory(D, C, None, max_batch_size=32, fused_update=gemm is not None)
-    loop = _Loop(x, y.astype(np.intp), len(x), C, TrainConfig(), plan, gemm)
+    cfg = TrainConfig(momentum=0.0, weight_decay=0.0, budget="unlimited")
+    loop = StepLoop(x, y.astype(np.intp), len(x), C, cfg, plan, gemm)
     old = np.setbufsize(UFUNC_BUFSIZE)
     try:
         steps = len(x) // 32

@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from entropi.benchmarks.synthetic_models import fake_rung_meta, synthetic_encoder
 from entropi.device import load_bundle, write_bundle
 from entropi.device.features import extract_features
 from entropi.export import DEFAULT_ATOL, DEFAULT_RTOL, export_encoder
-from entropi.export.synthetic import (
-    fake_rung_meta,
-    synthetic_encoder,
-)
 from entropi.export.verify import compare_arrays, torch_features
 
 N_IMAGES = 256
@@ -37,12 +34,12 @@ def setup(tmp_path_factory):
         bundles[fmt] = write_bundle(
             out / f"bundle_{fmt}",
             encoder_files={f"encoder_compact.{fmt}": out / "export" / f"encoder_compact.{fmt}"},
-            input_shape=meta["input_shape"],
-            normalization=meta["normalization"],
+            input_shape=list(meta.input_shape),
+            normalization=meta.normalization,
             feature_dim=encoder.feature_dim,
         )
     images = np.random.default_rng(0).integers(0, 256, (N_IMAGES, 32, 32, 3), dtype=np.uint8)
-    norm = meta["normalization"]
+    norm = meta.normalization
     x = (images.astype(np.float32) / 255 - np.float32(norm["mean"])) / np.float32(norm["std"])
     reference = torch_features(encoder, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     torch.set_num_threads(threads)

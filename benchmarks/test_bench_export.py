@@ -2,7 +2,7 @@
 MobileNetV3-small (alpha = 0.01, half the channels dead) stored dense, sparse and compact.
 
 Each benchmark asserts that the runtime's output matches the PyTorch encoder (tolerance
-``1e-5 + 1e-4 * max|ref|``, as in entropi.export). ``python -m entropi.benchmarks.export_bench``
+``1e-5 + 1e-4 * max|ref|``, as in entropi.export). ``python scripts/export_bench.py``
 is the full experiment (sizes vs floor, RSS, ResNet18 too).
 """
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from entropi.benchmarks.synthetic_models import fake_rung_meta, synthetic_encoder
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -21,7 +22,6 @@ from entropi.export import (
     fold_batchnorm,
     sparsify_tflite,
 )
-from entropi.export.synthetic import fake_rung_meta, synthetic_encoder
 from entropi.export.verify import compare_arrays, torch_features
 
 FORMS = ["dense", "sparse", "compact"]

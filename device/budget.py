@@ -7,6 +7,9 @@ reserve, :data:`RESERVE_BYTES`). What it does not cover: the feature store, whic
 memory-mapped file ("flash") and is read one batch at a time, and the Python interpreter and
 libraries loaded before training (the process RSS, reported separately by the benchmark).
 
+:func:`loop_buffers` is the one list of those buffers: the planner sums it and the loop
+allocates from it, so the accounting cannot drift from what the loop holds.
+
 Sizes: ``KB`` = 1024 bytes and ``MB`` = 1024**2 bytes (``KiB``/``MiB`` are accepted too).
 """
 
@@ -18,15 +21,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import BudgetError
+from .errors import BudgetError, TrainConfigError
 
 __all__ = [
     "MIN_BLOCK_ROWS",
     "RESERVE_BYTES",
     "UFUNC_BUFSIZE",
+    "BufferSpec",
     "MemoryPlan",
     "buffer_bytes",
     "format_size",
+    "history_spec",
+    "loop_buffers",
     "parse_size",
     "plan_memory",
 ]
@@ -45,7 +51,6 @@ UFUNC_BUFSIZE = 256
 #: only goes below it when nothing else fits.
 MIN_BLOCK_ROWS = 16
 
-_INDEX_BYTES = np.dtype(np.intp).itemsize
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2}
 _UNITS["mib"] = 1024**2
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
@@ -58,14 +63,14 @@ def parse_size(text: str | int) -> int:
     else:
         m = _SIZE_RE.match(str(text))
         if not m or m.group(2).lower() not in _UNITS:
-            raise ValueError(
+            raise TrainConfigError(
                 f"invalid size {text!r}: use a number followed by B, KB or MB "
                 "(KB = 1024 B, MB = 1024 KB), e.g. 256KB"
             )
         value, unit = float(m.group(1)), m.group(2).lower()
     size = int(value * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"invalid size {text!r}: must be > 0 bytes")
+        raise TrainConfigError(f"invalid size {text!r}: must be > 0 bytes")
     return size
 
 
@@ -78,6 +83,83 @@ def format_size(n: int) -> str:
     return f"{n} B"
 
 
+@dataclass(frozen=True)
+class BufferSpec:
+    """One buffer of the training loop: what the planner counts and the loop allocates."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    init: str = "empty"
+    """How the loop fills it when allocating: ``empty``, ``zeros``, ``ones`` or ``nan``."""
+    held_by: str = "loop"
+    """Who allocates it: ``loop`` (:class:`.trainer.StepLoop`), ``run`` (the per-epoch history,
+    :func:`.trainer.train_head`) or ``numpy`` (the ufunc buffer numpy allocates per call)."""
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def allocate(self) -> np.ndarray:
+        """A new array of this shape and dtype, filled as :attr:`init` says."""
+        if self.init == "empty":
+            return np.empty(self.shape, self.dtype)
+        fill = {"zeros": 0, "ones": 1, "nan": np.nan}[self.init]
+        return np.full(self.shape, fill, self.dtype)
+
+
+def loop_buffers(
+    feature_dim: int,
+    num_classes: int,
+    batch_size: int,
+    block_rows: int,
+    *,
+    momentum: bool,
+    dtype: np.dtype | type = np.float32,
+    epochs: int = 0,
+    fused_update: bool = False,
+) -> list[BufferSpec]:
+    """Every buffer the training loop holds, in allocation order: the one list that both the
+    planner (:func:`buffer_bytes`, :func:`plan_memory`) and the loop (:class:`.trainer.StepLoop`)
+    use.
+
+    ``block_rows`` sizes the gradient block (0 rows with ``fused_update``: the BLAS update needs
+    none); ``epochs`` sizes the per-epoch history (held-out loss and accuracy, float64).
+    """
+    f, i = np.dtype(dtype), np.dtype(np.intp)
+    d, c, b = feature_dim, num_classes, batch_size
+    r = 0 if fused_update else block_rows
+    specs = [BufferSpec("weights", (d, c), f, "zeros"), BufferSpec("bias", (c,), f, "zeros")]
+    if momentum:
+        specs += [
+            BufferSpec("momentum_weights", (d, c), f, "zeros"),
+            BufferSpec("momentum_bias", (c,), f, "zeros"),
+        ]
+    specs += [
+        BufferSpec("features_batch", (b, d), f),
+        BufferSpec("logits_batch", (b, c), f),
+        BufferSpec("row_stat", (b,), f),
+        BufferSpec("label_logit", (b,), f),
+        BufferSpec("ones_batch", (b,), f, "ones"),
+        BufferSpec("ones_classes", (c,), f, "ones"),
+        BufferSpec("grad_block", (r, c), f),
+        BufferSpec("grad_bias", (c,), f),
+        BufferSpec("ufunc_buffer", (min(UFUNC_BUFSIZE, b * c),), f, held_by="numpy"),
+        BufferSpec("index_base", (b,), i),
+        BufferSpec("index_batch", (b,), i),
+        BufferSpec("labels_batch", (b,), i),
+        BufferSpec("flat_index", (b,), i),
+        BufferSpec("row_offsets", (b,), i),
+        history_spec(epochs),
+    ]
+    return specs
+
+
+def history_spec(epochs: int) -> BufferSpec:
+    """The per-epoch history of a run: held-out loss and accuracy (float64), NaN until known."""
+    return BufferSpec("history", (2, epochs), np.dtype(np.float64), "nan", held_by="run")
+
+
 def buffer_bytes(
     feature_dim: int,
     num_classes: int,
@@ -87,35 +169,20 @@ def buffer_bytes(
     momentum: bool,
     dtype: np.dtype | type = np.float32,
     epochs: int = 0,
+    fused_update: bool = False,
 ) -> dict[str, int]:
-    """Every buffer the training loop allocates, name -> bytes (the analytic accounting).
-
-    ``epochs`` sizes the per-epoch history (held-out loss and accuracy, float64).
-    """
-    s = np.dtype(dtype).itemsize
-    d, c, b, r = feature_dim, num_classes, batch_size, block_rows
-    out = {
-        "weights": d * c * s,
-        "bias": c * s,
-        "momentum_weights": d * c * s if momentum else 0,
-        "momentum_bias": c * s if momentum else 0,
-        "features_batch": b * d * s,
-        "logits_batch": b * c * s,
-        "row_stat": b * s,
-        "label_logit": b * s,
-        "ones_batch": b * s,
-        "ones_classes": c * s,
-        "grad_block": r * c * s,
-        "grad_bias": c * s,
-        "ufunc_buffer": min(UFUNC_BUFSIZE, b * c) * s,
-        "index_base": b * _INDEX_BYTES,
-        "index_batch": b * _INDEX_BYTES,
-        "labels_batch": b * _INDEX_BYTES,
-        "flat_index": b * _INDEX_BYTES,
-        "row_offsets": b * _INDEX_BYTES,
-        "history": 2 * 8 * epochs,
-    }
-    return {k: v for k, v in out.items() if v}
+    """Name -> bytes of every non-empty buffer of :func:`loop_buffers` (the analytic accounting)."""
+    specs = loop_buffers(
+        feature_dim,
+        num_classes,
+        batch_size,
+        block_rows,
+        momentum=momentum,
+        dtype=dtype,
+        epochs=epochs,
+        fused_update=fused_update,
+    )
+    return {s.name: s.nbytes for s in specs if s.nbytes}
 
 
 @dataclass(frozen=True)
@@ -133,7 +200,7 @@ class MemoryPlan:
     reserve_bytes: int
     """Allowance for interpreter objects on top of the buffers."""
     buffers: dict[str, int]
-    """Buffer name -> bytes."""
+    """Buffer name -> bytes (:func:`buffer_bytes`)."""
     fused_update: bool = False
     """The weight update is one BLAS gemm into the weights (no gradient block, unblocked)."""
 
@@ -224,7 +291,7 @@ def _raise_budget(d, c, budget_bytes, momentum, dtype, minimum) -> None:
         f"training loop for {d} features x {c} classes ({np.dtype(dtype).name}, "
         f"momentum={'yes' if momentum else 'no'}): the minimum is {format_size(minimum)} "
         f"({minimum} B, batch 1; weights alone take "
-        f"{format_size(d * c * np.dtype(dtype).itemsize)}). Raise --budget to at least "
+        f"{format_size(d * c * np.dtype(dtype).itemsize)}). Raise the budget to at least "
         f"{math.ceil(minimum / 1024)}KB{hint}.",
         minimum_bytes=minimum,
     )

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .io import atomic_dir, atomic_write_json
 from .errors import BundleError, ChecksumError, FormatVersionError
+from .io import atomic_dir, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "load_bundle", "sha256_file", "write_bundle"]
 

@@ -17,6 +17,7 @@ __all__ = [
     "EntropiError",
     "FormatVersionError",
     "ResumeError",
+    "TrainConfigError",
 ]
 
 
@@ -54,3 +55,8 @@ class BudgetError(DeviceError):
 
 class ResumeError(DeviceError):
     """A training checkpoint is corrupt or was made with a different configuration."""
+
+
+class TrainConfigError(DeviceError):
+    """A training setting (a :class:`.config.TrainConfig` field, a size string) is malformed or
+    out of range."""

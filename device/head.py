@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,10 @@ def load_head(headdir: str | os.PathLike) -> Head:
         path = path / HEAD_FILE
     if not path.is_file():
         raise DeviceError(f"no head at {path}; train one with `entropi-device train --out DIR`")
-    data = load_npz(path)
+    try:
+        data = load_npz(path)
+        weights, bias = data["weights"], data["bias"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DeviceError(f"{path} is not a head written by `entropi-device train` ({e})") from e
     names = [str(s) for s in data["class_names"]] if "class_names" in data else None
-    return Head(data["weights"], data["bias"], names)
+    return Head(weights, bias, names)

@@ -1,6 +1,8 @@
-"""Exceptions raised by the exporter."""
+"""Exceptions raised by the exporter (all :class:`~entropi.device.errors.EntropiError`)."""
 
 from __future__ import annotations
+
+from entropi.device.errors import EntropiError
 
 __all__ = [
     "ExportError",
@@ -10,7 +12,7 @@ __all__ = [
 ]
 
 
-class ExportError(ValueError):
+class ExportError(EntropiError, ValueError):
     """An encoder or a run cannot be exported as asked."""
 
 
@@ -22,7 +24,7 @@ class VerificationError(ExportError):
     """An exported file does not reproduce the PyTorch encoder within the stated tolerance."""
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(EntropiError, ImportError):
     """An optional dependency of the exporter is not installed; the message names the extra."""
 
 

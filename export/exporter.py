@@ -1,14 +1,15 @@
-"""Export a pruned encoder (or a rung of a run) to verified ONNX / TFLite files.
+"""Export a pruned encoder to verified files, one per registered format and encoder form.
 
 Layout of an export directory::
 
     OUT/encoder.onnx           BN folded, pruned weights in sparse_initializer, opset 18
     OUT/encoder.tflite         litert-torch output, pruned weights as SparsityParameters + DENSIFY
-    OUT/encoder_compact.onnx   (--compact) dead channels removed: a smaller network that
-                               runs faster; its remaining pruned weights are still stored sparse
-    OUT/encoder_compact.tflite (--compact)
+    OUT/encoder_compact.onnx   (compact) dead channels removed: a smaller network that runs
+                               faster; its remaining pruned weights are still stored sparse
+    OUT/encoder_compact.tflite (compact)
     OUT/export.json            provenance, sizes, sha256 and verification diffs of every file
 
+(one file per form and per format of :data:`~entropi.export.formats.FORMATS` asked for).
 Every model reads a float32 NCHW batch ``(pixels / 255 - mean) / std`` (``normalization`` in the
 provenance) and returns the ``N x feature_dim`` features. ONNX files have a dynamic batch
 dimension; TFLite files take one image per call.
@@ -20,7 +21,6 @@ every file has passed verification, so a failed export leaves no model behind.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -34,39 +34,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from entropi.device.io import default_mode
+from entropi.device.io import default_mode, package_version
 
-from ._errors import ExportError, require
+from ._errors import ExportError
 from .compact import compact_encoder
 from .fold import fold_batchnorm
-from .onnx_export import ONNX_OPSET, export_onnx
-from .tflite_export import convert_tflite, import_converter, sparsify_tflite
-from .verify import compare_arrays, run_onnx, run_tflite, torch_features
+from .formats import FORMAT_NAMES, resolve_formats
+from .onnx_export import ONNX_OPSET
+from .rung import RungInfo
+from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Diff, compare_arrays, torch_features
+from .weights import weight_stats
 
-__all__ = [
-    "DEFAULT_ATOL",
-    "DEFAULT_RTOL",
-    "EXPORT_FORMAT",
-    "FORMATS",
-    "INDEX_BYTES",
-    "export_encoder",
-    "export_rung",
-    "images_to_inputs",
-]
+__all__ = ["EXPORT_FORMAT", "INDEX_BYTES", "export_encoder", "images_to_inputs"]
 
 EXPORT_FORMAT = 1
-FORMATS = ("onnx", "tflite")
-# Tolerance of every verification, relative to the output scale (see verify.py): float32
-# accumulation-order differences between runtimes are ~1e-7 of the output scale for these
-# encoders; 1e-4 leaves room for deeper or trained nets and is still far below what a wrong
-# weight, channel or layout produces (order 1).
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-4
+"""Version of export.json's layout."""
 # The information floor counts a 32-bit index per non-zero: the narrowest power-of-two integer
 # that addresses every position of every weight tensor of these encoders (the largest has
 # 512 * 512 * 9 = 2.36 M entries). ONNX itself mandates int64 indices.
 INDEX_BYTES = 4
-_DEFAULT_NORMALIZATION = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
 
 
 def images_to_inputs(images: np.ndarray, normalization: dict[str, Sequence[float]]) -> np.ndarray:
@@ -83,50 +69,49 @@ def images_to_inputs(images: np.ndarray, normalization: dict[str, Sequence[float
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("entropi")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _provenance(meta: dict[str, Any], encoder: nn.Module, config_sha256: str | None) -> dict:
-    input_shape = [int(v) for v in meta.get("input_shape", [3, 32, 32])]
+def _provenance(info: RungInfo, encoder: nn.Module, config_sha256: str | None) -> dict[str, Any]:
+    """What every file and export.json record about the rung they were made from."""
     return {
-        "entropi_version": _package_version(),
-        "arch": meta.get("arch", type(encoder).__name__),
-        "rung_index": meta.get("index"),
-        "alpha": _finite_or_none(float(meta["alpha"])) if "alpha" in meta else None,
-        "nnz": int(meta["nnz"]) if "nnz" in meta else None,
-        "n_prunable": meta.get("n_prunable"),
-        "source_dataset": meta.get("source_dataset"),
-        "source_accuracy": _finite_or_none(meta.get("source_accuracy")),
-        "normalization": meta.get("normalization", _DEFAULT_NORMALIZATION),
-        "input_shape": input_shape,
+        "entropi_version": package_version(),
+        "arch": info.arch,
+        "rung_index": info.index,
+        "alpha": _finite_or_none(float(info.alpha)),
+        "nnz": int(info.nnz),
+        "n_prunable": info.n_prunable,
+        "source_dataset": info.source_dataset,
+        "source_accuracy": _finite_or_none(info.source_accuracy),
+        "normalization": info.normalization,
+        "input_shape": [int(v) for v in info.input_shape],
         "input_layout": "NCHW float32, (pixels / 255 - mean) / std",
-        "feature_dim": int(meta.get("feature_dim") or getattr(encoder, "feature_dim", 0)),
+        "feature_dim": int(info.feature_dim or getattr(encoder, "feature_dim", 0)),
         "config_sha256": config_sha256,
     }
 
 
-def _weight_stats(encoder: nn.Module) -> tuple[int, int, int]:
-    """(nnz of conv/linear weights, their element count, float32 bytes of all parameters)."""
-    from entropi.host.models import prunable_parameters
+def _check_info(info: RungInfo) -> None:
+    if not isinstance(info, RungInfo):
+        raise ExportError(
+            f"export_encoder needs the rung's RungInfo (entropi.export.rung), got "
+            f"{type(info).__name__}"
+        )
+    shape = tuple(info.input_shape)
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ExportError(f"input_shape must be 3 positive integers C x H x W, got {shape!r}")
+    norm = info.normalization
+    if not (
+        isinstance(norm, dict) and all(len(norm.get(k) or ()) == shape[0] for k in ("mean", "std"))
+    ):
+        raise ExportError(
+            f"normalization must be {{'mean': [{shape[0]} floats], 'std': [{shape[0]} floats]}}, "
+            f"got {norm!r}"
+        )
 
-    weights = [p for _, p in prunable_parameters(encoder)]
-    nnz = int(sum(int(torch.count_nonzero(p)) for p in weights))
-    numel = int(sum(p.numel() for p in weights))
-    dense_bytes = 4 * int(sum(p.numel() for p in encoder.parameters()))
-    return nnz, numel, dense_bytes
 
-
-def _file_entry(path: Path, diff, **extra: Any) -> dict[str, Any]:
+def _file_entry(path: Path, diff: Diff, **extra: Any) -> dict[str, Any]:
     data = path.read_bytes()
     return {
         "bytes": len(data),
@@ -137,133 +122,122 @@ def _file_entry(path: Path, diff, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(formats, str):
-        formats = (formats,)
-    formats = tuple(dict.fromkeys(formats))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ExportError(f"unknown export format(s) {bad or formats!r}; valid: {list(FORMATS)}")
-    return formats
-
-
 def export_encoder(
     encoder: nn.Module,
-    meta: dict[str, Any],
+    info: RungInfo,
     out_dir: str | os.PathLike,
     *,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = FORMAT_NAMES,
     compact: bool = False,
     verify_images: np.ndarray | None = None,
     n_random: int = 4,
     seed: int = 0,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    atol: float | None = None,
+    rtol: float | None = None,
     config_sha256: str | None = None,
 ) -> dict[str, Any]:
-    """Export ``encoder`` with rung metadata ``meta`` to ``out_dir``; return export.json's content.
+    """Export ``encoder`` (the rung described by ``info``) to ``out_dir``; return export.json.
 
-    ``meta`` is the dict :func:`entropi.host.checkpoint.load_rung` returns (``alpha``, ``nnz``,
-    ``normalization``, ``input_shape``, ``arch``, ``feature_dim``, ``source_dataset``,
-    ``source_accuracy``, ...; missing keys are recorded as null). Every file is verified against
-    ``encoder`` in PyTorch on ``n_random`` standard-normal inputs and on ``verify_images`` (uint8
-    N x H x W x 3, normalized with the rung's normalization) before anything is moved into
-    ``out_dir``; a difference beyond ``atol + rtol * max|ref|`` raises
-    :class:`~entropi.export.VerificationError` and leaves ``out_dir`` untouched.
+    One file per format in ``formats`` (see :data:`~entropi.export.formats.FORMATS`) and per form
+    (``encoder``: BN folded, pruned weights stored sparse; with ``compact`` also
+    ``encoder_compact``: dead channels removed). Every file is verified against ``encoder`` in
+    PyTorch on ``n_random`` standard-normal inputs (seeded by ``seed``) and on
+    ``verify_images`` (uint8 N x H x W x 3, normalized with ``info.normalization``) before
+    anything is moved into ``out_dir``; a difference beyond ``atol + rtol * max|ref|`` raises
+    :class:`~entropi.export.VerificationError` and leaves ``out_dir`` untouched. ``atol`` /
+    ``rtol`` default to each format's own tolerance (and :data:`DEFAULT_ATOL` /
+    :data:`DEFAULT_RTOL` for the PyTorch forms); given, they apply to every check.
+
+    Bad input raises :class:`~entropi.export.ExportError`; a missing writer or runtime raises
+    :class:`~entropi.export.MissingDependencyError` before any work.
     """
-    formats = _check_formats(formats)
-    if "onnx" in formats:
-        require("onnx", "export", "ONNX export")
-        require("onnxruntime", "export", "verifying the ONNX export")
-    if "tflite" in formats:
-        import_converter()
-        require("ai_edge_litert", "litert", "verifying the TFLite export")
-    if n_random < 1:
+    chosen = resolve_formats(formats)
+    _check_info(info)
+    for fmt in chosen:
+        fmt.requires()
+    if not isinstance(n_random, int) or n_random < 1:
         raise ExportError(f"n_random must be >= 1 (random verification inputs), got {n_random}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    tol = {
+        "atol": DEFAULT_ATOL if atol is None else atol,
+        "rtol": DEFAULT_RTOL if rtol is None else rtol,
+    }
     encoder = encoder.eval()
-    provenance = _provenance(meta, encoder, config_sha256)
+    provenance = _provenance(info, encoder, config_sha256)
     inputs = _verification_inputs(provenance, verify_images, n_random, seed)
     example = torch.from_numpy(inputs[:1].copy())
 
     # the PyTorch reference every form and file is checked against, computed once
-    reference = torch_features(encoder, inputs)
+    try:
+        reference = torch_features(encoder, inputs)
+    except RuntimeError as e:
+        raise ExportError(
+            f"encoder {info.arch!r} does not run on inputs of the rung's input_shape "
+            f"{provenance['input_shape']} (C x H x W): {e}"
+        ) from e
     folded = fold_batchnorm(encoder)
     fold_diff = compare_arrays(
-        torch_features(folded, inputs),
-        reference,
-        atol=atol,
-        rtol=rtol,
-        what="BN-folded encoder",
+        torch_features(folded, inputs), reference, **tol, what="BN-folded encoder"
     )
-    nnz, numel, dense_bytes = _weight_stats(encoder)
-    variants: list[tuple[str, nn.Module, bool]] = [("encoder", folded, True)]
+    stats = weight_stats(encoder)
+    variants: list[tuple[str, nn.Module]] = [("encoder", folded)]
     compact_info = None
     if compact:
         small, report = compact_encoder(folded, example)
         compact_diff = compare_arrays(
-            torch_features(small, inputs),
-            reference,
-            atol=atol,
-            rtol=rtol,
-            what="compact encoder (PyTorch)",
+            torch_features(small, inputs), reference, **tol, what="compact encoder (PyTorch)"
         )
         compact_info = {**report.as_dict(), "torch_max_abs_diff": compact_diff.max_abs_diff}
-        variants.append(("encoder_compact", small, True))
+        variants.append(("encoder_compact", small))
 
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     os.chmod(tmp, default_mode(directory=True))
     try:
         files: dict[str, Any] = {}
-        for stem, module, sparse in variants:
-            md = {**provenance, "form": "compact" if stem.endswith("compact") else "pruned"}
-            for fmt in (f for f in FORMATS if f in formats):
-                path = tmp / f"{stem}.{fmt}"
-                if fmt == "onnx":
-                    props = {
-                        f"entropi.{k}": v if isinstance(v, str) else json.dumps(v)
-                        for k, v in md.items()
-                    }
-                    props["entropi.onnx_opset"] = str(ONNX_OPSET)
-                    data, stats = export_onnx(module, example, sparse=sparse, metadata=props)
-                    run, runtime, label = run_onnx, "onnxruntime", "ONNX"
-                else:
-                    tflite = convert_tflite(module, example)
-                    data, stats = sparsify_tflite(tflite, sparse=sparse, metadata=md)
-                    run, runtime, label = run_tflite, "ai-edge-litert", "TFLite"
+        for stem, module in variants:
+            metadata = {**provenance, "form": "compact" if stem.endswith("compact") else "pruned"}
+            for fmt in chosen:
+                path = tmp / fmt.filename(stem)
+                data, sparse = fmt.write(module, example, sparse=True, metadata=metadata)
                 path.write_bytes(data)
+                file_tol = {
+                    "atol": fmt.atol if atol is None else atol,
+                    "rtol": fmt.rtol if rtol is None else rtol,
+                }
                 diff = compare_arrays(
-                    run(path, inputs),
+                    fmt.run(path, inputs),
                     reference,
-                    atol=atol,
-                    rtol=rtol,
-                    what=f"{label} model {path.name}",
+                    **file_tol,
+                    what=f"{fmt.label} model {path.name}",
                 )
                 files[path.name] = _file_entry(
                     path,
                     diff,
-                    runtime=f"{runtime} {_version(runtime)}",
-                    sparse_tensors=stats.tensors,
-                    sparse_nnz=stats.nnz,
+                    runtime=fmt.runtime_version(),
+                    sparse_tensors=sparse.tensors,
+                    sparse_nnz=sparse.nnz,
                     params=_param_count(module),
+                    # a format with its own tolerance records it; the common one is below
+                    **({} if file_tol == tol else {"tolerance": file_tol}),
                 )
         result = {
             "export_format": EXPORT_FORMAT,
             "provenance": provenance,
             "onnx_opset": ONNX_OPSET,
-            "nnz": nnz,
-            "n_weights": numel,
-            "dense_bytes": dense_bytes,
+            "nnz": stats.nnz,
+            "n_weights": stats.n_weights,
+            "dense_bytes": stats.dense_bytes,
             "index_bytes": INDEX_BYTES,
-            "floor_bytes": nnz * (4 + INDEX_BYTES),
+            "floor_bytes": stats.nnz * (4 + INDEX_BYTES),
             "floor_convention": (
                 f"non-zero conv/linear weights x (4 bytes float32 + {INDEX_BYTES}-byte index); "
                 "dense_bytes = 4 x all encoder parameters (BN included)"
             ),
             "tolerance": {
-                "atol": atol,
-                "rtol": rtol,
+                **tol,
                 "criterion": "max|out - ref| <= atol + rtol * max|ref| over all inputs",
                 "max_rel_diff": "max|out - ref| / max|ref|",
             },
@@ -315,51 +289,3 @@ def _move_into_place(tmp: Path, out_dir: Path, names: list[str]) -> None:
 
 def _param_count(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters()))
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def config_hash(rundir: str | os.PathLike) -> str | None:
-    """sha256 of ``RUNDIR/config.toml`` (the resolved config), or None if there is none."""
-    path = Path(rundir) / "config.toml"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def export_rung(
-    rundir: str | os.PathLike,
-    rung: str | int = "selected",
-    *,
-    formats: Sequence[str] = FORMATS,
-    compact: bool = False,
-    out_dir: str | os.PathLike | None = None,
-    verify_images: np.ndarray | None = None,
-    n_random: int = 4,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-) -> dict[str, Any]:
-    """Export rung ``rung`` (``"selected"`` or an index) of the run in ``rundir``.
-
-    Writes to ``out_dir`` (default ``RUNDIR/export``) and returns export.json's content. Raises
-    :class:`~entropi.host.checkpoint.CheckpointError` (a ValueError) for a run without a ladder, a
-    rung that does not exist or a corrupt checkpoint.
-    """
-    from entropi.host.checkpoint import load_rung
-
-    encoder, meta = load_rung(rundir, rung)
-    return export_encoder(
-        encoder,
-        meta,
-        Path(rundir) / "export" if out_dir is None else out_dir,
-        formats=formats,
-        compact=compact,
-        verify_images=verify_images,
-        n_random=n_random,
-        atol=atol,
-        rtol=rtol,
-        config_sha256=config_hash(rundir),
-    )

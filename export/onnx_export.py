@@ -11,30 +11,21 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._errors import require
+from .weights import SparseStats
 
-__all__ = ["ONNX_OPSET", "SparseStats", "export_onnx", "sparsify_onnx"]
+__all__ = ["ONNX_OPSET", "export_onnx", "sparsify_onnx"]
 
 ONNX_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "features"
 # Add: the compact form's bias maps (zero but for the padded border) are stored sparse too
 _WEIGHT_OPS = {"Conv", "Gemm", "MatMul", "ConvTranspose", "Add"}
-
-
-@dataclass(frozen=True)
-class SparseStats:
-    """What :func:`sparsify_onnx` moved to sparse storage."""
-
-    tensors: int  # initializers stored sparse
-    nnz: int  # non-zeros in them
-    numel: int  # dense elements they stand for
 
 
 def sparsify_onnx(model, *, index_bytes: int = 8) -> SparseStats:

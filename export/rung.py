@@ -33,7 +33,15 @@ from typing import Any
 from entropi.device.errors import EntropiError
 from entropi.device.io import atomic_write_bytes
 
-__all__ = ["RUNG_FORMAT", "CheckpointError", "Rung", "RungInfo", "load_rung_file", "save_rung"]
+__all__ = [
+    "RUNG_FORMAT",
+    "CheckpointError",
+    "Rung",
+    "RungInfo",
+    "load_payload",
+    "load_rung_file",
+    "save_rung",
+]
 
 RUNG_FORMAT = 1
 _TENSORS = ("encoder", "head", "masks")
@@ -120,8 +128,17 @@ class Rung:
         missing = [k for k in (*required, *_TENSORS) if k not in payload]
         if missing:
             raise CheckpointError(f"checkpoint {where} lacks keys {missing}")
+        not_dicts = [k for k in _TENSORS if not isinstance(payload[k], dict)]
+        if not_dicts:
+            raise CheckpointError(f"checkpoint {where}: {not_dicts} must be state dicts")
         values = {k: v for k, v in payload.items() if k in names}
-        values["input_shape"] = tuple(int(v) for v in values["input_shape"])
+        try:
+            values["input_shape"] = tuple(int(v) for v in values["input_shape"])
+        except (TypeError, ValueError):
+            raise CheckpointError(
+                f"checkpoint {where}: input_shape must be a list of integers, got "
+                f"{values['input_shape']!r}"
+            ) from None
         try:
             info = RungInfo(**values, index=index)
         except TypeError as e:  # pragma: no cover - guarded by the key checks above

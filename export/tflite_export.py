@@ -20,33 +20,24 @@ import logging
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ._errors import require
+from .weights import SparseStats
 
 __all__ = [
     "METADATA_NAME",
-    "TfliteSparseStats",
     "convert_tflite",
+    "import_converter",
     "read_metadata",
     "sparsify_tflite",
 ]
 
 METADATA_NAME = "entropi_provenance"
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
-
-
-@dataclass(frozen=True)
-class TfliteSparseStats:
-    """What :func:`sparsify_tflite` stored sparse."""
-
-    tensors: int  # weight tensors stored with SparsityParameters (= DENSIFY ops added)
-    nnz: int
-    numel: int
 
 
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
@@ -167,7 +158,7 @@ def _opcode_index(model, builtin: int) -> int:
 
 def sparsify_tflite(
     model_bytes: bytes, *, sparse: bool = True, metadata: dict[str, object] | None = None
-) -> tuple[bytes, TfliteSparseStats]:
+) -> tuple[bytes, SparseStats]:
     """Rewrite pruned weights of a TFLite model to sparse storage and attach ``metadata``.
 
     With ``sparse=False`` only the metadata is attached.
@@ -228,7 +219,7 @@ def sparsify_tflite(
         model.metadata = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME]
         model.metadata.append(entry)
     out = fb.convert_object_to_bytearray(model)
-    return bytes(out), TfliteSparseStats(n_t, int(n_nnz), int(n_el))
+    return bytes(out), SparseStats(n_t, int(n_nnz), int(n_el))
 
 
 def read_metadata(model: bytes | str | os.PathLike) -> dict[str, object]:

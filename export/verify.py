@@ -3,13 +3,15 @@
 Criterion (the same for every runtime): ``max|out - ref| <= atol + rtol * max|ref|``, i.e. the
 tolerance is relative to the scale of the reference output, not elementwise (post-ReLU features
 contain exact zeros, where an elementwise relative error is meaningless). ``max_rel_diff`` is
-reported with the same convention: ``max|out - ref| / max|ref|``.
+reported with the same convention: ``max|out - ref| / max|ref|``. :data:`DEFAULT_ATOL` and
+:data:`DEFAULT_RTOL` are the float32 tolerance (each export format states its own, see
+:mod:`.formats`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from torch import nn
 from ._errors import VerificationError, require
 
 __all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_RTOL",
     "Diff",
     "compare_arrays",
     "compare_onnx_torch",
@@ -28,7 +32,14 @@ __all__ = [
     "torch_features",
 ]
 
+# Float32 accumulation-order differences between runtimes are ~1e-7 of the output scale for
+# these encoders; 1e-4 leaves room for deeper or trained nets and is still far below what a wrong
+# weight, channel or layout produces (order 1).
+DEFAULT_ATOL = 1e-5
+DEFAULT_RTOL = 1e-4
+
 ModelSource = str | os.PathLike | bytes
+"""A model file: its path or its bytes."""
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,6 @@ class Diff:
     atol: float
     rtol: float
     n_inputs: int
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
 
 
 def compare_arrays(

@@ -2,20 +2,25 @@
 
 Public API (imported on first use, so that `entropi --help` does not pay for torch):
 
-- :func:`run_all`: the whole pipeline over a run directory (resumable); the stages are in
-  :mod:`entropi.host.pipeline`.
+- :func:`run_all`: the whole pipeline over a run folder (resumable); the stages are in
+  :mod:`entropi.host.stages`, the folder is a :class:`RunDir`.
 - :func:`load_config`, :class:`RunConfig`: validated TOML configs; :func:`shipped_configs`.
 - :func:`load_dataset`, :func:`stratified_subset`: data readers and low-data subsets.
 - :func:`build_model`, :data:`ARCHITECTURES`: CIFAR-sized encoders with a linear head.
 - :func:`global_magnitude_masks`, :func:`geometric_alphas`: iterative magnitude pruning.
 - :func:`state_entropy`: quantized-state entropy and the per-unit bound (numpy only).
-- :func:`linear_probe`, :func:`load_rung`, :func:`bundle_rung`.
+- :data:`CRITERIA`, :func:`select_rung`: the registry of selection criteria and the rule.
+- :func:`linear_probe`, :func:`load_rung`, :func:`export_rung`, :func:`bundle_rung`.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
     "run_all": "pipeline",
+    "RunDir": "rundir",
+    "CRITERIA": "selection",
+    "select_rung": "selection",
+    "export_rung": "bundle",
     "RunConfig": "config",
     "load_config": "config",
     "shipped_configs": "config",

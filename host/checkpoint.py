@@ -1,152 +1,118 @@
-"""Checkpoints of the pruning ladder and the layout of a run directory.
+"""The rungs of a run folder as PyTorch modules: list, resolve, load, rebuild.
 
-A run directory holds::
-
-    RUNDIR/config.toml          resolved config
-    RUNDIR/run.json             command line, package version, seed, start time
-    RUNDIR/progress.log         one line per finished step
-    RUNDIR/pretrain.pt          dense source model (stage checkpoint)
-    RUNDIR/rungs/rung_NNN.pt    one file per rung of the ladder (rung 0 is dense)
-    RUNDIR/results.json         per-rung entropy / probe results, selection, timings
-    RUNDIR/entropy_vs_alpha.png
-
-A rung file is a ``torch.save`` of a plain dict (loaded with ``weights_only=True``):
-``format``, ``arch``, ``feature_dim``, ``num_source_classes``, ``alpha`` (measured kept fraction of
-the prunable weights), ``nnz``, ``n_prunable``, ``source_accuracy``, ``normalization``
-(``{"mean": [..3], "std": [..3]}`` in 0..1 pixel units), ``input_shape`` ([3, 32, 32]),
-``source_dataset``, ``encoder`` (state dict, pruned weights exactly 0), ``head`` (source head
-state dict), ``masks`` (bool tensor per prunable weight name).
+A rung file is one rung record (:mod:`entropi.export.rung`: :class:`RungInfo` plus the encoder,
+source-head and mask state dicts, read with :func:`load_rung_file`); the layout of the run folder
+is in :mod:`entropi.host.rundir`'s docstring. This module adds what needs the host's model
+registry: building the encoder (or the whole source classifier) a rung describes.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from entropi.device.io import atomic_write_bytes
-from .models import Classifier, build_encoder
+from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file
+
+from .models import ARCHITECTURES, Classifier, build_encoder
+from .rundir import RunDir
 
 __all__ = [
     "CheckpointError",
-    "RUNG_FORMAT",
+    "classifier_from_rung",
     "list_rungs",
-    "load_checkpoint",
     "load_rung",
     "resolve_rung",
-    "rung_path",
-    "save_checkpoint",
 ]
 
-RUNG_FORMAT = 1
+
+def _run(rundir: str | os.PathLike | RunDir) -> RunDir:
+    return rundir if isinstance(rundir, RunDir) else RunDir(rundir)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or run directory is missing, corrupt or of the wrong kind."""
-
-
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
-    """Atomically ``torch.save`` ``payload`` (a dict of tensors and plain values) to ``path``."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | os.PathLike, *, required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; raise :class:`CheckpointError` if
-    the file is missing, truncated, not a checkpoint, or lacks one of ``required`` keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})"
-        ) from e
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a dict")
-    missing = [k for k in required if k not in payload]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks keys {missing}")
-    return payload
-
-
-def rung_path(rundir: str | os.PathLike, index: int) -> Path:
-    return Path(rundir) / "rungs" / f"rung_{index:03d}.pt"
-
-
-def list_rungs(rundir: str | os.PathLike) -> list[Path]:
+def list_rungs(rundir: str | os.PathLike | RunDir) -> list[Path]:
     """Rung files of a run, in ladder order (dense first)."""
-    rundir = Path(rundir)
-    if not rundir.is_dir():
-        raise CheckpointError(f"run directory {rundir} does not exist")
-    return sorted((rundir / "rungs").glob("rung_[0-9][0-9][0-9].pt"))
+    run = _run(rundir)
+    if not run.root.is_dir():
+        raise CheckpointError(f"run directory {run.root} does not exist")
+    return run.rung_files()
 
 
-def resolve_rung(rundir: str | os.PathLike, rung: str | int = "selected") -> int:
-    """Turn ``"selected"`` (the entropy argmax in results.json) or an index into a rung index."""
-    rundir = Path(rundir)
-    rungs = list_rungs(rundir)
+def resolve_rung(rundir: str | os.PathLike | RunDir, rung: str | int = "selected") -> int:
+    """Turn ``"selected"`` (``selected_index`` of results.json) or an index into a rung index."""
+    run = _run(rundir)
+    rungs = list_rungs(run)
     if not rungs:
         raise CheckpointError(
-            f"run directory {rundir} has no pruning ladder (no rungs/rung_NNN.pt); "
+            f"run directory {run.root} has no pruning ladder (no rungs/rung_NNN.pt); "
             "run `entropi prune` (or `entropi run`) first"
         )
     if rung == "selected":
-        results = rundir / "results.json"
-        if not results.is_file():
+        if not run.results.is_file():
             raise CheckpointError(
-                f"{results} does not exist, so no rung is selected yet; run `entropi select` "
+                f"{run.results} does not exist, so no rung is selected yet; run `entropi select` "
                 "or pass a rung index"
             )
-        index = json.loads(results.read_text())["selected_index"]
+        try:
+            index = int(run.read_json(run.results)["selected_index"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{run.results} names no selected rung ({e})") from e
     else:
+        if isinstance(rung, bool):
+            raise CheckpointError(f"rung must be 'selected' or an integer, got {rung!r}")
         try:
             index = int(rung)
         except (TypeError, ValueError):
             raise CheckpointError(f"rung must be 'selected' or an integer, got {rung!r}") from None
     if not 0 <= index < len(rungs):
         raise CheckpointError(
-            f"rung {index} does not exist in {rundir}: the ladder has rungs 0..{len(rungs) - 1}"
+            f"rung {index} does not exist in {run.root}: the ladder has rungs 0..{len(rungs) - 1}"
         )
     return index
 
 
 def load_rung(
-    rundir: str | os.PathLike, rung: str | int = "selected"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load one rung as an eval-mode encoder plus its metadata (the checkpoint minus tensors)."""
-    index = resolve_rung(rundir, rung)
-    path = rung_path(rundir, index)
-    ckpt = load_checkpoint(path, required=("arch", "encoder", "alpha", "nnz"))
-    encoder = build_encoder(ckpt["arch"])
-    _load_state(encoder, ckpt, "encoder", path)
-    encoder.eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("encoder", "head", "masks")}
-    meta["index"] = index
-    meta["path"] = str(path)
-    return encoder, meta
+    rundir: str | os.PathLike | RunDir, rung: str | int = "selected"
+) -> tuple[torch.nn.Module, RungInfo]:
+    """Load one rung of a run as an eval-mode encoder plus its :class:`RungInfo` (``index`` set)."""
+    run = _run(rundir)
+    index = resolve_rung(run, rung)
+    path = run.rung(index)
+    record = load_rung_file(path, index)
+    encoder = _build_encoder(record.info, path)
+    _load_state(encoder, record.encoder, "encoder", record.info, path)
+    return encoder.eval(), record.info
 
 
-def classifier_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "") -> Classifier:
-    """Rebuild the full source classifier (encoder + source head) from a rung checkpoint dict."""
-    encoder = build_encoder(ckpt["arch"])
-    model = Classifier(encoder, encoder.feature_dim, ckpt["num_source_classes"])
-    _load_state(model.encoder, ckpt, "encoder", path)
-    _load_state(model.head, ckpt, "head", path)
+def classifier_from_rung(rung: Rung) -> Classifier:
+    """Rebuild the full source classifier (encoder + source head) of a rung record."""
+    info = rung.info
+    where = f"rung {info.index}" if info.index is not None else None
+    encoder = _build_encoder(info, where)
+    model = Classifier(encoder, encoder.feature_dim, info.num_source_classes)
+    _load_state(model.encoder, rung.encoder, "encoder", info, where)
+    _load_state(model.head, rung.head, "head", info, where)
     return model
 
 
-def _load_state(module: torch.nn.Module, ckpt: dict[str, Any], key: str, path) -> None:
-    """``module.load_state_dict(ckpt[key])``, a mismatch reported as :class:`CheckpointError`."""
-    try:
-        module.load_state_dict(ckpt[key])
-    except RuntimeError as e:
+def _build_encoder(info: RungInfo, where) -> torch.nn.Module:
+    if info.arch not in ARCHITECTURES:
         raise CheckpointError(
-            f"checkpoint {path or '(in memory)'}: {key} does not match arch {ckpt['arch']!r}: {e}"
+            f"checkpoint {where or '(in memory)'} has architecture {info.arch!r}, which this "
+            f"entropi does not know (known: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    return build_encoder(info.arch)
+
+
+def _load_state(
+    module: torch.nn.Module, state: dict[str, Any], key: str, info: RungInfo, where
+) -> None:
+    """``module.load_state_dict(state)``, a mismatch reported as :class:`CheckpointError`."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {where or '(in memory)'}: {key} does not match arch {info.arch!r}: {e}"
         ) from e

@@ -1,23 +1,63 @@
-"""`entropi` command line: a thin layer over the Python API, one function per subcommand."""
+"""`entropi` command line: a thin layer over the Python API, one function per subcommand.
+
+Subcommands beyond the pipeline's come from plugins: a package names a function
+``add(subparsers) -> {name: run}`` in the ``entropi.commands`` entry-point group (the benchmarks
+add ``entropi bench`` this way, so the host never imports the layer above it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 __all__ = ["main"]
 
+PLUGIN_GROUP = "entropi.commands"
+
+
+class LazyChoices:
+    """argparse ``choices`` read from a registry on first use (keeps `entropi --help` fast:
+    the registries live in modules that import torch)."""
+
+    def __init__(self, names: Callable[[], list[str]]) -> None:
+        self._names = names
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+def _archs() -> list[str]:
+    from .models import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def _formats() -> list[str]:
+    from entropi.export.formats import FORMATS
+
+    return list(FORMATS)
+
+
+def _forms() -> list[str]:
+    from .bundle import FORMS
+
+    return list(FORMS)
+
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .pipeline import run_all
 
     cfg = load_config(a.config) if a.config else None
     if cfg is None and not (a.resume and a.out):
-        raise ValueError("a CONFIG is needed unless --resume continues an existing --out RUNDIR")
+        raise ConfigError("a CONFIG is needed unless --resume continues an existing --out RUNDIR")
     out = a.out or f"runs/{cfg.name}"
     results = run_all(cfg, out, resume=a.resume)
     _print_summary(results, out)
@@ -38,46 +78,50 @@ def _print_summary(results: dict, out) -> None:
 
 def _open(a: argparse.Namespace):
     """Reopen RUNDIR with its saved config."""
-    from .pipeline import open_run
+    from .rundir import open_run
     from .train import pick_device
 
-    cfg, rundir = open_run(None, a.run, resume=True)
-    return cfg, rundir, pick_device(cfg.device)
+    cfg, run = open_run(None, a.run, resume=True)
+    return cfg, run, pick_device(cfg.device)
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
     from .config import load_config
-    from .pipeline import load_source, open_run, stage_pretrain
+    from .rundata import load_source
+    from .rundir import open_run
+    from .stages import stage_pretrain
     from .train import pick_device
 
-    cfg, rundir = open_run(load_config(a.config), a.out, resume=a.resume)
+    cfg, run = open_run(load_config(a.config), a.out, resume=a.resume)
     device = pick_device(cfg.device)
-    stage_pretrain(cfg, rundir, load_source(cfg, device), device)
+    stage_pretrain(cfg, run, load_source(cfg, device), device)
     return 0
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
-    from .pipeline import load_source, stage_prune
+    from .rundata import load_source
+    from .stages import stage_prune
 
-    cfg, rundir, device = _open(a)
-    stage_prune(cfg, rundir, load_source(cfg, device), device)
+    cfg, run, device = _open(a)
+    stage_prune(cfg, run, load_source(cfg, device), device)
     return 0
 
 
 def _cmd_probe(a: argparse.Namespace) -> int:
-    from .pipeline import load_target, stage_score
+    from .rundata import load_target
+    from .stages import stage_score
 
-    cfg, rundir, device = _open(a)
-    scores = stage_score(cfg, rundir, load_target(cfg), device)
+    cfg, run, device = _open(a)
+    scores = stage_score(cfg, run, load_target(cfg), device)
     print(json.dumps(scores, indent=2))
     return 0
 
 
 def _cmd_select(a: argparse.Namespace) -> int:
-    from .pipeline import stage_select
+    from .stages import stage_select
 
-    cfg, rundir, _ = _open(a)
-    _print_summary(stage_select(cfg, rundir), rundir)
+    cfg, run, _ = _open(a)
+    _print_summary(stage_select(cfg, run), run.root)
     return 0
 
 
@@ -98,9 +142,9 @@ def _cmd_entropy(a: argparse.Namespace) -> int:
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from entropi.export import export_rung
+    from .bundle import export_rung
 
-    formats = tuple(a.format or ("onnx", "tflite"))
+    formats = tuple(a.format or _formats())
     info = export_rung(a.run, a.rung, formats=formats, compact=a.compact, out_dir=a.out)
     for name, f in info["files"].items():
         print(
@@ -117,26 +161,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
 def _cmd_bundle(a: argparse.Namespace) -> int:
     from .bundle import bundle_rung
 
-    formats = tuple(a.format or ("onnx", "tflite"))
+    formats = tuple(a.format or _formats())
     path = bundle_rung(
         a.run, a.out, rung=a.rung, form=a.form, formats=formats, overwrite=a.overwrite
     )
     print(f"bundle written to {path}")
-    return 0
-
-
-def _cmd_bench(a: argparse.Namespace) -> int:
-    from entropi.benchmarks.bench import run_bench
-
-    result = run_bench(
-        archs=a.arch or ("resnet18", "mobilenetv3_small"),
-        classes=a.classes or (5, 100),
-        batch=a.batch,
-        alpha=a.alpha,
-        out_dir=a.out,
-        device=a.device,
-    )
-    print(f"{len(result['rows'])} rows; see {Path(a.out) / 'bench.md'}")
     return 0
 
 
@@ -149,7 +178,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
-    from .pipeline import package_version
+    from entropi.device.io import package_version
+
+    from .config import EntropyConfig
 
     parser = argparse.ArgumentParser(
         prog="entropi",
@@ -187,11 +218,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         )
     )
     _add_run_args(
-        add(
-            "select", _cmd_select, "Pick the highest-entropy rung; write results.json and the plot."
-        )
+        add("select", _cmd_select, "Pick the rung by the config's criterion; write results.json.")
     )
 
+    formats = LazyChoices(_formats)
     p = add(
         "export",
         _cmd_export,
@@ -204,8 +234,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument(
         "--format",
         action="append",
-        choices=("onnx", "tflite"),
-        help="repeat for several (default: onnx and tflite)",
+        choices=formats,
+        metavar="FORMAT",
+        help="onnx or tflite; repeat for several (default: every format)",
     )
     p.add_argument(
         "--compact",
@@ -219,49 +250,29 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument("--rung", type=_rung_arg, default="selected")
     p.add_argument(
         "--form",
-        choices=("compact", "sparse"),
+        choices=LazyChoices(_forms),
+        metavar="FORM",
         default="compact",
         help="compact (fastest on the device, default) or sparse (smallest file)",
     )
-    p.add_argument("--format", action="append", choices=("onnx", "tflite"))
+    p.add_argument("--format", action="append", choices=formats, metavar="FORMAT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--out", required=True, metavar="BUNDLE")
 
-    p = add(
-        "bench",
-        _cmd_bench,
-        "FLOPs and backprop memory of head-only vs full fine-tuning (bench.json/md/png).",
-    )
-    p.add_argument(
-        "--arch",
-        action="append",
-        choices=("mobilenetv3_small", "resnet18", "smallnet"),
-        help="repeat; default resnet18, mobilenetv3_small",
-    )
-    p.add_argument("--classes", action="append", type=int, help="repeat; default 5 and 100")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument(
-        "--alpha",
-        type=float,
-        default=0.01,
-        help="kept fraction for the effective-sparse FLOPs (default 0.01)",
-    )
-    p.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default=None,
-        help="where the full fine-tuning step is measured (default: CUDA if present)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR")
-
     p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
     p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")
-    p.add_argument("--levels", type=int, default=4, help="quantization levels M (default 4)")
+    levels = EntropyConfig.levels
+    p.add_argument(
+        "--levels", type=int, default=levels, help=f"quantization levels M (default {levels})"
+    )
+
+    for ep in metadata.entry_points(group=PLUGIN_GROUP):
+        table.update(ep.load()(sub))
     return parser, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
+    from entropi.device.errors import EntropiError
 
     parser, table = _build_parser()
     args = parser.parse_args(argv)
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, CheckpointError, ImportError) as e:
+    except (EntropiError, OSError) as e:
         print(f"entropi: error: {e}", file=sys.stderr)
         return 2
 

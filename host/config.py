@@ -22,27 +22,36 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from entropi.device.config import TrainConfig
+from entropi.device.errors import EntropiError
+
+from .entropy import DEFAULT_LEVELS, LevelsError, check_levels
+
 __all__ = [
     "ConfigError",
     "DataConfig",
-    "DeviceConfig",
-    "ExportConfig",
+    "DeviceTrainConfig",
     "EntropyConfig",
+    "ExportConfig",
     "PretrainConfig",
     "ProbeConfig",
     "PruneConfig",
     "RunConfig",
+    "SelectConfig",
     "config_to_toml",
     "load_config",
     "shipped_configs",
 ]
 
-KNOWN_ARCHS = ("mobilenetv3_small", "resnet18", "smallnet")
-KNOWN_DATASETS = ("cifar10", "cifar100", "imagefolder", "pacs")
 
-
-class ConfigError(ValueError):
+class ConfigError(EntropiError, ValueError):
     """A config file or value is invalid."""
+
+
+def _check_name(key: str, value: Any, known, what: str) -> None:
+    """``value`` must be a name of the registry ``known`` (names listed in the error)."""
+    if value not in known:
+        raise ConfigError(f"{key} = {value!r} is not a known {what}; known: " + ", ".join(known))
 
 
 def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False, hi_open=False):
@@ -78,13 +87,10 @@ class DataConfig:
     """download official archives when missing (needs internet)."""
 
     def __post_init__(self) -> None:
+        from .data import dataset_names
+
         for name in ("source", "target"):
-            value = getattr(self, name)
-            if value not in KNOWN_DATASETS:
-                raise ConfigError(
-                    f"data.{name} = {value!r} is not a known dataset; known: "
-                    + ", ".join(KNOWN_DATASETS)
-                )
+            _check_name(f"data.{name}", getattr(self, name), dataset_names(), "dataset")
         for name in ("source_per_class", "target_train_per_class", "target_test_per_class"):
             _check_int(f"data.{name}", getattr(self, name), lo=0)
 
@@ -92,7 +98,7 @@ class DataConfig:
 @dataclass
 class PretrainConfig:
     arch: str = "resnet18"
-    """encoder architecture: one of mobilenetv3_small, resnet18, smallnet."""
+    """encoder architecture: a name of :data:`entropi.host.models.ARCHITECTURES`."""
     epochs: int = 90
     batch_size: int = 128
     lr: float = 0.1
@@ -102,11 +108,9 @@ class PretrainConfig:
     label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.arch not in KNOWN_ARCHS:
-            raise ConfigError(
-                f"pretrain.arch = {self.arch!r} is not a known architecture; known: "
-                + ", ".join(KNOWN_ARCHS)
-            )
+        from .models import ARCHITECTURES
+
+        _check_name("pretrain.arch", self.arch, sorted(ARCHITECTURES), "architecture")
         _check_int("pretrain.epochs", self.epochs)
         _check_int("pretrain.batch_size", self.batch_size)
         _check_range("pretrain.lr", self.lr, 0.0, 10.0, lo_open=True)
@@ -137,13 +141,25 @@ class PruneConfig:
 
 @dataclass
 class EntropyConfig:
-    levels: int = 4
-    """quantization levels M (eqs. 2-6); the paper uses 4."""
+    levels: int = DEFAULT_LEVELS
+    """quantization levels M (eqs. 2-6), in [2, 1024]; the paper uses 4."""
 
     def __post_init__(self) -> None:
-        _check_int("entropy.levels", self.levels, lo=2)
-        if self.levels > 1024:
-            raise ConfigError(f"entropy.levels must be in [2, 1024], got {self.levels}")
+        try:
+            check_levels(self.levels)
+        except LevelsError as e:
+            raise ConfigError(f"entropy.{e}") from None
+
+
+@dataclass
+class SelectConfig:
+    criterion: str = "entropy"
+    """how the rung is picked: a name of :data:`entropi.host.selection.CRITERIA`."""
+
+    def __post_init__(self) -> None:
+        from .selection import CRITERIA
+
+        _check_name("select.criterion", self.criterion, sorted(CRITERIA), "selection criterion")
 
 
 @dataclass
@@ -174,38 +190,28 @@ class ExportConfig:
     """real target images used (besides random inputs) to verify the exported files."""
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.formats if f not in ("onnx", "tflite")]
+        from entropi.export.formats import FORMATS
+
+        from .bundle import FORMS
+
+        bad = [f for f in self.formats if f not in FORMATS]
         if bad or not self.formats:
             raise ConfigError(
-                f"export.formats must be a non-empty subset of ['onnx', 'tflite'], "
+                f"export.formats must be a non-empty subset of {sorted(FORMATS)}, "
                 f"got {self.formats!r}"
             )
-        if self.form not in ("compact", "sparse"):
-            raise ConfigError(f"export.form must be 'compact' or 'sparse', got {self.form!r}")
+        _check_name("export.form", self.form, sorted(FORMS), "encoder form")
         _check_int("export.verify_images", self.verify_images, lo=0)
 
 
-@dataclass
-class DeviceConfig:
+@dataclass(frozen=True)
+class DeviceTrainConfig(TrainConfig):
+    """Head training on the device: the device runtime's :class:`TrainConfig` (one definition,
+    one default per parameter; ``entropi-device train`` uses the same), plus the switch below.
+    Its seed is the run's top-level ``seed``, not a key of this section."""
+
     enabled: bool = True
     """train the head with the numpy device runtime at the end of `entropi run`."""
-    budget: str = "256KB"
-    """RAM budget of the head-training loop (B/KB/MB, KB = 1024 B)."""
-    epochs: int = 30
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    batch_size: int = 32
-    """largest batch; the planner lowers it when the budget is tight."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.budget, str) or not self.budget.strip():
-            raise ConfigError(f"device.budget must be a size such as '256KB', got {self.budget!r}")
-        _check_int("device.epochs", self.epochs)
-        _check_int("device.batch_size", self.batch_size)
-        _check_range("device.lr", self.lr, 0.0, 10.0, lo_open=True)
-        _check_range("device.momentum", self.momentum, 0.0, 1.0, hi_open=True)
-        _check_range("device.weight_decay", self.weight_decay, 0.0, 1.0)
 
 
 @dataclass
@@ -219,16 +225,27 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-    device_train: DeviceConfig = field(default_factory=DeviceConfig)
+    device_train: DeviceTrainConfig = field(default_factory=DeviceTrainConfig)
 
     def __post_init__(self) -> None:
         _check_int("seed", self.seed, lo=0)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 
+    @property
+    def head_training(self) -> TrainConfig:
+        """The device section as the runtime's TrainConfig, seeded with the run's seed."""
+        fields = {
+            f.name: getattr(self.device_train, f.name) for f in dataclasses.fields(TrainConfig)
+        }
+        return TrainConfig(**{**fields, "seed": self.seed})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d["device_train"].pop("seed")
+        return d
 
     def digest(self) -> str:
         """sha256 of the canonical TOML form (a stable config hash for provenance)."""
@@ -241,19 +258,30 @@ _SECTIONS = {
     "prune": PruneConfig,
     "entropy": EntropyConfig,
     "probe": ProbeConfig,
+    "select": SelectConfig,
     "export": ExportConfig,
-    "device_train": DeviceConfig,
+    "device_train": DeviceTrainConfig,
+}
+# keys a section's dataclass has but a config file may not set (with the reason)
+_NOT_IN_FILE = {
+    "device_train": {"seed": "head training uses the run's top-level `seed`"},
 }
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
+def _build(cls: type, values: dict[str, Any], where: str, hidden=None) -> Any:
+    hidden = hidden or {}
+    for key, why in hidden.items():
+        if key in values:
+            raise ConfigError(f"{key!r} cannot be set in {where}: {why}")
+    names = {f.name for f in dataclasses.fields(cls)} - set(hidden)
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
     try:
         return cls(**values)
-    except TypeError as e:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # the device's TrainConfig raises its own errors
         raise ConfigError(f"invalid {where}: {e}") from e
 
 
@@ -264,7 +292,7 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
         value = raw.get(key, {})
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
-        sections[key] = _build(cls, value, f"[{key}]")
+        sections[key] = _build(cls, value, f"[{key}]", _NOT_IN_FILE.get(key))
     return _build(RunConfig, {**top, **sections}, "the top level")
 
 

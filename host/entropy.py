@@ -22,11 +22,43 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EntropyResult", "quantize", "state_entropy", "FeatureError"]
+from entropi.device.errors import EntropiError
+
+__all__ = [
+    "DEFAULT_LEVELS",
+    "LEVELS_RANGE",
+    "EntropyResult",
+    "FeatureError",
+    "LevelsError",
+    "check_levels",
+    "quantize",
+    "state_entropy",
+]
+
+DEFAULT_LEVELS = 4
+"""Quantization levels M; the paper uses 4 (the config's and the CLI's default)."""
+LEVELS_RANGE = (2, 1024)
+"""Valid M, inclusive: M = 1 would put every unit in at most two states around one bin edge."""
 
 
-class FeatureError(ValueError):
+class FeatureError(EntropiError, ValueError):
     """Features are not a finite 2-D array."""
+
+
+class LevelsError(EntropiError, ValueError):
+    """The number of quantization levels is not an integer in :data:`LEVELS_RANGE`."""
+
+
+def check_levels(levels) -> int:
+    """``levels`` as an int, or :class:`LevelsError` naming the valid range."""
+    lo, hi = LEVELS_RANGE
+    if (
+        isinstance(levels, bool)
+        or not isinstance(levels, int | np.integer)
+        or not lo <= levels <= hi
+    ):
+        raise LevelsError(f"levels must be an integer in [{lo}, {hi}], got {levels!r}")
+    return int(levels)
 
 
 @dataclass(frozen=True)
@@ -57,8 +89,7 @@ class EntropyResult:
 
 
 def _check(features: np.ndarray, levels: int) -> np.ndarray:
-    if not isinstance(levels, int | np.integer) or isinstance(levels, bool) or levels < 1:
-        raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
+    check_levels(levels)
     y = np.asarray(features)
     if y.ndim != 2:
         raise FeatureError(
@@ -74,7 +105,7 @@ def _check(features: np.ndarray, levels: int) -> np.ndarray:
     return y
 
 
-def quantize(features: np.ndarray, levels: int = 4) -> tuple[np.ndarray, float]:
+def quantize(features: np.ndarray, levels: int = DEFAULT_LEVELS) -> tuple[np.ndarray, float]:
     """Integer states ``floor(y / Delta + 1/2)`` (int64) and Delta for ``features``."""
     y = _check(features, levels)
     y = y.astype(np.float64, copy=False)
@@ -123,7 +154,7 @@ def _state_counts(q: np.ndarray) -> np.ndarray:
     return np.diff(np.append(starts, n))
 
 
-def state_entropy(features: np.ndarray, levels: int = 4) -> EntropyResult:
+def state_entropy(features: np.ndarray, levels: int = DEFAULT_LEVELS) -> EntropyResult:
     """Entropy of the quantized joint state of ``features`` (n x N) and the per-unit bound."""
     q, delta = quantize(features, levels)
     n, dim = q.shape

@@ -16,11 +16,12 @@ Architectures:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from entropi.export.weights import prunable_parameters  # re-exported: the pruned weights
 
 __all__ = ["ARCHITECTURES", "Classifier", "build_model", "prunable_parameters"]
 
@@ -176,6 +177,7 @@ class SmallNetEncoder(nn.Sequential):
 
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
+    # the registry of encoders: config validation and the CLI's choices read it
     "resnet18": ResNet18Encoder,
     "mobilenetv3_small": MobileNetV3SmallEncoder,
     "smallnet": SmallNetEncoder,
@@ -195,17 +197,13 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
-@dataclass(frozen=True)
-class _Spec:
-    arch: str
-    num_classes: int
-
-
 def build_encoder(arch: str) -> nn.Module:
     """Return a freshly initialised encoder; ``encoder.feature_dim`` is its output width."""
     if arch not in ARCHITECTURES:
+        from .config import ConfigError
+
         known = ", ".join(sorted(ARCHITECTURES))
-        raise ValueError(f"unknown architecture {arch!r}; known architectures: {known}")
+        raise ConfigError(f"unknown architecture {arch!r}; known architectures: {known}")
     return ARCHITECTURES[arch]()
 
 
@@ -215,16 +213,3 @@ def build_model(arch: str, num_classes: int) -> Classifier:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     encoder = build_encoder(arch)
     return Classifier(encoder, encoder.feature_dim, num_classes)
-
-
-def prunable_parameters(encoder: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The weights that IMP prunes: every conv and linear weight of the encoder (eq. 7).
-
-    Biases and batch-norm parameters are not pruned. Order is the module order, which fixes the
-    layout of flat masks.
-    """
-    return [
-        (f"{name}.weight" if name else "weight", m.weight)
-        for name, m in encoder.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]

@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entropi.device.io import atomic_write_json, atomic_write_text
+from entropi.device.errors import EntropiError
+from entropi.device.io import atomic_write_json, atomic_write_text, package_version
 
-__all__ = ["RunDir"]
+__all__ = ["NotARunError", "RunDir", "RunExistsError", "open_run"]
 
 
 class RunDir:
@@ -131,3 +132,63 @@ class RunDir:
 
     def stage_seconds(self) -> dict[str, float]:
         return self.read_json(self.timings, {})
+
+
+class RunExistsError(EntropiError, FileExistsError):
+    """The run directory already holds a run and --resume was not given (or another config)."""
+
+
+class NotARunError(EntropiError, FileNotFoundError):
+    """The folder is not a run directory (no config.toml)."""
+
+
+def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
+    """Create (or, with ``resume``, reopen) a run folder; record provenance in run.json.
+
+    A new run needs ``cfg`` (a :class:`~entropi.host.config.RunConfig`); a resumed run reads
+    RUNDIR/config.toml and refuses a different ``cfg``, since mixing two configs in one ladder
+    would make the results meaningless. Returns ``(cfg, RunDir)``.
+    """
+    import platform
+    import shlex
+
+    import torch
+
+    from .config import config_to_toml, load_config
+
+    run = RunDir(root)
+    if run.config.is_file():
+        existing = load_config(run.config)
+        if not resume:
+            raise RunExistsError(
+                f"{run.root} already holds a run; pass --resume to continue it or choose another "
+                "--out"
+            )
+        if cfg is not None and cfg.digest() != existing.digest():
+            raise RunExistsError(
+                f"{run.root} was started with a different config; resume it without a config "
+                "(entropi run --resume uses the saved one) or choose another --out"
+            )
+        cfg = existing
+    elif cfg is None:
+        raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_text(run.config, config_to_toml(cfg))
+    info = run.read_json(run.info, {"invocations": []})
+    info.update(
+        package_version=package_version(),
+        seed=cfg.seed,
+        config_sha256=cfg.digest(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        host=platform.node(),
+    )
+    info["invocations"].append(
+        {
+            "argv": shlex.join(argv if argv is not None else sys.argv),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "resume": resume,
+        }
+    )
+    run.write_json(run.info, info)
+    return cfg, run

@@ -15,18 +15,38 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from entropi.device.errors import EntropiError
+
+from .config import PretrainConfig
 from .data import iterate_batches
 from .progress import progress
 from .prune import Masks, apply_masks
 
-__all__ = ["TrainStats", "evaluate", "extract_features", "pick_device", "train"]
+__all__ = [
+    "DeviceUnavailableError",
+    "TrainStats",
+    "evaluate",
+    "extract_features",
+    "pick_device",
+    "train",
+]
+
+
+class DeviceUnavailableError(EntropiError, RuntimeError):
+    """The configured compute device is unknown or not present on this machine."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise DeviceUnavailableError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device")
+        raise DeviceUnavailableError(
+            "device 'cuda' was requested but torch sees no CUDA device; set device = \"auto\" "
+            'or "cpu" in the config'
+        )
     return torch.device(name)
 
 
@@ -49,24 +69,23 @@ def train(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
+    cfg: PretrainConfig,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    label_smoothing: float = 0.0,
     masks: Masks | None = None,
     seed: int = 0,
     desc: str = "train",
 ) -> TrainStats:
-    """SGD + momentum (Nesterov) with a per-step cosine schedule from ``lr`` to 0.
+    """SGD + momentum (Nesterov) with a per-step cosine schedule from ``cfg.lr`` to 0.
 
-    ``x`` is uint8 NHWC and ``y`` int64, both on the model's device. With ``masks``, pruned
-    encoder weights are re-zeroed after every step, so they stay exactly 0.
+    ``cfg`` is the ``[pretrain]`` section (epochs, batch size, optimizer); a rung's retraining
+    passes the same section with the ``[prune]`` epochs and learning rate put in. ``x`` is uint8
+    NHWC and ``y`` int64, both on the model's device. With ``masks``, pruned encoder weights are
+    re-zeroed after every step, so they stay exactly 0.
     """
+    epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.lr
+    momentum, weight_decay, label_smoothing = cfg.momentum, cfg.weight_decay, cfg.label_smoothing
     device = x.device
     channels_last = device.type == "cuda"
     if channels_last:

@@ -6,10 +6,17 @@ import json
 
 import pytest
 import torch
+from scripts_loader import load_script
 
 from entropi.benchmarks.bench import run_bench
 from entropi.benchmarks.paper_models import build_paper_model
-from entropi.benchmarks.summarize import BenchmarkJSONError, render_results, summarize
+
+_summarize = load_script("summarize")
+BenchmarkJSONError, render_results, summarize = (
+    _summarize.BenchmarkJSONError,
+    _summarize.render_results,
+    _summarize.summarize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +136,7 @@ def test_summarize_rejects_other_files(tmp_path):
 
 
 def test_table2_reproduces_the_papers_head_numbers(tmp_path):
-    from entropi.benchmarks.table2 import run_table2
+    run_table2 = load_script("table2").run_table2
 
     torch.set_num_threads(1)
     result = run_table2(tmp_path, classes=(5,), batch=2)

@@ -50,7 +50,7 @@ def test_entropy_command_bad_features(tmp_path, capsys, array, match):
 def test_entropy_command_bad_levels_and_file(tmp_path, capsys):
     np.save(tmp_path / "f.npy", np.zeros((3, 2)))
     assert cli.main(["entropy", str(tmp_path / "f.npy"), "--levels", "0"]) == 2
-    assert "levels must be an integer >= 1" in capsys.readouterr().err
+    assert "levels must be an integer in [2, 1024]" in capsys.readouterr().err
     (tmp_path / "g.npy").write_bytes(b"garbage")
     assert cli.main(["entropy", str(tmp_path / "g.npy")]) == 2
     assert "not a .npy" in capsys.readouterr().err
@@ -71,3 +71,59 @@ def test_select_on_non_run(tmp_path, capsys):
 def test_run_needs_config_or_resume_out(capsys):
     assert cli.main(["run", "--resume"]) == 2
     assert "a CONFIG is needed" in capsys.readouterr().err
+
+
+def _one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("entropi: error: ")]
+    assert len(errors) == 1, captured.err  # other lines are the run's timestamped progress log
+    assert "Traceback" not in captured.err
+    assert captured.err.strip().splitlines()[-1] == errors[0]
+    return errors[0]
+
+
+def test_unknown_or_absent_device_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'device = "cuda"\n[data]\nroot = "{tmp_path}"\n')
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert "no CUDA device" in _one_line_error(capsys)
+    cfg.write_text('device = "tpu"\n')
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r2")]) == 2
+    assert "device must be 'auto', 'cpu' or 'cuda'" in _one_line_error(capsys)
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'device = "cpu"\n[data]\nroot = "{tmp_path / "nothing"}"\n')
+    assert cli.main(["run", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert "cifar10" in _one_line_error(capsys)
+
+
+def test_bad_paths_are_one_line(tmp_path, capsys):
+    assert cli.main(["prune", str(tmp_path / "missing")]) == 2
+    assert "not a run directory" in _one_line_error(capsys)
+    assert cli.main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    _one_line_error(capsys)
+
+
+def test_cli_defaults_are_the_dataclass_defaults():
+    """One default per parameter: the CLI's flags take theirs from the code they call."""
+    import inspect
+
+    from entropi.benchmarks.bench import run_bench
+    from entropi.benchmarks.command import DEFAULTS
+    from entropi.host.config import EntropyConfig
+    from entropi.host.entropy import DEFAULT_LEVELS, state_entropy
+
+    parser, _ = cli._build_parser()
+    args = parser.parse_args(["entropy", "f.npy"])
+    assert args.levels == EntropyConfig().levels == DEFAULT_LEVELS
+    assert inspect.signature(state_entropy).parameters["levels"].default == DEFAULT_LEVELS
+    # flags left out of `entropi bench` are not passed, so run_bench's own defaults apply
+    bench = parser.parse_args(["bench", "--out", "o"])
+    assert all(getattr(bench, k) is None for k in ("arch", "classes", "batch", "alpha", "device"))
+    for name, default in DEFAULTS.items():
+        assert inspect.signature(run_bench).parameters[name].default == default

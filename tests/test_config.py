@@ -28,7 +28,7 @@ def test_round_trip(tmp_path):
         ('[data]\nsource = "imagenet"', "known: cifar10, cifar100"),
         ("[prune]\nkeep_per_round = 1.5", r"prune.keep_per_round must be in \(0.0, 1.0\)"),
         ("[prune]\nalpha_min = 0", r"prune.alpha_min must be in \(0.0, 1.0\]"),
-        ("[entropy]\nlevels = 1", "entropy.levels must be an integer >= 2"),
+        ("[entropy]\nlevels = 1", r"entropy.levels must be an integer in \[2, 1024\]"),
         ("[pretrain]\nepochs = 0", "pretrain.epochs must be an integer >= 1"),
         ("[pretrain]\nepoch = 3", r"unknown key\(s\) \['epoch'\] in \[pretrain\]"),
         ("seed = -1", "seed must be an integer >= 0"),
@@ -45,3 +45,38 @@ def test_bad_values(tmp_path, text, match):
 def test_unknown_config_name_lists_shipped():
     with pytest.raises(ConfigError, match="shipped: .*quickstart"):
         load_config("no-such-config")
+
+
+def test_run_and_device_cli_train_heads_the_same_way_by_default():
+    """`entropi run quickstart` and `entropi-device train` with no overrides: same TrainConfig."""
+    from entropi.device.cli import build_parser
+    from entropi.device.cliargs import dataclass_from_args
+    from entropi.device.config import TrainConfig
+
+    args = build_parser().parse_args(["train", "--bundle", "b", "--data", "d", "--out", "o"])
+    from_cli = dataclass_from_args(TrainConfig, args)
+    assert from_cli == TrainConfig()
+    for name in ("quickstart", "paper", "paper_mobilenetv3"):
+        cfg = load_config(name)
+        assert cfg.seed == 0 and cfg.head_training == from_cli, name
+
+
+def test_device_train_section_is_the_device_dataclass(tmp_path):
+    import dataclasses
+
+    from entropi.device.config import TrainConfig
+    from entropi.host.config import DeviceTrainConfig
+
+    host = {f.name: f.default for f in dataclasses.fields(DeviceTrainConfig)}
+    device = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert host == {**device, "enabled": True}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[device_train]\nseed = 3\n")
+    with pytest.raises(ConfigError, match="top-level `seed`"):
+        load_config(bad)
+    bad.write_text('[device_train]\nbudget = "lots"\n')
+    with pytest.raises(ConfigError, match=r"invalid \[device_train\]"):
+        load_config(bad)
+    seeded = tmp_path / "s.toml"
+    seeded.write_text("seed = 7\n")
+    assert load_config(seeded).head_training.seed == 7

@@ -18,18 +18,23 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from entropi.host import _data_cifar, _data_images
+from entropi.device.errors import EntropiError
 from entropi.host.data import (
     CIFAR,
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
+    DATASETS,
     ChecksumError,
+    DataError,
     Dataset,
     DatasetNotFoundError,
+    DatasetSpec,
+    DownloadError,
     TensorLoader,
     UnsafeArchiveError,
     augment_crop_flip,
+    dataset_names,
     extract_tar,
     file_md5,
     iterate_batches,
@@ -37,8 +42,11 @@ from entropi.host.data import (
     normalize,
     stratified_split,
     stratified_subset,
+    test_split,
     to_device,
 )
+from entropi.host.data import cifar as cifar_reader
+from entropi.host.data import images as image_reader
 
 torch.set_num_threads(1)
 
@@ -180,8 +188,8 @@ def test_cifar_second_load_reads_the_cache_only(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded again despite a valid cache")
 
-    monkeypatch.setattr(_data_cifar, "_decode_batch", boom)
-    monkeypatch.setattr(_data_cifar, "verify_md5", boom)
+    monkeypatch.setattr(cifar_reader, "_decode_batch", boom)
+    monkeypatch.setattr(cifar_reader, "verify_md5", boom)
     second = load_dataset("cifar10", "train", tmp_path, cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(second.x, expected["train"][0])
     assert second.info["cache"] == first.info["cache"]
@@ -279,13 +287,13 @@ def test_cifar10_from_jpeg_style_tar_is_cached(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoded or extracted again despite a valid cache")
 
-    monkeypatch.setattr(_data_images, "decode_images", boom)
-    monkeypatch.setattr(_data_images, "extract_tar", boom)
+    monkeypatch.setattr(image_reader, "decode_images", boom)
+    monkeypatch.setattr(image_reader, "extract_tar", boom)
     again = load_dataset("cifar10", "train", data, cache_dir=cache)
     np.testing.assert_array_equal(again.x, ds.x)
     monkeypatch.undo()
     # the extracted folder is reused for the other split (no second extraction)
-    monkeypatch.setattr(_data_images, "extract_tar", boom)
+    monkeypatch.setattr(image_reader, "extract_tar", boom)
     assert len(load_dataset("cifar10", "test", data, cache_dir=cache)) == 10
 
 
@@ -569,3 +577,32 @@ def test_batches_on_cuda_match_cpu_semantics():
     assert a[0][0].device.type == "cuda" and a[0][0].shape == (16, 3, 32, 32)
     plain = next(iterate_batches(x, y, 8, shuffle=False, augment=False))[0]
     torch.testing.assert_close(plain.cpu(), normalize(x_cpu[:8]), rtol=0, atol=1e-6)
+
+
+def test_errors_are_entropi_errors(tmp_path):
+    """Every data error is in the package's error family, so the CLIs print one line."""
+    for cls in (ChecksumError, DataError, DatasetNotFoundError, DownloadError, UnsafeArchiveError):
+        assert issubclass(cls, EntropiError), cls
+    assert issubclass(DataError, ValueError) and issubclass(DownloadError, OSError)
+    assert issubclass(DatasetNotFoundError, FileNotFoundError)
+    with pytest.raises(DatasetNotFoundError, match="Searched"):
+        load_dataset("cifar10", "train", tmp_path)
+    with pytest.raises(DataError, match="known datasets"):
+        load_dataset("imagenet", "train", tmp_path)
+
+
+def test_registry_names_and_test_splits():
+    assert dataset_names() == ("cifar10", "cifar100", "imagefolder", "pacs")
+    assert dataset_names() == tuple(sorted(DATASETS))
+    assert {n: test_split(n) for n in dataset_names()} == {
+        "cifar10": "test",
+        "cifar100": "test",
+        "imagefolder": "test",
+        "pacs": "val",
+    }
+    for name, spec in DATASETS.items():
+        assert isinstance(spec, DatasetSpec) and spec.name == name and spec.description
+        assert not spec.splits or spec.test_split in spec.splits
+    assert sorted(n for n, s in DATASETS.items() if s.downloadable) == sorted(CIFAR)
+    with pytest.raises(DataError, match="unknown dataset 'mnist'"):
+        test_split("mnist")

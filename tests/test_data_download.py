@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from entropi.device.errors import EntropiError
 from entropi.host.data import (
     CIFAR,
     ChecksumError,
@@ -164,3 +165,44 @@ def test_download_file_checks_md5_and_shows_progress(tmp_path, http_dir, capsys,
 def test_no_download_means_not_found(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"download=True.*cs\.toronto\.edu"):
         load_dataset("cifar10", "train", tmp_path, cache_dir=tmp_path / "cache")
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as s:  # a port nobody listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/cifar-10-python.tar.gz"
+
+
+def test_failed_dataset_download_is_a_one_line_entropi_error(tmp_path):
+    with pytest.raises(DownloadError) as info:
+        load_dataset(
+            "cifar10",
+            "train",
+            tmp_path / "data",
+            download=True,
+            url=_closed_port_url(),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+        )
+    assert isinstance(info.value, EntropiError) and isinstance(info.value, OSError)
+    message = str(info.value)
+    assert "\n" not in message and "could not download" in message and "by hand" in message
+    assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
+
+
+def test_failed_download_in_the_cli_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    from entropi.host.cli import main
+
+    spec = dataclasses.replace(CIFAR["cifar10"], url=_closed_port_url())
+    monkeypatch.setitem(CIFAR, "cifar10", spec)
+    monkeypatch.setenv("ENTROPI_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "offline.toml"
+    config.write_text(
+        f'name = "offline"\ndevice = "cpu"\n\n[data]\nroot = "{(tmp_path / "data").as_posix()}"\n'
+        'source = "cifar10"\ntarget = "cifar100"\ndownload = true\n'
+    )
+    rc = main(["pretrain", str(config), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert err.startswith("entropi: error: could not download") and err.count("\n") == 1, err
+    assert "Traceback" not in err

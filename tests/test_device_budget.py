@@ -84,7 +84,7 @@ def test_budget_that_cannot_fit_fails_before_training_with_minimum():
     x = np.zeros((40, 512), np.float32)
     y = np.arange(40) % 100
     with pytest.raises(BudgetError, match="minimum is"):
-        train_head(x, y, TrainConfig(budget_bytes=parse_size("64KB")), num_classes=100)
+        train_head(x, y, TrainConfig(budget="64KB"), num_classes=100)
 
 
 @pytest.mark.parametrize("budget,momentum", [("256KB", 0.0), ("480KB", 0.9), ("2MB", 0.9)])
@@ -97,7 +97,7 @@ def test_measured_peak_within_budget_and_above_floor(budget, momentum, tmp_path)
         epochs=2,
         lr=0.05,
         momentum=momentum,
-        budget_bytes=parse_size(budget),
+        budget=budget,
         checkpoint_every=10,
         patience=1,
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 from test_device_bundle import MEAN, STD, export_onnx
 
+from entropi.device import TrainConfig, TrainReport
 from entropi.device.bundle import write_bundle
-from entropi.device.cli import COMMANDS, main
+from entropi.device.cli import COMMANDS, build_parser, main
+from entropi.device.cliargs import field_docs
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,10 @@ def test_train_eval_predict_end_to_end(setup, capsys):
         "40",
         "--lr",
         "20",
+        "--momentum",
+        "0",
+        "--weight-decay",
+        "0",
         "--patience",
         "40",
         "--out",
@@ -85,6 +92,11 @@ def test_train_eval_predict_end_to_end(setup, capsys):
     assert rep["accuracy_split"] == "test" and rep["accuracy"] >= 0.9
     assert rep["analytic_bytes"] <= rep["peak_bytes"] <= rep["budget_bytes"] == 65536
     assert summary["accuracy"] == rep["accuracy"]
+    assert rep["config"]["momentum"] == 0.0 and rep["config"]["budget"] == "64KB"
+    assert TrainReport.read(out).to_dict() == rep
+    assert TrainReport.read(out / "train.json").summary() == {
+        k: v for k, v in summary.items() if k != "peak"
+    }
     assert (
         main(["eval", "--bundle", str(bundle), "--head", str(out), "--data", str(d / "data.npz")])
         == 0
@@ -112,3 +124,45 @@ def test_train_bad_input_exits_2_and_writes_nothing(setup, capsys):
     assert main([*base, "--data", str(d / "data.npz"), "--budget", "12XB"]) == 2
     assert "invalid size '12XB'" in capsys.readouterr().err
     assert not (out / "head.npz").exists() and not (out / "train.json").exists()
+
+
+def _train_parser():
+    return build_parser()._subparsers._group_actions[0].choices["train"]
+
+
+def test_train_flags_are_the_train_config_fields_with_their_defaults():
+    actions = {a.dest: a for a in _train_parser()._actions}
+    docs = field_docs(TrainConfig)
+    defaults = build_parser().parse_args(["train", "--bundle", "b", "--data", "d", "--out", "o"])
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in actions, f"no flag for TrainConfig.{f.name}"
+        assert docs.get(f.name), f"TrainConfig.{f.name} has no docstring"
+        assert actions[f.name].option_strings == ["--" + f.name.replace("_", "-")]
+        assert actions[f.name].default == f.default, f.name
+        assert getattr(defaults, f.name) == f.default, f.name
+        assert docs[f.name] in " ".join(actions[f.name].help.split())
+    # one default per parameter: the CLI builds exactly TrainConfig()'s settings
+    from entropi.device.cliargs import dataclass_from_args
+
+    assert dataclass_from_args(TrainConfig, defaults) == TrainConfig()
+    assert TrainConfig().budget == "256KB" and TrainConfig().budget_bytes == 262144
+
+
+def test_errors_are_one_line_and_exit_2(setup, tmp_path, capsys):
+    d, bundle = setup
+    base = ["train", "--bundle", str(bundle), "--data", str(d / "data.npz")]
+    # a bad budget: a TrainConfigError (an EntropiError)
+    assert main([*base, "--out", str(tmp_path / "h"), "--budget", "lots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entropi-device train: error: budget must be a size")
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # a bad path: the head folder cannot be made under a regular file (an OSError)
+    (tmp_path / "file").write_text("x")
+    assert main([*base, "--out", str(tmp_path / "file" / "head")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("entropi-device train: error: ") and str(tmp_path / "file") in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # a missing head folder for eval
+    argv = ["eval", "--bundle", str(bundle), "--head", str(tmp_path / "none")]
+    assert main([*argv, "--data", str(d / "data.npz")]) == 2
+    assert "error: no head at" in capsys.readouterr().err

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from entropi.device import ResumeError, TrainConfig, train_head
-from entropi.device._npz import load_npz
 
 
 class Interrupt(Exception):
@@ -20,7 +19,7 @@ def _data():
     return x, y
 
 
-@pytest.mark.parametrize("momentum,budget", [(0.9, None), (0.0, 24 * 1024 + 2000)])
+@pytest.mark.parametrize("momentum,budget", [(0.9, "unlimited"), (0.0, 24 * 1024 + 2000)])
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, momentum, budget):
     x, y = _data()
     cfg = TrainConfig(
@@ -32,7 +31,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, momentum, budget):
         patience=2,
         checkpoint_every=7,
         seed=11,
-        budget_bytes=budget,
+        budget=budget,
     )
     full = train_head(x, y, cfg, workdir=tmp_path / "full")
 
@@ -46,8 +45,8 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, momentum, budget):
     work = tmp_path / "resumed"
     with pytest.raises(Interrupt):
         train_head(x, y, cfg, workdir=work, hook=kill_at(40))
-    ckpt = load_npz(work / "checkpoint.npz")
-    assert int(ckpt["step"]) == 35  # last multiple of checkpoint_every before the kill
+    with np.load(work / "checkpoint.npz") as ckpt:
+        assert int(ckpt["step"]) == 35  # last multiple of checkpoint_every before the kill
     with pytest.raises(Interrupt):  # killed again, after resuming once
         train_head(x, y, cfg, workdir=work, resume=True, hook=kill_at(60))
     rest = train_head(x, y, cfg, workdir=work, resume=True)

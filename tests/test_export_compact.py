@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from synthetic import synthetic_encoder
 from torch import nn
 from torch.nn import functional as F
 
@@ -28,9 +29,6 @@ from entropi.export import (
     fold_batchnorm,
 )
 from entropi.export.compact import ConvWithBiasMap, InputShapeError, _round_up
-from entropi.export.synthetic import (
-    synthetic_encoder,
-)
 from entropi.export.verify import compare_arrays, torch_features
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]

@@ -1,4 +1,5 @@
-"""ONNX export: BN folding, sparse storage, provenance; onnxruntime output vs the PyTorch encoder.
+"""ONNX export: BN folding, sparse storage, provenance; onnxruntime output vs the PyTorch encoder;
+the format registry and export_encoder's checks of its input.
 
 Tolerance: ``max|ort - torch| <= 1e-5 + 1e-4 * max|torch|`` (entropi.export.DEFAULT_*); the
 measured differences are ~1e-7 of the output scale (float32 summation order).
@@ -6,24 +7,35 @@ measured differences are ~1e-7 of the output scale (float32 summation order).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
 import torch
+from synthetic import fake_rung_meta, synthetic_encoder
 from torch import nn
 
+from entropi.device.errors import EntropiError
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
+    FORMAT_NAMES,
+    FORMATS,
     ONNX_OPSET,
+    ExportError,
+    ExportFormat,
+    MissingDependencyError,
     UnsupportedModuleError,
     VerificationError,
     compare_onnx_torch,
+    export_encoder,
     export_onnx,
     fold_batchnorm,
+    resolve_formats,
 )
-from entropi.export.synthetic import synthetic_encoder
-from entropi.host.models import prunable_parameters
+from entropi.export.weights import prunable_parameters
+from entropi.host.models import prunable_parameters as host_prunable_parameters
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
@@ -140,3 +152,66 @@ def test_mismatch_raises(exported):
     with pytest.raises(VerificationError, match="max abs diff"):
         compare_onnx_torch(data, other, inputs(), **TOL)
     del encoder
+
+
+def test_format_registry():
+    assert FORMAT_NAMES == tuple(FORMATS) == ("onnx", "tflite")
+    assert "onnx" in FORMATS and "coreml" not in FORMATS
+    for name, fmt in FORMATS.items():
+        assert isinstance(fmt, ExportFormat) and fmt.name == name
+        assert fmt.filename("encoder") == f"encoder.{name}"
+        assert (fmt.atol, fmt.rtol) == (DEFAULT_ATOL, DEFAULT_RTOL)
+    assert [f.name for f in resolve_formats(["tflite", "onnx", "tflite"])] == ["onnx", "tflite"]
+    assert [f.name for f in resolve_formats("onnx")] == ["onnx"]
+    for bad in (["coreml"], [], 3):
+        with pytest.raises(ExportError, match="format"):
+            resolve_formats(bad)
+
+
+def test_errors_are_entropi_errors():
+    assert issubclass(MissingDependencyError, EntropiError)
+    assert issubclass(MissingDependencyError, ImportError)
+    assert issubclass(UnsupportedModuleError, ExportError) and issubclass(ExportError, ValueError)
+    assert host_prunable_parameters is prunable_parameters  # host.models re-exports it
+
+
+def test_export_loops_over_the_registry(monkeypatch, tmp_path):
+    """A registered format is written and verified with its own tolerance, which it records."""
+    loose = dataclasses.replace(FORMATS["onnx"], name="loose", suffix=".loose.onnx", atol=0.5)
+    monkeypatch.setitem(FORMATS, "loose", loose)
+    enc = make_encoder("smallnet", 0.05)
+    result = export_encoder(
+        enc, fake_rung_meta(enc, "smallnet"), tmp_path / "out", formats=["loose", "onnx"]
+    )
+    assert list(result["files"]) == ["encoder.onnx", "encoder.loose.onnx"]
+    assert "tolerance" not in result["files"]["encoder.onnx"]
+    assert result["files"]["encoder.loose.onnx"]["tolerance"] == {"atol": 0.5, "rtol": DEFAULT_RTOL}
+    assert result["tolerance"]["atol"] == DEFAULT_ATOL
+    prov = result["provenance"]
+    assert prov["rung_index"] == 0 and prov["source_accuracy"] is None
+    assert prov["arch"] == "smallnet" and prov["feature_dim"] == 256
+    props = {p.key: p.value for p in onnx.load(tmp_path / "out" / "encoder.onnx").metadata_props}
+    assert props["entropi.form"] == "pruned" and props["entropi.onnx_opset"] == str(ONNX_OPSET)
+
+
+def test_export_rejects_bad_input(tmp_path):
+    enc = make_encoder("smallnet", 0.05)
+    info = fake_rung_meta(enc, "smallnet")
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match="needs the rung's RungInfo"):
+        export_encoder(enc, info.to_dict(), out, formats=["onnx"])
+    with pytest.raises(ExportError, match="input_shape must be 3 positive"):
+        export_encoder(enc, dataclasses.replace(info, input_shape=(32, 32)), out, formats="onnx")
+    one_channel = dataclasses.replace(
+        info, input_shape=(1, 32, 32), normalization={"mean": [0.0], "std": [1.0]}
+    )
+    with pytest.raises(ExportError, match=r"does not run on inputs.*\[1, 32, 32\]"):
+        export_encoder(enc, one_channel, out, formats=["onnx"])
+    with pytest.raises(ExportError, match="normalization must be"):
+        export_encoder(enc, dataclasses.replace(info, normalization={}), out, formats=["onnx"])
+    with pytest.raises(ExportError, match="n_random"):
+        export_encoder(enc, info, out, formats=["onnx"], n_random=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="not a directory"):
+        export_encoder(enc, info, tmp_path / "file", formats=["onnx"])
+    assert not out.exists()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
+from synthetic import fake_rung_meta, synthetic_encoder
 from torch import nn
 
 from entropi.export import (
@@ -27,11 +28,7 @@ from entropi.export import (
     read_metadata,
     sparsify_tflite,
 )
-from entropi.export.synthetic import (
-    fake_rung_meta,
-    synthetic_encoder,
-)
-from entropi.host.models import prunable_parameters
+from entropi.export.weights import prunable_parameters
 
 pytest.importorskip("litert_torch")
 

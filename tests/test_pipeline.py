@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from entropi.host import pipeline
+from entropi.host import pipeline, rundata, selection, stages
 from entropi.host.checkpoint import CheckpointError, list_rungs, load_rung
 from entropi.host.config import config_from_dict
 from entropi.host.data import DatasetNotFoundError
@@ -85,10 +85,10 @@ def test_rungs_load_with_exact_zeros(finished_run):
         for n, p in encoder.named_parameters()
         if n.endswith("weight") and p.ndim > 1
     )
-    assert meta["alpha"] == pytest.approx(0.25, abs=1e-5)
-    assert zeros == meta["n_prunable"] - meta["nnz"]
+    assert meta.alpha == pytest.approx(0.25, abs=1e-5)
+    assert zeros == meta.n_prunable - meta.nnz
     _, sel = load_rung(out, "selected")
-    assert sel["index"] == json.loads((out / "results.json").read_text())["selected_index"]
+    assert sel.index == json.loads((out / "results.json").read_text())["selected_index"]
 
 
 def test_resume_after_interrupt_equals_uninterrupted(
@@ -96,7 +96,7 @@ def test_resume_after_interrupt_equals_uninterrupted(
 ):
     _, reference = finished_run
     out = tmp_path / "r"
-    real_train = pipeline.train
+    real_train = stages.train
     calls = {"n": 0}
 
     def flaky_train(*args, **kwargs):
@@ -105,13 +105,13 @@ def test_resume_after_interrupt_equals_uninterrupted(
             raise KeyboardInterrupt
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "train", flaky_train)
+    monkeypatch.setattr(stages, "train", flaky_train)
     with pytest.raises(KeyboardInterrupt):
         pipeline.run_all(tiny_config(image_folder), out)
     assert len(list_rungs(out)) == 2  # rungs 0 and 1 completed and saved
     with pytest.raises(pipeline.RunExistsError, match="--resume"):
         pipeline.run_all(tiny_config(image_folder), out)
-    monkeypatch.setattr(pipeline, "train", real_train)
+    monkeypatch.setattr(stages, "train", real_train)
     resumed = pipeline.run_all(None, out, resume=True)
     for a, b in zip(resumed["rungs"], reference["rungs"], strict=True):
         assert a["nnz"] == b["nnz"]
@@ -145,7 +145,7 @@ def test_corrupt_rung_checkpoint(finished_run, tmp_path):
 def test_missing_dataset_says_where(tmp_path):
     cfg = config_from_dict({"data": {"root": str(tmp_path), "source": "cifar10"}})
     with pytest.raises(DatasetNotFoundError, match="cifar"):
-        pipeline.load_source(cfg, torch.device("cpu"))
+        rundata.load_source(cfg, torch.device("cpu"))
 
 
 def test_select_rung_ties_go_to_the_denser_rung():
@@ -156,8 +156,8 @@ def test_select_rung_ties_go_to_the_denser_rung():
         {"entropy": 3.0, "per_unit_bound": 7.0},
         {"entropy": 2.5, "per_unit_bound": 8.0},
     ]
-    assert pipeline.select_rung(rungs) == 1  # first (densest) rung of the tied maximum
-    assert pipeline.select_rung(rungs[:2]) == 1
+    assert selection.select_rung(rungs) == 1  # first (densest) rung of the tied maximum
+    assert selection.select_rung(rungs[:2]) == 1
 
 
 def test_export_and_bundle_commands(finished_run, tmp_path, capsys):
@@ -203,3 +203,17 @@ def test_paper_architectures_run_end_to_end(image_folder, tmp_path, arch):
     assert [r["alpha"] for r in results["rungs"]] == pytest.approx([1.0, 0.5], abs=1e-6)
     assert results["export"]["files"]["encoder.onnx"]["max_abs_diff"] < 1e-3
     assert results["device"]["peak_bytes"] <= results["device"]["budget_bytes"]
+
+
+def test_levels_ablation_script_reproduces_the_selection(finished_run, tmp_path):
+    """scripts/levels_ablation.py on a finished run: at the run's M it picks the run's rung."""
+    from scripts_loader import load_script
+
+    out, results = finished_run
+    path = tmp_path / "levels.json"
+    res = load_script("levels_ablation").main([str(out), "--levels", "2", "4", "--out", str(path)])
+    assert json.loads(path.read_text()) == json.loads(json.dumps(res))
+    assert results["levels"] == 4
+    assert res["selected"]["M4"]["index"] == results["selected_index"]
+    for row, rung in zip(res["rows"], results["rungs"], strict=True):
+        assert row["entropy_M4"] == pytest.approx(rung["entropy"], abs=1e-9)

@@ -61,6 +61,7 @@ def test_alpha_must_not_increase():
 
 
 def test_zeros_survive_retraining():
+    from entropi.host.config import PretrainConfig
     from entropi.host.train import train
 
     torch.manual_seed(0)
@@ -74,10 +75,7 @@ def test_zeros_survive_retraining():
         model,
         x,
         y,
-        epochs=2,
-        batch_size=16,
-        lr=0.1,
-        weight_decay=1e-3,
+        PretrainConfig(arch="smallnet", epochs=2, batch_size=16, lr=0.1, weight_decay=1e-3),
         masks=masks,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),

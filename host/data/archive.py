@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -14,16 +15,22 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from ._data_base import ChecksumError, UnsafeArchiveError, progress_bar
+from entropi.device.errors import EntropiError
 from entropi.device.io import atomic_write
+
+from .base import ChecksumError, DataError, UnsafeArchiveError, progress_bar
 
 __all__ = ["DownloadError", "check_members", "download_file", "extract_tar"]
 
 _CHUNK = 1 << 20
 
 
-class DownloadError(OSError):
-    """A download failed (offline machine, bad URL, HTTP error)."""
+class DownloadError(EntropiError, OSError):
+    """A download failed (offline machine, bad URL, HTTP error); the message is one line."""
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -88,10 +95,9 @@ def extract_tar(
                 os.replace(Path(dirpath) / fn, dest / rel / fn)
         return dest
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        reason = " ".join(str(e).split())
-        raise ValueError(
-            f"cannot read archive {archive}: {reason}; the file is corrupt or not a tar archive, "
-            f"download it again"
+        raise DataError(
+            f"cannot read archive {archive}: {_one_line(e)}; the file is corrupt or not a tar "
+            f"archive, download it again"
         ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,10 +122,10 @@ def download_file(
     def write(f: BinaryIO) -> None:
         try:
             resp = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 - http(s) only
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             raise DownloadError(
-                f"could not download {url}: {e}. The machine may be offline; download the file "
-                f"by hand and put it at {dest}"
+                f"could not download {url}: {_one_line(e)}. The machine may be offline; "
+                f"download the file by hand and put it at {dest}"
             ) from e
         with resp:
             length = resp.headers.get("Content-Length")
@@ -131,8 +137,10 @@ def download_file(
                     f.write(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
-            except OSError as e:
-                raise DownloadError(f"download of {url} broke off: {e}; try again") from e
+            except (OSError, http.client.HTTPException) as e:
+                raise DownloadError(
+                    f"download of {url} broke off: {_one_line(e)}; try again"
+                ) from e
             finally:
                 if bar is not None:
                     bar.close()
@@ -142,5 +150,5 @@ def download_file(
             )
 
     if not url.startswith(("http://", "https://", "file://")):
-        raise ValueError(f"download URL must be http(s):// or file://, got {url!r}")
+        raise DataError(f"download URL must be http(s):// or file://, got {url!r}")
     return atomic_write(dest, write)

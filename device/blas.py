@@ -8,6 +8,8 @@ numpy builds); the trainer then falls back to numpy (``matmul`` into a gradient 
 
 Known symbols: ``scipy_cblas_{s,d}gemm64_`` (numpy's scipy-openblas64, 64-bit integers),
 ``cblas_{s,d}gemm64_`` (OpenBLAS ILP64) and ``scipy_cblas_{s,d}gemm`` (scipy-openblas32).
+
+The module is public so that benchmarks time exactly the step the trainer runs.
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data_archive import download_file, extract_tar
-from ._data_base import (
+from .archive import download_file, extract_tar
+from .base import (
+    DataError,
     Dataset,
     DatasetNotFoundError,
     cached_arrays,
@@ -108,21 +109,21 @@ def _unpickle(path: Path) -> dict:
     with open(path, "rb") as f:
         obj = _NumpyOnlyUnpickler(f, encoding="bytes").load()
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} does not hold a CIFAR dict (got {type(obj).__name__})")
+        raise DataError(f"{path} does not hold a CIFAR dict (got {type(obj).__name__})")
     return obj
 
 
 def _decode_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     d = _unpickle(path)
     if b"data" not in d or label_key not in d:
-        raise ValueError(
+        raise DataError(
             f"{path} lacks the keys b'data' and {label_key!r} of the official CIFAR layout "
             f"(has {sorted(d)})"
         )
     data = np.asarray(d[b"data"], dtype=np.uint8)
     labels = np.asarray(d[label_key], dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise DataError(
             f"{path}: expected data [N, 3072] and N labels, got data {data.shape} and "
             f"{labels.shape[0]} labels"
         )
@@ -138,7 +139,7 @@ def _locate(spec: CifarSpec, root: Path) -> Path:
     return root / spec.folder
 
 
-def _download(name: str, spec: CifarSpec, root: Path, url: str | None, progress: bool) -> None:
+def _download(spec: CifarSpec, root: Path, url: str | None, progress: bool) -> None:
     archive = root / spec.archive
     advice = f"delete {archive} and download again"
     if not (archive.is_file() and file_md5(archive) == spec.archive_md5):
@@ -166,16 +167,16 @@ def read_cifar(
     mismatch); the decoded arrays are cached (see :func:`cached_arrays`).
     """
     if name not in CIFAR:
-        raise ValueError(f"unknown CIFAR variant {name!r}; known: {sorted(CIFAR)}")
+        raise DataError(f"unknown CIFAR variant {name!r}; known: {sorted(CIFAR)}")
     spec = CIFAR[name]
     if split not in spec.splits:
-        raise ValueError(f"{name} has no split {split!r}; valid splits: {sorted(spec.splits)}")
+        raise DataError(f"{name} has no split {split!r}; valid splits: {sorted(spec.splits)}")
     root = Path(root).expanduser()
     folder = _locate(spec, root)
     files = [*spec.splits[split], spec.meta]
     missing = [f for f in files if not (folder / f).is_file()]
     if missing and download:
-        _download(name, spec, root, url, progress)
+        _download(spec, root, url, progress)
         folder = root / spec.folder
         missing = [f for f in files if not (folder / f).is_file()]
     if missing:

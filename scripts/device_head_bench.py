@@ -1,6 +1,6 @@
 """Device head-training experiment: memory at 256 KB, single-core speed, process RSS.
 
-Run: ``.venv/bin/python benchmarks/device_head_bench.py`` (writes
+Run: ``.venv/bin/python scripts/device_head_bench.py`` (writes
 ``benchmarks/results/device_head.json``; ``--quick`` for a short smoke run). Measures, for
 512 features x 100 classes (CIFAR-100 on a ResNet18 encoder; synthetic features):
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.benchmarks._machine import cpu_model
+from entropi.benchmarks.machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 D, C, B = 512, 100, 32
@@ -64,7 +64,7 @@ def _features(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def memory_256kb(n: int, epochs: int) -> dict:
-    from entropi.device import TrainConfig, parse_size, train_head
+    from entropi.device import TrainConfig, train_head
 
     x, y = _features(n)
     with tempfile.TemporaryDirectory() as d:
@@ -74,7 +74,9 @@ def memory_256kb(n: int, epochs: int) -> dict:
         cfg = TrainConfig(
             epochs=epochs,
             lr=0.05,
-            budget_bytes=parse_size("256KB"),
+            momentum=0.0,
+            weight_decay=0.0,
+            budget="256KB",
             checkpoint_every=200,
             patience=3,
         )
@@ -112,9 +114,9 @@ def _time_loop(loop, steps: int, repeats: int) -> tuple[list[float], list[float]
 def _speed_child(steps: int, repeats: int) -> dict:
     """Runs in a child with one BLAS thread: the fused-BLAS step and the numpy-only step."""
     from entropi.device import TrainConfig, plan_memory
-    from entropi.device._blas import find_gemm
+    from entropi.device.blas import find_gemm
     from entropi.device.budget import UFUNC_BUFSIZE
-    from entropi.device.trainer import _Loop
+    from entropi.device.trainer import StepLoop
 
     x, y = _features(50_000)
     y = y.astype(np.intp)
@@ -123,7 +125,8 @@ def _speed_child(steps: int, repeats: int) -> dict:
     runs = {}
     for name, fused in (("numpy", False), ("blas", gemm is not None)):
         plan = plan_memory(D, C, None, max_batch_size=B, fused_update=fused)
-        loop = _Loop(x, y, len(x), C, TrainConfig(), plan, gemm if fused else None)
+        cfg = TrainConfig(momentum=0.0, weight_decay=0.0, budget="unlimited")
+        loop = StepLoop(x, y, len(x), C, cfg, plan, gemm if fused else None)
         runs[name] = _time_loop(loop, steps, repeats)
     # sgemm at the same shapes: forward (B x D) @ (D x C), weight gradient (D x B) @ (B x C)
     xb = x[:B].copy()
@@ -238,6 +241,10 @@ def process_rss(data: Path, epochs: int) -> dict:
                     str(data),
                     "--budget",
                     "256KB",
+                    "--momentum",
+                    "0",
+                    "--weight-decay",
+                    "0",
                     "--epochs",
                     str(epochs),
                     "--out",
@@ -253,8 +260,9 @@ def process_rss(data: Path, epochs: int) -> dict:
                 err.seek(0)
                 raise RuntimeError(err.read().decode())
         rss_kb = int(stdout.decode().strip().splitlines()[-1])
-        rep = json.loads((d / "head" / "train.json").read_text())
-        from entropi.device.cli import train_summary
+        from entropi.device.app import TrainReport
+
+        summary = TrainReport.read(d / "head").summary()
 
     return {
         "peak_rss_bytes": rss_kb * 1024,
@@ -268,14 +276,16 @@ def process_rss(data: Path, epochs: int) -> dict:
         "images": n_images,
         "epochs": epochs,
         "wall_seconds": wall,
-        "train_json": train_summary(rep),
+        "train_json": summary,
     }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short smoke run")
-    p.add_argument("--out", default=str(HERE / "results" / "device_head.json"))
+    p.add_argument(
+        "--out", default=str(HERE.parent / "benchmarks" / "results" / "device_head.json")
+    )
     p.add_argument("--datasets", default="/work/shared/datasets", help="holds cifar-100-python")
     p.add_argument("--data-dir", default="/tmp", help="where the CIFAR-100 .npz files go")
     p.add_argument("--only-rss", action="store_true", help="only the process RSS runs")
@@ -304,7 +314,7 @@ def main(argv=None) -> int:
         "memory_256kb": memory_256kb(2000 if q else 10_000, 2 if q else 5),
         "speed_one_thread": speed(300 if q else 3000, 3 if q else 7),
         "process": rss,
-        "command": "python benchmarks/device_head_bench.py" + (" --quick" if q else ""),
+        "command": "python scripts/device_head_bench.py" + (" --quick" if q else ""),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from ._data_base import Dataset
+from .base import DataError, Dataset
 
 __all__ = [
     "CIFAR100_MEAN",
@@ -67,7 +67,7 @@ def _rand_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.de
 
 def _check_images(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        raise ValueError(
+        raise DataError(
             f"x must be an NHWC image tensor [N, H, W, C], got "
             f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}"
         )
@@ -92,10 +92,10 @@ def augment_crop_flip(
     _check_images(x)
     n, h, w, _ = x.shape
     if pad_mode not in PAD_MODES:
-        raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        raise DataError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     limit = min(h, w) - 1 if pad_mode == "reflect" else min(h, w)
     if isinstance(padding, bool) or not isinstance(padding, int) or not 0 <= padding <= limit:
-        raise ValueError(
+        raise DataError(
             f"padding must be an integer in [0, {limit}] for {pad_mode} padding of {h}x{w} "
             f"images, got {padding!r}"
         )
@@ -133,7 +133,7 @@ def normalize(
     _check_images(x)
     c = x.shape[3]
     if len(mean) != c or len(std) != c or min(std) <= 0:
-        raise ValueError(
+        raise DataError(
             f"mean and std need {c} values (one per channel) and std > 0, got mean={mean}, "
             f"std={std}"
         )
@@ -171,12 +171,12 @@ def iterate_batches(
     """
     _check_images(x)
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
-        raise ValueError(
+        raise DataError(
             f"y must be a label tensor of shape [{x.shape[0]}], "
             f"got {tuple(getattr(y, 'shape', ()))}"
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     n = x.shape[0]
     order = None
     if shuffle:

@@ -1,5 +1,8 @@
 """Synthetic pruned encoders for tests and benchmarks (random weights, no training).
 
+A test helper, not part of the package: tests import it as ``synthetic`` (pytest puts tests/ on
+``sys.path``), the benchmarks through :mod:`entropi.benchmarks.synthetic_models`.
+
 ``randomize_batchnorm_`` gives batch norms non-trivial statistics (a fresh encoder's BN is the
 identity in eval mode, which would make folding untested); ``magnitude_prune_`` applies one global
 unstructured magnitude mask (REFERENCE eq. 7) keeping ``round(alpha * n)`` weights;
@@ -9,10 +12,13 @@ iterative magnitude pruning of a trained network does to many channels at alpha 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from entropi.host.models import build_encoder, prunable_parameters
+from entropi.export import RungInfo, prunable_parameters
+from entropi.host.models import build_encoder
 
 __all__ = [
     "fake_rung_meta",
@@ -104,25 +110,23 @@ def kill_channels_(encoder: nn.Module, fraction: float, seed: int = 0) -> int:
     return killed
 
 
-def fake_rung_meta(encoder: nn.Module, arch: str, **overrides: object) -> dict[str, object]:
-    """Rung metadata as :func:`entropi.host.checkpoint.load_rung` returns it, for a given
-    encoder (alpha and nnz measured from its prunable weights)."""
+def fake_rung_meta(encoder: nn.Module, arch: str, **overrides: object) -> RungInfo:
+    """A :class:`RungInfo` for ``encoder`` (rung 0, 32x32 inputs, CIFAR-10's normalization;
+    alpha and nnz measured from its prunable weights); ``overrides`` replace fields."""
     params = [p for _, p in prunable_parameters(encoder)]
     n = sum(p.numel() for p in params)
     nnz = int(sum(int(torch.count_nonzero(p)) for p in params))
-    meta: dict[str, object] = {
-        "format": 1,
-        "arch": arch,
-        "feature_dim": int(getattr(encoder, "feature_dim", 0)),
-        "num_source_classes": 10,
-        "alpha": nnz / n,
-        "nnz": nnz,
-        "n_prunable": n,
-        "source_accuracy": float("nan"),
-        "normalization": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]},
-        "input_shape": [3, 32, 32],
-        "source_dataset": "synthetic",
-        "index": 0,
-    }
-    meta.update(overrides)
-    return meta
+    info = RungInfo(
+        arch=arch,
+        feature_dim=int(getattr(encoder, "feature_dim", 0)),
+        input_shape=(3, 32, 32),
+        normalization={"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]},
+        alpha=nnz / n,
+        nnz=nnz,
+        n_prunable=n,
+        source_dataset="synthetic",
+        num_source_classes=10,
+        source_accuracy=float("nan"),
+        index=0,
+    )
+    return dataclasses.replace(info, **overrides)

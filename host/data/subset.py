@@ -6,6 +6,8 @@ import numbers
 
 import numpy as np
 
+from .base import DataError
+
 __all__ = ["stratified_split", "stratified_subset"]
 
 
@@ -31,22 +33,22 @@ def stratified_split(
     """
     y = np.asarray(y)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must be a 1-D integer label array, got {y.dtype} {y.shape}")
+        raise DataError(f"y must be a 1-D integer label array, got {y.dtype} {y.shape}")
     if (per_class is None) == (fraction is None):
-        raise ValueError(
+        raise DataError(
             f"give exactly one of per_class or fraction (got per_class={per_class!r}, "
             f"fraction={fraction!r})"
         )
     if per_class is not None and (
         isinstance(per_class, bool) or not isinstance(per_class, numbers.Integral) or per_class < 1
     ):
-        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
+        raise DataError(f"per_class must be an integer >= 1, got {per_class!r}")
     if fraction is not None and (
         isinstance(fraction, bool)
         or not isinstance(fraction, numbers.Real)
         or not 0.0 < fraction <= 1.0
     ):
-        raise ValueError(f"fraction must be a number in (0, 1], got {fraction!r}")
+        raise DataError(f"fraction must be a number in (0, 1], got {fraction!r}")
     rng = np.random.default_rng(seed)
     chosen = []
     for c in np.unique(y):

@@ -1,6 +1,6 @@
 """Turn a pytest-benchmark JSON file into ``benchmarks/RESULTS.md``.
 
-``python -m entropi.benchmarks.summarize benchmarks/results/pytest_benchmark.json
+``python scripts/summarize.py benchmarks/results/pytest_benchmark.json
 [--out benchmarks/RESULTS.md] [--note TEXT]``
 
 The Markdown holds the machine (CPU model, cores, load average when the suite started, library
@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from entropi.benchmarks._machine import cpu_model
+from entropi.benchmarks.machine import cpu_model
 from entropi.device.io import atomic_write_text
 
 __all__ = ["format_seconds", "render_results", "summarize"]
@@ -108,7 +108,7 @@ def render_results(
         "```",
         "OMP_NUM_THREADS=1 .venv/bin/python -m pytest benchmarks "
         "--benchmark-json benchmarks/results/pytest_benchmark.json",
-        ".venv/bin/python -m entropi.benchmarks.summarize benchmarks/results/pytest_benchmark.json",
+        ".venv/bin/python scripts/summarize.py benchmarks/results/pytest_benchmark.json",
         "```",
         "",
         "## Machine",

@@ -1,6 +1,6 @@
 """Export experiment: file sizes vs the information floor, and dense vs compact inference.
 
-    .venv/bin/python -m entropi.benchmarks.export_bench [--repeats 200] [--quick]
+    .venv/bin/python scripts/export_bench.py [--repeats 200] [--quick]
 
 writes ``benchmarks/results/export.json`` and ``export.md``. For ResNet18 and MobileNetV3-small
 (random weights, random BN statistics) pruned to alpha = 0.01 with one global magnitude mask, in
@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.benchmarks._machine import cpu_model, versions
+from entropi.benchmarks.machine import cpu_model, versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CASES = [
     ("resnet18", "magnitude"),
     ("resnet18", "dead_channels"),
@@ -144,7 +144,7 @@ def onnx_breakdown(path: Path) -> dict:
 
 
 def build_case(arch: str, variant: str):
-    from entropi.export.synthetic import fake_rung_meta, synthetic_encoder
+    from entropi.benchmarks.synthetic_models import fake_rung_meta, synthetic_encoder
 
     kill = KILL_FRACTION if variant == "dead_channels" else 0.0
     encoder = synthetic_encoder(arch, alpha=ALPHA, kill=kill)
@@ -206,7 +206,7 @@ def run_case(name: str, encoder, meta, out: Path, repeats: int, config_sha256=No
     }
     return {
         "case": name,
-        "arch": meta["arch"],
+        "arch": meta.arch,
         "alpha": result["provenance"]["alpha"],
         "nnz": result["nnz"],
         "n_weights": result["n_weights"],
@@ -394,11 +394,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
         qs = Path(args.quickstart)
         if not args.quick and (qs / "rungs").is_dir() and (qs / "results.json").is_file():
-            from entropi.export.exporter import config_hash
+            from entropi.host.bundle import config_hash
             from entropi.host.checkpoint import load_rung
 
             encoder, meta = load_rung(qs, "selected")
-            name = f"quickstart rung {meta['index']} ({meta['arch']}, alpha={meta['alpha']:.4f})"
+            name = f"quickstart rung {meta.index} ({meta.arch}, alpha={meta.alpha:.4f})"
             print(f"[export_bench] {name}", file=sys.stderr, flush=True)
             report_cases.append(
                 run_case(
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         "conventions": CONVENTIONS,
         "alpha": ALPHA,
         "kill_fraction": KILL_FRACTION,
-        "command": "python -m entropi.benchmarks.export_bench " + " ".join(argv or sys.argv[1:]),
+        "command": "python scripts/export_bench.py " + " ".join(argv or sys.argv[1:]),
         "cases": report_cases,
     }
     out = Path(args.out)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._data_archive import extract_tar
-from ._data_base import (
+from .archive import extract_tar
+from .base import (
+    DataError,
     Dataset,
     DatasetNotFoundError,
     cached_arrays,
@@ -27,16 +28,15 @@ from ._data_base import (
 
 __all__ = [
     "IMAGE_SUFFIXES",
-    "PACS_DOMAINS",
     "PACS_SPLITS",
     "decode_images",
+    "extracted",
     "is_archive",
     "read_image_folder",
     "read_pacs",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
 # What a user may ask for -> the split values of PACS's index.csv (official train/val kfold lists;
 # PACS has no separate test list, so "test" means the held-out val list).
 PACS_SPLITS: dict[str, tuple[str, ...]] = {
@@ -48,6 +48,7 @@ PACS_SPLITS: dict[str, tuple[str, ...]] = {
 
 
 def is_archive(path: Path) -> bool:
+    """Whether ``path`` is a tar archive file (``.tar``, ``.tar.gz``, ``.tgz``)."""
     return path.is_file() and path.name.endswith((".tar", ".tar.gz", ".tgz"))
 
 
@@ -82,7 +83,7 @@ def decode_images(paths: Sequence[Path]) -> np.ndarray:
         if out is None:
             out = np.empty((len(paths), *a.shape), dtype=np.uint8)
         elif a.shape != out.shape[1:]:
-            raise ValueError(
+            raise DataError(
                 f"image {p} is {a.shape[1]}x{a.shape[0]} but the first image ({paths[0]}) is "
                 f"{out.shape[2]}x{out.shape[1]}; all images of a dataset must have one size, "
                 f"resize them first"
@@ -172,7 +173,7 @@ def _read_index(index: Path) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         need = {"path", "class", "domain", "split"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise ValueError(
+            raise DataError(
                 f"{index} must have the header path,class,domain,split; got {reader.fieldnames}"
             )
         return list(reader)
@@ -194,7 +195,7 @@ def read_pacs(
     sorted class names of the whole index, so every domain and split shares one label space.
     """
     if split not in PACS_SPLITS:
-        raise ValueError(f"PACS has no split {split!r}; valid splits: {sorted(PACS_SPLITS)}")
+        raise DataError(f"PACS has no split {split!r}; valid splits: {sorted(PACS_SPLITS)}")
     if isinstance(domains, str):
         domains = [domains]
     source = Path(source).expanduser()
@@ -218,13 +219,13 @@ def read_pacs(
     chosen = sorted(set(domains)) if domains is not None else known
     bad = [d for d in chosen if d not in known]
     if bad or not chosen:
-        raise ValueError(f"unknown PACS domain(s) {bad or domains}; known domains: {known}")
+        raise DataError(f"unknown PACS domain(s) {bad or domains}; known domains: {known}")
     classes = sorted({r["class"] for r in rows})
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
         keep = [r for r in rows if r["domain"] in chosen and r["split"] in PACS_SPLITS[split]]
         if not keep:
-            raise ValueError(f"no PACS rows for domains {chosen} and split {split!r} in {root}")
+            raise DataError(f"no PACS rows for domains {chosen} and split {split!r} in {root}")
         paths = [root / r["path"] for r in keep]
         for p in paths:
             if not p.is_file():

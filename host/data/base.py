@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.device.errors import EntropiError
 from entropi.device.io import atomic_write
 
 __all__ = [
+    "DataError",
     "ChecksumError",
     "Dataset",
     "DatasetNotFoundError",
@@ -40,11 +42,15 @@ QUIET_ENV = "ENTROPI_QUIET"
 _CACHE_FORMAT = "1"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DataError(EntropiError, ValueError):
+    """A dataset, one of its files, or an argument naming a part of it is invalid."""
+
+
+class DatasetNotFoundError(EntropiError, FileNotFoundError):
     """A dataset's files are not where they were looked for (the message lists where and how)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A file's MD5 does not match the published one."""
 
     def __init__(self, path: str | os.PathLike, expected: str, actual: str, advice: str) -> None:
@@ -55,7 +61,7 @@ class ChecksumError(ValueError):
         )
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(DataError):
     """A tar member would be written outside the extraction folder (or is a link or device)."""
 
 
@@ -79,17 +85,17 @@ class Dataset:
     def __post_init__(self) -> None:
         x, y = self.x, self.y
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3:
-            raise ValueError(
+            raise DataError(
                 f"Dataset.x must be a uint8 array of shape [N, H, W, 3], got "
                 f"{getattr(x, 'dtype', type(x))} {getattr(x, 'shape', '')}"
             )
         if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.shape != (x.shape[0],):
-            raise ValueError(
+            raise DataError(
                 f"Dataset.y must be an int64 array of shape [{x.shape[0]}], got "
                 f"{getattr(y, 'dtype', type(y))} {getattr(y, 'shape', '')}"
             )
         if len(y) and (y.min() < 0 or y.max() >= len(self.classes)):
-            raise ValueError(
+            raise DataError(
                 f"Dataset.y values must lie in [0, {len(self.classes)}), "
                 f"got min {y.min()} max {y.max()}"
             )

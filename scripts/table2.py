@@ -1,12 +1,13 @@
 """The paper's Table 2 (cost of one backward pass, head-only vs full fine-tuning), reproduced.
 
-``python -m entropi.benchmarks.table2 [--out benchmarks/results]`` runs :func:`.bench.collect_bench`
-for ResNet18 and MobileNetV3 (ours: ``mobilenetv3_small``) at 5 and 100 classes, batch 32, and
-writes ``table2.json``, ``table2.md`` and ``table2.png``: our measured and analytic numbers, the
-paper's numbers next to them, and *readings* of the paper's numbers: candidate formulas, each
-computed here from real models (including the ImageNet-style networks of
-:mod:`.paper_models`), with the relative error to the paper's value. A reading "fits" when it
-rounds to the paper's printed digits.
+``python scripts/table2.py [--out benchmarks/results]`` runs
+:func:`entropi.benchmarks.bench.collect_bench` for ResNet18 and MobileNetV3 (ours:
+``mobilenetv3_small``) at 5 and 100 classes, batch 32, and writes ``table2.json``, ``table2.md``
+and ``table2.png``: our measured and analytic numbers, the paper's numbers next to them, and
+*readings* of the paper's numbers: candidate formulas, each computed here from real models
+(including the ImageNet-style networks of :mod:`entropi.benchmarks.paper_models`), with the
+relative error to the paper's value. A reading "fits" when it rounds to the paper's printed
+digits.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from pathlib import Path
 
 import torch
 
+from entropi.benchmarks.bench import collect_bench, rows_markdown
+from entropi.benchmarks.flops import count_step_flops
+from entropi.benchmarks.memory import analytic_step
+from entropi.benchmarks.paper_models import build_paper_model
+from entropi.benchmarks.trace import trace_forward
 from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.models import build_model
 from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
-
-from .bench import collect_bench, rows_markdown
-from .flops import count_step_flops
-from .memory import analytic_step
-from .paper_models import build_paper_model
-from .trace import trace_forward
 
 __all__ = ["PAPER", "paper_readings", "render_table2", "run_table2"]
 
@@ -273,7 +273,7 @@ def render_table2(result: dict) -> str:
     lines += [
         f"Hardware: {hw['cpu']}, {hw['cores']} cores. Versions: "
         + ", ".join(f"{k} {v}" for k, v in lib.items())
-        + ". Regenerate: `python -m entropi.benchmarks.table2 --out benchmarks/results`.",
+        + ". Regenerate: `python scripts/table2.py --out benchmarks/results`.",
         "",
         f"FLOP conventions: {result['conventions']['flops']}",
         "",

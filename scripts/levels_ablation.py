@@ -3,7 +3,7 @@
 Shows where the joint-state entropy saturates at log n (every sample in its own state) and how
 the selected rung would move with M. Writes benchmarks/results/<run name>_levels.json.
 
-    .venv/bin/python benchmarks/levels_ablation.py runs/quickstart
+    .venv/bin/python scripts/levels_ablation.py runs/quickstart
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from entropi.device.io import atomic_write_json
 from entropi.host.checkpoint import list_rungs, load_rung
 from entropi.host.config import load_config
 from entropi.host.entropy import state_entropy
-from entropi.host.pipeline import load_target
+from entropi.host.rundata import load_target
+from entropi.host.selection import saturated_rungs, select_rung
 from entropi.host.train import extract_features
 
 
@@ -37,11 +38,11 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for i in range(len(list_rungs(a.run))):
         enc, meta = load_rung(a.run, i)
-        norm = meta["normalization"]
+        norm = meta.normalization
         f = extract_features(enc, x, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
         row = {
             "rung": i,
-            "alpha": meta["alpha"],
+            "alpha": meta.alpha,
             "probe_accuracy": results["rungs"][i]["probe_accuracy"],
         }
         for m in a.levels:
@@ -53,14 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(row), flush=True)
     selected = {}
     for m in a.levels:
-        ent = [r[f"entropy_M{m}"] for r in rows]
-        top = max(ent)
-        idx = next(i for i, h in enumerate(ent) if h >= top - 1e-9)
+        # the pipeline's own selection rule, applied to the entropy at M levels
+        at_m = [{"index": r["rung"], "entropy": r[f"entropy_M{m}"], "n": len(x)} for r in rows]
+        idx = select_rung(at_m, "entropy")
         best = max(r["probe_accuracy"] for r in rows)
         selected[f"M{m}"] = {
             "index": idx,
             "regret": best - rows[idx]["probe_accuracy"],
-            "saturated": [i for i, h in enumerate(ent) if h >= math.log(len(x)) - 1e-9],
+            "saturated": saturated_rungs(at_m),
         }
     out = {
         "run": str(a.run),
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "selected": selected,
     }
-    path = a.out or Path(__file__).parent / "results" / f"{cfg.name}_levels.json"
+    path = a.out or Path(__file__).parents[1] / "benchmarks" / "results" / f"{cfg.name}_levels.json"
     atomic_write_json(path, out)
     return out
 

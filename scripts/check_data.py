@@ -1,6 +1,6 @@
 """Load every shipped dataset once (building the cache) and again (from it), timing both.
 
-    python -m entropi.host._data_check ../shared/datasets [--cache-dir DIR] [--json OUT]
+    python scripts/check_data.py ../shared/datasets [--cache-dir DIR] [--json OUT]
 
 Prints one JSON line per (dataset, split, pass) with the load time, shape and label counts;
 also times one augmented epoch of CIFAR-10 train through :func:`iterate_batches` on the CPU.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import CIFAR10_MEAN, CIFAR10_STD, iterate_batches, load_dataset, to_device
+from entropi.host.data import CIFAR10_MEAN, CIFAR10_STD, iterate_batches, load_dataset, to_device
 
 __all__ = ["check_datasets"]
 

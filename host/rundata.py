@@ -1,0 +1,103 @@
+"""The data of one run: the source (pre-training) and target (transfer) sets as the config asks.
+
+:func:`load_source` returns the source training set on the training device (uint8 NHWC tensors)
+with its channel statistics; :func:`load_target` returns the target's training (entropy, probe)
+and test (probe accuracy) sets as numpy arrays; :func:`write_target_npz` writes the target in
+the device runtime's ``.npz`` layout.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from entropi.device.io import atomic_write_bytes
+
+from .config import RunConfig
+from .data import channel_stats, load_dataset, stratified_subset, test_split
+
+__all__ = ["SourceData", "TargetData", "load_source", "load_target", "write_target_npz"]
+
+
+@dataclass
+class SourceData:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """C x H x W of one image."""
+        return (int(self.x_train.shape[3]), *map(int, self.x_train.shape[1:3]))
+
+
+@dataclass
+class TargetData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+
+def _subset(ds, per_class: int, seed: int):
+    if per_class <= 0:
+        return ds.x, ds.y
+    idx = stratified_subset(ds.y, per_class=per_class, seed=seed)
+    return ds.x[idx], ds.y[idx]
+
+
+def _load(cfg: RunConfig, which: str, split: str):
+    name = getattr(cfg.data, which)
+    domains = cfg.data.target_domains if (which == "target" and cfg.data.target_domains) else None
+    return load_dataset(name, split, cfg.data.root, download=cfg.data.download, domains=domains)
+
+
+def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
+    train_ds = _load(cfg, "source", "train")
+    test_ds = _load(cfg, "source", test_split(cfg.data.source))
+    x, y = _subset(train_ds, cfg.data.source_per_class, cfg.seed)
+    mean, std = channel_stats(x)
+
+    def to(a, dtype):
+        return torch.as_tensor(a, dtype=dtype).to(device)
+
+    return SourceData(
+        to(x, torch.uint8),
+        to(y, torch.int64),
+        to(test_ds.x, torch.uint8),
+        to(test_ds.y, torch.int64),
+        list(train_ds.classes),
+        mean,
+        std,
+    )
+
+
+def load_target(cfg: RunConfig) -> TargetData:
+    train_ds = _load(cfg, "target", "train")
+    test_ds = _load(cfg, "target", test_split(cfg.data.target))
+    xtr, ytr = _subset(train_ds, cfg.data.target_train_per_class, cfg.seed)
+    xte, yte = _subset(test_ds, cfg.data.target_test_per_class, cfg.seed)
+    return TargetData(xtr, ytr, xte, yte, list(train_ds.classes))
+
+
+def write_target_npz(tgt: TargetData, path: Path) -> Path:
+    """The target data in the device runtime's .npz format (uint8 NHWC + labels + names)."""
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        x_train=tgt.x_train,
+        y_train=tgt.y_train.astype(np.int64),
+        x_test=tgt.x_test,
+        y_test=tgt.y_test.astype(np.int64),
+        class_names=np.array(tgt.classes),
+    )
+    return atomic_write_bytes(path, buf.getvalue())

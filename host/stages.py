@@ -1,0 +1,285 @@
+"""The stages of ``entropi run``, each resumable over a :class:`~entropi.host.rundir.RunDir`.
+
+``pretrain`` (dense source model = rung 0) -> ``prune`` (IMP ladder, one rung record per rung)
+-> ``score`` (selection criteria + linear probe of every rung on the target, one JSON per rung)
+-> ``select`` (results.json + plot) -> ``export`` (verified encoder files) -> ``device`` (bundle
+and head training with the numpy runtime). Each stage takes its config section from the whole
+:class:`~entropi.host.config.RunConfig` and skips work whose artifact already exists, so a run
+that was interrupted continues from its last completed rung.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from entropi.device.io import package_version
+from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
+
+from .checkpoint import classifier_from_rung
+from .config import RunConfig
+from .models import build_model
+from .probe import linear_probe
+from .prune import apply_masks, count_nonzero, dense_masks, geometric_alphas, global_magnitude_masks
+from .rundata import SourceData, TargetData, write_target_npz
+from .rundir import RunDir
+from .selection import CRITERIA, saturated_rungs, score_rung, select_rung
+from .train import evaluate, extract_features, train
+
+__all__ = [
+    "stage_device",
+    "stage_export",
+    "stage_pretrain",
+    "stage_prune",
+    "stage_score",
+    "stage_select",
+    "select",
+]
+
+
+def _rung(cfg: RunConfig, model, masks, alpha, source_acc, src: SourceData, seconds) -> Rung:
+    nnz, n = count_nonzero(model.encoder)
+    info = RungInfo(
+        arch=cfg.pretrain.arch,
+        feature_dim=model.feature_dim,
+        input_shape=src.input_shape,
+        normalization={"mean": list(src.mean), "std": list(src.std)},
+        alpha=nnz / n,
+        nnz=nnz,
+        n_prunable=n,
+        alpha_target=alpha,
+        source_dataset=cfg.data.source,
+        source_classes=src.classes,
+        num_source_classes=len(src.classes),
+        source_accuracy=source_acc,
+        train_seconds=seconds,
+    )
+
+    def cpu(state):
+        return {k: v.detach().cpu() for k, v in state.items()}
+
+    return Rung(info, cpu(model.encoder.state_dict()), cpu(model.head.state_dict()), cpu(masks))
+
+
+def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung:
+    """Train the dense source model and save it as rung 0 (skipped if rung 0 exists)."""
+    path = run.rung(0)
+    if path.is_file():
+        rung = load_rung_file(path, 0)
+        run.log(f"pretrain: reusing {path} (source accuracy {rung.info.source_accuracy:.4f})")
+        return rung
+    torch.manual_seed(cfg.seed)
+    p = cfg.pretrain
+    model = build_model(p.arch, len(src.classes)).to(device)
+    run.log(
+        f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
+        f"{p.epochs} epochs, device {device}"
+    )
+    stats = train(
+        model, src.x_train, src.y_train, p, mean=src.mean, std=src.std, seed=cfg.seed,
+        desc="pretrain",
+    )  # fmt: skip
+    acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+    rung = _rung(cfg, model, dense_masks(model.encoder), 1.0, acc, src, stats.seconds)
+    save_rung(path, rung)
+    run.log(f"pretrain: done in {stats.seconds:.1f}s, source test accuracy {acc:.4f}")
+    return rung
+
+
+def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[float]:
+    """Build the IMP ladder: prune to each alpha, retrain, save; skip rungs already saved."""
+    alphas = geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min)
+    # a rung's retraining: the [pretrain] optimizer with the [prune] epochs and learning rate
+    retrain = dataclasses.replace(cfg.pretrain, epochs=cfg.prune.retrain_epochs, lr=cfg.prune.lr)
+    prev = load_rung_file(run.rung(0), 0)
+    for r in range(1, len(alphas)):
+        path = run.rung(r)
+        if path.is_file():
+            prev = load_rung_file(path, r)
+            continue
+        model = classifier_from_rung(prev).to(device)
+        masks = {k: v.to(device) for k, v in prev.masks.items()}
+        masks = global_magnitude_masks(model.encoder, masks, alphas[r])
+        apply_masks(model.encoder, masks)
+        torch.manual_seed(cfg.seed + r)
+        seconds = 0.0
+        if cfg.prune.retrain_epochs > 0:
+            stats = train(
+                model, src.x_train, src.y_train, retrain, mean=src.mean, std=src.std,
+                masks=masks, seed=cfg.seed + r, desc=f"rung {r} retrain",
+            )  # fmt: skip
+            seconds = stats.seconds
+        acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+        prev = _rung(cfg, model, masks, alphas[r], acc, src, seconds)
+        save_rung(path, prev)
+        run.log(
+            f"prune: rung {r}/{len(alphas) - 1} alpha {prev.info.alpha:.5f} "
+            f"nnz {prev.info.nnz} source accuracy {acc:.4f} ({seconds:.1f}s)"
+        )
+    return alphas
+
+
+def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[dict]:
+    """Selection criteria on the target training features and a linear probe for every rung."""
+    scores = []
+    rungs = run.rung_files()
+    if not rungs:
+        raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
+    for index, path in enumerate(rungs):
+        spath = run.score(index)
+        if spath.is_file():
+            scores.append(run.read_json(spath))
+            continue
+        t0 = time.perf_counter()
+        rung = load_rung_file(path, index)
+        model = classifier_from_rung(rung).to(device)
+        norm = rung.info.normalization
+        mean, std = tuple(norm["mean"]), tuple(norm["std"])
+
+        ftr, fte = (
+            extract_features(model.encoder, torch.as_tensor(x).to(device), mean=mean, std=std)
+            for x in (tgt.x_train, tgt.x_test)
+        )
+        criteria = score_rung(ftr, tgt.y_train, cfg)
+        t1 = time.perf_counter()
+        probe = linear_probe(
+            ftr, tgt.y_train, fte, tgt.y_test, cfg.probe, num_classes=len(tgt.classes),
+            seed=cfg.seed, device=device,
+        )  # fmt: skip
+        score = {
+            "index": index,
+            "alpha": rung.info.alpha,
+            "nnz": rung.info.nnz,
+            "source_accuracy": rung.info.source_accuracy,
+            **criteria,
+            "probe_accuracy": probe.test_accuracy,
+            "probe_train_accuracy": probe.train_accuracy,
+            "entropy_seconds": t1 - t0,
+            "probe_seconds": time.perf_counter() - t1,
+        }
+        run.write_json(spath, score)
+        run.log(
+            f"score: rung {index} alpha {score['alpha']:.5f} entropy "
+            f"{score['entropy']:.4f} probe accuracy {probe.test_accuracy:.4f}"
+        )
+        scores.append(score)
+    return scores
+
+
+def select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+    """Pick the rung by the configured criterion; write the plot; return the results dict."""
+    from .plot import plot_entropy_vs_alpha
+
+    n_rungs = len(run.rung_files())
+    rungs = [run.read_json(run.score(i)) for i in range(n_rungs) if run.score(i).is_file()]
+    if not rungs:
+        raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
+    criterion = CRITERIA[cfg.select.criterion]
+    sel = select_rung(rungs, criterion.name)
+    probes = [r["probe_accuracy"] for r in rungs]
+    best = int(np.argmax(probes))
+    saturated = saturated_rungs(rungs)
+    results = {
+        "package_version": package_version(),
+        "config_sha256": cfg.digest(),
+        "seed": cfg.seed,
+        "arch": cfg.pretrain.arch,
+        "source": cfg.data.source,
+        "target": cfg.data.target,
+        "levels": cfg.entropy.levels,
+        "entropy_units": "nats",
+        "rungs": rungs,
+        "criterion": criterion.name,
+        "selected_index": sel,
+        "selection_rule": criterion.rule,
+        "saturated_rungs": saturated,
+        "selected_alpha": rungs[sel]["alpha"],
+        "best_probe_index": best,
+        "dense_probe_accuracy": rungs[0]["probe_accuracy"],
+        "selected_probe_accuracy": rungs[sel]["probe_accuracy"],
+        "best_probe_accuracy": rungs[best]["probe_accuracy"],
+        "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
+        "stage_seconds": run.stage_seconds(),
+    }
+    if saturated:
+        n = max(r.get("n", 0) for r in rungs)
+        run.log(
+            f"select: warning: entropy saturated at log n = {np.log(n):.4f} on "
+            f"rungs {saturated}; the estimator cannot rank them (try fewer "
+            "levels or more target samples)"
+        )
+    plot_entropy_vs_alpha(results, run.plot)
+    run.log(
+        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion.key} "
+        f"{rungs[sel][criterion.key]:.4f}, probe {rungs[sel]['probe_accuracy']:.4f}); best probe "
+        f"rung {best} ({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}"
+    )
+    return results
+
+
+def stage_select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+    """:func:`select`, then write results.json (``entropi select``)."""
+    results = select(cfg, run)
+    run.write_json(run.results, results)
+    return results
+
+
+def stage_export(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int) -> dict[str, Any]:
+    """Export rung ``rung`` (verified against PyTorch, also on real target images)."""
+    from .bundle import ensure_export
+
+    e = cfg.export
+    images = tgt.x_test[: e.verify_images] if e.verify_images else None
+    _, info = ensure_export(
+        run.root,
+        rung,
+        formats=tuple(e.formats),
+        compact=e.form == "compact",
+        verify_images=images,
+    )
+    worst = max(f["max_abs_diff"] for f in info["files"].values())
+    sizes = ", ".join(f"{name} {f['bytes'] / 1024:.0f} KiB" for name, f in info["files"].items())
+    run.log(f"export: {sizes}; max |diff| vs PyTorch {worst:.2e}")
+    return info
+
+
+def export_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The part of export.json that results.json repeats."""
+    keep = ("bytes", "max_abs_diff", "max_rel_diff")
+    return {
+        "dir": "export",
+        "files": {k: {kk: v[kk] for kk in keep} for k, v in info["files"].items()},
+        "nnz": info["nnz"],
+        "dense_bytes": info["dense_bytes"],
+        "floor_bytes": info["floor_bytes"],
+    }
+
+
+def stage_device(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int):
+    """Bundle rung ``rung``'s encoder and train the head with the numpy device runtime."""
+    from entropi.device.app import train_on_bundle
+
+    from .bundle import bundle_rung
+
+    bundle = bundle_rung(
+        run.root,
+        run.bundle,
+        rung=rung,
+        form=cfg.export.form,
+        formats=tuple(cfg.export.formats),
+        class_names=tgt.classes,
+        overwrite=True,
+    )
+    data = write_target_npz(tgt, run.target_data)
+    report = train_on_bundle(bundle, data, run.head, cfg.head_training)
+    r = report.to_dict()
+    run.log(
+        f"device: head trained in {cfg.device_train.budget} budget: {r['accuracy_split']} "
+        f"accuracy {r['accuracy']:.4f}, peak {r['peak_bytes']} B (analytic "
+        f"{r['analytic_bytes']} B), {r['samples_per_second']:.0f} samples/s"
+    )
+    return report
