@@ -51,16 +51,33 @@ def _forms() -> list[str]:
     return list(FORMS)
 
 
+def _overrides(a: argparse.Namespace) -> list[str]:
+    """``--set`` plus the ``--source`` / ``--target`` shorthands, in that order."""
+    sets = list(a.set or [])
+    sets += [f"data.{k}={getattr(a, k)}" for k in ("source", "target") if getattr(a, k)]
+    return sets
+
+
+def _load(a: argparse.Namespace):
+    from .config import load_config
+
+    return load_config(a.config, _overrides(a))
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError
     from .pipeline import run_all
 
-    cfg = load_config(a.config) if a.config else None
+    cfg = _load(a) if a.config else None
     if cfg is None and not (a.resume and a.out):
         raise ConfigError("a CONFIG is needed unless --resume continues an existing --out RUNDIR")
+    if cfg is None and _overrides(a):
+        raise ConfigError("--set/--source/--target need a CONFIG (a resumed run keeps its own)")
     out = a.out or f"runs/{cfg.name}"
     results = run_all(cfg, out, resume=a.resume)
     _print_summary(results, out)
+    if results.get("report"):
+        print(f"report: {Path(out) / results['report']}")
     return 0
 
 
@@ -86,13 +103,12 @@ def _open(a: argparse.Namespace):
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from .config import load_config
     from .rundata import load_source
     from .rundir import open_run
     from .stages import stage_pretrain
     from .train import pick_device
 
-    cfg, run = open_run(load_config(a.config), a.out, resume=a.resume)
+    cfg, run = open_run(_load(a), a.out, resume=a.resume)
     device = pick_device(cfg.device)
     stage_pretrain(cfg, run, load_source(cfg, device), device)
     return 0
@@ -173,6 +189,17 @@ def _rung_arg(value: str) -> str | int:
     return value if value == "selected" else int(value)
 
 
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, validated like the file (repeat), e.g. pretrain.epochs=2",
+    )
+    p.add_argument("--source", metavar="SPEC", help="source dataset (same as --set data.source=)")
+    p.add_argument("--target", metavar="SPEC", help="target dataset (same as --set data.target=)")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`/`pretrain`")
 
@@ -203,11 +230,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("--out", metavar="RUNDIR", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _add_config_args(p)
 
     p = add("pretrain", _cmd_pretrain, "Train the dense source model (rung 0).")
     p.add_argument("config", metavar="CONFIG")
     p.add_argument("--out", metavar="RUNDIR", required=True)
     p.add_argument("--resume", action="store_true")
+    _add_config_args(p)
 
     _add_run_args(add("prune", _cmd_prune, "Build the pruning ladder of a pretrained run."))
     _add_run_args(

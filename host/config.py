@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,7 @@ __all__ = [
     "PruneConfig",
     "RunConfig",
     "SelectConfig",
+    "apply_overrides",
     "config_to_toml",
     "load_config",
     "shipped_configs",
@@ -306,8 +308,48 @@ def shipped_configs() -> dict[str, Path]:
     }
 
 
-def load_config(path_or_name: str | os.PathLike) -> RunConfig:
-    """Load a TOML config file, or a shipped config by name (see :func:`shipped_configs`)."""
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"SECTION.KEY=VALUE"`` (or ``"KEY=VALUE"`` for a top-level key) -> (path, value).
+
+    VALUE is read as a TOML value (``2``, ``0.5``, ``true``, ``["onnx"]``, ``"x"``); anything that
+    is not valid TOML is taken as a plain string, so ``data.target=imagefolder:my/photos`` needs
+    no quotes.
+    """
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path) or len(path) > 2:
+        raise ConfigError(
+            f"--set expects SECTION.KEY=VALUE (or KEY=VALUE at the top level), got {text!r}"
+        )
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return path, parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the raw config dict with each ``SECTION.KEY=VALUE`` of ``overrides`` set."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) == 1:
+            if path[0] in _SECTIONS:
+                raise ConfigError(f"--set {text!r}: [{path[0]}] is a section; set one of its keys")
+            raw[path[0]] = value
+            continue
+        section, key = path
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"--set {text!r}: unknown section [{section}]; sections: {sorted(_SECTIONS)}"
+            )
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a TOML config file, or a shipped config by name (see :func:`shipped_configs`), with
+    ``SECTION.KEY=VALUE`` overrides (:func:`apply_overrides`) validated like the file itself."""
     path = Path(path_or_name)
     if not path.is_file():
         shipped = shipped_configs()
@@ -322,7 +364,7 @@ def load_config(path_or_name: str | os.PathLike) -> RunConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return config_from_dict(raw)
+    return config_from_dict(apply_overrides(raw, overrides))
 
 
 def _toml_value(v: Any) -> str:

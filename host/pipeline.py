@@ -15,6 +15,7 @@ from typing import Any
 from entropi.device.io import package_version
 
 from .config import RunConfig
+from .report import write_report
 from .rundata import load_source, load_target
 from .rundir import RunDir, RunExistsError, open_run
 from .stages import (
@@ -61,5 +62,6 @@ def run_all(
             report = _timed(run, "device", stage_device, cfg, run, tgt, sel)
             results["device"] = report.summary()
         results["stage_seconds"] = run.stage_seconds()
+    results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results

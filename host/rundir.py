@@ -10,6 +10,7 @@ Layout::
     RUNDIR/scores/rung_NNN.json   the selection criteria and probe of each rung
     RUNDIR/target_classes.json    class names of the target
     RUNDIR/results.json           rung table, selection, export and device summaries
+    RUNDIR/report.md              the same for a person: what ran, rungs, files, device result
     RUNDIR/entropy_vs_alpha.png
     RUNDIR/export/                verified encoder files + export.json
     RUNDIR/bundle/                the device bundle
@@ -81,6 +82,10 @@ class RunDir:
     @property
     def results(self) -> Path:
         return self.root / "results.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
 
     @property
     def plot(self) -> Path:

@@ -222,8 +222,11 @@ def select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
 
 
 def stage_select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
-    """:func:`select`, then write results.json (``entropi select``)."""
+    """:func:`select`, then write results.json and report.md (``entropi select``)."""
+    from .report import write_report
+
     results = select(cfg, run)
+    results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results
 

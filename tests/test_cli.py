@@ -127,3 +127,12 @@ def test_cli_defaults_are_the_dataclass_defaults():
     assert all(getattr(bench, k) is None for k in ("arch", "classes", "batch", "alpha", "device"))
     for name, default in DEFAULTS.items():
         assert inspect.signature(run_bench).parameters[name].default == default
+
+
+def test_run_with_a_bad_override_is_one_line(tmp_path, capsys):
+    args = ["run", "quickstart", "--out", str(tmp_path / "r"), "--set", "pretrain.epochs=0"]
+    assert cli.main(args) == 2
+    assert "pretrain.epochs must be an integer >= 1" in _one_line_error(capsys)
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+    assert cli.main(["run", "--resume", "--out", str(tmp_path), "--set", "seed=1"]) == 2
+    assert "need a CONFIG" in _one_line_error(capsys)

@@ -80,3 +80,39 @@ def test_device_train_section_is_the_device_dataclass(tmp_path):
     seeded = tmp_path / "s.toml"
     seeded.write_text("seed = 7\n")
     assert load_config(seeded).head_training.seed == 7
+
+
+@pytest.mark.parametrize(
+    "sets, check",
+    [
+        (["pretrain.epochs=2"], lambda c: c.pretrain.epochs == 2),
+        (
+            ["prune.keep_per_round=0.25", "seed=3"],
+            lambda c: (c.prune.keep_per_round, c.seed) == (0.25, 3),
+        ),
+        (['export.formats=["onnx"]'], lambda c: c.export.formats == ["onnx"]),
+        (["device_train.budget=1MB"], lambda c: c.device_train.budget == "1MB"),
+        (["export.enabled=false"], lambda c: c.export.enabled is False),
+    ],
+)
+def test_overrides_apply_like_the_file(sets, check):
+    cfg = load_config("quickstart", sets)
+    assert check(cfg)
+    assert load_config("quickstart") != cfg  # the shipped file is untouched
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("pretrain.epochs=0", "pretrain.epochs must be an integer >= 1"),
+        ("pretrain.epoch=3", r"unknown key\(s\) \['epoch'\] in \[pretrain\]"),
+        ("nosuch.key=1", r"unknown section \[nosuch\]"),
+        ("pretrain", "expects SECTION.KEY=VALUE"),
+        ("a.b.c=1", "expects SECTION.KEY=VALUE"),
+        ("pretrain=1", "is a section"),
+        ("entropy.levels=1", r"entropy.levels must be an integer in \[2, 1024\]"),
+    ],
+)
+def test_bad_overrides_name_the_key(text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("quickstart", [text])

@@ -71,8 +71,13 @@ def test_results_and_artifacts(finished_run):
     assert manifest["feature_dim"] == 256
     png = (out / "entropy_vs_alpha.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("config.toml", "run.json", "progress.log", "head/train.json"):
+    for name in ("config.toml", "run.json", "progress.log", "head/train.json", "report.md"):
         assert (out / name).is_file()
+    report = (out / "report.md").read_text()
+    sel = results["selected_index"]
+    assert results["report"] == "report.md"
+    assert f"| {sel} **selected**" in report and "## Selected encoder" in report
+    assert f"accuracy **{dev['accuracy']:.4f}**" in report and "encoder_compact.onnx" in report
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and info["package_version"]
 
