@@ -54,7 +54,7 @@ def _forms() -> list[str]:
 def _overrides(a: argparse.Namespace) -> list[str]:
     """``--set`` plus the ``--source`` / ``--target`` shorthands, in that order."""
     sets = list(a.set or [])
-    sets += [f"data.{k}={getattr(a, k)}" for k in ("source", "target") if getattr(a, k)]
+    sets += [f"data.{k}={getattr(a, k)}" for k in ("source", "target") if getattr(a, k, None)]
     return sets
 
 
@@ -125,11 +125,18 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
 def _cmd_probe(a: argparse.Namespace) -> int:
     from .rundata import load_target
-    from .stages import stage_score
+    from .stages import reuse_ladder, stage_score, stage_select
 
     cfg, run, device = _open(a)
-    scores = stage_score(cfg, run, load_target(cfg), device)
-    print(json.dumps(scores, indent=2))
+    overrides = _overrides(a)
+    if not overrides and not a.out:
+        scores = stage_score(cfg, run, load_target(cfg), device)
+        print(json.dumps(scores, indent=2))
+        return 0
+    # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs
+    cfg, new = reuse_ladder(cfg, run, a.out, overrides)
+    stage_score(cfg, new, load_target(cfg), device)
+    _print_summary(stage_select(cfg, new), new.root)
     return 0
 
 
@@ -189,14 +196,15 @@ def _rung_arg(value: str) -> str | int:
     return value if value == "selected" else int(value)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument(
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
         help="override a config key, validated like the file (repeat), e.g. pretrain.epochs=2",
     )
-    p.add_argument("--source", metavar="SPEC", help="source dataset (same as --set data.source=)")
+    if source:
+        p.add_argument("--source", metavar="SPEC", help="source dataset (--set data.source=)")
     p.add_argument("--target", metavar="SPEC", help="target dataset (same as --set data.target=)")
 
 
@@ -239,13 +247,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _add_config_args(p)
 
     _add_run_args(add("prune", _cmd_prune, "Build the pruning ladder of a pretrained run."))
-    _add_run_args(
-        add(
-            "probe",
-            _cmd_probe,
-            "Entropy and linear-probe accuracy of every rung on the target data.",
-        )
+    p = add(
+        "probe",
+        _cmd_probe,
+        "Entropy and linear-probe accuracy of every rung on the target data; with --target / "
+        "--set and --out DIR, score RUNDIR's ladder (reused as it is) on another target in DIR.",
     )
+    _add_run_args(p)
+    p.add_argument("--out", metavar="DIR", help="new run folder for scores on another target")
+    _add_config_args(p, source=False)
     _add_run_args(
         add("select", _cmd_select, "Pick the rung by the config's criterion; write results.json.")
     )

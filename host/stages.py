@@ -231,6 +231,48 @@ def stage_select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
     return results
 
 
+LADDER_SECTIONS = ("pretrain", "prune")
+"""Config sections that made the ladder: a reused ladder keeps them."""
+
+
+def reuse_ladder(cfg: RunConfig, run: RunDir, out, overrides) -> tuple[RunConfig, RunDir]:
+    """A new run folder ``out`` holding ``run``'s ladder as it is (rung files hard-linked, or
+    copied across file systems) with ``overrides`` applied to the config (a new target, other
+    scoring settings). Overrides of the sections that made the ladder are refused."""
+    import os
+    import shutil
+
+    from .config import ConfigError, apply_overrides, config_from_dict
+    from .rundir import open_run
+
+    if out is None:
+        raise ConfigError("scoring a ladder on another target needs --out DIR (a new folder)")
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    bad = [k for k in keys if k.split(".")[0] in (*LADDER_SECTIONS, "seed") or k == "data.source"]
+    if bad:
+        raise ConfigError(
+            f"{', '.join(bad)}: the ladder of {run.root} is reused as it is; its source, seed, "
+            "[pretrain] and [prune] cannot change (run `entropi run` for a new ladder)"
+        )
+    rungs = run.rung_files()
+    if not rungs:
+        raise CheckpointError(f"{run.root} has no pruning ladder to reuse; run `entropi prune`")
+    raw = cfg.to_dict()
+    new_cfg = config_from_dict(apply_overrides(raw, list(overrides)))
+    new_cfg, new = open_run(new_cfg, out)
+    new.rungs_dir.mkdir(parents=True, exist_ok=True)
+    for path in rungs:
+        dest = new.rungs_dir / path.name
+        if not dest.exists():
+            try:
+                os.link(path, dest)
+            except OSError:
+                shutil.copy2(path, dest)
+    new.write_json(new.root / "ladder.json", {"from": str(run.root.resolve()), "rungs": len(rungs)})
+    new.log(f"probe: reusing the {len(rungs)}-rung ladder of {run.root}")
+    return new_cfg, new
+
+
 def stage_export(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int) -> dict[str, Any]:
     """Export rung ``rung`` (verified against PyTorch, also on real target images)."""
     from .bundle import ensure_export

@@ -222,3 +222,26 @@ def test_levels_ablation_script_reproduces_the_selection(finished_run, tmp_path)
     assert res["selected"]["M4"]["index"] == results["selected_index"]
     for row, rung in zip(res["rows"], results["rungs"], strict=True):
         assert row["entropy_M4"] == pytest.approx(rung["entropy"], abs=1e-9)
+
+
+def test_probe_reuses_a_ladder_on_another_target(finished_run, tmp_path, capsys):
+    """`entropi probe RUNDIR --target SPEC --out DIR`: the same rung files, scored in DIR."""
+    from entropi.host import cli
+
+    out, results = finished_run
+    new = tmp_path / "p"
+    target = results["target"]
+    args = ["probe", str(out), "--target", target, "--set", "probe.epochs=2", "--out", str(new)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    again = json.loads((new / "results.json").read_text())
+    for a, b in zip(again["rungs"], results["rungs"], strict=True):
+        assert a["entropy"] == b["entropy"] and a["nnz"] == b["nnz"]  # same ladder, same target
+    for rung in (out / "rungs").iterdir():
+        assert (new / "rungs" / rung.name).read_bytes() == rung.read_bytes()
+    assert json.loads((new / "ladder.json").read_text())["rungs"] == len(results["rungs"])
+    assert (new / "report.md").is_file()
+    # the ladder's own settings cannot change, and the folder must be new
+    assert cli.main(["probe", str(out), "--set", "prune.lr=1", "--out", str(tmp_path / "q")]) == 2
+    assert "reused as it is" in capsys.readouterr().err
+    assert cli.main(["probe", str(out), "--target", target, "--out", str(new)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
