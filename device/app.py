@@ -23,7 +23,7 @@ import numpy as np
 from .bundle import Bundle, load_bundle
 from .config import TrainConfig
 from .data import load_images
-from .errors import DeviceError
+from .errors import DataError, DeviceError
 from .features import extract_features, stream_features
 from .head import Head, load_head, save_head
 from .io import atomic_write_json
@@ -210,14 +210,20 @@ def train_on_bundle(
 
     The feature store goes to ``out``/.cache/train.npy (shuffled with ``cfg.seed``), checkpoints
     and the best head to ``out``/.work (``resume`` continues from its checkpoint). The head is
-    scored on the ``test`` split of ``data`` when it has labels.
+    scored on the ``test`` split of ``data`` when it has labels (an image folder without
+    ``train``/``test`` sub-folders has no test split). Images of any size and colour mode are
+    converted with the bundle's :attr:`.bundle.Bundle.preprocess`, chunk by chunk.
     """
     t0 = time.perf_counter()
     b = load_bundle(bundle)
     out = Path(out)
-    imgs = load_images(data, "train")
+    imgs = load_images(data, "train", b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels for training")
+    if imgs.class_names is not None and len(imgs.class_names) < 2:
+        raise DataError(
+            f"{data} has a single class ({imgs.class_names[0]!r}); training needs at least two"
+        )
     names = imgs.class_names or b.class_names
     n_cls = len(names) if names else None
     t_feat = time.perf_counter()
@@ -258,10 +264,10 @@ def train_on_bundle(
         argv=list(sys.argv),
     )
     try:
-        test = load_images(data, "test")
+        test = load_images(data, "test", b.preprocess)
     except DeviceError:
         test = None
-    if test is not None and test.labels is not None and test is not imgs:
+    if test is not None and test.labels is not None and test.split == "test":
         metrics = _metrics(b, head, test.images, test.labels)
         report.accuracy, report.accuracy_split = metrics["accuracy"], "test"
         report.test_accuracy, report.test_loss = metrics["accuracy"], metrics["loss"]
@@ -281,7 +287,7 @@ def evaluate(
     """Accuracy, mean loss and sample count of a trained head on ``split`` of ``data``."""
     b = load_bundle(bundle)
     h = load_head(head)
-    imgs = load_images(data, split)
+    imgs = load_images(data, split, b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels to evaluate against")
     return _metrics(b, h, imgs.images, imgs.labels)
@@ -298,7 +304,7 @@ def predict(
     """Predicted class (index, name, probability, the ``top`` classes) of each image."""
     b = load_bundle(bundle)
     h = load_head(head)
-    imgs = load_images(data, split)
+    imgs = load_images(data, split, b.preprocess)
     out = []
     probs = (p for _, f in _stream(b, imgs.images) for p in h.probabilities(f))
     for p in probs:

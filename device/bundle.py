@@ -7,8 +7,11 @@ Layout of a bundle folder::
 
 The manifest records, besides checksums: ``input`` (``shape`` [C, H, W], ``layout`` NCHW,
 ``dtype``, ``mean``/``std`` applied as ``(pixel / 255 - mean) / std`` per channel),
-``feature_dim``, ``class_names`` (or null), ``alpha`` (or null) and ``provenance`` (free-form
-JSON from the host: run, rung, package version, ...). Nothing in a bundle needs pickle.
+``feature_dim``, ``class_names`` (or null), ``alpha`` (or null), ``preprocess`` (how any image
+becomes the encoder's input: :meth:`.imageprep.Preprocess.to_dict`, ``size`` [H, W], ``mode``,
+``filter``; a manifest without it, written before it existed, means the default
+:class:`.imageprep.Preprocess` at the input's size) and ``provenance`` (free-form JSON from the
+host: run, rung, package version, ...). Nothing in a bundle needs pickle.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import BundleError, ChecksumError, FormatVersionError
+from .errors import BundleError, ChecksumError, DataError, FormatVersionError
+from .imageprep import Preprocess
 from .io import atomic_dir, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "load_bundle", "sha256_file", "write_bundle"]
@@ -51,12 +55,15 @@ def write_bundle(
     class_names: list[str] | None = None,
     alpha: float | None = None,
     provenance: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | Preprocess | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Copy ``encoder_files`` (bundle name -> source path) into ``out_dir`` with a manifest.
 
     Built in a temp folder and renamed into place, so a failure leaves no half-written bundle.
-    Encoder names must end in ``.tflite`` or ``.onnx``.
+    Encoder names must end in ``.tflite`` or ``.onnx``. ``preprocess`` (a
+    :meth:`.imageprep.Preprocess.to_dict` dict, or the object) defaults to
+    ``Preprocess(size=(H, W))`` of ``input_shape``; its size must be the input's (H, W).
     """
     if not encoder_files:
         raise BundleError("a bundle needs at least one encoder file (.tflite or .onnx)")
@@ -70,6 +77,7 @@ def write_bundle(
             )
     if any(s <= 0 for s in normalization["std"]):
         raise BundleError(f"normalization std must be > 0, got {normalization['std']}")
+    prep = _preprocess(preprocess, input_shape, BundleError)
     encoders = {}
     for name, src in encoder_files.items():
         fmt = _FORMATS.get(Path(name).suffix)
@@ -98,10 +106,26 @@ def write_bundle(
             "feature_dim": int(feature_dim),
             "class_names": list(class_names) if class_names is not None else None,
             "alpha": float(alpha) if alpha is not None else None,
+            "preprocess": prep.to_dict(),
             "provenance": provenance or {},
         }
         atomic_write_json(tmp / MANIFEST, manifest)
     return Path(out_dir)
+
+
+def _preprocess(d, input_shape, error) -> Preprocess:
+    """The :class:`Preprocess` of a manifest entry (None: the default at the input's size)."""
+    size = (int(input_shape[1]), int(input_shape[2]))
+    try:
+        prep = d if isinstance(d, Preprocess) else Preprocess.from_dict(d or {"size": size})
+    except DataError as e:
+        raise error(f"bad preprocess {d!r}: {e}") from e
+    if prep.size != size:
+        raise error(
+            f"preprocess size {list(prep.size)} must be the encoder input's [height, width] "
+            f"{list(size)}"
+        )
+    return prep
 
 
 @dataclass(frozen=True)
@@ -124,6 +148,12 @@ class Bundle:
     @property
     def std(self) -> list[float]:
         return self.manifest["input"]["std"]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """How images become the encoder's input (the default at the input's size when the
+        manifest predates the ``preprocess`` entry)."""
+        return _preprocess(self.manifest.get("preprocess"), self.input_shape, BundleError)
 
     @property
     def feature_dim(self) -> int:
@@ -163,6 +193,10 @@ def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite",
             f"{path} has bundle format_version {version!r}; this runtime reads versions <= "
             f"{FORMAT_VERSION}. Upgrade entropi on the device."
         )
+    try:
+        _preprocess(manifest.get("preprocess"), manifest["input"]["shape"], BundleError)
+    except (KeyError, TypeError, IndexError) as e:
+        raise BundleError(f"{mpath} is not a valid manifest ({e!r})") from e
     for name, meta in files.items():
         fpath = path / name
         if Path(name).name != name or not fpath.is_file():

@@ -4,7 +4,8 @@
 memmap: the "flash" the trainer streams batches from), rows in a seeded random order, atomically
 (temp file + rename). Labels are returned in the same order.
 
-Memory: images are read sequentially in chunks (:mod:`.data` streams an ``.npz``); the features
+Memory: images are read sequentially in chunks (:mod:`.data` streams an ``.npz`` or an image
+folder, converting them to the encoder's size with the bundle's preprocessing); the features
 of each chunk are written to their shuffled rows of the store with ``os.pwrite`` (no memory
 mapping: with large page-cache folios, a mapped file's random writes would map megabytes per
 row), so the process never holds the image array or the feature store.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ArrayImages, NpzImages, as_image_source, check_image_size
+from .data import ArrayImages, FolderImages, NpzImages, as_image_source, check_image_size
 from .errors import DataError
 
 __all__ = ["extract_features", "preprocess", "stream_features"]
@@ -35,7 +36,7 @@ def preprocess(images: np.ndarray, mean, std) -> np.ndarray:
 
 def stream_features(
     encoder: Callable[[np.ndarray], np.ndarray],
-    images: np.ndarray | ArrayImages | NpzImages,
+    images: np.ndarray | ArrayImages | NpzImages | FolderImages,
     *,
     input_shape: tuple[int, int, int],
     mean,
@@ -78,7 +79,7 @@ def _write_store(path: Path, chunks, dest: np.ndarray | None, n: int, dim: int) 
 
 def extract_features(
     encoder: Callable[[np.ndarray], np.ndarray],
-    images: np.ndarray | ArrayImages | NpzImages,
+    images: np.ndarray | ArrayImages | NpzImages | FolderImages,
     labels: np.ndarray | None,
     *,
     input_shape: tuple[int, int, int],

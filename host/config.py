@@ -71,14 +71,16 @@ def _check_int(name: str, value: Any, lo: int = 1) -> None:
 
 @dataclass
 class DataConfig:
-    root: str = "../shared/datasets"
-    """folder holding the datasets (relative paths are relative to the working directory)."""
+    roots: list[str] = field(default_factory=lambda: ["../shared/datasets"])
+    """folders searched for named datasets, after $ENTROPI_DATA and before the data home
+    ($XDG_DATA_HOME/entropi or ~/.local/share/entropi); relative to the working directory."""
     source: str = "cifar10"
-    """source (pre-training) dataset."""
+    """source (pre-training) dataset spec: cifar10, cifar100[:coarse], pacs[:DOMAIN,...],
+    imagefolder:PATH or npz:PATH."""
     target: str = "cifar100"
-    """target (transfer) dataset."""
-    target_domains: list[str] = field(default_factory=list)
-    """PACS domains to use for the target (empty = all)."""
+    """target (transfer) dataset spec (same forms as source)."""
+    test_fraction: float = 0.2
+    """test share of each class for an imagefolder/npz without a test split (seeded by seed)."""
     source_per_class: int = 0
     """source training images per class (0 = all)."""
     target_train_per_class: int = 0
@@ -86,13 +88,38 @@ class DataConfig:
     target_test_per_class: int = 0
     """target test images per class for the probe accuracy (0 = all)."""
     download: bool = False
-    """download official archives when missing (needs internet)."""
+    """download official archives (CIFAR) into the data home when found nowhere."""
+    root: str = ""
+    """deprecated: one folder, read as roots = [root]."""
+    target_domains: list[str] = field(default_factory=list)
+    """deprecated: PACS domains, read as target = "pacs:DOMAIN,..."."""
 
     def __post_init__(self) -> None:
-        from .data import dataset_names
+        from .data import DataError, parse_spec
 
+        if self.root:
+            if self.roots != ["../shared/datasets"]:
+                raise ConfigError("set data.roots only; data.root is its old one-folder form")
+            self.roots, self.root = [self.root], ""
+        if not isinstance(self.roots, list) or not all(
+            isinstance(r, str) and r for r in self.roots
+        ):
+            raise ConfigError(
+                f'data.roots must be a list of folder names, e.g. ["data"], got {self.roots!r}'
+            )
+        if self.target_domains:
+            if self.target != "pacs":
+                raise ConfigError(
+                    f"data.target_domains only applies to target = 'pacs' (got "
+                    f'{self.target!r}); write target = "pacs:{",".join(self.target_domains)}"'
+                )
+            self.target, self.target_domains = "pacs:" + ",".join(self.target_domains), []
         for name in ("source", "target"):
-            _check_name(f"data.{name}", getattr(self, name), dataset_names(), "dataset")
+            try:
+                parse_spec(getattr(self, name), must_exist=False)
+            except DataError as e:
+                raise ConfigError(f"data.{name}: {e}") from e
+        _check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("source_per_class", "target_train_per_class", "target_test_per_class"):
             _check_int(f"data.{name}", getattr(self, name), lo=0)
 

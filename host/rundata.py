@@ -18,7 +18,7 @@ import torch
 from entropi.device.io import atomic_write_bytes
 
 from .config import RunConfig
-from .data import channel_stats, load_dataset, stratified_subset, test_split
+from .data import channel_stats, load_spec, spec_test_split, stratified_subset
 
 __all__ = ["SourceData", "TargetData", "load_source", "load_target", "write_target_npz"]
 
@@ -56,14 +56,20 @@ def _subset(ds, per_class: int, seed: int):
 
 
 def _load(cfg: RunConfig, which: str, split: str):
-    name = getattr(cfg.data, which)
-    domains = cfg.data.target_domains if (which == "target" and cfg.data.target_domains) else None
-    return load_dataset(name, split, cfg.data.root, download=cfg.data.download, domains=domains)
+    """Split ``split`` of the source or target spec, found through the config's data roots."""
+    return load_spec(
+        getattr(cfg.data, which),
+        split,
+        cfg.data.roots,
+        download=cfg.data.download,
+        seed=cfg.seed,
+        test_fraction=cfg.data.test_fraction,
+    )
 
 
 def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
     train_ds = _load(cfg, "source", "train")
-    test_ds = _load(cfg, "source", test_split(cfg.data.source))
+    test_ds = _load(cfg, "source", spec_test_split(cfg.data.source))
     x, y = _subset(train_ds, cfg.data.source_per_class, cfg.seed)
     mean, std = channel_stats(x)
 
@@ -83,7 +89,7 @@ def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
 
 def load_target(cfg: RunConfig) -> TargetData:
     train_ds = _load(cfg, "target", "train")
-    test_ds = _load(cfg, "target", test_split(cfg.data.target))
+    test_ds = _load(cfg, "target", spec_test_split(cfg.data.target))
     xtr, ytr = _subset(train_ds, cfg.data.target_train_per_class, cfg.seed)
     xte, yte = _subset(test_ds, cfg.data.target_test_per_class, cfg.seed)
     return TargetData(xtr, ytr, xte, yte, list(train_ds.classes))

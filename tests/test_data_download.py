@@ -196,6 +196,8 @@ def test_failed_download_in_the_cli_is_one_line_not_a_traceback(tmp_path, monkey
     spec = dataclasses.replace(CIFAR["cifar10"], url=_closed_port_url())
     monkeypatch.setitem(CIFAR, "cifar10", spec)
     monkeypatch.setenv("ENTROPI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ENTROPI_DATA", raising=False)
     config = tmp_path / "offline.toml"
     config.write_text(
         f'name = "offline"\ndevice = "cpu"\n\n[data]\nroot = "{(tmp_path / "data").as_posix()}"\n'
@@ -204,5 +206,72 @@ def test_failed_download_in_the_cli_is_one_line_not_a_traceback(tmp_path, monkey
     rc = main(["pretrain", str(config), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc != 0
-    assert err.startswith("entropi: error: could not download") and err.count("\n") == 1, err
+    fetching, error = err.splitlines()  # what is fetched and where, then the one-line error
+    assert fetching.startswith("entropi: downloading") and str(tmp_path / "home") in fetching
+    assert error.startswith("entropi: error: could not download"), err
     assert "Traceback" not in err
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``payload``; honours ``Range`` when ``ranges``; closes mid-file when ``cut``."""
+
+    payload = b""
+    ranges = True
+    cut: int | None = None
+    seen: list = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        type(self).seen.append(rng)
+        start = int(rng.split("=")[1].rstrip("-")) if (rng and self.ranges) else 0
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: self.cut] if self.cut is not None else body)
+
+
+@pytest.fixture
+def range_server() -> Iterator[tuple[type, str]]:
+    handler = type("H", (_RangeHandler,), {"payload": bytes(range(256)) * 1024, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield handler, f"http://127.0.0.1:{server.server_address[1]}/blob"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_interrupted_download_then_resume(tmp_path, range_server, ranges):
+    import hashlib
+
+    handler, url = range_server
+    payload = handler.payload
+    md5 = hashlib.md5(payload).hexdigest()
+    dest = tmp_path / "blob.bin"
+    handler.cut = 100_000  # the server closes the connection mid-file
+    with pytest.raises(DownloadError, match="broke off"):
+        download_file(url, dest, md5=md5, progress=False, timeout_s=5)
+    assert not dest.exists()  # nothing left as if complete
+    part = tmp_path / "blob.bin.part"
+    assert part.stat().st_size == 100_000
+    handler.cut, handler.ranges = None, ranges
+    assert download_file(url, dest, md5=md5, progress=False, timeout_s=5).read_bytes() == payload
+    assert handler.seen[-1] == "bytes=100000-" and not part.exists()
+
+
+def test_resumed_download_with_wrong_md5_leaves_nothing(tmp_path, range_server):
+    handler, url = range_server
+    dest = tmp_path / "blob.bin"
+    (tmp_path / "blob.bin.part").write_bytes(b"x" * 1000)  # not a prefix of the real file
+    with pytest.raises(ChecksumError):
+        download_file(url, dest, md5=file_md5(__file__), progress=False, timeout_s=5)
+    assert list(tmp_path.iterdir()) == []

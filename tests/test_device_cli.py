@@ -119,8 +119,12 @@ def test_train_bad_input_exits_2_and_writes_nothing(setup, capsys):
     base = ["train", "--bundle", str(bundle), "--out", str(out)]
     assert main([*base, "--data", str(d / "data.npz"), "--budget", "8KB"]) == 2
     assert "minimum is" in capsys.readouterr().err
-    assert main([*base, "--data", str(d / "small.npz"), "--budget", "1MB"]) == 2
-    assert "images are 28x28x3" in capsys.readouterr().err
+    from PIL import Image
+
+    (d / "one" / "cat").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(d / "one" / "cat" / "a.png")
+    assert main([*base, "--data", str(d / "one"), "--budget", "1MB"]) == 2
+    assert "single class ('cat')" in capsys.readouterr().err
     assert main([*base, "--data", str(d / "data.npz"), "--budget", "12XB"]) == 2
     assert "invalid size '12XB'" in capsys.readouterr().err
     assert not (out / "head.npz").exists() and not (out / "train.json").exists()

@@ -19,7 +19,7 @@ def tiny_config(root, **prune):
             "name": "tiny",
             "seed": 0,
             "device": "cpu",
-            "data": {"root": str(root), "source": "imagefolder", "target": "imagefolder"},
+            "data": {"source": f"imagefolder:{root}", "target": f"imagefolder:{root}"},
             "pretrain": {"arch": "smallnet", "epochs": 2, "batch_size": 16, "lr": 0.05},
             "prune": {"keep_per_round": 0.5, "alpha_min": 0.1, "retrain_epochs": 1, **prune},
             "probe": {"epochs": 3, "batch_size": 16},

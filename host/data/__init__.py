@@ -1,6 +1,10 @@
 """Datasets for entropi: the registry, readers, the uint8 cache, subsets and on-device batches.
 
-One entry point, :func:`load_dataset`, returns a :class:`Dataset` (uint8 NHWC images + int64
+The pipeline names a dataset by a spec (``cifar100:coarse``, ``pacs:photo,sketch``,
+``imagefolder:PATH``, ``npz:PATH``; :func:`parse_spec`) and loads it with :func:`load_spec`, which
+looks for a named dataset in ``$ENTROPI_DATA``, the config's roots and the data home
+(:func:`search_places`), downloading CIFAR into the data home when allowed. Below it,
+:func:`load_dataset` returns a :class:`Dataset` (uint8 NHWC images + int64
 labels) for a name in the registry :data:`DATASETS` (:func:`dataset_names`; the held-out split of
 each: :func:`test_split`):
 
@@ -21,6 +25,7 @@ bad data is an :class:`~entropi.device.errors.EntropiError` (:class:`DataError`,
 
 Submodules (this package re-exports their public names):
 
+- ``specs``: dataset specs, the search places, :func:`load_spec`.
 - ``base``: the :class:`Dataset` type, the data errors, MD5 checks and the uint8 array cache.
 - ``archive``: safe tar extraction and checksum-verified, atomic downloads.
 - ``cifar``: reader for the official CIFAR-10/100 python files.
@@ -60,10 +65,30 @@ from .batches import (
 )
 from .cifar import CIFAR, read_cifar
 from .images import PACS_SPLITS, is_archive, read_image_folder, read_pacs
+from .specs import (
+    DATA_ENV,
+    PACS_DOMAINS,
+    SPEC_FORMS,
+    DatasetRef,
+    data_home,
+    load_spec,
+    parse_spec,
+    search_places,
+    spec_test_split,
+)
 from .subset import stratified_split, stratified_subset
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "DATA_ENV",
+    "DatasetRef",
+    "PACS_DOMAINS",
+    "SPEC_FORMS",
+    "data_home",
+    "load_spec",
+    "parse_spec",
+    "search_places",
+    "spec_test_split",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
     "CIFAR10_MEAN",

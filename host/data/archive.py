@@ -13,10 +13,8 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from entropi.device.errors import EntropiError
-from entropi.device.io import atomic_write
 
 from .base import ChecksumError, DataError, UnsafeArchiveError, progress_bar
 
@@ -103,6 +101,10 @@ def extract_tar(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -111,44 +113,96 @@ def download_file(
     timeout_s: float = 60.0,
     progress: bool = True,
 ) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking the MD5 before the file appears.
+    """Download ``url`` to ``dest``, checking the MD5 before the file appears; resumable.
 
-    The bytes go to a temp file next to ``dest``; on an MD5 mismatch (:class:`ChecksumError`), a
-    network error (:class:`DownloadError`) or Ctrl-C the temp file is removed and ``dest`` is not
-    created. A progress bar goes to stderr when tqdm is installed and ``progress`` is true.
+    The bytes go to ``<dest>.part``; ``dest`` only appears (by an atomic rename) once the whole
+    file is there and its MD5 matches. When a ``.part`` file is already there (an earlier
+    download broke off) the rest is asked for with an HTTP ``Range: bytes=N-`` request and
+    appended; a server that ignores the range (status 200, not 206) sends the whole file, which
+    then replaces the partial one. A transfer that breaks off (connection closed before
+    ``Content-Length`` bytes, network error) raises :class:`DownloadError` and keeps the
+    ``.part`` file for the next try; an MD5 mismatch (:class:`ChecksumError`) deletes it. A
+    progress bar goes to stderr when tqdm is installed and ``progress`` is true.
     """
     dest = Path(dest)
+    if not url.startswith(("http://", "https://", "file://")):
+        raise DataError(f"download URL must be http(s):// or file://, got {url!r}")
+    part = _part_path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.is_file() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        resp = urllib.request.urlopen(  # noqa: S310 - http(s)/file only, checked above
+            urllib.request.Request(url, headers=headers), timeout=timeout_s
+        )
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the partial file is not a prefix the server knows
+            part.unlink(missing_ok=True)
+            return download_file(url, dest, md5=md5, timeout_s=timeout_s, progress=progress)
+        raise DownloadError(
+            f"could not download {url}: {_one_line(e)}. The machine may be offline; "
+            f"download the file by hand and put it at {dest}"
+        ) from e
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+        raise DownloadError(
+            f"could not download {url}: {_one_line(e)}. The machine may be offline; "
+            f"download the file by hand and put it at {dest}"
+        ) from e
+    try:
+        _receive(resp, url, dest, part, have, md5, progress)
+    except BaseException:
+        if part.is_file() and part.stat().st_size == 0:  # nothing arrived: nothing to resume
+            part.unlink()
+        raise
+    os.replace(part, dest)
+    return dest
 
-    def write(f: BinaryIO) -> None:
-        try:
-            resp = urllib.request.urlopen(url, timeout=timeout_s)  # noqa: S310 - http(s) only
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-            raise DownloadError(
-                f"could not download {url}: {_one_line(e)}. The machine may be offline; "
-                f"download the file by hand and put it at {dest}"
-            ) from e
-        with resp:
-            length = resp.headers.get("Content-Length")
-            bar = progress_bar(int(length) if length else None, dest.name, enabled=progress)
-            h = hashlib.md5()
+
+def _receive(resp, url: str, dest: Path, part: Path, have: int, md5, progress: bool) -> None:
+    with resp:
+        resumed = bool(have) and getattr(resp, "status", None) == 206
+        if not resumed:
+            have = 0
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length and length.isdigit() else None
+        total = have + expected if expected is not None else None
+        bar = progress_bar(total, dest.name, enabled=progress)
+        if bar is not None and have:
+            bar.update(have)
+        h = hashlib.md5()
+        got = 0
+        with open(part, "r+b" if resumed else "wb") as f:
+            if resumed:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                f.seek(have)
+                f.truncate()
             try:
                 while chunk := resp.read(_CHUNK):
                     h.update(chunk)
                     f.write(chunk)
+                    got += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
+                if expected is not None and got < expected:
+                    raise DownloadError(
+                        f"download of {url} broke off after {have + got} of {total} bytes; "
+                        f"the partial file {part} is kept, run again to resume"
+                    )
             except (OSError, http.client.HTTPException) as e:
+                if isinstance(e, DownloadError):
+                    raise
                 raise DownloadError(
-                    f"download of {url} broke off: {_one_line(e)}; try again"
+                    f"download of {url} broke off after {have + got} bytes: {_one_line(e)}; "
+                    f"the partial file {part} is kept, run again to resume"
                 ) from e
             finally:
                 if bar is not None:
                     bar.close()
-        if md5 is not None and h.hexdigest() != md5:
-            raise ChecksumError(
-                url, md5, h.hexdigest(), f"nothing was saved to {dest}; check the URL and retry"
-            )
-
-    if not url.startswith(("http://", "https://", "file://")):
-        raise DataError(f"download URL must be http(s):// or file://, got {url!r}")
-    return atomic_write(dest, write)
+                f.flush()
+                os.fsync(f.fileno())
+    if md5 is not None and h.hexdigest() != md5:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            url, md5, h.hexdigest(), f"nothing was saved to {dest}; check the URL and retry"
+        )

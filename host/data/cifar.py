@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,12 +142,28 @@ def _locate(spec: CifarSpec, root: Path) -> Path:
 
 
 def _download(spec: CifarSpec, root: Path, url: str | None, progress: bool) -> None:
+    """Fetch (or reuse) ``root/<archive>``, check its MD5, extract ``<folder>/`` atomically."""
     archive = root / spec.archive
     advice = f"delete {archive} and download again"
     if not (archive.is_file() and file_md5(archive) == spec.archive_md5):
+        print(
+            f"entropi: downloading {url or spec.url} (MD5 {spec.archive_md5}) to {archive}, "
+            f"extracting {spec.folder}/ into {root}",
+            file=sys.stderr,
+        )
         download_file(url or spec.url, archive, md5=spec.archive_md5, progress=progress)
     verify_md5(archive, spec.archive_md5, advice=advice)
-    extract_tar(archive, root, merge=True)
+    target = root / spec.folder
+    tmp = root / f".{spec.folder}.{os.getpid()}.extract"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        extract_tar(archive, tmp)  # all of it into a fresh folder, then one rename
+        if (tmp / spec.folder).is_dir() and not target.exists():
+            os.replace(tmp / spec.folder, target)
+        else:  # an incomplete folder is already there: complete it file by file
+            extract_tar(archive, root, merge=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_cifar(
@@ -157,8 +175,12 @@ def read_cifar(
     url: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    labels: str = "fine",
 ) -> Dataset:
     """Read split ``train`` or ``test`` of ``cifar10`` / ``cifar100`` from the official files.
+
+    ``labels="coarse"`` (CIFAR-100 only): the 20 superclasses (``coarse_labels`` of the batch
+    files, ``coarse_label_names`` of ``meta``) instead of the 100 fine classes.
 
     Files are looked for in ``root/cifar-10-batches-py`` (resp. ``root/cifar-100-python``). If
     any is missing and ``download`` is true, the official archive (or ``url``) is downloaded to
@@ -169,6 +191,15 @@ def read_cifar(
     if name not in CIFAR:
         raise DataError(f"unknown CIFAR variant {name!r}; known: {sorted(CIFAR)}")
     spec = CIFAR[name]
+    if labels not in ("fine", "coarse") or (labels == "coarse" and name != "cifar100"):
+        raise DataError(
+            f"labels={labels!r} is not valid for {name}; only cifar100 has labels='coarse'"
+        )
+    label_key, names_key = (
+        (b"coarse_labels", b"coarse_label_names")
+        if labels == "coarse"
+        else (spec.label_key, spec.names_key)
+    )
     if split not in spec.splits:
         raise DataError(f"{name} has no split {split!r}; valid splits: {sorted(spec.splits)}")
     root = Path(root).expanduser()
@@ -191,22 +222,29 @@ def read_cifar(
         for f in files:
             verify_md5(folder / f, spec.md5[f], advice=advice)
         meta = _unpickle(folder / spec.meta)
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[spec.names_key]]
-        parts = [_decode_batch(folder / f, spec.label_key) for f in spec.splits[split]]
+        if names_key not in meta:
+            raise DataError(f"{folder / spec.meta} lacks {names_key!r} (has {sorted(meta)})")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[names_key]]
+        parts = [_decode_batch(folder / f, label_key) for f in spec.splits[split]]
         x = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
         y = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
         return x, y, classes
 
-    key = source_key(
-        *(folder / f for f in files), extra=f"{name}|{split}|{sorted(spec.md5.items())}"
-    )
+    extra = f"{name}|{split}|{sorted(spec.md5.items())}" + ("|coarse" if labels == "coarse" else "")
+    key = source_key(*(folder / f for f in files), extra=extra)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    x, y, classes, cache_file = cached_arrays(cache, f"{name}-{split}", key, build)
+    stem = f"{name}-{split}" if labels == "fine" else f"{name}-{labels}-{split}"
+    x, y, classes, cache_file = cached_arrays(cache, stem, key, build)
     return Dataset(
         x=x,
         y=y,
         classes=classes,
         name=name,
         split=split,
-        info={"source": str(folder), "format": "cifar-python", "cache": str(cache_file)},
+        info={
+            "source": str(folder),
+            "format": "cifar-python",
+            "labels": labels,
+            "cache": str(cache_file),
+        },
     )

@@ -15,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.device.data import IMAGE_SUFFIXES  # one list: host and device read the same files
+from entropi.device.errors import DataError as DeviceDataError
+from entropi.device.imageprep import Preprocess, read_image_file
+
 from .archive import extract_tar
 from .base import (
     DataError,
@@ -32,11 +36,11 @@ __all__ = [
     "decode_images",
     "extracted",
     "is_archive",
+    "read_image",
     "read_image_folder",
     "read_pacs",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # What a user may ask for -> the split values of PACS's index.csv (official train/val kfold lists;
 # PACS has no separate test list, so "test" means the held-out val list).
 PACS_SPLITS: dict[str, tuple[str, ...]] = {
@@ -71,15 +75,29 @@ def extracted(archive: Path, cache_dir: Path) -> Path:
     return dest
 
 
-def decode_images(paths: Sequence[Path]) -> np.ndarray:
-    """Decode image files to one ``uint8 [N, H, W, 3]`` RGB array; all must share one size."""
-    from PIL import Image
+def read_image(path: Path, prep: Preprocess | None) -> np.ndarray:
+    """One image file -> ``uint8 (H, W, 3)`` RGB through the device's :func:`read_image_file`
+    (the one conversion host and device share); ``prep`` None keeps the file's size. A corrupt
+    or non-image file raises :class:`DataError` naming its path."""
+    try:
+        return read_image_file(path, prep)
+    except DeviceDataError as e:
+        raise DataError(f"{e}; fix or remove the file") from e
 
+
+def decode_images(paths: Sequence[Path], prep: Preprocess | None = None) -> np.ndarray:
+    """Decode image files to one ``uint8 [N, H, W, 3]`` RGB array.
+
+    ``prep`` None: the images keep their size, so all must share one. With a
+    :class:`~entropi.device.imageprep.Preprocess`, every image is converted to ``prep.size``
+    (colour, then resize / crop) exactly as the device converts it.
+    """
     out: np.ndarray | None = None
+    if prep is not None:
+        out = np.empty((len(paths), *prep.size, 3), dtype=np.uint8)
     bar = progress_bar(len(paths), "decode images", unit="img") if len(paths) >= 2000 else None
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            a = np.asarray(im.convert("RGB"))
+        a = read_image(p, prep)
         if out is None:
             out = np.empty((len(paths), *a.shape), dtype=np.uint8)
         elif a.shape != out.shape[1:]:
@@ -124,8 +142,12 @@ def read_image_folder(
     *,
     name: str = "imagefolder",
     cache_dir: str | os.PathLike | None = None,
+    prep: Preprocess | None = None,
 ) -> Dataset:
     """Read ``<source>/<split>/<class>/*.{jpg,jpeg,png,bmp}``; classes are the sorted folder names.
+
+    ``prep``: convert every image to the encoder input (see :func:`decode_images`); None keeps
+    the files' size, which must then be one.
 
     ``source`` is a folder or a tar archive holding such a folder (at its top or inside one
     top-level folder, like ``cifar10-jpeg.tar.gz`` -> ``cifar10-jpeg/{train,test}/<class>/``).
@@ -153,10 +175,11 @@ def read_image_folder(
         paths, y, classes = _scan_split(folder())
         if not paths:
             raise DatasetNotFoundError(f"no .jpg/.png images under {folder()}/<class>/")
-        return decode_images(paths), y, classes
+        return decode_images(paths, prep), y, classes
 
     # An archive is keyed by its own stat (cheap); a folder by the stat of every file in it.
-    key = source_key(source if is_archive(source) else folder(), extra=f"{name}|{split}")
+    extra = f"{name}|{split}" + (f"|{prep}" if prep is not None else "")
+    key = source_key(source if is_archive(source) else folder(), extra=extra)
     x, y, classes, cache_file = cached_arrays(cache, f"{name}-{split}", key, build)
     return Dataset(
         x=x,

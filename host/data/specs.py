@@ -1,0 +1,393 @@
+"""Dataset specs (``cifar100:coarse``, ``imagefolder:PATH``, ...) and where named data is found.
+
+A spec names a source or a target: ``cifar10``, ``cifar100``, ``cifar100:coarse`` (the 20
+superclasses), ``pacs`` / ``pacs:photo,sketch`` (domains), ``imagefolder:PATH``
+(``PATH/<split>/<class>/*`` or, with no split folders, ``PATH/<class>/*`` split into train/test
+by a seeded stratified fraction) and ``npz:PATH`` (the device's layout: ``x_train``/``y_train``,
+optional ``x_test``/``y_test``, optional ``class_names``). :func:`parse_spec` checks the form,
+:func:`load_spec` loads one split.
+
+A named dataset (cifar10, cifar100, pacs) is looked for, in order, in ``$ENTROPI_DATA`` (one
+folder), the config's data roots, then the per-user data home (``$XDG_DATA_HOME/entropi`` or
+``~/.local/share/entropi``; :func:`data_home`); downloads go to the data home.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from entropi.device.imageprep import Preprocess, convert_image
+
+from .base import (
+    DataError,
+    Dataset,
+    DatasetNotFoundError,
+    cached_arrays,
+    default_cache_dir,
+    source_key,
+)
+from .cifar import CIFAR, read_cifar
+from .images import IMAGE_SUFFIXES, decode_images, extracted, is_archive, read_image_folder
+from .subset import stratified_split
+
+__all__ = [
+    "DATA_ENV",
+    "DatasetRef",
+    "PACS_DOMAINS",
+    "SPEC_FORMS",
+    "data_home",
+    "load_spec",
+    "parse_spec",
+    "search_places",
+    "spec_test_split",
+]
+
+DATA_ENV = "ENTROPI_DATA"
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+SPEC_FORMS = (
+    "cifar10",
+    "cifar100",
+    "cifar100:coarse",
+    "pacs[:DOMAIN,...]",
+    "imagefolder:PATH",
+    "npz:PATH",
+)
+_NAMES = ("cifar10", "cifar100", "pacs", "imagefolder", "npz")
+_SPLIT_DIRS = ("train", "test", "val")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A parsed spec: the dataset's ``name``, its ``option`` (``coarse``, PACS domains joined by
+    commas) and, for ``imagefolder`` / ``npz``, the ``path``."""
+
+    name: str
+    option: str | None = None
+    path: Path | None = None
+
+    def __str__(self) -> str:
+        tail = self.option if self.option is not None else self.path
+        return self.name if tail is None else f"{self.name}:{tail}"
+
+    @property
+    def domains(self) -> list[str] | None:
+        return self.option.split(",") if self.name == "pacs" and self.option else None
+
+
+def parse_spec(spec: str, *, must_exist: bool = True) -> DatasetRef:
+    """Parse a dataset spec (see the module docstring); :class:`DataError` for a bad one.
+
+    ``must_exist``: check that an ``imagefolder`` / ``npz`` path exists (config validation
+    passes False: the path is checked when the data is loaded).
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"a dataset spec must be a non-empty string, got {spec!r}")
+    name, sep, rest = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in _NAMES:
+        raise DataError(
+            f"unknown dataset {name!r} in spec {spec!r}; known: {', '.join(SPEC_FORMS)}"
+        )
+    rest = rest.strip()
+    if name == "cifar10":
+        if sep:
+            raise DataError(f"cifar10 takes no option, got {spec!r} (only cifar100 has ':coarse')")
+        return DatasetRef("cifar10")
+    if name == "cifar100":
+        if sep and rest not in ("coarse", "fine"):
+            raise DataError(
+                f"cifar100 option must be 'coarse' (the 20 superclasses), got {rest!r} in {spec!r}"
+            )
+        return DatasetRef("cifar100", "coarse" if rest == "coarse" else None)
+    if name == "pacs":
+        if not sep:
+            return DatasetRef("pacs")
+        domains = [d.strip() for d in rest.split(",")]
+        bad = [d for d in domains if d not in PACS_DOMAINS]
+        if not rest or bad:
+            raise DataError(
+                f"unknown PACS domain(s) {bad or [rest]} in {spec!r}; known domains: "
+                f"{', '.join(PACS_DOMAINS)} (e.g. pacs:photo,sketch)"
+            )
+        if len(set(domains)) != len(domains):
+            raise DataError(f"a PACS domain is listed twice in {spec!r}")
+        return DatasetRef("pacs", ",".join(sorted(domains)))
+    what = (
+        "a folder of <class>/ or <split>/<class>/ images (or a .tar.gz of one)"
+        if name == "imagefolder"
+        else "an .npz with x_train, y_train (optional x_test, y_test, class_names)"
+    )
+    if not rest:
+        raise DataError(f"{name} needs a path: {name}:PATH, PATH being {what}; got {spec!r}")
+    path = Path(rest).expanduser()
+    if must_exist:
+        if not path.exists():
+            raise DataError(f"{spec!r}: {path} does not exist (expected {what})")
+        if name == "imagefolder" and not (path.is_dir() or is_archive(path)):
+            raise DataError(f"{spec!r}: {path} is not a folder or a .tar(.gz) archive")
+        if name == "npz" and not path.is_file():
+            raise DataError(f"{spec!r}: {path} is not a file (expected {what})")
+    return DatasetRef(name, None, path)
+
+
+def spec_test_split(spec: str | DatasetRef) -> str:
+    """The held-out split of a spec: ``val`` for PACS, ``test`` for everything else."""
+    ref = spec if isinstance(spec, DatasetRef) else parse_spec(spec, must_exist=False)
+    return "val" if ref.name == "pacs" else "test"
+
+
+def data_home() -> Path:
+    """The per-user data home: ``$XDG_DATA_HOME/entropi``, else ``~/.local/share/entropi``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "entropi"
+
+
+def search_places(roots: Sequence[str | os.PathLike]) -> list[tuple[str, Path | None]]:
+    """``(label, folder)`` in search order: ``$ENTROPI_DATA`` (folder None when unset), each of
+    ``roots`` (relative to the working directory), the data home."""
+    env = os.environ.get(DATA_ENV)
+    places: list[tuple[str, Path | None]] = [
+        (f"${DATA_ENV}", Path(env).expanduser() if env else None)
+    ]
+    places += [("data root", Path(r).expanduser()) for r in roots]
+    places.append(("data home", data_home()))
+    return places
+
+
+def _layouts(name: str, split: str) -> list[tuple[str, str]]:
+    """(relative path, description) of what makes ``name`` present in a folder."""
+    if name == "cifar10":
+        spec = CIFAR["cifar10"]
+        return [
+            (
+                spec.folder,
+                f"{spec.folder}/ (official python files {[*spec.splits[split], spec.meta]})",
+            ),
+            ("cifar10-jpeg", f"cifar10-jpeg/{split}/<class>/*.jpg"),
+            ("cifar10-jpeg.tar.gz", "cifar10-jpeg.tar.gz"),
+        ]
+    if name == "cifar100":
+        spec = CIFAR["cifar100"]
+        return [
+            (
+                spec.folder,
+                f"{spec.folder}/ (official python files {[*spec.splits[split], spec.meta]})",
+            )
+        ]
+    return [
+        ("pacs32", "pacs32/index.csv + pacs32/<domain>/<class>/*.png"),
+        ("pacs32.tar.gz", "pacs32.tar.gz"),
+    ]
+
+
+def _present(name: str, split: str, folder: Path) -> bool:
+    if name in CIFAR:
+        spec = CIFAR[name]
+        files = [*spec.splits.get(split, ()), spec.meta]
+        if all((folder / spec.folder / f).is_file() for f in files):
+            return True
+        return name == "cifar10" and (
+            (folder / "cifar10-jpeg").is_dir() or (folder / "cifar10-jpeg.tar.gz").is_file()
+        )
+    return (folder / "pacs32" / "index.csv").is_file() or (folder / "pacs32.tar.gz").is_file()
+
+
+def _locate(ref: DatasetRef, split: str, roots, download: bool) -> Path | None:
+    places = search_places(roots)
+    for _label, folder in places:
+        if folder is not None and folder.is_dir() and _present(ref.name, split, folder):
+            return folder
+    if download and ref.name in CIFAR:
+        return None  # the caller downloads into the data home
+    lines = []
+    for label, folder in places:
+        where = f"{folder.resolve()}" if folder is not None else "(not set)"
+        lines.append(f"{label} {where}")
+    what = " or ".join(d for _, d in _layouts(ref.name, split))
+    how = (
+        f"; or allow downloads (data.download = true / download=True) to fetch "
+        f"{CIFAR[ref.name].url} into {data_home()}"
+        if ref.name in CIFAR
+        else "; PACS has no automatic download"
+    )
+    raise DatasetNotFoundError(
+        f"{ref} {split} not found. Searched, in order: {'; '.join(lines)}. Put {what} in one "
+        f"of these folders (or set ${DATA_ENV} to a folder holding it){how}"
+    )
+
+
+def _fit(ds: Dataset, prep: Preprocess) -> Dataset:
+    """``ds`` with every image converted to ``prep.size`` (unchanged when already that size)."""
+    if tuple(ds.x.shape[1:3]) == tuple(prep.size):
+        return ds
+    x = np.stack([convert_image(im, prep) for im in ds.x]) if len(ds) else ds.x
+    return Dataset(x, ds.y, ds.classes, ds.name, ds.split, {**ds.info, "prep": str(prep)})
+
+
+def _split_indices(y: np.ndarray, split: str, test_fraction: float, seed: int, where) -> np.ndarray:
+    if split not in ("train", "test"):
+        raise DataError(
+            f"{where} has no split folders; only 'train' and 'test' exist, not {split!r}"
+        )
+    counts = np.bincount(y)
+    small = [k for k, n in enumerate(counts) if 0 < n < 2]
+    if small:
+        raise DataError(
+            f"{where}: class(es) {small} have one image; need at least 2 per class to split "
+            f"into train and test"
+        )
+    test, train = stratified_split(y, fraction=test_fraction, seed=seed)
+    return test if split == "test" else train
+
+
+def _check_classes(ds_classes: list[str], where) -> None:
+    if len(ds_classes) < 2:
+        raise DataError(
+            f"{where} has {len(ds_classes)} class(es) {ds_classes}; a classification dataset "
+            f"needs at least 2 (one folder of images per class)"
+        )
+
+
+def _class_dirs(base: Path) -> list[Path]:
+    return sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
+    path = ref.path
+    base = extracted(path, cache) if is_archive(path) else path
+    subs = _class_dirs(base)
+    while len(subs) == 1 and not any(f.is_file() for f in base.iterdir()) and _class_dirs(subs[0]):
+        base, subs = subs[0], _class_dirs(subs[0])  # an archive's single top folder
+    if any(d.name in _SPLIT_DIRS for d in subs):
+        ds = read_image_folder(base, split, name="imagefolder", cache_dir=cache, prep=prep)
+        _check_classes(ds.classes, base / split)
+        return ds
+    classes = [d.name for d in subs]
+    paths, labels = [], []
+    for k, d in enumerate(subs):
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [k] * len(files)
+    if not paths:
+        raise DataError(
+            f"{path} holds no images: expected {path}/<class>/*.jpg|png or "
+            f"{path}/<split>/<class>/*.jpg|png"
+        )
+    classes_with = sorted({classes[k] for k in labels})
+    _check_classes(classes_with, path)
+    y_all = np.asarray(labels, dtype=np.int64)
+    idx = _split_indices(y_all, split, test_fraction, seed, path)
+    chosen = [paths[i] for i in idx]
+
+    def build():
+        return decode_images(chosen, prep), y_all[idx], classes
+
+    extra = f"imagefolder-flat|{split}|{test_fraction}|{seed}|{prep}"
+    key = source_key(path, extra=extra)
+    x, y, classes, cache_file = cached_arrays(cache, f"imagefolder-{split}", key, build)
+    info = {"source": str(path), "format": "imagefolder", "cache": str(cache_file)}
+    info |= {"test_fraction": test_fraction, "seed": seed}
+    return Dataset(x, y, classes, "imagefolder", split, info)
+
+
+def _load_npz(ref, split, seed, test_fraction, prep) -> Dataset:
+    path = ref.path
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as an .npz: {e}") from e
+    if "x_train" not in arrays or "y_train" not in arrays:
+        raise DataError(f"{path} must hold x_train and y_train (has {sorted(arrays)})")
+    has_test = "x_test" in arrays and "y_test" in arrays
+    if split not in ("train", "test"):
+        raise DataError(f"{path} has splits 'train' and 'test', not {split!r}")
+    x = arrays[f"x_{split}"] if has_test else arrays["x_train"]
+    y = arrays[f"y_{split}"] if has_test else arrays["y_train"]
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3, 4)):
+        raise DataError(
+            f"{path}: images must be uint8 (N, H, W), (N, H, W, 1|3|4), got {x.dtype} {x.shape}"
+        )
+    if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
+        raise DataError(f"{path}: labels must be {x.shape[0]} integers, got {y.dtype} {y.shape}")
+    y = y.astype(np.int64)
+    all_y = np.concatenate([arrays["y_train"].astype(np.int64), y]) if has_test else y
+    if len(all_y) and all_y.min() < 0:
+        raise DataError(f"{path}: labels must be >= 0, got {all_y.min()}")
+    if "class_names" in arrays:
+        classes = [str(c) for c in arrays["class_names"]]
+    else:
+        classes = [str(k) for k in range(int(all_y.max()) + 1 if len(all_y) else 0)]
+    if len(all_y) and all_y.max() >= len(classes):
+        raise DataError(f"{path}: label {all_y.max()} but only {len(classes)} class_names")
+    _check_classes(classes, path)
+    if not has_test:
+        idx = _split_indices(y, split, test_fraction, seed, path)
+        x, y = x[idx], y[idx]
+    if x.ndim == 4 and x.shape[3] == 3 and tuple(x.shape[1:3]) == tuple(prep.size):
+        out = np.ascontiguousarray(x)
+    else:
+        out = np.empty((len(x), *prep.size, 3), np.uint8)
+        for i, im in enumerate(x):
+            out[i] = convert_image(im[..., 0] if im.ndim == 3 and im.shape[2] == 1 else im, prep)
+    return Dataset(out, y, classes, "npz", split, {"source": str(path), "format": "npz"})
+
+
+def load_spec(
+    spec_or_ref: str | DatasetRef,
+    split: str,
+    roots: Sequence[str | os.PathLike],
+    *,
+    download: bool,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    test_fraction: float = 0.2,
+    prep: Preprocess | None = None,
+) -> Dataset:
+    """Load split ``split`` of a spec (string or :class:`DatasetRef`).
+
+    Named datasets are searched for in :func:`search_places` ``(roots)``; with ``download`` a
+    CIFAR found nowhere is fetched (MD5-checked, extracted atomically) into :func:`data_home`.
+    ``imagefolder`` / ``npz`` without a test split are split by a seeded stratified
+    ``test_fraction`` of each class (``seed``). Every image is converted to the encoder input
+    ``prep`` (default 32x32 RGB resize) by the device's :mod:`~entropi.device.imageprep`.
+    """
+    ref = spec_or_ref if isinstance(spec_or_ref, DatasetRef) else parse_spec(spec_or_ref)
+    prep = prep if prep is not None else Preprocess()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if ref.name in ("imagefolder", "npz"):
+        if ref.path is None or not ref.path.exists():
+            raise DatasetNotFoundError(f"{ref}: {ref.path} does not exist")
+        if ref.name == "npz":
+            ds = _load_npz(ref, split, seed, test_fraction, prep)
+        else:
+            ds = _load_imagefolder(ref, split, cache, seed, test_fraction, prep)
+        return Dataset(ds.x, ds.y, ds.classes, ds.name, ds.split, {**ds.info, "spec": str(ref)})
+    from . import load_dataset  # the registry's readers, one folder each
+
+    folder = _locate(ref, split, roots, download)
+    if folder is None:  # CIFAR found nowhere, downloads allowed
+        home = data_home()
+        ds = read_cifar(
+            ref.name,
+            split,
+            home,
+            download=True,
+            cache_dir=cache,
+            progress=progress,
+            labels=ref.option or "fine",
+        )
+    elif ref.option == "coarse":
+        ds = read_cifar("cifar100", split, folder, cache_dir=cache, labels="coarse")
+    else:
+        ds = load_dataset(
+            ref.name, split, folder, domains=ref.domains, cache_dir=cache, progress=progress
+        )
+    ds = _fit(ds, prep)
+    return Dataset(ds.x, ds.y, ds.classes, ds.name, ds.split, {**ds.info, "spec": str(ref)})
