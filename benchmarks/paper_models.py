@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from entropi.host.models import Classifier, mobilenetv3_layers, resnet18_layers
+from entropi.host.models import Classifier, ResNet18ImageNetEncoder, mobilenetv3_layers
 
 __all__ = ["PAPER_ARCHITECTURES", "build_paper_model"]
 
@@ -53,19 +53,6 @@ _SMALL = [
 ]
 
 
-class _ResNet18ImageNet(nn.Sequential):
-    feature_dim = 512
-
-    def __init__(self) -> None:
-        stem = [
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        ]
-        super().__init__(*resnet18_layers(stem))
-
-
 class _MobileNetV3(nn.Sequential):
     def __init__(self, table: list[tuple], last_conv: int, feature_dim: int) -> None:
         super().__init__(
@@ -80,7 +67,7 @@ PAPER_ARCHITECTURES = ("resnet18_imagenet", "mobilenetv3_large", "mobilenetv3_sm
 def build_paper_model(arch: str, num_classes: int) -> Classifier:
     """An ImageNet-style model (see the module docstring) with a ``num_classes`` head."""
     if arch == "resnet18_imagenet":
-        encoder: nn.Module = _ResNet18ImageNet()
+        encoder: nn.Module = ResNet18ImageNetEncoder()
     elif arch == "mobilenetv3_large":
         encoder = _MobileNetV3(_LARGE, 960, 1280)
     elif arch == "mobilenetv3_small_imagenet":

@@ -135,12 +135,24 @@ class PretrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
+    init: str = ""
+    """state dict to start rung 0 from (a .pt file): entropi's encoder or classifier layout, or a
+    torchvision-layout ResNet18 (onto resnet18_imagenet exactly; onto resnet18 all but the stem);
+    empty = random init. With epochs = 0 the pre-training is skipped."""
+    input_size: int = 32
+    """side of the square encoder input in pixels: source and target images are converted to it
+    (device/imageprep.py), and export, bundle and device follow it."""
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
 
         _check_name("pretrain.arch", self.arch, sorted(ARCHITECTURES), "architecture")
-        _check_int("pretrain.epochs", self.epochs)
+        _check_int("pretrain.epochs", self.epochs, lo=0 if self.init else 1)
+        _check_int("pretrain.input_size", self.input_size, lo=8)
+        if self.input_size > 512:
+            raise ConfigError(f"pretrain.input_size must be in [8, 512], got {self.input_size}")
+        if not isinstance(self.init, str):
+            raise ConfigError(f"pretrain.init must be a path string, got {self.init!r}")
         _check_int("pretrain.batch_size", self.batch_size)
         _check_range("pretrain.lr", self.lr, 0.0, 10.0, lo_open=True)
         _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)

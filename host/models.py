@@ -10,6 +10,8 @@ Architectures:
 - ``mobilenetv3_small``: MobileNetV3-small with the stem and the first block at stride 1 (32x32
   inputs would otherwise reach 1x1 after five halvings); the encoder ends with the 576 -> 1024
   linear + hardswish of the torchvision classifier, so the head sees 1024 features.
+- ``resnet18_imagenet``: torchvision's ResNet18 (7x7 stride-2 stem, max-pool), 512 features: the
+  target of a torchvision-layout state dict (``[pretrain] init``, :mod:`.init`).
 - ``smallnet``: four conv-BN-ReLU stages (32-64-128-256 channels), 256 features; fast on a CPU.
 """
 
@@ -176,11 +178,28 @@ class SmallNetEncoder(nn.Sequential):
         super().__init__(*layers)
 
 
+class ResNet18ImageNetEncoder(nn.Sequential):
+    """torchvision's ResNet18 layout (7x7 stride-2 stem, max-pool): what a torchvision-layout
+    ResNet18 state dict loads into exactly (``[pretrain] init``)."""
+
+    feature_dim = 512
+
+    def __init__(self) -> None:
+        stem = [
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1),
+        ]
+        super().__init__(*resnet18_layers(stem))
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     # the registry of encoders: config validation and the CLI's choices read it
     "resnet18": ResNet18Encoder,
     "mobilenetv3_small": MobileNetV3SmallEncoder,
     "smallnet": SmallNetEncoder,
+    "resnet18_imagenet": ResNet18ImageNetEncoder,
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from entropi.device.imageprep import Preprocess
 from entropi.device.io import atomic_write_bytes
 
 from .config import RunConfig
@@ -64,6 +65,7 @@ def _load(cfg: RunConfig, which: str, split: str):
         download=cfg.data.download,
         seed=cfg.seed,
         test_fraction=cfg.data.test_fraction,
+        prep=Preprocess(size=(cfg.pretrain.input_size,) * 2),
     )
 
 

@@ -75,18 +75,24 @@ def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung
     torch.manual_seed(cfg.seed)
     p = cfg.pretrain
     model = build_model(p.arch, len(src.classes)).to(device)
+    if p.init:
+        from .init import load_init
+
+        run.log(f"pretrain: {load_init(model.encoder, p.arch, p.init)}")
     run.log(
         f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
         f"{p.epochs} epochs, device {device}"
     )
-    stats = train(
-        model, src.x_train, src.y_train, p, mean=src.mean, std=src.std, seed=cfg.seed,
-        desc="pretrain",
-    )  # fmt: skip
+    seconds = 0.0
+    if p.epochs > 0:
+        seconds = train(
+            model, src.x_train, src.y_train, p, mean=src.mean, std=src.std, seed=cfg.seed,
+            desc="pretrain",
+        ).seconds  # fmt: skip
     acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
-    rung = _rung(cfg, model, dense_masks(model.encoder), 1.0, acc, src, stats.seconds)
+    rung = _rung(cfg, model, dense_masks(model.encoder), 1.0, acc, src, seconds)
     save_rung(path, rung)
-    run.log(f"pretrain: done in {stats.seconds:.1f}s, source test accuracy {acc:.4f}")
+    run.log(f"pretrain: done in {seconds:.1f}s, source test accuracy {acc:.4f}")
     return rung
 
 
@@ -94,7 +100,11 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
     """Build the IMP ladder: prune to each alpha, retrain, save; skip rungs already saved."""
     alphas = geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min)
     # a rung's retraining: the [pretrain] optimizer with the [prune] epochs and learning rate
-    retrain = dataclasses.replace(cfg.pretrain, epochs=cfg.prune.retrain_epochs, lr=cfg.prune.lr)
+    retrain = (
+        dataclasses.replace(cfg.pretrain, epochs=cfg.prune.retrain_epochs, lr=cfg.prune.lr)
+        if cfg.prune.retrain_epochs > 0
+        else None
+    )
     prev = load_rung_file(run.rung(0), 0)
     for r in range(1, len(alphas)):
         path = run.rung(r)
@@ -107,7 +117,7 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
         apply_masks(model.encoder, masks)
         torch.manual_seed(cfg.seed + r)
         seconds = 0.0
-        if cfg.prune.retrain_epochs > 0:
+        if retrain is not None:
             stats = train(
                 model, src.x_train, src.y_train, retrain, mean=src.mean, std=src.std,
                 masks=masks, seed=cfg.seed + r, desc=f"rung {r} retrain",

@@ -24,7 +24,10 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ('[pretrain]\narch = "vgg"', "known: mobilenetv3_small, resnet18, smallnet"),
+        (
+            '[pretrain]\narch = "vgg"',
+            "known: mobilenetv3_small, resnet18, resnet18_imagenet, smallnet",
+        ),
         ('[data]\nsource = "imagenet"', "known: cifar10, cifar100"),
         ("[prune]\nkeep_per_round = 1.5", r"prune.keep_per_round must be in \(0.0, 1.0\)"),
         ("[prune]\nalpha_min = 0", r"prune.alpha_min must be in \(0.0, 1.0\]"),

@@ -245,3 +245,32 @@ def test_probe_reuses_a_ladder_on_another_target(finished_run, tmp_path, capsys)
     assert "reused as it is" in capsys.readouterr().err
     assert cli.main(["probe", str(out), "--target", target, "--out", str(new)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_init_with_zero_epochs_starts_the_ladder_from_a_given_encoder(
+    finished_run, image_folder, tmp_path
+):
+    """`[pretrain] init` + `epochs = 0`: rung 0 is the given encoder, not a trained one."""
+    out, results = finished_run
+    raw = tiny_config(image_folder, alpha_min=0.5).to_dict()
+    raw["pretrain"].update(epochs=0, init=str(out / "rungs" / "rung_000.pt"))
+    raw["export"]["enabled"] = False
+    again = pipeline.run_all(config_from_dict(raw), tmp_path / "r")
+    # the features (so the entropy and the probe) are the given encoder's; only the source head
+    # is new (random: with epochs = 0 nothing trains it)
+    for key in ("entropy", "per_unit_bound", "distinct_states", "nnz"):
+        assert again["rungs"][0][key] == results["rungs"][0][key], key
+    assert "init from" in (tmp_path / "r" / "progress.log").read_text()
+
+
+def test_input_size_carries_through_export_bundle_and_device(image_folder, tmp_path):
+    raw = tiny_config(image_folder, alpha_min=0.5).to_dict()
+    raw["pretrain"].update(epochs=1, input_size=40)
+    raw["device_train"].update(epochs=1)
+    results = pipeline.run_all(config_from_dict(raw), tmp_path / "r")
+    _, info = load_rung(tmp_path / "r", 0)
+    assert tuple(info.input_shape) == (3, 40, 40)
+    manifest = json.loads((tmp_path / "r" / "bundle" / "manifest.json").read_text())
+    assert manifest["preprocess"]["size"] == [40, 40]
+    assert results["export"]["files"]["encoder.onnx"]["max_abs_diff"] < 1e-4
+    assert results["device"]["peak_bytes"] <= results["device"]["budget_bytes"]
