@@ -31,7 +31,7 @@ from entropi.export import (
 from entropi.export.compact import ConvWithBiasMap, InputShapeError, _round_up
 from entropi.export.verify import compare_arrays, torch_features
 
-ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
+ARCHS = ["smallnet", "resnet18", "mobilenetv3_small", "resnet18_imagenet"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
 X = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
 X8 = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)

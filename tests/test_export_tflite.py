@@ -32,7 +32,7 @@ from entropi.export.weights import prunable_parameters
 
 pytest.importorskip("litert_torch")
 
-ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
+ARCHS = ["smallnet", "resnet18", "mobilenetv3_small", "resnet18_imagenet"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
 
 
