@@ -82,15 +82,38 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _print_summary(results: dict, out) -> None:
-    print(f"{'rung':>4} {'alpha':>9} {'nnz':>9} {'src acc':>8} {'entropy':>8} {'probe':>7}")
+    crit = results.get("criterion", "entropy")
+    value = f"{crit[:12]:>12}"
+    print(f"{'rung':>4} {'alpha':>9} {'nnz':>9} {'src acc':>8} {'entropy':>8} {value} {'probe':>7}")
     for r in results["rungs"]:
         mark = " <- selected" if r["index"] == results["selected_index"] else ""
         mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
+        v = r.get("criteria", {}).get(crit, r.get(crit, float("nan")))
         print(
             f"{r['index']:>4} {r['alpha']:>9.5f} {r['nnz']:>9} {r['source_accuracy']:>8.4f} "
-            f"{r['entropy']:>8.4f} {r['probe_accuracy']:>7.4f}{mark}"
+            f"{r['entropy']:>8.4f} {v:>12.4f} {r['probe_accuracy']:>7.4f}{mark}"
         )
-    print(f"regret {results['regret']:.4f}; results in {Path(out) / 'results.json'}")
+    summary = results.get("criteria_summary", {})
+    if summary:
+        print(f"\n{'criterion':<16} {'pick':>4} {'regret':>7} {'tau':>6} {'w.tau':>6}")
+        for name, s in summary.items():
+            mark = " <- used" if name == crit else ""
+            tau, wtau = (
+                "-" if s[k] is None else f"{s[k]:.2f}" for k in ("kendall_tau", "weighted_tau")
+            )
+            print(
+                f"{name:<16} {s['selected_index']:>4} {100 * s['regret']:>7.2f} "
+                f"{tau:>6} {wtau:>6}{mark}"
+            )
+        print("(regret in probe points; tau = Kendall tau vs probe accuracy)")
+    conf = results.get("selection_confidence")
+    tail = f"; confidence {conf:.2f}" if conf is not None else ""
+    print(
+        f"selected rung {results['selected_index']} by {crit}; regret "
+        f"{100 * results['regret']:.2f} points (probe spread "
+        f"{100 * results.get('probe_spread', 0.0):.2f}){tail}; results in "
+        f"{Path(out) / 'results.json'}"
+    )
 
 
 def _open(a: argparse.Namespace):
@@ -141,10 +164,78 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 
 def _cmd_select(a: argparse.Namespace) -> int:
+    from .criteria import CRITERIA, CriterionError
     from .stages import stage_select
 
+    if a.criterion is not None and a.criterion not in CRITERIA:
+        raise CriterionError(
+            f"unknown criterion {a.criterion!r}; known: {', '.join(sorted(CRITERIA))}"
+        )
     cfg, run, _ = _open(a)
-    _print_summary(stage_select(cfg, run), run.root)
+    _print_summary(stage_select(cfg, run, a.criterion), run.root)
+    return 0
+
+
+def _cmd_study(a: argparse.Namespace) -> int:
+    from .study import load_study, run_study
+
+    study = load_study(a.study)
+    doc = run_study(study, a.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    s = doc["summary"]
+    print(
+        f"study {study.name}: {s['pairs']} pairs (+{s['holdout_pairs']} held out); recommended "
+        f"default {s['recommended']}; {Path(a.out) / 'study.md'}"
+    )
+    return 0
+
+
+def _load_npy(path: str, what: str):
+    import numpy as np
+
+    from .criteria import CriterionError
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} file {p} does not exist")
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise CriterionError(f"{p} is not a .npy array file: {e}") from e
+
+
+def _cmd_criteria(a: argparse.Namespace) -> int:
+    from .criteria import CRITERIA, CriterionError, CriterionOptions, compute_criteria
+
+    if a.list:
+        for name, c in CRITERIA.items():
+            way = "higher" if c.higher_is_better else "lower"
+            labels = "labels" if c.needs_labels else "no labels"
+            print(f"{name:<16} {way} is better, {labels}: {c.description}")
+        return 0
+    if a.features is None:
+        raise CriterionError("FEATURES.npy is needed (or --list)")
+    feats = _load_npy(a.features, "features")
+    labels = _load_npy(a.labels, "labels") if a.labels else None
+    names = a.criterion or None
+    for name in names or ():
+        if name not in CRITERIA:
+            raise CriterionError(f"unknown criterion {name!r}; known: {', '.join(CRITERIA)}")
+        if CRITERIA[name].needs_labels and labels is None:
+            raise CriterionError(f"criterion {name!r} needs --labels LABELS.npy")
+    values = compute_criteria(feats, labels, names, CriterionOptions(levels=a.levels))
+    out = {
+        "n": int(feats.shape[0]),
+        "dim": int(feats.shape[1]),
+        "criteria": {
+            k: {
+                "value": v,
+                "higher_is_better": CRITERIA[k].higher_is_better,
+                "needs_labels": CRITERIA[k].needs_labels,
+            }
+            for k, v in values.items()
+        },
+    }
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -256,8 +347,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _add_run_args(p)
     p.add_argument("--out", metavar="DIR", help="new run folder for scores on another target")
     _add_config_args(p, source=False)
-    _add_run_args(
-        add("select", _cmd_select, "Pick the rung by the config's criterion; write results.json.")
+    p = add(
+        "select",
+        _cmd_select,
+        "Pick the rung from the saved scores (no features recomputed); write results.json.",
+    )
+    _add_run_args(p)
+    p.add_argument(
+        "--criterion",
+        metavar="NAME",
+        help="criterion to select by (default: the run's [select] criterion); "
+        "`entropi criteria --list` names them",
     )
 
     formats = LazyChoices(_formats)
@@ -304,6 +404,36 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     p.add_argument(
         "--levels", type=int, default=levels, help=f"quantization levels M (default {levels})"
     )
+
+    p = add(
+        "study",
+        _cmd_study,
+        "Selection study: build or reuse ladders, score them on targets, rank the criteria.",
+    )
+    p.add_argument("study", metavar="STUDY", help="study TOML file or shipped study name (cpu)")
+    p.add_argument("--out", required=True, metavar="DIR", help="study folder (resumable)")
+
+    p = add(
+        "criteria",
+        _cmd_criteria,
+        "Transferability criteria of a features .npy (JSON): entropies, LogME, NC1, k-NN, ...",
+    )
+    p.add_argument("features", nargs="?", metavar="FEATURES.npy", help="2-D float array, n x dim")
+    p.add_argument(
+        "--labels",
+        metavar="LABELS.npy",
+        help="1-D integer labels (n); without them only the label-free criteria are computed",
+    )
+    p.add_argument(
+        "--criterion",
+        action="append",
+        metavar="NAME",
+        help="a criterion to compute (repeat; default: all that the inputs allow)",
+    )
+    p.add_argument(
+        "--levels", type=int, default=levels, help=f"quantization levels M (default {levels})"
+    )
+    p.add_argument("--list", action="store_true", help="list the criteria and exit")
 
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
         table.update(ep.load()(sub))

@@ -137,8 +137,9 @@ class PretrainConfig:
     label_smoothing: float = 0.0
     init: str = ""
     """state dict to start rung 0 from (a .pt file): entropi's encoder or classifier layout, or a
-    torchvision-layout ResNet18 (onto resnet18_imagenet exactly; onto resnet18 all but the stem);
-    empty = random init. With epochs = 0 the pre-training is skipped."""
+    torchvision-layout ResNet18 (onto resnet18_imagenet exactly; onto resnet18 all but the stem)
+    or MobileNetV3-small (onto mobilenetv3_small exactly); empty = random init. With epochs = 0
+    the pre-training is skipped."""
     input_size: int = 32
     """side of the square encoder input in pixels: source and target images are converted to it
     (device/imageprep.py), and export, bundle and device follow it."""
@@ -195,12 +196,16 @@ class EntropyConfig:
 @dataclass
 class SelectConfig:
     criterion: str = "entropy"
-    """how the rung is picked: a name of :data:`entropi.host.selection.CRITERIA`."""
+    """how the rung is picked: a name of :data:`entropi.host.criteria.CRITERIA` (`entropi
+    criteria --list`); every criterion is scored and summarized either way."""
+    resamples: int = 100
+    """bootstrap resamples of the target training set for the selection confidence (0 = off)."""
 
     def __post_init__(self) -> None:
-        from .selection import CRITERIA
+        from .criteria import CRITERIA
 
         _check_name("select.criterion", self.criterion, sorted(CRITERIA), "selection criterion")
+        _check_int("select.resamples", self.resamples, lo=0)
 
 
 @dataclass
@@ -211,8 +216,12 @@ class ProbeConfig:
     lr: float = 1e-3
     """Adam learning rate (features are standardized first)."""
     weight_decay: float = 1e-4
+    repeats: int = 3
+    """probe trainings per rung (seeds seed, seed + 1, ...): probe_accuracy is their mean and
+    probe_accuracy_std their spread, the noise floor of any regret."""
 
     def __post_init__(self) -> None:
+        _check_int("probe.repeats", self.repeats, lo=1)
         _check_int("probe.epochs", self.epochs)
         _check_int("probe.batch_size", self.batch_size)
         _check_range("probe.lr", self.lr, 0.0, 10.0, lo_open=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .criteria import CRITERIA
 from .rundir import RunDir
-from .selection import CRITERIA
 
 __all__ = ["render_report", "write_report"]
 
@@ -54,43 +54,71 @@ def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]
 
 def _rungs(results: dict[str, Any]) -> list[str]:
     rungs = results["rungs"]
-    keys = [c.key for c in CRITERIA.values() if all(c.key in r for r in rungs)]
-    header = ["rung", "alpha", "nnz", "source acc", *keys, "per-unit bound", "states", "probe acc"]
+    names = [n for n in CRITERIA if all(n in r.get("criteria", {}) for r in rungs)]
+    if not names:  # scored by an older entropi: the paper's entropy only
+        names = ["entropy"]
+    crit = results.get("criterion", "entropy")
+    header = ["rung", "alpha", "nnz", "source acc", *names, "states", "probe acc (sd)"]
     rows = []
     for r in rungs:
         mark = " **selected**" if r["index"] == results["selected_index"] else ""
         mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
+        vals = r.get("criteria", {"entropy": r.get("entropy")})
         rows.append(
             [
                 f"{r['index']}{mark}",
                 f"{r['alpha']:.5f}",
                 str(r["nnz"]),
                 f"{r['source_accuracy']:.4f}",
-                *(f"{r[k]:.4f}" for k in keys),
-                f"{r['per_unit_bound']:.2f}",
+                *(f"{vals[k]:.4g}" for k in names),
                 str(r["distinct_states"]),
-                f"{r['probe_accuracy']:.4f}",
+                f"{r['probe_accuracy']:.4f} ({r.get('probe_accuracy_std', 0.0):.4f})",
             ]
         )
     lines = ["", "## Rungs", "", f"Selection: {results['selection_rule']} (criterion "]
-    lines[-1] += f"`{results.get('criterion', 'entropy')}`, M = {results['levels']} levels)."
+    lines[-1] += f"`{crit}`, M = {results['levels']} levels for the entropies)."
     lines += [""] + _table(header, rows)
+    conf = results.get("selection_confidence")
+    res = results.get("selection_resamples") or {}
     lines += [
         "",
         f"Selected rung {results['selected_index']} (alpha {results['selected_alpha']:.5f}): "
         f"probe accuracy {results['selected_probe_accuracy']:.4f}; best in hindsight rung "
         f"{results['best_probe_index']} ({results['best_probe_accuracy']:.4f}); regret "
-        f"{results['regret']:.4f}; dense {results['dense_probe_accuracy']:.4f}.",
+        f"{results['regret']:.4f} (mean probe sd over seeds {results.get('probe_spread', 0):.4f});"
+        f" dense {results['dense_probe_accuracy']:.4f}.",
     ]
+    if conf is not None:
+        lines += [
+            "",
+            f"Selection confidence: `{crit}` picks rung {results['selected_index']} on "
+            f"**{100 * conf:.0f}%** of {res['resamples']} bootstrap resamples of the target "
+            f"training set (wins per rung: {res['wins']}).",
+        ]
+    summary = results.get("criteria_summary") or {}
+    if summary:
+        rows = [
+            [
+                f"`{k}`" + (" (used)" if k == crit else ""),
+                str(v["selected_index"]),
+                f"{100 * v['regret']:.2f}",
+                *("-" if v[k] is None else f"{v[k]:.2f}" for k in ("kendall_tau", "weighted_tau")),
+                "higher" if v["higher_is_better"] else "lower",
+            ]
+            for k, v in summary.items()
+        ]
+        lines += ["", "Every criterion's pick (regret in probe points; tau against the probe):"]
+        lines += [""] + _table(
+            ["criterion", "pick", "regret", "Kendall tau", "weighted tau", "better"], rows
+        )
     if results.get("saturated_rungs"):
         n = max(r.get("n", 0) for r in rungs)
         lines += [
             "",
-            f"**Warning:** the entropy saturated at log n (n = {n} target samples) on rungs "
-            f"{results['saturated_rungs']}: the estimator cannot rank them, so the pick among "
-            "them is the densest by rule, not by evidence.",
+            f"**Note:** the paper's entropy saturated at log n (n = {n} target samples) on rungs "
+            f"{results['saturated_rungs']}: that estimator cannot rank them.",
         ]
-    lines += ["", "![entropy and probe accuracy vs alpha](entropy_vs_alpha.png)"]
+    lines += ["", "![selection criterion and probe accuracy vs alpha](entropy_vs_alpha.png)"]
     return lines
 
 

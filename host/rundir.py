@@ -8,6 +8,8 @@ Layout::
     RUNDIR/timings.json           seconds per stage (summed over resumes)
     RUNDIR/rungs/rung_NNN.pt      the ladder, one rung record per file (rung 0 is dense)
     RUNDIR/scores/rung_NNN.json   the selection criteria and probe of each rung
+    RUNDIR/features/              each rung's target-training features (float32 .npy) and their
+                                  labels: selection confidence and re-selection read them
     RUNDIR/target_classes.json    class names of the target
     RUNDIR/results.json           rung table, selection, export and device summaries
     RUNDIR/report.md              the same for a person: what ran, rungs, files, device result
@@ -31,7 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from entropi.device.errors import EntropiError
-from entropi.device.io import atomic_write_json, atomic_write_text, package_version
+from entropi.device.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    package_version,
+)
 
 __all__ = ["NotARunError", "RunDir", "RunExistsError", "open_run"]
 
@@ -74,6 +81,31 @@ class RunDir:
 
     def score(self, index: int) -> Path:
         return self.root / "scores" / f"rung_{index:03d}.json"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.root / "features"
+
+    def features(self, index: int) -> Path:
+        return self.features_dir / f"rung_{index:03d}.npy"
+
+    @property
+    def feature_labels(self) -> Path:
+        return self.features_dir / "labels.npy"
+
+    def write_array(self, path: Path, array) -> Path:
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, array, allow_pickle=False)
+        return atomic_write_bytes(path, buf.getvalue())
+
+    def read_array(self, path: Path):
+        import numpy as np
+
+        return np.load(path, allow_pickle=False)
 
     @property
     def target_classes(self) -> Path:

@@ -1,61 +1,58 @@
-"""Rung selection: a registry of criteria and the rule that picks a rung from their scores.
+"""Rung selection: the rule that picks a rung from its criteria, how good each pick was, and how
+sure the pick is.
 
-A criterion scores the frozen target-training features of one rung (numpy arrays, no torch) and
-names the score field that selection maximizes. ``stage_score`` stores every rung's scores in
-``scores/rung_NNN.json``; :func:`select_rung` picks the rung with the highest value of the
-configured criterion (``[select] criterion``), ties going to the denser rung.
+The criteria themselves (numpy on features) live in :mod:`entropi.host.criteria`;
+``stage_score`` stores every rung's values of every criterion in ``scores/rung_NNN.json`` under
+``criteria``. This module works on those stored scores only, so ``entropi select --criterion``
+re-selects without recomputing features:
 
-To add a criterion, write ``score(features, labels, cfg) -> dict`` and register it::
-
-    register(Criterion("my_score", "what it measures", my_score, key="my_score"))
-
-``cfg`` is the whole :class:`~entropi.host.config.RunConfig` so a criterion can read its own
-section.
+- :func:`select_rung`: argmax of the criterion (argmin where lower is better), ties going to the
+  denser rung;
+- :func:`criteria_summary`: per criterion the rung it would pick, its regret against the best
+  probe accuracy, Kendall's tau and the weighted tau (hyperbolic weights, as the
+  transferability literature reports) between the criterion and the probe accuracies
+  (``scipy.stats``);
+- :func:`selection_confidence`: the share of bootstrap resamples of the target training set on
+  which the criterion picks the same rung (computed from the cached features of every rung).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .entropy import state_entropy
+from .criteria import CRITERIA, CriterionOptions, compute_criteria
 
-__all__ = ["CRITERIA", "Criterion", "register", "saturated_rungs", "score_rung", "select_rung"]
+__all__ = [
+    "CRITERIA",
+    "TIE_TOLERANCE",
+    "criteria_summary",
+    "criterion_options",
+    "criterion_values",
+    "saturated_rungs",
+    "score_rung",
+    "select_rung",
+    "selection_confidence",
+    "selection_rule",
+]
 
 TIE_TOLERANCE = 1e-9
-"""Scores within this of the maximum tie; the tie goes to the denser rung."""
+"""Scores within this of the best tie; the tie goes to the denser rung."""
 
 
-@dataclass(frozen=True)
-class Criterion:
-    name: str
-    description: str
-    score: Callable[[np.ndarray, np.ndarray, Any], dict[str, float]]
-    """``(features n x d, labels n, RunConfig) -> {field: value}`` merged into the rung's scores."""
-    key: str
-    """The field of the scores that selection maximizes."""
-
-    @property
-    def rule(self) -> str:
-        return f"argmax {self.key}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
+def criterion_options(cfg) -> CriterionOptions:
+    """The criteria's settings from a :class:`~entropi.host.config.RunConfig`."""
+    return CriterionOptions(levels=cfg.entropy.levels, seed=cfg.seed)
 
 
-CRITERIA: dict[str, Criterion] = {}
-"""Selection criteria by name."""
+def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
+    """Every criterion on one rung's target-training features, plus the paper's estimator's
+    details (per-unit bound, distinct states, n, delta) that the rung table shows."""
+    from .entropy import state_entropy
 
-
-def register(criterion: Criterion) -> Criterion:
-    if criterion.name in CRITERIA:
-        raise ValueError(f"selection criterion {criterion.name!r} is already registered")
-    CRITERIA[criterion.name] = criterion
-    return criterion
-
-
-def _entropy(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, float]:
     ent = state_entropy(features, cfg.entropy.levels)
     return {
         "entropy": ent.entropy,
@@ -63,44 +60,157 @@ def _entropy(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, float]:
         "distinct_states": ent.distinct_states,
         "n": ent.n,
         "delta": ent.delta,
+        "criteria": compute_criteria(features, labels, opts=criterion_options(cfg)),
     }
 
 
-ENTROPY = register(
-    Criterion(
-        "entropy",
-        "the paper's quantized-state entropy of the target features (eqs. 2-6, nats)",
-        _entropy,
-        key="entropy",
-    )
-)
+def selection_rule(criterion: str) -> str:
+    c = CRITERIA[criterion]
+    way = "argmax" if c.higher_is_better else "argmin"
+    return f"{way} {criterion}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
 
 
-def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, float]:
-    """The entropy (always: the paper's rung table shows it) and the configured criterion."""
-    scores = ENTROPY.score(features, labels, cfg)
-    criterion = CRITERIA[cfg.select.criterion]
-    if criterion is not ENTROPY:
-        scores |= criterion.score(features, labels, cfg)
-    return scores
+def criterion_values(rungs: Sequence[dict], criterion: str) -> np.ndarray:
+    """The stored values of ``criterion``, one per rung, signed so that higher is better.
 
-
-def select_rung(rungs: list[dict], criterion: str = "entropy") -> int:
-    """Index of the rung with the highest ``criterion`` score; ties go to the denser rung.
-
-    For the entropy: when it saturates at log n (every target sample in its own quantized
-    state, common for wide features and small target sets) several rungs tie at the maximum and
-    the estimator cannot rank them; the first rung to reach the plateau (the densest) is kept,
-    and :func:`saturated_rungs` lists the tied rungs so the user can see it happened.
+    Score files written before the criteria table (``entropy`` at the top level only) still
+    give the entropy.
     """
-    key = CRITERIA[criterion].key
-    top = max(r[key] for r in rungs)
-    return next(i for i, r in enumerate(rungs) if r[key] >= top - TIE_TOLERANCE)
+    if criterion not in CRITERIA:
+        from .criteria import CriterionError
+
+        raise CriterionError(
+            f"unknown criterion {criterion!r}; known: {', '.join(sorted(CRITERIA))}"
+        )
+    values = []
+    for r in rungs:
+        table = r.get("criteria", {})
+        if criterion in table:
+            values.append(table[criterion])
+        elif criterion == "entropy" and "entropy" in r:
+            values.append(r["entropy"])
+        else:
+            from .criteria import CriterionError
+
+            raise CriterionError(
+                f"rung {r.get('index')} has no stored {criterion!r} score (scored by an older "
+                "entropi, or the criterion needs labels); rescore with `entropi probe`"
+            )
+    v = np.asarray(values, dtype=np.float64)
+    return v if CRITERIA[criterion].higher_is_better else -v
 
 
-def saturated_rungs(rungs: list[dict]) -> list[int]:
-    """Rungs whose entropy reached log n (n = target training samples): unrankable."""
+def _argbest(values: np.ndarray) -> int:
+    """First (densest) index within TIE_TOLERANCE of the maximum; NaN never wins."""
+    v = np.where(np.isfinite(values), values, -np.inf)
+    return int(np.flatnonzero(v >= v.max() - TIE_TOLERANCE)[0])
+
+
+def select_rung(rungs: Sequence[dict], criterion: str = "entropy") -> int:
+    """Index of the rung ``criterion`` rates best; ties go to the denser rung.
+
+    For the paper's entropy: when it saturates at log n (every target sample in its own
+    quantized state, common for wide features and small target sets) several rungs tie at the
+    maximum and the estimator cannot rank them; the first rung to reach the plateau (the densest)
+    is kept, and :func:`saturated_rungs` lists the tied rungs so the user can see it happened.
+    """
+    return _argbest(criterion_values(rungs, criterion))
+
+
+def saturated_rungs(rungs: Sequence[dict]) -> list[int]:
+    """Rungs whose paper entropy reached log n (n = target training samples): unrankable."""
     n = max(r.get("n", 0) for r in rungs)
     if not n:
         return []
     return [r["index"] for r in rungs if r["entropy"] >= math.log(n) - TIE_TOLERANCE]
+
+
+def rank_agreement(values: np.ndarray, probes: np.ndarray) -> tuple[float | None, float | None]:
+    """Kendall's tau-b and the weighted tau (hyperbolic weights, ``scipy.stats.weightedtau``
+    with its defaults) between signed criterion values and probe accuracies; None (undefined)
+    when either is constant or a value is not finite."""
+    from scipy import stats
+
+    if (
+        len(values) < 2
+        or not np.isfinite(values).all()
+        or np.ptp(values) == 0
+        or np.ptp(probes) == 0
+    ):
+        return None, None
+    tau = stats.kendalltau(values, probes).statistic
+    wtau = stats.weightedtau(values, probes).statistic
+    return float(tau), float(wtau)
+
+
+def criteria_summary(rungs: Sequence[dict]) -> dict[str, dict[str, Any]]:
+    """Per stored criterion: the rung it picks, the regret of that pick (best probe accuracy
+    minus the pick's, as a fraction), Kendall's tau and the weighted tau against the probe."""
+    probes = np.array([r["probe_accuracy"] for r in rungs], dtype=np.float64)
+    names = [n for n in CRITERIA if all(n in r.get("criteria", {}) for r in rungs)]
+    out = {}
+    for name in names:
+        v = criterion_values(rungs, name)
+        pick = _argbest(v)
+        tau, wtau = rank_agreement(v, probes)
+        out[name] = {
+            "selected_index": pick,
+            "regret": float(probes.max() - probes[pick]),
+            "kendall_tau": tau,
+            "weighted_tau": wtau,
+            "higher_is_better": CRITERIA[name].higher_is_better,
+            "needs_labels": CRITERIA[name].needs_labels,
+        }
+    return out
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``resamples x n`` indices drawn with replacement (seeded): one row per resample, the
+    same rows for every rung so that the rungs are compared on the same resampled target."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def selection_confidence(
+    load_features: Callable[[int], np.ndarray],
+    labels: np.ndarray,
+    n_rungs: int,
+    criterion: str,
+    opts: CriterionOptions,
+    *,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """How often ``criterion`` picks each rung over bootstrap resamples of the target set.
+
+    ``load_features(i)`` returns rung ``i``'s target-training features (rows aligned with
+    ``labels``); one rung is in memory at a time. Returns ``wins`` (resamples won per rung),
+    ``picks`` (the rung picked on each resample), ``resamples`` (those used) and
+    ``resamples_dropped`` (those on which the criterion was undefined for some rung, e.g. a
+    class drawn fewer than twice). A sample drawn twice is two
+    samples to every criterion (for the leave-one-out k-NN its copy is its nearest neighbour, the
+    same for every rung, so the comparison between rungs stays fair).
+    """
+    from .criteria import CriterionError
+
+    idx = bootstrap_indices(len(labels), resamples, seed)
+    sign = 1.0 if CRITERIA[criterion].higher_is_better else -1.0
+    needs = CRITERIA[criterion].needs_labels
+    values = np.empty((resamples, n_rungs))
+    for r in range(n_rungs):
+        f = load_features(r)
+        for b in range(resamples):
+            rows = idx[b]
+            y = labels[rows] if needs else None
+            try:
+                values[b, r] = sign * compute_criteria(f[rows], y, [criterion], opts)[criterion]
+            except CriterionError:  # e.g. a resample left a class with too few samples
+                values[b, r] = np.nan
+    usable = np.isfinite(values).all(axis=1)
+    picks = np.array([_argbest(v) for v in values[usable]], dtype=np.int64)
+    wins = np.bincount(picks, minlength=n_rungs)
+    return {
+        "resamples": int(usable.sum()),
+        "resamples_dropped": int((~usable).sum()),
+        "wins": wins.tolist(),
+        "picks": picks.tolist(),
+    }

@@ -27,7 +27,17 @@ from .probe import linear_probe
 from .prune import apply_masks, count_nonzero, dense_masks, geometric_alphas, global_magnitude_masks
 from .rundata import SourceData, TargetData, write_target_npz
 from .rundir import RunDir
-from .selection import CRITERIA, saturated_rungs, score_rung, select_rung
+from .selection import (
+    CRITERIA,
+    criteria_summary,
+    criterion_options,
+    criterion_values,
+    saturated_rungs,
+    score_rung,
+    select_rung,
+    selection_confidence,
+    selection_rule,
+)
 from .train import evaluate, extract_features, train
 
 __all__ = [
@@ -133,15 +143,43 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
     return alphas
 
 
+def _probe(cfg: RunConfig, ftr, ytr, fte, yte, num_classes: int, device) -> dict[str, Any]:
+    """``[probe] repeats`` linear probes (seeds seed, seed + 1, ...): mean, spread, each."""
+    results = [
+        linear_probe(
+            ftr,
+            ytr,
+            fte,
+            yte,
+            cfg.probe,
+            num_classes=num_classes,
+            seed=cfg.seed + k,
+            device=device,
+        )  # fmt: skip
+        for k in range(cfg.probe.repeats)
+    ]
+    test = np.array([p.test_accuracy for p in results])
+    return {
+        "probe_accuracy": float(test.mean()),
+        "probe_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
+        "probe_accuracies": test.tolist(),
+        "probe_train_accuracy": float(np.mean([p.train_accuracy for p in results])),
+    }
+
+
 def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[dict]:
-    """Selection criteria on the target training features and a linear probe for every rung."""
+    """Every selection criterion on the target training features and the linear probe (the
+    ground truth, ``[probe] repeats`` seeds) for every rung; the features are kept in
+    RUNDIR/features/ for the selection confidence and for re-selection."""
     scores = []
     rungs = run.rung_files()
     if not rungs:
         raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
+    if not run.feature_labels.is_file():
+        run.write_array(run.feature_labels, tgt.y_train.astype(np.int64))
     for index, path in enumerate(rungs):
         spath = run.score(index)
-        if spath.is_file():
+        if spath.is_file() and run.features(index).is_file():
             scores.append(run.read_json(spath))
             continue
         t0 = time.perf_counter()
@@ -154,45 +192,65 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
             extract_features(model.encoder, torch.as_tensor(x).to(device), mean=mean, std=std)
             for x in (tgt.x_train, tgt.x_test)
         )
+        run.write_array(run.features(index), ftr.astype(np.float32))
         criteria = score_rung(ftr, tgt.y_train, cfg)
         t1 = time.perf_counter()
-        probe = linear_probe(
-            ftr, tgt.y_train, fte, tgt.y_test, cfg.probe, num_classes=len(tgt.classes),
-            seed=cfg.seed, device=device,
-        )  # fmt: skip
+        probe = _probe(cfg, ftr, tgt.y_train, fte, tgt.y_test, len(tgt.classes), device)
         score = {
             "index": index,
             "alpha": rung.info.alpha,
             "nnz": rung.info.nnz,
             "source_accuracy": rung.info.source_accuracy,
             **criteria,
-            "probe_accuracy": probe.test_accuracy,
-            "probe_train_accuracy": probe.train_accuracy,
-            "entropy_seconds": t1 - t0,
+            **probe,
+            "criteria_seconds": t1 - t0,
             "probe_seconds": time.perf_counter() - t1,
         }
         run.write_json(spath, score)
         run.log(
-            f"score: rung {index} alpha {score['alpha']:.5f} entropy "
-            f"{score['entropy']:.4f} probe accuracy {probe.test_accuracy:.4f}"
+            f"score: rung {index} alpha {score['alpha']:.5f} entropy {score['entropy']:.4f} "
+            f"probe accuracy {score['probe_accuracy']:.4f} +- {score['probe_accuracy_std']:.4f}"
         )
         scores.append(score)
     return scores
 
 
-def select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
-    """Pick the rung by the configured criterion; write the plot; return the results dict."""
+def _confidence(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str):
+    """:func:`selection_confidence` from the cached features, or None when they are gone."""
+    if cfg.select.resamples == 0:
+        return None
+    paths = [run.features(i) for i in range(n_rungs)]
+    if not run.feature_labels.is_file() or not all(p.is_file() for p in paths):
+        run.log("select: no cached features (RUNDIR/features/); selection confidence skipped")
+        return None
+    labels = run.read_array(run.feature_labels)
+    return selection_confidence(
+        lambda i: run.read_array(paths[i]).astype(np.float64),
+        labels,
+        n_rungs,
+        criterion,
+        criterion_options(cfg),
+        resamples=cfg.select.resamples,
+        seed=cfg.seed,
+    )
+
+
+def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[str, Any]:
+    """Pick the rung by ``criterion`` (default: the config's) from the stored scores, summarize
+    every criterion's pick, measure the pick's confidence, write the plot; return the results."""
     from .plot import plot_entropy_vs_alpha
 
     n_rungs = len(run.rung_files())
     rungs = [run.read_json(run.score(i)) for i in range(n_rungs) if run.score(i).is_file()]
     if not rungs:
         raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
-    criterion = CRITERIA[cfg.select.criterion]
-    sel = select_rung(rungs, criterion.name)
+    criterion = criterion or cfg.select.criterion
+    sel = select_rung(rungs, criterion)
     probes = [r["probe_accuracy"] for r in rungs]
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
+    summary = criteria_summary(rungs)
+    conf = _confidence(cfg, run, len(rungs), criterion)
     results = {
         "package_version": package_version(),
         "config_sha256": cfg.digest(),
@@ -203,39 +261,56 @@ def select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
         "levels": cfg.entropy.levels,
         "entropy_units": "nats",
         "rungs": rungs,
-        "criterion": criterion.name,
+        "criterion": criterion,
         "selected_index": sel,
-        "selection_rule": criterion.rule,
+        "selection_rule": selection_rule(criterion),
+        "selection_confidence": (
+            conf["wins"][sel] / conf["resamples"] if conf and conf["resamples"] else None
+        ),
+        "selection_resamples": conf,
+        "criteria_summary": summary,
         "saturated_rungs": saturated,
         "selected_alpha": rungs[sel]["alpha"],
         "best_probe_index": best,
         "dense_probe_accuracy": rungs[0]["probe_accuracy"],
         "selected_probe_accuracy": rungs[sel]["probe_accuracy"],
         "best_probe_accuracy": rungs[best]["probe_accuracy"],
+        "probe_spread": float(np.mean([r.get("probe_accuracy_std", 0.0) for r in rungs])),
         "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
         "stage_seconds": run.stage_seconds(),
     }
     if saturated:
         n = max(r.get("n", 0) for r in rungs)
         run.log(
-            f"select: warning: entropy saturated at log n = {np.log(n):.4f} on "
-            f"rungs {saturated}; the estimator cannot rank them (try fewer "
-            "levels or more target samples)"
+            f"select: note: the paper's entropy saturated at log n = {np.log(n):.4f} on "
+            f"rungs {saturated}; it cannot rank them"
+            + (" (and it is the selection criterion)" if criterion == "entropy" else "")
+        )
+    c = results["selection_confidence"]
+    if c is not None and c < 0.5:
+        run.log(
+            f"select: warning: low confidence: {criterion} picks rung {sel} on only "
+            f"{100 * c:.0f}% of {conf['resamples']} bootstrap resamples of the target (wins per "
+            f"rung {conf['wins']}); more target data would make the pick firmer"
         )
     plot_entropy_vs_alpha(results, run.plot)
+    value = criterion_values(rungs, criterion)[sel] * (
+        1 if CRITERIA[criterion].higher_is_better else -1
+    )
     run.log(
-        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion.key} "
-        f"{rungs[sel][criterion.key]:.4f}, probe {rungs[sel]['probe_accuracy']:.4f}); best probe "
-        f"rung {best} ({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}"
+        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion} {value:.4f}, probe "
+        f"{rungs[sel]['probe_accuracy']:.4f}); best probe rung {best} "
+        f"({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}"
+        + (f"; confidence {c:.2f}" if c is not None else "")
     )
     return results
 
 
-def stage_select(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+def stage_select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[str, Any]:
     """:func:`select`, then write results.json and report.md (``entropi select``)."""
     from .report import write_report
 
-    results = select(cfg, run)
+    results = select(cfg, run, criterion)
     results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results
@@ -245,10 +320,13 @@ LADDER_SECTIONS = ("pretrain", "prune")
 """Config sections that made the ladder: a reused ladder keeps them."""
 
 
-def reuse_ladder(cfg: RunConfig, run: RunDir, out, overrides) -> tuple[RunConfig, RunDir]:
+def reuse_ladder(
+    cfg: RunConfig, run: RunDir, out, overrides, *, resume: bool = False
+) -> tuple[RunConfig, RunDir]:
     """A new run folder ``out`` holding ``run``'s ladder as it is (rung files hard-linked, or
     copied across file systems) with ``overrides`` applied to the config (a new target, other
-    scoring settings). Overrides of the sections that made the ladder are refused."""
+    scoring settings). Overrides of the sections that made the ladder are refused. With
+    ``resume``, a folder made by an earlier call with the same overrides is continued."""
     import os
     import shutil
 
@@ -269,7 +347,7 @@ def reuse_ladder(cfg: RunConfig, run: RunDir, out, overrides) -> tuple[RunConfig
         raise CheckpointError(f"{run.root} has no pruning ladder to reuse; run `entropi prune`")
     raw = cfg.to_dict()
     new_cfg = config_from_dict(apply_overrides(raw, list(overrides)))
-    new_cfg, new = open_run(new_cfg, out)
+    new_cfg, new = open_run(new_cfg, out, resume=resume)
     new.rungs_dir.mkdir(parents=True, exist_ok=True)
     for path in rungs:
         dest = new.rungs_dir / path.name
