@@ -171,11 +171,15 @@ class PruneConfig:
     """source epochs of retraining after each prune."""
     lr: float = 0.05
     """peak learning rate of each retraining (cosine)."""
+    layer_floor: float = 0.0
+    """every layer keeps at least layer_floor x alpha of its weights (no layer is emptied);
+    0 = the paper's purely global magnitude pruning."""
 
     def __post_init__(self) -> None:
         _check_range(
             "prune.keep_per_round", self.keep_per_round, 0.0, 1.0, lo_open=True, hi_open=True
         )
+        _check_range("prune.layer_floor", self.layer_floor, 0.0, 1.0)
         _check_range("prune.alpha_min", self.alpha_min, 0.0, 1.0, lo_open=True)
         _check_int("prune.retrain_epochs", self.retrain_epochs, lo=0)
         _check_range("prune.lr", self.lr, 0.0, 10.0, lo_open=True)

@@ -42,6 +42,7 @@ from entropi.host.entropy import DEFAULT_LEVELS, check_levels, state_entropy
 
 __all__ = [
     "CRITERIA",
+    "CRITERIA_VERSION",
     "Criterion",
     "CriterionError",
     "CriterionOptions",
@@ -121,6 +122,10 @@ class Criterion:
     higher_is_better: bool
     needs_labels: bool
 
+
+CRITERIA_VERSION = 2
+"""Bumped whenever a registered formula changes: stored scores of an older version (or missing a
+criterion) are recomputed from the cached features by ``stage_score``."""
 
 CRITERIA: dict[str, Criterion] = {}
 """Every registered criterion by name, in registration order."""
@@ -310,6 +315,15 @@ def numerical_rank(features, labels=None, opts: CriterionOptions = _DEFAULTS) ->
     return float(np.mean(ranks))
 
 
+def _varying(x: np.ndarray, name: str) -> None:
+    """Refuse features that are constant across samples (to 1e-9 of their magnitude), e.g. a
+    dead rung's: class statistics of them are rounding noise (a pseudo-inverse of Sigma_B at
+    1e-34 would make NC1 look perfect)."""
+    spread = float(np.ptp(x, axis=0).max())
+    if spread <= 1e-9 * float(np.abs(x).max()) or spread == 0.0:
+        raise CriterionError(f"{name}: the features are the same for every sample (a dead rung?)")
+
+
 def nc1(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     """NC1 = (1/K) tr(Sigma_W pinv(Sigma_B)) (paper 001 eq. 4; REFERENCE.md sec. 3):
     Sigma_W = (1/N) sum_k sum_i (h_ki - mu_k)(h_ki - mu_k)^T, Sigma_B = (1/K) sum_k
@@ -319,6 +333,7 @@ def nc1(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     Needs 2 samples per class."""
     _need_labels("nc1", labels)
     x, y = check_inputs(features, labels)
+    _varying(x, "nc1")
     n = x.shape[0]
     groups = _classes(y, "nc1", 2)
     means = _class_means(x, groups)
@@ -339,6 +354,7 @@ def cdnv(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     tighter relative to their separation. Needs 2 samples per class and distinct class means."""
     _need_labels("cdnv", labels)
     x, y = check_inputs(features, labels)
+    _varying(x, "cdnv")
     groups = _classes(y, "cdnv", 2)
     means = _class_means(x, groups)
     var = np.array([((x[g] - means[k]) ** 2).sum(axis=1).mean() for k, g in enumerate(groups)])
@@ -403,6 +419,8 @@ def logme(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
         proj = np.stack([u[y == c].sum(axis=0) for c in range(k)], axis=1)
     # the authors' code keeps min(n, d) directions, numerically-zero ones included (which then
     # cancel): its first term counts d - (min(n, d) - rank) directions
+    if not len(sigma):
+        raise CriterionError("logme: the features are all zero (rank 0)")
     dims = d - (min(n, d) - len(sigma))
     sig = sigma[:, None]
     x2 = proj**2
@@ -510,6 +528,7 @@ def h_score(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     of cov(f). 0 <= score <= min(K - 1, rank)."""
     _need_labels("h_score", labels)
     x, y = check_inputs(features, labels)
+    _varying(x, "h_score")
     n, d = x.shape
     mu = x.mean(axis=0)
     cov = np.zeros((d, d))

@@ -50,18 +50,37 @@ def criterion_options(cfg) -> CriterionOptions:
 
 def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     """Every criterion on one rung's target-training features, plus the paper's estimator's
-    details (per-unit bound, distinct states, n, delta) that the rung table shows."""
+    details (per-unit bound, distinct states, n, delta) that the rung table shows.
+
+    A criterion that is undefined on these features (a dead rung whose features are all zero has
+    no von Neumann entropy, a class drawn once has no within-class spread) is stored as None
+    with the reason in ``criteria_undefined``; such a rung never wins by that criterion. Bad
+    features (NaN, wrong shape) still raise.
+    """
+    from .criteria import CriterionError, check_inputs
     from .entropy import state_entropy
 
-    ent = state_entropy(features, cfg.entropy.levels)
-    return {
+    x, y = check_inputs(features, labels)
+    ent = state_entropy(x, cfg.entropy.levels)
+    opts = criterion_options(cfg)
+    values: dict[str, float | None] = {}
+    undefined: dict[str, str] = {}
+    for name in CRITERIA:
+        try:
+            values[name] = compute_criteria(x, y, [name], opts)[name]
+        except CriterionError as e:
+            values[name], undefined[name] = None, str(e)
+    out = {
         "entropy": ent.entropy,
         "per_unit_bound": ent.per_unit_bound,
         "distinct_states": ent.distinct_states,
         "n": ent.n,
         "delta": ent.delta,
-        "criteria": compute_criteria(features, labels, opts=criterion_options(cfg)),
+        "criteria": values,
     }
+    if undefined:
+        out["criteria_undefined"] = undefined
+    return out
 
 
 def selection_rule(criterion: str) -> str:
@@ -96,13 +115,16 @@ def criterion_values(rungs: Sequence[dict], criterion: str) -> np.ndarray:
                 f"rung {r.get('index')} has no stored {criterion!r} score (scored by an older "
                 "entropi, or the criterion needs labels); rescore with `entropi probe`"
             )
-    v = np.asarray(values, dtype=np.float64)
+    v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
     return v if CRITERIA[criterion].higher_is_better else -v
 
 
 def _argbest(values: np.ndarray) -> int:
-    """First (densest) index within TIE_TOLERANCE of the maximum; NaN never wins."""
+    """First (densest) index within TIE_TOLERANCE of the maximum; NaN (undefined) never wins
+    unless every value is undefined (then the dense rung)."""
     v = np.where(np.isfinite(values), values, -np.inf)
+    if not np.isfinite(v).any():
+        return 0
     return int(np.flatnonzero(v >= v.max() - TIE_TOLERANCE)[0])
 
 
@@ -127,16 +149,15 @@ def saturated_rungs(rungs: Sequence[dict]) -> list[int]:
 
 def rank_agreement(values: np.ndarray, probes: np.ndarray) -> tuple[float | None, float | None]:
     """Kendall's tau-b and the weighted tau (hyperbolic weights, ``scipy.stats.weightedtau``
-    with its defaults) between signed criterion values and probe accuracies; None (undefined)
-    when either is constant or a value is not finite."""
+    with its defaults) between signed criterion values and probe accuracies; a rung on which the
+    criterion is undefined ranks last; None when either side is constant."""
     from scipy import stats
 
-    if (
-        len(values) < 2
-        or not np.isfinite(values).all()
-        or np.ptp(values) == 0
-        or np.ptp(probes) == 0
-    ):
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None, None
+    values = np.where(finite, values, values[finite].min() - 1.0)  # undefined ranks last
+    if len(values) < 2 or np.ptp(values) == 0 or np.ptp(probes) == 0:
         return None, None
     tau = stats.kendalltau(values, probes).statistic
     wtau = stats.weightedtau(values, probes).statistic
@@ -185,10 +206,10 @@ def selection_confidence(
     ``load_features(i)`` returns rung ``i``'s target-training features (rows aligned with
     ``labels``); one rung is in memory at a time. Returns ``wins`` (resamples won per rung),
     ``picks`` (the rung picked on each resample), ``resamples`` (those used) and
-    ``resamples_dropped`` (those on which the criterion was undefined for some rung, e.g. a
-    class drawn fewer than twice). A sample drawn twice is two
-    samples to every criterion (for the leave-one-out k-NN its copy is its nearest neighbour, the
-    same for every rung, so the comparison between rungs stays fair).
+    ``resamples_dropped`` (those on which the criterion was undefined for every rung, e.g. a
+    class drawn fewer than twice); a rung undefined on a resample (dead features) loses it. A
+    sample drawn twice is two samples to every criterion (for the leave-one-out k-NN its copy is
+    its nearest neighbour, the same for every rung, so the comparison between rungs stays fair).
     """
     from .criteria import CriterionError
 
@@ -205,7 +226,7 @@ def selection_confidence(
                 values[b, r] = sign * compute_criteria(f[rows], y, [criterion], opts)[criterion]
             except CriterionError:  # e.g. a resample left a class with too few samples
                 values[b, r] = np.nan
-    usable = np.isfinite(values).all(axis=1)
+    usable = np.isfinite(values).any(axis=1)  # an undefined rung loses; all undefined: dropped
     picks = np.array([_argbest(v) for v in values[usable]], dtype=np.int64)
     wins = np.bincount(picks, minlength=n_rungs)
     return {

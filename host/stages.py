@@ -22,6 +22,7 @@ from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file,
 
 from .checkpoint import classifier_from_rung
 from .config import RunConfig
+from .criteria import CRITERIA_VERSION
 from .models import build_model
 from .probe import linear_probe
 from .prune import apply_masks, count_nonzero, dense_masks, geometric_alphas, global_magnitude_masks
@@ -123,7 +124,7 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
             continue
         model = classifier_from_rung(prev).to(device)
         masks = {k: v.to(device) for k, v in prev.masks.items()}
-        masks = global_magnitude_masks(model.encoder, masks, alphas[r])
+        masks = global_magnitude_masks(model.encoder, masks, alphas[r], cfg.prune.layer_floor)
         apply_masks(model.encoder, masks)
         torch.manual_seed(cfg.seed + r)
         seconds = 0.0
@@ -180,7 +181,20 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
     for index, path in enumerate(rungs):
         spath = run.score(index)
         if spath.is_file() and run.features(index).is_file():
-            scores.append(run.read_json(spath))
+            score = run.read_json(spath)
+            if score.get("criteria_version") != CRITERIA_VERSION or set(
+                score.get("criteria", {})
+            ) != set(CRITERIA):
+                # criteria changed since these scores: recompute them from the cached features
+                feats = run.read_array(run.features(index))
+                score = {
+                    k: v for k, v in score.items() if k not in ("criteria", "criteria_undefined")
+                }
+                score |= score_rung(feats, run.read_array(run.feature_labels), cfg)
+                score["criteria_version"] = CRITERIA_VERSION
+                run.write_json(spath, score)
+                run.log(f"score: rung {index}: criteria recomputed from the cached features")
+            scores.append(score)
             continue
         t0 = time.perf_counter()
         rung = load_rung_file(path, index)
@@ -203,10 +217,13 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
             "source_accuracy": rung.info.source_accuracy,
             **criteria,
             **probe,
+            "criteria_version": CRITERIA_VERSION,
             "criteria_seconds": t1 - t0,
             "probe_seconds": time.perf_counter() - t1,
         }
         run.write_json(spath, score)
+        for name, why in score.get("criteria_undefined", {}).items():
+            run.log(f"score: rung {index}: {name} is undefined ({why})")
         run.log(
             f"score: rung {index} alpha {score['alpha']:.5f} entropy {score['entropy']:.4f} "
             f"probe accuracy {score['probe_accuracy']:.4f} +- {score['probe_accuracy_std']:.4f}"

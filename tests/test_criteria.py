@@ -384,3 +384,15 @@ def test_criterion_level_errors():
 def test_options_are_validated(field, value, match):
     with pytest.raises(CriterionError, match=match):
         CriterionOptions(**{field: value})
+
+
+@pytest.mark.parametrize("name", ["nc1", "cdnv", "h_score", "logme"])
+def test_dead_features_are_refused_by_class_statistics(name):
+    """A dead rung's features (identical rows, or all zero): a pseudo-inverse of rounding noise
+    would make NC1 or the H-score look perfect, so these criteria refuse them."""
+    y = np.repeat(np.arange(3), 20)
+    for feats in (np.zeros((60, 8)), np.full((60, 8), 0.3)):
+        if name == "logme" and feats.any():
+            continue  # LogME of constant non-zero features is defined
+        with pytest.raises(CriterionError, match="same for every sample|all zero"):
+            CRITERIA[name].fn(feats, y, CriterionOptions())

@@ -247,6 +247,74 @@ def test_probe_reuses_a_ladder_on_another_target(finished_run, tmp_path, capsys)
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_every_rung_has_every_criterion_and_the_summary_agrees(finished_run):
+    from entropi.host.criteria import CRITERIA
+
+    out, results = finished_run
+    for r in results["rungs"]:
+        assert set(r["criteria"]) == set(CRITERIA)
+        assert r["criteria"]["entropy"] == r["entropy"]
+        assert len(r["probe_accuracies"]) == 3  # [probe] repeats default
+        assert r["probe_accuracy"] == pytest.approx(sum(r["probe_accuracies"]) / 3)
+        assert (out / "features" / f"rung_{r['index']:03d}.npy").is_file()
+    summary = results["criteria_summary"]
+    assert set(summary) == set(CRITERIA)
+    for name, s in summary.items():
+        assert s["selected_index"] == selection.select_rung(results["rungs"], name)
+    assert results["criterion"] == "entropy"
+    conf = results["selection_resamples"]
+    assert sum(conf["wins"]) == conf["resamples"] == 100 - conf["resamples_dropped"]
+    assert results["selection_confidence"] == conf["wins"][results["selected_index"]] / 100
+
+
+def test_scores_of_an_older_criteria_version_are_recomputed_from_cached_features(
+    finished_run, image_folder, tmp_path
+):
+    import shutil
+
+    from entropi.host.rundir import RunDir
+
+    out, results = finished_run
+    copy = tmp_path / "r"
+    shutil.copytree(out, copy)
+    run = RunDir(copy)
+    stale = run.read_json(run.score(1))
+    stale["criteria_version"] = 0
+    del stale["criteria"]["knn"]
+    stale["criteria"]["logme"] = 123.0
+    run.write_json(run.score(1), stale)
+    rung_mtime = run.rung(1).stat().st_mtime_ns
+    cfg = tiny_config(image_folder)
+    scores = stages.stage_score(cfg, run, rundata.load_target(cfg), torch.device("cpu"))
+    assert scores[1]["criteria"] == results["rungs"][1]["criteria"]
+    assert scores[1]["probe_accuracies"] == results["rungs"][1]["probe_accuracies"]  # kept
+    assert run.rung(1).stat().st_mtime_ns == rung_mtime
+    assert "recomputed from the cached features" in (copy / "progress.log").read_text()
+
+
+def test_select_by_another_criterion_recomputes_no_features(finished_run, tmp_path, capsys):
+    import shutil
+
+    from entropi.host import cli
+
+    out, results = finished_run
+    copy = tmp_path / "r"
+    shutil.copytree(out, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in (copy / "scores").iterdir()}
+    stamps |= {p: p.stat().st_mtime_ns for p in (copy / "features").iterdir()}
+    assert cli.main(["select", str(copy), "--criterion", "von_neumann"]) == 0
+    printed = capsys.readouterr().out
+    assert "selected rung" in printed and "by von_neumann" in printed
+    again = json.loads((copy / "results.json").read_text())
+    assert again["criterion"] == "von_neumann"
+    assert again["selected_index"] == results["criteria_summary"]["von_neumann"]["selected_index"]
+    assert again["selection_resamples"]["resamples"] == 100
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert "`von_neumann`" in (copy / "report.md").read_text()
+    assert cli.main(["select", str(copy), "--criterion", "nope"]) == 2
+    assert "unknown criterion 'nope'" in capsys.readouterr().err
+
+
 def test_init_with_zero_epochs_starts_the_ladder_from_a_given_encoder(
     finished_run, image_folder, tmp_path
 ):

@@ -1,5 +1,7 @@
 """Pruning: exact kept counts, nested masks, schedule golden values, zeros kept by retraining."""
 
+import math
+
 import pytest
 import torch
 
@@ -41,6 +43,43 @@ def test_ladder_exact_counts_and_nested(arch):
         apply_masks(enc, new)
         assert count_nonzero(enc)[0] == kept  # random init has no exact zeros
         masks = new
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.1, 0.5])
+def test_layer_floor_keeps_every_layer_alive_and_counts_exact(floor):
+    """MobileNetV3-small's 576 -> 1024 linear is emptied by global pruning; a floor keeps
+    ceil(floor * alpha * size) of each layer's largest weights, exact totals, nested masks."""
+    torch.manual_seed(0)
+    enc = build_encoder("mobilenetv3_small")
+    params = prunable_parameters(enc)
+    n = sum(p.numel() for _, p in params)
+    masks = dense_masks(enc)
+    for alpha in geometric_alphas(0.5, 0.007)[1:]:
+        new = global_magnitude_masks(enc, masks, alpha, layer_floor=floor)
+        assert sum(int(m.sum()) for m in new.values()) == round(alpha * n)
+        for name, p in params:
+            assert not (new[name] & ~masks[name]).any()
+            need = min(math.ceil(floor * alpha * p.numel()), int(masks[name].sum()))
+            assert int(new[name].sum()) >= need
+            if floor:  # the floor is the layer's largest magnitudes among those it kept
+                kept = p.detach().abs()[new[name]]
+                dropped = p.detach().abs()[masks[name] & ~new[name]]
+                if len(dropped) and int(new[name].sum()) == need:
+                    assert kept.min() >= dropped.max()
+        masks = new
+    last = dict(params)
+    assert (int(masks["19.weight"].sum()) == 0) == (floor == 0.0)  # the linear: empty w/o floor
+    assert last["19.weight"].shape == (1024, 576)
+    with pytest.raises(ValueError, match="layer_floor"):
+        global_magnitude_masks(enc, dense_masks(enc), 0.5, layer_floor=1.5)
+
+
+def test_zero_floor_is_the_global_rule():
+    torch.manual_seed(1)
+    enc = build_encoder("smallnet")
+    a = global_magnitude_masks(enc, dense_masks(enc), 0.1)
+    b = global_magnitude_masks(enc, dense_masks(enc), 0.1, layer_floor=0.0)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_keeps_largest_magnitudes():

@@ -104,3 +104,68 @@ def test_bootstrap_indices_are_seeded_and_shared():
     assert a.shape == (5, 50) and (a == selection.bootstrap_indices(50, 5, seed=3)).all()
     assert a.min() >= 0 and a.max() < 50
     assert not (a == selection.bootstrap_indices(50, 5, seed=4)).all()
+
+
+def test_criteria_cli_prints_every_criterion_the_inputs_allow(tmp_path, capsys):
+    import json
+
+    from entropi.host import cli
+    from entropi.host.criteria import compute_criteria
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    x = rng.normal(size=(120, 16)) + 2.0 * np.eye(16)[y]
+    np.save(tmp_path / "f.npy", x.astype(np.float32))
+    np.save(tmp_path / "y.npy", y)
+    assert cli.main(["criteria", str(tmp_path / "f.npy")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 120 and out["dim"] == 16
+    assert set(out["criteria"]) == {n for n, c in CRITERIA.items() if not c.needs_labels}
+    assert cli.main(["criteria", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "y.npy")]) == 0
+    out = json.loads(capsys.readouterr().out)["criteria"]
+    assert set(out) == set(CRITERIA)
+    ref = compute_criteria(x.astype(np.float32), y)
+    for name, v in out.items():
+        assert v["value"] == pytest.approx(ref[name], rel=1e-12)
+        assert v["higher_is_better"] == CRITERIA[name].higher_is_better
+    args = ["criteria", str(tmp_path / "f.npy"), "--criterion", "nc1"]
+    assert cli.main(args) == 2 and "needs --labels" in capsys.readouterr().err
+    assert cli.main([*args, "--labels", str(tmp_path / "y.npy")]) == 0
+    assert set(json.loads(capsys.readouterr().out)["criteria"]) == {"nc1"}
+    np.save(tmp_path / "bad.npy", np.full((5, 3), np.nan))
+    assert cli.main(["criteria", str(tmp_path / "bad.npy")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("NaN" in err or "finite" in err)
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    assert cli.main(["criteria", str(tmp_path / "junk.npy")]) == 2
+    assert "not a .npy" in capsys.readouterr().err
+    assert cli.main(["criteria", "--list"]) == 0
+    assert "logme" in capsys.readouterr().out
+
+
+def test_a_dead_rung_gets_no_score_and_never_wins():
+    """All-zero features (a rung whose last layer was pruned away): criteria that are undefined
+    there are stored as None with the reason; the rung ranks last for them."""
+    from entropi.host.config import RunConfig
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    live = rng.normal(size=(60, 8)) + np.eye(8)[y] * 3
+    dead = np.zeros((60, 8))
+    cfg = RunConfig()
+    s_live, s_dead = (selection.score_rung(f, y, cfg) for f in (live, dead))
+    assert "criteria_undefined" not in s_live
+    assert s_dead["criteria"]["von_neumann"] is None
+    assert "zero norm" in s_dead["criteria_undefined"]["von_neumann"]
+    rungs = [
+        {"index": 0, "probe_accuracy": 0.9, **s_live},
+        {"index": 1, "probe_accuracy": 0.3, **s_dead},
+    ]
+    assert selection.select_rung(rungs, "von_neumann") == 0
+    assert selection.criteria_summary(rungs)["von_neumann"]["kendall_tau"] == pytest.approx(1.0)
+    conf = selection.selection_confidence(
+        lambda i: [live, dead][i], y, 2, "von_neumann", CriterionOptions(), resamples=5, seed=0
+    )
+    assert conf["wins"] == [5, 0] and conf["resamples_dropped"] == 0
+    with pytest.raises(CriterionError, match="NaN|finite"):
+        selection.score_rung(np.full((60, 8), np.nan), y, cfg)
