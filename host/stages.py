@@ -42,6 +42,7 @@ from .selection import (
 from .train import evaluate, extract_features, train
 
 __all__ = [
+    "confidence_from_cache",
     "stage_device",
     "stage_export",
     "stage_pretrain",
@@ -232,7 +233,7 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
     return scores
 
 
-def _confidence(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str):
+def confidence_from_cache(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str):
     """:func:`selection_confidence` from the cached features, or None when they are gone."""
     if cfg.select.resamples == 0:
         return None
@@ -267,7 +268,7 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
     summary = criteria_summary(rungs)
-    conf = _confidence(cfg, run, len(rungs), criterion)
+    conf = confidence_from_cache(cfg, run, len(rungs), criterion)
     results = {
         "package_version": package_version(),
         "config_sha256": cfg.digest(),

@@ -194,7 +194,7 @@ def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[
 
     out = Path(out)
     t_start = time.perf_counter()
-    pairs = []
+    pairs, runs = [], []
     for ladder in study.ladders:
         cfg, run = _build_ladder(
             study,
@@ -224,17 +224,35 @@ def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[
                 )
             results = trun.read_json(trun.results)
             pairs.append(_pair(ladder, target, results, trun.stage_seconds()))
+            runs.append((tcfg, trun, len(results["rungs"])))
     ladder_seconds = {
         ld.name: float(_read(out / "ladders" / ld.name / "timings.json").get("ladder", 0.0))
         for ld in study.ladders
     }
     summary = summarize_study(pairs)
+    rec = summary["recommended"]
+    if rec:  # how sure the recommended criterion is of its pick, pair by pair (cached features)
+        from .stages import confidence_from_cache
+
+        for pair, (tcfg, trun, n_rungs) in zip(pairs, runs, strict=True):
+            if pair["criterion"] == rec:
+                pair["recommended_confidence"] = pair["selection_confidence"]
+                continue
+            conf = confidence_from_cache(tcfg, trun, n_rungs, rec)
+            pick = pair["criteria"][rec]["selected_index"]
+            pair["recommended_confidence"] = (
+                conf["wins"][pick] / conf["resamples"] if conf and conf["resamples"] else None
+            )
+        summary["recommended_confidence"] = _stats(
+            [p["recommended_confidence"] for p in pairs if not p["holdout"]]
+        )
     doc = {
         "name": study.name,
         "base": study.base,
         "ladders": [ld.name for ld in study.ladders],
         "targets": [t.__dict__ for t in study.targets],
         "pairs": pairs,
+        "resamples": runs[0][0].select.resamples if runs else 0,
         "summary": summary,
         "seconds": {
             "ladders": ladder_seconds,
@@ -432,6 +450,14 @@ def render_study(doc: dict[str, Any]) -> str:
         "",
         f"Recommended default: **{s['recommended']}**. {s['reason']}.",
     ]
+    rc = s.get("recommended_confidence")
+    if rc and rc.get("n"):
+        lines += [
+            "",
+            f"Selection confidence of {s['recommended']} (share of {doc['resamples']} bootstrap "
+            f"resamples of the target on which it picks the same rung), mean over study pairs: "
+            f"{_fmt(rc)}.",
+        ]
     if s["holdout"]:
         lines += ["", "## Held-out targets (never used for the recommendation)", ""]
         lines += _table(s["holdout"], s["recommended"])
@@ -441,7 +467,7 @@ def render_study(doc: dict[str, Any]) -> str:
         "",
         "| ladder | target | n | best rung | probe sd | "
         + " | ".join(f"{n} pick/regret" for n in ("entropy", s["recommended"] or "entropy"))
-        + " | confidence |",
+        + f" | {s['recommended']} confidence |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for p in doc["pairs"]:
@@ -449,7 +475,7 @@ def render_study(doc: dict[str, Any]) -> str:
         for n in ("entropy", s["recommended"] or "entropy"):
             c = p["criteria"].get(n)
             cells.append(f"{c['selected_index']} / {100 * c['regret']:.2f}" if c else "-")
-        conf = p["selection_confidence"]
+        conf = p.get("recommended_confidence")
         held = " (held out)" if p["holdout"] else ""
         lines.append(
             f"| {p['ladder']} | {p['target']}{held} | {p['n']} | {p['best_probe_index']} | "

@@ -82,6 +82,8 @@ def test_every_pair_is_scored_and_summarized(finished_study):
         )
         assert results["selection_resamples"]["resamples"] <= 4
         assert set(results["criteria_summary"]) == set(p["criteria"])
+        conf = p["recommended_confidence"]  # from the cached features, for the recommendation
+        assert conf is None or 0.0 <= conf <= 1.0
     md = (out / "study.md").read_text()
     assert "Recommended default" in md and "Held-out targets" in md
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
