@@ -54,8 +54,10 @@ def test_results_and_artifacts(finished_run):
         ):
             assert key in r
         assert r["entropy"] <= r["per_unit_bound"] + 1e-12
-    ent = [r["entropy"] for r in results["rungs"]]
-    assert ent[results["selected_index"]] == max(ent)
+    # the default criterion (the study's pick) selects; ties go to the denser rung
+    crit = [r["criteria"][results["criterion"]] for r in results["rungs"]]
+    assert results["criterion"] == "subset_entropy"
+    assert results["selected_index"] == crit.index(max(crit))
     probes = [r["probe_accuracy"] for r in results["rungs"]]
     assert results["best_probe_index"] == probes.index(max(probes))
     assert results["regret"] == pytest.approx(max(probes) - probes[results["selected_index"]])
@@ -211,7 +213,8 @@ def test_paper_architectures_run_end_to_end(image_folder, tmp_path, arch):
 
 
 def test_levels_ablation_script_reproduces_the_selection(finished_run, tmp_path):
-    """scripts/levels_ablation.py on a finished run: at the run's M it picks the run's rung."""
+    """scripts/levels_ablation.py on a finished run: at the run's M it picks the rung the run's
+    paper entropy picks."""
     from scripts_loader import load_script
 
     out, results = finished_run
@@ -219,7 +222,9 @@ def test_levels_ablation_script_reproduces_the_selection(finished_run, tmp_path)
     res = load_script("levels_ablation").main([str(out), "--levels", "2", "4", "--out", str(path)])
     assert json.loads(path.read_text()) == json.loads(json.dumps(res))
     assert results["levels"] == 4
-    assert res["selected"]["M4"]["index"] == results["selected_index"]
+    assert (
+        res["selected"]["M4"]["index"] == results["criteria_summary"]["entropy"]["selected_index"]
+    )
     for row, rung in zip(res["rows"], results["rungs"], strict=True):
         assert row["entropy_M4"] == pytest.approx(rung["entropy"], abs=1e-9)
 
@@ -261,7 +266,7 @@ def test_every_rung_has_every_criterion_and_the_summary_agrees(finished_run):
     assert set(summary) == set(CRITERIA)
     for name, s in summary.items():
         assert s["selected_index"] == selection.select_rung(results["rungs"], name)
-    assert results["criterion"] == "entropy"
+    assert results["criterion"] == "subset_entropy"
     conf = results["selection_resamples"]
     assert sum(conf["wins"]) == conf["resamples"] == 100 - conf["resamples_dropped"]
     assert results["selection_confidence"] == conf["wins"][results["selected_index"]] / 100
