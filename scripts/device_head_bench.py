@@ -29,22 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.benchmarks.machine import cpu_model
+from entropi.benchmarks.machine import DEVICE_CLI_PEAK_RSS, ONE_THREAD, cpu_model
 
 HERE = Path(__file__).resolve().parent
 D, C, B = 512, 100, 32
-# Runs `entropi-device` (its console-script entry point) and reports the process's VmHWM (peak
-# RSS since exec) on stdout's last line. ru_maxrss of a child is not usable here: Linux carries the
-# high-water RSS across fork+exec, so a child of this torch-loaded process would inherit it.
-_LAUNCHER = (
-    "import sys, io\n"
-    "from entropi.device.cli import main\n"
-    "sys.stdout = io.StringIO()\n"
-    "rc = main(sys.argv[1:])\n"
-    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-    "sys.__stdout__.write(hwm + '\\n')\n"
-    "sys.exit(rc)\n"
-)
 _CONVERT = (
     "import sys, torch, litert_torch\n"
     "from entropi.host.models import build_encoder\n"
@@ -52,7 +40,6 @@ _CONVERT = (
     "enc = build_encoder('smallnet').eval()\n"
     "litert_torch.convert(enc, (torch.randn(32, 3, 32, 32),)).export(sys.argv[1])\n"
 )
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _features(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +220,7 @@ def process_rss(data: Path, epochs: int) -> dict:
                 [
                     sys.executable,
                     "-c",
-                    _LAUNCHER,
+                    DEVICE_CLI_PEAK_RSS,
                     "train",
                     "--bundle",
                     str(bundle),

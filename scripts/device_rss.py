@@ -23,20 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from entropi.benchmarks.machine import DEVICE_CLI_PEAK_RSS, ONE_THREAD
+
 HERE = Path(__file__).resolve().parent
 SIZES = [(28, 28), (40, 30), (32, 32), (50, 17), (64, 48)]  # (H, W)
 CLASSES = 10
-# Runs `entropi-device` and reports the process's VmHWM on stdout's last line (ru_maxrss of a
-# child would carry the parent's high-water mark across fork+exec).
-_LAUNCHER = (
-    "import sys, io\n"
-    "from entropi.device.cli import main\n"
-    "sys.stdout = io.StringIO()\n"
-    "rc = main(sys.argv[1:])\n"
-    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-    "sys.__stdout__.write(hwm + '\\n')\n"
-    "sys.exit(rc)\n"
-)
 _EXPORT = (
     "import sys, torch\n"
     "from entropi.host.models import build_encoder\n"
@@ -45,7 +36,6 @@ _EXPORT = (
     "torch.onnx.export(enc, (torch.randn(2, 3, 32, 32),), sys.argv[1], dynamo=True,\n"
     "    external_data=False, dynamic_shapes=({0: torch.export.Dim('n')},))\n"
 )
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def write_folder(root: Path, n: int, seed: int = 0) -> Path:
@@ -92,7 +82,7 @@ def peak_rss(bundle: Path, data: Path, out: Path, epochs: int = 1) -> dict:
     argv += ["--epochs", str(epochs)]
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER, *argv],
+        [sys.executable, "-c", DEVICE_CLI_PEAK_RSS, *argv],
         capture_output=True,
         text=True,
         env={**os.environ, **ONE_THREAD},

@@ -7,6 +7,7 @@ down after each test, and every request has a timeout, so a hang cannot outlive 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.server
@@ -37,23 +38,29 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def http_dir(tmp_path) -> Iterator[tuple[Path, str]]:
-    """``(folder, base_url)``: files put in ``folder`` are served at ``base_url``."""
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(served))
+@contextlib.contextmanager
+def _serve(handler) -> Iterator[str]:
+    """Serve ``handler`` on 127.0.0.1 (a free port) in a thread; yields the base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.timeout = 5
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
     try:
-        yield served, f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_dir(tmp_path) -> Iterator[tuple[Path, str]]:
+    """``(folder, base_url)``: files put in ``folder`` are served at ``base_url``."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with _serve(functools.partial(_QuietHandler, directory=str(served))) as url:
+        yield served, url
 
 
 def build_cifar10_archive(workdir: Path, out: Path, monkeypatch, n: int = 3) -> dict:
@@ -237,16 +244,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def range_server() -> Iterator[tuple[type, str]]:
     handler = type("H", (_RangeHandler,), {"payload": bytes(range(256)) * 1024, "seen": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield handler, f"http://127.0.0.1:{server.server_address[1]}/blob"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with _serve(handler) as url:
+        yield handler, f"{url}/blob"
 
 
 @pytest.mark.parametrize("ranges", [True, False])
