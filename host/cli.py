@@ -82,13 +82,16 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _print_summary(results: dict, out) -> None:
+    from .selection import stored_value
+
     crit = results.get("criterion", "entropy")
     value = f"{crit[:12]:>12}"
     print(f"{'rung':>4} {'alpha':>9} {'nnz':>9} {'src acc':>8} {'entropy':>8} {value} {'probe':>7}")
     for r in results["rungs"]:
         mark = " <- selected" if r["index"] == results["selected_index"] else ""
         mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
-        v = r.get("criteria", {}).get(crit, r.get(crit, float("nan")))
+        v = stored_value(r, crit)
+        v = float("nan") if v is None else v
         print(
             f"{r['index']:>4} {r['alpha']:>9.5f} {r['nnz']:>9} {r['source_accuracy']:>8.4f} "
             f"{r['entropy']:>8.4f} {v:>12.4f} {r['probe_accuracy']:>7.4f}{mark}"

@@ -34,12 +34,15 @@ def write_png(fig, path: str | Path) -> Path:
 
 
 def plot_entropy_vs_alpha(results: dict[str, Any], path: str | Path) -> Path:
+    from .selection import stored_value
+
     plt = pyplot()
 
     rungs = results["rungs"]
     alphas = [r["alpha"] for r in rungs]
     crit = results.get("criterion", "entropy")
-    values = [r.get("criteria", {}).get(crit, r.get(crit)) for r in rungs]
+    values = [stored_value(r, crit) for r in rungs]
+    values = [float("nan") if v is None else v for v in values]
     fig, ax1 = plt.subplots(figsize=(7, 4.2), dpi=120)
     ax1.plot(alphas, values, "o-", color="tab:blue", label=f"{crit} (selection criterion)")
     n = max(r.get("n", 0) for r in rungs)

@@ -37,6 +37,7 @@ __all__ = [
     "select_rung",
     "selection_confidence",
     "selection_rule",
+    "stored_value",
 ]
 
 TIE_TOLERANCE = 1e-9
@@ -89,32 +90,32 @@ def selection_rule(criterion: str) -> str:
     return f"{way} {criterion}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
 
 
-def criterion_values(rungs: Sequence[dict], criterion: str) -> np.ndarray:
-    """The stored values of ``criterion``, one per rung, signed so that higher is better.
+def stored_value(rung: dict, criterion: str) -> float | None:
+    """The value of ``criterion`` stored for one rung, as computed (None: undefined there).
 
     Score files written before the criteria table (``entropy`` at the top level only) still
     give the entropy.
     """
-    if criterion not in CRITERIA:
-        from .criteria import CriterionError
+    from .criteria import CriterionError
 
+    if criterion not in CRITERIA:
         raise CriterionError(
             f"unknown criterion {criterion!r}; known: {', '.join(sorted(CRITERIA))}"
         )
-    values = []
-    for r in rungs:
-        table = r.get("criteria", {})
-        if criterion in table:
-            values.append(table[criterion])
-        elif criterion == "entropy" and "entropy" in r:
-            values.append(r["entropy"])
-        else:
-            from .criteria import CriterionError
+    table = rung.get("criteria", {})
+    if criterion in table:
+        return table[criterion]
+    if criterion == "entropy" and "entropy" in rung:
+        return rung["entropy"]
+    raise CriterionError(
+        f"rung {rung.get('index')} has no stored {criterion!r} score (scored by an older "
+        "entropi, or the criterion needs labels); rescore with `entropi probe`"
+    )
 
-            raise CriterionError(
-                f"rung {r.get('index')} has no stored {criterion!r} score (scored by an older "
-                "entropi, or the criterion needs labels); rescore with `entropi probe`"
-            )
+
+def criterion_values(rungs: Sequence[dict], criterion: str) -> np.ndarray:
+    """:func:`stored_value` of every rung, signed so that higher is better (None -> NaN)."""
+    values = [stored_value(r, criterion) for r in rungs]
     v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
     return v if CRITERIA[criterion].higher_is_better else -v
 

@@ -32,12 +32,12 @@ from .selection import (
     CRITERIA,
     criteria_summary,
     criterion_options,
-    criterion_values,
     saturated_rungs,
     score_rung,
     select_rung,
     selection_confidence,
     selection_rule,
+    stored_value,
 )
 from .train import evaluate, extract_features, train
 
@@ -177,8 +177,11 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
     rungs = run.rung_files()
     if not rungs:
         raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
-    if not run.feature_labels.is_file():
-        run.write_array(run.feature_labels, tgt.y_train.astype(np.int64))
+    if run.feature_labels.is_file():
+        labels = run.read_array(run.feature_labels)  # the rows the cached features belong to
+    else:
+        labels = tgt.y_train.astype(np.int64)
+        run.write_array(run.feature_labels, labels)
     for index, path in enumerate(rungs):
         spath = run.score(index)
         if spath.is_file() and run.features(index).is_file():
@@ -191,7 +194,7 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
                 score = {
                     k: v for k, v in score.items() if k not in ("criteria", "criteria_undefined")
                 }
-                score |= score_rung(feats, run.read_array(run.feature_labels), cfg)
+                score |= score_rung(feats, labels, cfg)
                 score["criteria_version"] = CRITERIA_VERSION
                 run.write_json(spath, score)
                 run.log(f"score: rung {index}: criteria recomputed from the cached features")
@@ -312,9 +315,8 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
             f"rung {conf['wins']}); more target data would make the pick firmer"
         )
     plot_entropy_vs_alpha(results, run.plot)
-    value = criterion_values(rungs, criterion)[sel] * (
-        1 if CRITERIA[criterion].higher_is_better else -1
-    )
+    value = stored_value(rungs[sel], criterion)
+    value = float("nan") if value is None else value  # every rung undefined: the dense one
     run.log(
         f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion} {value:.4f}, probe "
         f"{rungs[sel]['probe_accuracy']:.4f}); best probe rung {best} "
@@ -343,7 +345,8 @@ def reuse_ladder(
 ) -> tuple[RunConfig, RunDir]:
     """A new run folder ``out`` holding ``run``'s ladder as it is (rung files hard-linked, or
     copied across file systems) with ``overrides`` applied to the config (a new target, other
-    scoring settings). Overrides of the sections that made the ladder are refused. With
+    scoring settings). Overrides that would change what made the ladder (its source, seed,
+    [pretrain] or [prune]) are refused; setting one to the value it already has is allowed. With
     ``resume``, a folder made by an earlier call with the same overrides is continued."""
     import os
     import shutil
@@ -353,8 +356,22 @@ def reuse_ladder(
 
     if out is None:
         raise ConfigError("scoring a ladder on another target needs --out DIR (a new folder)")
+    raw = cfg.to_dict()
+    new_cfg = config_from_dict(apply_overrides(raw, list(overrides)))
+    new_raw = new_cfg.to_dict()
+
+    def at(d: dict, key: str):
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
     keys = [o.split("=", 1)[0].strip() for o in overrides]
-    bad = [k for k in keys if k.split(".")[0] in (*LADDER_SECTIONS, "seed") or k == "data.source"]
+    bad = [
+        k
+        for k in keys
+        if (k.split(".")[0] in (*LADDER_SECTIONS, "seed") or k == "data.source")
+        and at(new_raw, k) != at(raw, k)
+    ]
     if bad:
         raise ConfigError(
             f"{', '.join(bad)}: the ladder of {run.root} is reused as it is; its source, seed, "
@@ -363,8 +380,6 @@ def reuse_ladder(
     rungs = run.rung_files()
     if not rungs:
         raise CheckpointError(f"{run.root} has no pruning ladder to reuse; run `entropi prune`")
-    raw = cfg.to_dict()
-    new_cfg = config_from_dict(apply_overrides(raw, list(overrides)))
     new_cfg, new = open_run(new_cfg, out, resume=resume)
     new.rungs_dir.mkdir(parents=True, exist_ok=True)
     for path in rungs:

@@ -45,6 +45,7 @@ from entropi.device.io import atomic_write_json, atomic_write_text
 
 from .config import ConfigError, load_config
 from .criteria import CRITERIA
+from .rundir import RunDir
 
 __all__ = ["ENTROPY_CRITERIA", "StudyConfig", "load_study", "run_study", "summarize_study"]
 
@@ -156,11 +157,12 @@ def _ladder_identity(cfg) -> dict[str, Any]:
     return ident
 
 
-def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, device, log):
+def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
     """Pretrain + prune the ladder in ``root`` (resumed; reused when it is already complete)."""
     from .rundata import load_source
     from .rundir import RunExistsError, open_run
     from .stages import stage_pretrain, stage_prune
+    from .train import pick_device
 
     cfg = _ladder_config(study, ladder)
     if (root / "config.toml").is_file():
@@ -177,6 +179,7 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, device, lo
 
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
     if len(run.rung_files()) < want:
+        device = pick_device(cfg.device)
         t0 = time.perf_counter()
         src = load_source(cfg, device)
         stage_pretrain(cfg, run, src, device)
@@ -196,22 +199,13 @@ def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[
     t_start = time.perf_counter()
     pairs, runs = [], []
     for ladder in study.ladders:
-        cfg, run = _build_ladder(
-            study,
-            ladder,
-            out / "ladders" / ladder.name,
-            pick_device(_ladder_config(study, ladder).device),
-            log,
-        )
+        cfg, run = _build_ladder(study, ladder, out / "ladders" / ladder.name, log)
         device = pick_device(cfg.device)
         for target in study.targets:
             folder = out / "scores" / ladder.name / target.name
-            overrides = [*study.set, "export.enabled=false", *target.overrides()]
-            overrides = [
-                o
-                for o in overrides
-                if o.split("=", 1)[0].split(".")[0] not in ("seed", "pretrain", "prune")
-            ]
+            # the study's and ladder's settings again (a reused ladder folder may predate them;
+            # those of the ladder itself are checked unchanged), then the target's
+            overrides = [*study.set, *ladder.set, "export.enabled=false", *target.overrides()]
             tcfg, trun = reuse_ladder(cfg, run, folder, overrides, resume=True)
             if not trun.results.is_file():
                 t0 = time.perf_counter()
@@ -226,7 +220,7 @@ def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[
             pairs.append(_pair(ladder, target, results, trun.stage_seconds()))
             runs.append((tcfg, trun, len(results["rungs"])))
     ladder_seconds = {
-        ld.name: float(_read(out / "ladders" / ld.name / "timings.json").get("ladder", 0.0))
+        ld.name: float(RunDir(out / "ladders" / ld.name).stage_seconds().get("ladder", 0.0))
         for ld in study.ladders
     }
     summary = summarize_study(pairs)
@@ -268,12 +262,6 @@ def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[
     atomic_write_text(out / "study.md", render_study(doc))
     plot_study(doc, out / "study.png")
     return doc
-
-
-def _read(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _machine() -> dict[str, Any]:

@@ -248,6 +248,9 @@ def test_probe_reuses_a_ladder_on_another_target(finished_run, tmp_path, capsys)
     # the ladder's own settings cannot change, and the folder must be new
     assert cli.main(["probe", str(out), "--set", "prune.lr=1", "--out", str(tmp_path / "q")]) == 2
     assert "reused as it is" in capsys.readouterr().err
+    # setting a ladder key to the value it already has changes nothing, so it is allowed
+    same = ["probe", str(out), "--set", f"seed={results['seed']}", "--out", str(tmp_path / "s")]
+    assert cli.main(same) == 0, capsys.readouterr().err
     assert cli.main(["probe", str(out), "--target", target, "--out", str(new)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
