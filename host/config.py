@@ -225,9 +225,17 @@ class ProbeConfig:
     repeats: int = 3
     """probe trainings per rung (seeds seed, seed + 1, ...): probe_accuracy is their mean and
     probe_accuracy_std their spread, the noise floor of any regret."""
+    folds: int = 0
+    """0: train on the target's training split, test on its test split. k >= 2: k-fold
+    cross-validation over both pooled (stratified, seeded), every image tested once: for targets
+    whose test split is too small to rank rungs (its binomial standard error is
+    probe_accuracy_se). The criteria still see the training split only."""
 
     def __post_init__(self) -> None:
         _check_int("probe.repeats", self.repeats, lo=1)
+        _check_int("probe.folds", self.folds, lo=0)
+        if self.folds == 1:
+            raise ConfigError("probe.folds must be 0 (the test split) or at least 2, got 1")
         _check_int("probe.epochs", self.epochs)
         _check_int("probe.batch_size", self.batch_size)
         _check_range("probe.lr", self.lr, 0.0, 10.0, lo_open=True)

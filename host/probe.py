@@ -3,6 +3,13 @@
 Features are standardized with the training mean and std (the head is linear, so this changes
 only the optimization, not what is reachable), then a linear layer is trained with Adam on
 mini-batches. Deterministic for a given seed.
+
+:func:`cross_validated_probe` is the ground truth for targets whose test split is small: the
+binomial standard error of an accuracy on n test images is sqrt(p (1 - p) / n), 3.7 points for
+PACS photo's 171, larger than most differences between rungs. k-fold cross-validation over train
+and test pooled tests every image once (n = all of them) while each fold still trains on
+(k - 1) / k of the pool. The fold assignment is a few lines of numpy (scikit-learn is not a
+runtime dependency of the host).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from torch.nn import functional as F
 from .config import ProbeConfig
 from .entropy import FeatureError
 
-__all__ = ["ProbeResult", "linear_probe"]
+__all__ = ["ProbeResult", "cross_validated_probe", "linear_probe", "stratified_folds"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,8 @@ class ProbeResult:
     train_accuracy: float
     test_accuracy: float
     final_loss: float
+    test_n: int = 0
+    """images the test accuracy is measured on."""
 
 
 def _as_tensor(a: np.ndarray, name: str, device) -> torch.Tensor:
@@ -110,4 +119,61 @@ def _linear_probe(
     with torch.no_grad():
         train_acc = float((head(xtr).argmax(1) == ytr).float().mean())
         test_acc = float((head(xte).argmax(1) == yte).float().mean())
-    return ProbeResult(train_acc, test_acc, float(loss.detach()))
+    return ProbeResult(train_acc, test_acc, float(loss.detach()), len(yte))
+
+
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id (0 .. folds - 1) of every sample: each class is shuffled (seeded) and dealt round
+    the folds, starting where the previous class stopped, so fold sizes differ by at most one and
+    every fold holds every class with at least ``folds`` samples."""
+    y = np.asarray(y)
+    if folds < 2:
+        raise FeatureError(f"cross-validation needs at least 2 folds, got {folds}")
+    classes, counts = np.unique(y, return_counts=True)
+    if len(y) < folds:
+        raise FeatureError(f"{folds}-fold cross-validation needs at least {folds} samples")
+    if counts.min() < folds:
+        c = classes[int(np.argmin(counts))]
+        raise FeatureError(
+            f"{folds}-fold cross-validation: class {c} has only {int(counts.min())} samples; "
+            f"lower probe.folds to at most {int(counts.min())}"
+        )
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start = (start + len(idx)) % folds
+    return out
+
+
+def cross_validated_probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: ProbeConfig,
+    *,
+    folds: int,
+    num_classes: int,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> ProbeResult:
+    """k-fold cross-validated :func:`linear_probe` over all of (x, y): fold f trains on the other
+    folds (standardized with their statistics) and predicts fold f; test_accuracy is the share of
+    all samples predicted right, train_accuracy and final_loss the folds' means."""
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise FeatureError(f"{len(x)} feature rows but {len(y)} labels")
+    fold = stratified_folds(y, folds, seed)
+    right, train_acc, loss = 0.0, [], []
+    for f in range(folds):
+        tr, te = fold != f, fold == f
+        r = linear_probe(
+            x[tr], y[tr], x[te], y[te], cfg, num_classes=num_classes, seed=seed, device=device
+        )
+        right += r.test_accuracy * r.test_n
+        train_acc.append(r.train_accuracy)
+        loss.append(r.final_loss)
+    return ProbeResult(
+        float(np.mean(train_acc)), float(round(right) / len(y)), float(np.mean(loss)), len(y)
+    )

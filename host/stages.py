@@ -24,7 +24,7 @@ from .checkpoint import classifier_from_rung
 from .config import RunConfig
 from .criteria import CRITERIA_VERSION
 from .models import build_model
-from .probe import linear_probe
+from .probe import cross_validated_probe, linear_probe
 from .prune import apply_masks, count_nonzero, dense_masks, geometric_alphas, global_magnitude_masks
 from .rundata import SourceData, TargetData, write_target_npz
 from .rundir import RunDir
@@ -146,26 +146,48 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
 
 
 def _probe(cfg: RunConfig, ftr, ytr, fte, yte, num_classes: int, device) -> dict[str, Any]:
-    """``[probe] repeats`` linear probes (seeds seed, seed + 1, ...): mean, spread, each."""
-    results = [
-        linear_probe(
-            ftr,
-            ytr,
-            fte,
-            yte,
-            cfg.probe,
-            num_classes=num_classes,
-            seed=cfg.seed + k,
-            device=device,
-        )  # fmt: skip
-        for k in range(cfg.probe.repeats)
-    ]
+    """``[probe] repeats`` linear probes (seeds seed, seed + 1, ...): mean, spread, each, and the
+    binomial standard error of the mean accuracy on the images it is tested on. With
+    ``[probe] folds`` >= 2 each probe is cross-validated over train and test pooled."""
+    if cfg.probe.folds:
+        x, y = np.concatenate([ftr, fte]), np.concatenate([ytr, yte])
+        results = [
+            cross_validated_probe(
+                x,
+                y,
+                cfg.probe,
+                folds=cfg.probe.folds,
+                num_classes=num_classes,
+                seed=cfg.seed + k,
+                device=device,
+            )  # fmt: skip
+            for k in range(cfg.probe.repeats)
+        ]
+    else:
+        results = [
+            linear_probe(
+                ftr,
+                ytr,
+                fte,
+                yte,
+                cfg.probe,
+                num_classes=num_classes,
+                seed=cfg.seed + k,
+                device=device,
+            )  # fmt: skip
+            for k in range(cfg.probe.repeats)
+        ]
     test = np.array([p.test_accuracy for p in results])
+    mean = float(test.mean())
+    n_test = results[0].test_n
     return {
-        "probe_accuracy": float(test.mean()),
+        "probe_accuracy": mean,
         "probe_accuracy_std": float(test.std(ddof=1)) if len(test) > 1 else 0.0,
         "probe_accuracies": test.tolist(),
         "probe_train_accuracy": float(np.mean([p.train_accuracy for p in results])),
+        "probe_test_n": n_test,
+        "probe_folds": cfg.probe.folds,
+        "probe_accuracy_se": float(np.sqrt(mean * (1 - mean) / n_test)) if n_test else None,
     }
 
 
@@ -256,6 +278,11 @@ def confidence_from_cache(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: 
     )
 
 
+def _mean_or_none(values: list) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
 def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[str, Any]:
     """Pick the rung by ``criterion`` (default: the config's) from the stored scores, summarize
     every criterion's pick, measure the pick's confidence, write the plot; return the results."""
@@ -297,6 +324,7 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
         "selected_probe_accuracy": rungs[sel]["probe_accuracy"],
         "best_probe_accuracy": rungs[best]["probe_accuracy"],
         "probe_spread": float(np.mean([r.get("probe_accuracy_std", 0.0) for r in rungs])),
+        "probe_se": _mean_or_none([r.get("probe_accuracy_se") for r in rungs]),
         "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
         "stage_seconds": run.stage_seconds(),
     }

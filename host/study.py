@@ -15,6 +15,7 @@ A study file names a base run config, the ladders (overrides of it) and the targ
     train_per_class = 50
     test_per_class = 20
     holdout = false                # true: reported apart, never used to choose the default
+    set = ["probe.folds=10"]       # overrides for this target only
 
 Layout of DIR: ``ladders/NAME/`` (a run folder: pretrain + prune only, resumable; a folder
 holding a different ladder is refused), ``scores/LADDER/TARGET/`` (the ladder scored on the
@@ -69,12 +70,15 @@ class TargetSpec:
     train_per_class: int = 0
     test_per_class: int = 0
     holdout: bool = False
+    set: tuple[str, ...] = ()
+    """overrides for this target only (e.g. ``probe.folds`` where its test split is small)."""
 
     def overrides(self) -> list[str]:
         return [
             f"data.target={self.spec}",
             f"data.target_train_per_class={self.train_per_class}",
             f"data.target_test_per_class={self.test_per_class}",
+            *self.set,
         ]
 
 
@@ -117,11 +121,13 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
         ladders = tuple(
             LadderSpec(d["name"], tuple(d.get("set", ()))) for d in raw.get("ladder", [])
         )
-        targets = tuple(TargetSpec(**d) for d in raw.get("target", []))
+        targets = tuple(
+            TargetSpec(**{**d, "set": tuple(d.get("set", ()))}) for d in raw.get("target", [])
+        )
     except (KeyError, TypeError) as e:
         raise ConfigError(
             f"{p}: each [[ladder]] needs name (+ set), each [[target]] name and "
-            f"spec (+ train_per_class, test_per_class, holdout): {e}"
+            f"spec (+ train_per_class, test_per_class, holdout, set): {e}"
         ) from e
     if not ladders or not targets:
         raise ConfigError(f"{p}: a study needs at least one [[ladder]] and one [[target]]")
@@ -303,6 +309,8 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) 
         "probe": [r["probe_accuracy"] for r in rungs],
         "probe_std": [r.get("probe_accuracy_std", 0.0) for r in rungs],
         "probe_spread": results.get("probe_spread", 0.0),
+        "probe_se": results.get("probe_se"),
+        "probe_test_n": rungs[0].get("probe_test_n"),
         "best_probe_index": best,
         "criterion": results["criterion"],
         "selection_confidence": results.get("selection_confidence"),
@@ -348,6 +356,7 @@ def summarize_study(pairs: list[dict]) -> dict[str, Any]:
     held = [p for p in pairs if p["holdout"]]
     per = _aggregate(study)
     spread = _stats([100 * p["probe_spread"] for p in study])["mean"]
+    se = _stats([100 * p["probe_se"] for p in study if p.get("probe_se") is not None])["mean"]
     entropies = [n for n in ENTROPY_CRITERIA if n in per]
     rec = None
     if entropies:
@@ -384,6 +393,7 @@ def summarize_study(pairs: list[dict]) -> dict[str, Any]:
         "pairs": len(study),
         "holdout_pairs": len(held),
         "probe_spread_points": spread,
+        "probe_se_points": se,
         "criteria": per,
         "holdout": _aggregate(held) if held else {},
         "recommended": rec,
@@ -416,6 +426,12 @@ def _table(per: dict[str, Any], rec: str | None) -> list[str]:
     return lines
 
 
+def _se(pair: dict) -> str:
+    if pair.get("probe_se") is None:
+        return "-"
+    return f"{100 * pair['probe_se']:.2f} ({pair['probe_test_n']})"
+
+
 def render_study(doc: dict[str, Any]) -> str:
     s = doc["summary"]
     secs = doc["seconds"]
@@ -432,7 +448,14 @@ def render_study(doc: dict[str, Any]) -> str:
         "",
         f"Ground truth: linear-probe accuracy, mean over seeds; its mean spread (sd over seeds, "
         f"averaged over rungs and pairs) is **{s['probe_spread_points']:.2f} points**: a regret "
-        "below that is noise. Mean ± sd over pairs:",
+        "below that is noise. "
+        + (
+            f"The test sampling adds more: the binomial standard error of a probe accuracy, "
+            f"averaged the same way, is **{s['probe_se_points']:.2f} points**. "
+            if s.get("probe_se_points") is not None
+            else ""
+        )
+        + "Mean ± sd over pairs:",
         "",
         *_table(s["criteria"], s["recommended"]),
         "",
@@ -453,10 +476,10 @@ def render_study(doc: dict[str, Any]) -> str:
         "",
         "## Pairs",
         "",
-        "| ladder | target | n | best rung | probe sd | "
+        "| ladder | target | n | best rung | probe sd | probe se (test n) | "
         + " | ".join(f"{n} pick/regret" for n in ("entropy", s["recommended"] or "entropy"))
         + f" | {s['recommended']} confidence |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in doc["pairs"]:
         cells = []
@@ -467,7 +490,7 @@ def render_study(doc: dict[str, Any]) -> str:
         held = " (held out)" if p["holdout"] else ""
         lines.append(
             f"| {p['ladder']} | {p['target']}{held} | {p['n']} | {p['best_probe_index']} | "
-            f"{100 * p['probe_spread']:.2f} | {' | '.join(cells)} | "
+            f"{100 * p['probe_spread']:.2f} | {_se(p)} | {' | '.join(cells)} | "
             + (f"{conf:.2f} |" if conf is not None else "- |")
         )
     lines += ["", "![study](study.png)"]
@@ -494,6 +517,10 @@ def plot_study(doc: dict[str, Any], path: Path) -> Path:
     a1.axhline(
         doc["summary"]["probe_spread_points"], color="tab:red", ls=":", label="probe spread (noise)"
     )
+    if doc["summary"].get("probe_se_points") is not None:
+        a1.axhline(
+            doc["summary"]["probe_se_points"], color="tab:orange", ls="--", label="probe se (test)"
+        )
     a1.set_ylabel("regret (probe points), mean ± sd")
     a1.legend(fontsize=8)
     a2.bar(x, col("weighted_tau", "mean"), yerr=col("weighted_tau", "sd"), color=colors, capsize=3)

@@ -42,6 +42,7 @@ name = "folder-small"
 spec = "imagefolder:{image_folder}"
 train_per_class = 6
 holdout = true
+set = ["probe.folds=3"]
 """
     )
     return path
@@ -76,6 +77,9 @@ def test_every_pair_is_scored_and_summarized(finished_study):
     assert s["recommended"] in s["criteria"]
     for p in doc["pairs"]:
         assert p["n"] == (36 if p["target"] == "folder" else 18)
+        # folder: the 18 test images; folder-small: 3-fold CV over its 18 + 18 images pooled
+        assert p["probe_test_n"] == (18 if p["target"] == "folder" else 36)
+        assert 0.0 <= p["probe_se"] <= 0.5 / np.sqrt(p["probe_test_n"]) + 1e-12
         assert len(p["probe"]) == 3  # alpha 1, 0.5, 0.25
         results = json.loads(
             (out / "scores" / p["ladder"] / p["target"] / "results.json").read_text()
@@ -85,7 +89,7 @@ def test_every_pair_is_scored_and_summarized(finished_study):
         conf = p["recommended_confidence"]  # from the cached features, for the recommendation
         assert conf is None or 0.0 <= conf <= 1.0
     md = (out / "study.md").read_text()
-    assert "Recommended default" in md and "Held-out targets" in md
+    assert "Recommended default" in md and "Held-out targets" in md and "standard error" in md
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -126,6 +130,11 @@ def test_a_folder_holding_another_ladder_is_refused(finished_study, tmp_path):
             "epoch",
         ),
         ("typo = 1\n", "unknown study keys"),
+        (
+            '[[ladder]]\nname = "a"\n[[target]]\nname = "t"\nspec = "cifar10"\n'
+            'set = ["probe.folds=1"]\n',
+            "probe.folds",
+        ),
         ("[[ladder\n", "not valid TOML"),
     ],
 )
