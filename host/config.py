@@ -1,7 +1,9 @@
 """Run configuration: TOML files validated once into typed dataclasses.
 
 A config file has one table per section; every key is optional and falls back to the default
-below. Unknown sections or keys are errors (a typo must not silently run the default)::
+below. Unknown sections or keys are errors (a typo must not silently run the default), and so
+is a value of another type than its field's annotation (a bool is true or false, never "no" or 1;
+an integer is a valid float; floats are finite), checked in one place for every section::
 
     seed = 0
     [data]
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import tomllib
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,6 +39,7 @@ __all__ = [
     "DeviceTrainConfig",
     "EntropyConfig",
     "ExportConfig",
+    "MAX_RUNGS",
     "PretrainConfig",
     "ProbeConfig",
     "PruneConfig",
@@ -42,6 +48,7 @@ __all__ = [
     "apply_overrides",
     "config_to_toml",
     "load_config",
+    "planned_rungs",
     "shipped_configs",
 ]
 
@@ -67,6 +74,59 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open=False
 def _check_int(name: str, value: Any, lo: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
+
+
+_KINDS = {
+    bool: "a boolean (true/false)",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+}
+"""Scalar field type -> how a message names it."""
+
+
+def _is_kind(value: Any, kind: Any) -> bool:
+    """``value`` is a plain TOML value of the annotated ``kind`` (a bool is no number, a string
+    no bool, an integer is a float; every float is finite)."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return any(_is_kind(value, k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return isinstance(value, list) and all(_is_kind(v, item) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and math.isfinite(value)
+    if kind is str:
+        return isinstance(value, str)
+    raise TypeError(f"config fields cannot be of type {kind!r}")  # a new field's type: add it
+
+
+def _kind_name(kind: Any) -> str:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return " or ".join(_kind_name(k) for k in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        return f"a list of {_kind_name(item).removeprefix('a ')}s, e.g. [{_KIND_EXAMPLES[item]}]"
+    return _KINDS[kind]
+
+
+_KIND_EXAMPLES = {bool: "true", int: "1", float: "0.5", str: '"a", "b"'}
+
+
+def _check_types(cls: type, values: dict[str, Any], prefix: str) -> None:
+    """Every value of ``values`` has the type its field of ``cls`` is annotated with (sections,
+    themselves dataclasses, are checked when built), else a ConfigError naming the key."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            continue
+        if not _is_kind(value, kind):
+            raise ConfigError(f"{prefix}{key} must be {_kind_name(kind)}, got {value!r}")
 
 
 @dataclass
@@ -102,7 +162,7 @@ class DataConfig:
                 raise ConfigError("set data.roots only; data.root is its old one-folder form")
             self.roots, self.root = [self.root], ""
         if not isinstance(self.roots, list) or not all(
-            isinstance(r, str) and r for r in self.roots
+            isinstance(r, str) and r.strip() for r in self.roots
         ):
             raise ConfigError(
                 f'data.roots must be a list of folder names, e.g. ["data"], got {self.roots!r}'
@@ -152,8 +212,8 @@ class PretrainConfig:
         _check_int("pretrain.input_size", self.input_size, lo=8)
         if self.input_size > 512:
             raise ConfigError(f"pretrain.input_size must be in [8, 512], got {self.input_size}")
-        if not isinstance(self.init, str):
-            raise ConfigError(f"pretrain.init must be a path string, got {self.init!r}")
+        if not isinstance(self.init, str) or (self.init and not self.init.strip()):
+            raise ConfigError(f"pretrain.init must be a path string (or empty), got {self.init!r}")
         _check_int("pretrain.batch_size", self.batch_size)
         _check_range("pretrain.lr", self.lr, 0.0, 10.0, lo_open=True)
         _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)
@@ -259,9 +319,10 @@ class ExportConfig:
         from .bundle import FORMS
 
         bad = [f for f in self.formats if f not in FORMATS]
-        if bad or not self.formats:
+        twice = len(set(self.formats)) < len(self.formats)
+        if bad or twice or not self.formats:
             raise ConfigError(
-                f"export.formats must be a non-empty subset of {sorted(FORMATS)}, "
+                f"export.formats must be a non-empty subset of {sorted(FORMATS)} (each once), "
                 f"got {self.formats!r}"
             )
         _check_name("export.form", self.form, sorted(FORMS), "encoder form")
@@ -276,6 +337,34 @@ class DeviceTrainConfig(TrainConfig):
 
     enabled: bool = True
     """train the head with the numpy device runtime at the end of `entropi run`."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # parses the budget (a size, a number of bytes or "unlimited")
+        budget = self.budget_bytes
+        if budget is None:
+            return
+        import numpy as np
+
+        from entropi.device.budget import format_size, plan_memory
+        from entropi.device.errors import BudgetError
+
+        try:  # the smallest loop there is: 1 feature x 2 classes, batch 1, fused update
+            plan_memory(
+                1,
+                2,
+                budget,
+                max_batch_size=1,
+                dtype=np.dtype(self.dtype),
+                epochs=self.epochs,
+                fused_update=True,
+            )
+        except BudgetError as e:
+            raise ConfigError(
+                f"device_train.budget = {self.budget!r} ({budget} B) cannot hold any head "
+                f"training loop: even 1 feature x 2 classes needs {format_size(e.minimum_bytes)}; "
+                "the real minimum grows with the encoder's feature width and the target's "
+                'classes (the default is "256KB")'
+            ) from None
 
 
 @dataclass
@@ -294,9 +383,12 @@ class RunConfig:
     device_train: DeviceTrainConfig = field(default_factory=DeviceTrainConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
         _check_int("seed", self.seed, lo=0)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        _check_ladder(self.prune, self.pretrain.arch)
 
     @property
     def head_training(self) -> TrainConfig:
@@ -316,6 +408,39 @@ class RunConfig:
         return hashlib.sha256(config_to_toml(self).encode()).hexdigest()
 
 
+MAX_RUNGS = 64
+"""The most rungs a ladder may plan (prune.keep_per_round and prune.alpha_min): each is a
+checkpoint file, scored and probed; the shipped configs plan 8 to 20."""
+
+
+def planned_rungs(keep_per_round: float, alpha_min: float) -> int:
+    """``len(geometric_alphas(keep_per_round, alpha_min))`` (:mod:`.prune`) without building it."""
+    return math.floor(math.log(alpha_min) / math.log(keep_per_round) + 1e-9) + 1
+
+
+def _check_ladder(prune: PruneConfig, arch: str) -> None:
+    """At most :data:`MAX_RUNGS` rungs; the error estimates the disk use of the rung files."""
+    n = planned_rungs(prune.keep_per_round, prune.alpha_min)
+    if n <= MAX_RUNGS:
+        return
+    from entropi.device.budget import format_size
+
+    from .models import build_encoder, prunable_parameters
+
+    encoder = build_encoder(arch)  # a rung file: float32 state dict + one bool per pruned weight
+    state = sum(t.numel() for t in encoder.state_dict().values())
+    rung_bytes = 4 * state + sum(p.numel() for _, p in prunable_parameters(encoder))
+    size = n * rung_bytes
+    disk = f"{size / 1024**3:.1f} GB" if size >= 1024**3 else format_size(size)
+    fit = math.floor(1e4 * math.exp(math.log(prune.alpha_min) / (MAX_RUNGS - 1))) / 1e4
+    raise ConfigError(
+        f"prune.keep_per_round = {prune.keep_per_round} down to prune.alpha_min = "
+        f"{prune.alpha_min} plans {n:,} rungs (about {disk} of {arch} "
+        f"rung files), more than {MAX_RUNGS}: lower prune.keep_per_round (at most {fit:.4f} "
+        f"for {MAX_RUNGS} rungs; the paper uses 0.75) or raise prune.alpha_min"
+    )
+
+
 _SECTIONS = {
     "data": DataConfig,
     "pretrain": PretrainConfig,
@@ -332,7 +457,7 @@ _NOT_IN_FILE = {
 }
 
 
-def _build(cls: type, values: dict[str, Any], where: str, hidden=None) -> Any:
+def _build(cls: type, values: dict[str, Any], where: str, prefix: str, hidden=None) -> Any:
     hidden = hidden or {}
     for key, why in hidden.items():
         if key in values:
@@ -341,6 +466,7 @@ def _build(cls: type, values: dict[str, Any], where: str, hidden=None) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
+    _check_types(cls, values, prefix)
     try:
         return cls(**values)
     except ConfigError:
@@ -350,14 +476,16 @@ def _build(cls: type, values: dict[str, Any], where: str, hidden=None) -> Any:
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a table of settings, got {type(raw).__name__}")
     top = {k: v for k, v in raw.items() if k not in _SECTIONS}
     sections = {}
     for key, cls in _SECTIONS.items():
         value = raw.get(key, {})
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
-        sections[key] = _build(cls, value, f"[{key}]", _NOT_IN_FILE.get(key))
-    return _build(RunConfig, {**top, **sections}, "the top level")
+        sections[key] = _build(cls, value, f"[{key}]", f"{key}.", _NOT_IN_FILE.get(key))
+    return _build(RunConfig, {**top, **sections}, "the top level", "")
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -385,6 +513,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         )
     try:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except RecursionError as e:
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply") from e
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
     return path, parsed
@@ -409,6 +539,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this (1 MB) is refused unread."""
+
+
 def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a TOML config file, or a shipped config by name (see :func:`shipped_configs`), with
     ``SECTION.KEY=VALUE`` overrides (:func:`apply_overrides`) validated like the file itself."""
@@ -422,8 +556,14 @@ def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) 
                 f"config {str(path_or_name)!r} is neither a file nor a shipped config; shipped: "
                 + ", ".join(sorted(shipped))
             )
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES} bytes; is it a config file?")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path} is not a config: its values are nested too deeply") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
     return config_from_dict(apply_overrides(raw, overrides))

@@ -15,9 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from entropi.device.errors import EntropiError
-
-from .config import PretrainConfig
+from .config import ConfigError, PretrainConfig
 from .data import iterate_batches
 from .progress import progress
 from .prune import Masks, apply_masks
@@ -32,8 +30,9 @@ __all__ = [
 ]
 
 
-class DeviceUnavailableError(EntropiError, RuntimeError):
-    """The configured compute device is unknown or not present on this machine."""
+class DeviceUnavailableError(ConfigError, RuntimeError):
+    """The configured compute device is unknown or not present on this machine (a config error:
+    :func:`~entropi.host.rundir.open_run` checks it before it creates anything)."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -44,8 +43,8 @@ def pick_device(name: str = "auto") -> torch.device:
         raise DeviceUnavailableError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailableError(
-            "device 'cuda' was requested but torch sees no CUDA device; set device = \"auto\" "
-            'or "cpu" in the config'
+            "device = 'cuda' but no CUDA device is visible to torch on this machine; set "
+            'device = "auto" or "cpu" in the config (or --set device=cpu)'
         )
     return torch.device(name)
 
