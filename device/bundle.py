@@ -4,6 +4,7 @@ Layout of a bundle folder::
 
     manifest.json        format_version, files (sha256, bytes), encoders, input, feature_dim, ...
     encoder.tflite       and/or encoder.onnx (float32 NCHW normalized input -> (N, feature_dim))
+    check.npz            recorded check inputs and, per encoder file, its outputs on them
 
 The manifest records, besides checksums: ``input`` (``shape`` [C, H, W], ``layout`` NCHW,
 ``dtype``, ``mean``/``std`` applied as ``(pixel / 255 - mean) / std`` per channel),
@@ -12,26 +13,75 @@ becomes the encoder's input: :meth:`.imageprep.Preprocess.to_dict`, ``size`` [H,
 ``filter``; a manifest without it, written before it existed, means the default
 :class:`.imageprep.Preprocess` at the input's size) and ``provenance`` (free-form JSON from the
 host: run, rung, package version, ...). Nothing in a bundle needs pickle.
+
+A bundle may come from anywhere, so :func:`load_bundle` trusts none of it. The manifest is read
+only up to :data:`MAX_MANIFEST_BYTES`, checked against ``manifest.schema.json`` (shipped next to
+this module, checked by :mod:`.schema`) and then for what a schema cannot say (one mean and std
+per channel, ``pixel_scale`` 1/255, every encoder listed in ``files``); each file's size and
+sha256 are checked before anything opens it. Every refusal is a :class:`.errors.BundleError`
+naming the manifest, the field (a JSON path such as ``input.std[1]``) and what was expected.
+
+``check.npz`` (members ``inputs``: float32 (k, C, H, W), seeded pixels normalized with the
+manifest's mean/std; ``outputs.<encoder file name>``: float32 (k, feature_dim), what that file
+returned on them when the bundle was written, with the device's own :class:`.encoder.
+EncoderRunner`) catches an encoder file whose content is damaged although its checksum was
+recomputed: :meth:`Bundle.encoder` runs the loaded encoder on the recorded inputs and refuses it
+when ``max|out - recorded| > CHECK_RTOL * max(1, max|recorded|) + CHECK_ATOL``. A bundle
+without ``check.npz`` (written before it existed), or a file without recorded outputs (no
+interpreter for its format where the bundle was written), loads without that check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ._npz import npy_member, save_npz
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
 from .io import atomic_dir, atomic_write_json
+from .schema import SchemaViolation, check, json_path, load_schema
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "Bundle", "load_bundle", "sha256_file", "write_bundle"]
+__all__ = [
+    "CHECK",
+    "CHECK_ATOL",
+    "CHECK_ROWS",
+    "CHECK_RTOL",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "MANIFEST_SCHEMA",
+    "MAX_MANIFEST_BYTES",
+    "Bundle",
+    "load_bundle",
+    "read_manifest",
+    "sha256_file",
+    "write_bundle",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = "manifest.schema.json"
+"""The JSON Schema of a manifest, a file of this package."""
+MAX_MANIFEST_BYTES = 1 << 20
+"""A larger ``manifest.json`` is refused unread (a real one is a few KB)."""
+CHECK = "check.npz"
+CHECK_ROWS = 4
+"""Check inputs recorded per bundle."""
+CHECK_RTOL = 1e-3
+CHECK_ATOL = 1e-5
+"""An encoder passes its check when ``max|out - recorded| <= CHECK_RTOL * max(1,
+max|recorded|) + CHECK_ATOL``: far above the rounding differences of one file run by the same
+interpreter on another CPU (~1e-6 relative), far below what a damaged weight changes."""
+_MAX_CHECK_ROWS = 64
 _FORMATS = {".tflite": "tflite", ".onnx": "onnx"}
 
 
@@ -42,6 +92,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _outputs_key(name: str) -> str:
+    return f"outputs.{name}"
 
 
 def write_bundle(
@@ -63,7 +117,11 @@ def write_bundle(
     Built in a temp folder and renamed into place, so a failure leaves no half-written bundle.
     Encoder names must end in ``.tflite`` or ``.onnx``. ``preprocess`` (a
     :meth:`.imageprep.Preprocess.to_dict` dict, or the object) defaults to
-    ``Preprocess(size=(H, W))`` of ``input_shape``; its size must be the input's (H, W).
+    ``Preprocess(size=(H, W))`` of ``input_shape``; its size must be the input's (H, W). The
+    manifest must pass the checks :func:`load_bundle` makes (:class:`.errors.BundleError`
+    otherwise). Each encoder file an installed interpreter can run is run on
+    :data:`CHECK_ROWS` seeded inputs, its outputs recorded in ``check.npz``; an encoder file that
+    does not load or run raises :class:`.errors.BundleError`.
     """
     if not encoder_files:
         raise BundleError("a bundle needs at least one encoder file (.tflite or .onnx)")
@@ -86,31 +144,75 @@ def write_bundle(
         if not Path(src).is_file():
             raise BundleError(f"encoder file {src} does not exist")
         encoders[name] = {"format": fmt}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "files": {name: {"sha256": "0" * 64, "bytes": 0} for name in encoder_files},
+        "encoders": encoders,
+        "input": {
+            "shape": [int(s) for s in input_shape],
+            "layout": "NCHW",
+            "dtype": dtype,
+            "mean": [float(v) for v in normalization["mean"]],
+            "std": [float(v) for v in normalization["std"]],
+            "pixel_scale": 1 / 255,
+        },
+        "feature_dim": int(feature_dim),
+        "class_names": list(class_names) if class_names is not None else None,
+        "alpha": float(alpha) if alpha is not None else None,
+        "preprocess": prep.to_dict(),
+        "provenance": provenance or {},
+    }
+    _validate(manifest, "the manifest to write")  # refuse now what load_bundle would refuse
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         files = {}
         for name, src in encoder_files.items():
             shutil.copyfile(src, tmp / name)
             files[name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "files": files,
-            "encoders": encoders,
-            "input": {
-                "shape": [int(s) for s in input_shape],
-                "layout": "NCHW",
-                "dtype": dtype,
-                "mean": [float(v) for v in normalization["mean"]],
-                "std": [float(v) for v in normalization["std"]],
-                "pixel_scale": 1 / 255,
-            },
-            "feature_dim": int(feature_dim),
-            "class_names": list(class_names) if class_names is not None else None,
-            "alpha": float(alpha) if alpha is not None else None,
-            "preprocess": prep.to_dict(),
-            "provenance": provenance or {},
-        }
+        arrays = _record_check(tmp, manifest, encoder_files)
+        if arrays is not None:
+            save_npz(tmp / CHECK, arrays)
+            files[CHECK] = {
+                "sha256": sha256_file(tmp / CHECK),
+                "bytes": (tmp / CHECK).stat().st_size,
+            }
+        manifest["files"] = files
         atomic_write_json(tmp / MANIFEST, manifest)
     return Path(out_dir)
+
+
+def _check_inputs(manifest: dict[str, Any]) -> np.ndarray:
+    """:data:`CHECK_ROWS` seeded inputs: uniform 8-bit pixels normalized as the manifest says."""
+    inp = manifest["input"]
+    c = inp["shape"][0]
+    pixels = np.random.default_rng(0).integers(0, 256, (CHECK_ROWS, *inp["shape"]))
+    mean = np.asarray(inp["mean"], np.float64).reshape(1, c, 1, 1)
+    std = np.asarray(inp["std"], np.float64).reshape(1, c, 1, 1)
+    return np.ascontiguousarray((pixels / 255.0 - mean) / std, dtype=np.float32)
+
+
+def _record_check(
+    folder: Path, manifest: dict[str, Any], sources: dict[str, str | os.PathLike]
+) -> dict[str, np.ndarray] | None:
+    """The ``check.npz`` arrays of the encoder files in ``folder`` an installed interpreter runs
+    (None when there is none)."""
+    from .encoder import EncoderRunner
+
+    available = _available_formats()
+    inputs = _check_inputs(manifest)
+    arrays = {"inputs": inputs}
+    for name, meta in manifest["encoders"].items():
+        if meta["format"] not in available:
+            continue
+        label = str(sources[name])
+        runner = EncoderRunner(folder / name, meta["format"], manifest["feature_dim"], label=label)
+        try:
+            out = runner(inputs)
+        except DataError as e:
+            raise BundleError(f"encoder {label} does not take the bundle's input: {e}") from e
+        if not np.isfinite(out).all():
+            raise BundleError(f"encoder {label} returns non-finite features on the check inputs")
+        arrays[_outputs_key(name)] = np.ascontiguousarray(out, dtype=np.float32)
+    return arrays if len(arrays) > 1 else None
 
 
 def _preprocess(d, input_shape, error) -> Preprocess:
@@ -118,7 +220,7 @@ def _preprocess(d, input_shape, error) -> Preprocess:
     size = (int(input_shape[1]), int(input_shape[2]))
     try:
         prep = d if isinstance(d, Preprocess) else Preprocess.from_dict(d or {"size": size})
-    except DataError as e:
+    except (DataError, TypeError, ValueError) as e:
         raise error(f"bad preprocess {d!r}: {e}") from e
     if prep.size != size:
         raise error(
@@ -126,6 +228,81 @@ def _preprocess(d, input_shape, error) -> Preprocess:
             f"{list(size)}"
         )
     return prep
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check the ``manifest.json`` of the bundle folder ``path`` (not its files).
+
+    Raises :class:`.errors.FormatVersionError` for a newer format, :class:`.errors.BundleError`
+    for a missing, oversized, unparsable or invalid manifest.
+    """
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by `entropi bundle`?")
+    try:
+        with open(mpath, "rb") as f:
+            raw = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as e:
+        raise BundleError(f"cannot read {mpath}: {e}") from e
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(
+            f"{mpath} is larger than {MAX_MANIFEST_BYTES} bytes; a bundle manifest is a few KB"
+        )
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise BundleError(f"{mpath} is not a valid manifest (JSON nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise BundleError(f"{mpath} is not a valid manifest ({e})") from e
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} is not a valid manifest (a JSON object expected)")
+    version = manifest.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"{path} has bundle format_version {version!r}; this runtime reads versions <= "
+            f"{FORMAT_VERSION}. Upgrade entropi on the device."
+        )
+    _validate(manifest, str(mpath))
+    return manifest
+
+
+def _validate(manifest: dict[str, Any], where: str) -> None:
+    """The schema check, then what a schema cannot express; BundleError naming the field."""
+    try:
+        check(manifest, load_schema(MANIFEST_SCHEMA))
+    except SchemaViolation as e:
+        raise BundleError(f"{where} is not a valid manifest: {e.path}: {e.expected}") from None
+
+    def bad(parts: tuple[str | int, ...], expected: str) -> BundleError:
+        return BundleError(f"{where} is not a valid manifest: {json_path(parts)}: {expected}")
+
+    inp = manifest["input"]
+    channels = inp["shape"][0]
+    for key in ("mean", "std"):
+        if len(inp[key]) != channels:
+            raise bad(
+                ("input", key),
+                f"expected {channels} entries (one per channel of input.shape "
+                f"{inp['shape']}), got {len(inp[key])}",
+            )
+    if "pixel_scale" in inp and not math.isclose(inp["pixel_scale"], 1 / 255, rel_tol=1e-9):
+        raise bad(
+            ("input", "pixel_scale"),
+            f"expected 1/255 (this runtime reads 8-bit pixels), got {inp['pixel_scale']!r}",
+        )
+    for name, meta in manifest["encoders"].items():
+        if name not in manifest["files"]:
+            raise bad(("encoders", name), "expected an encoder file also listed in files")
+        if _FORMATS[Path(name).suffix] != meta["format"]:
+            raise bad(
+                ("encoders", name, "format"),
+                f"expected {_FORMATS[Path(name).suffix]!r} for a {Path(name).suffix} file",
+            )
+    try:
+        _preprocess(manifest.get("preprocess"), inp["shape"], BundleError)
+    except BundleError as e:
+        raise bad(("preprocess",), str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -163,45 +340,110 @@ class Bundle:
     def class_names(self) -> list[str] | None:
         return self.manifest.get("class_names")
 
+    @property
+    def check_file(self) -> Path | None:
+        """``check.npz`` when the bundle has one (checksummed with the other files)."""
+        return self.path / CHECK if CHECK in self.manifest["files"] else None
+
     def encoder(self, *, num_threads: int = 1):
-        """An :class:`.encoder.EncoderRunner` for the chosen encoder file."""
+        """An :class:`.encoder.EncoderRunner` for the chosen encoder file, which has reproduced
+        its recorded check outputs (see the module docstring; :class:`.errors.BundleError`
+        otherwise)."""
         from .encoder import EncoderRunner
 
-        return EncoderRunner(
+        runner = EncoderRunner(
             self.encoder_file, self.encoder_format, self.feature_dim, num_threads=num_threads
         )
+        self._check_encoder(runner)
+        return runner
+
+    def _check_encoder(self, runner) -> None:
+        """Run ``runner`` on the recorded check inputs; refuse outputs beyond the tolerance."""
+        if self.check_file is None:
+            return
+        name = self.encoder_file.name
+        arrays = _read_check(self.check_file, self.manifest, name)
+        if arrays is None:
+            return
+        inputs, expected = arrays
+        try:
+            out = runner(inputs)
+        except DataError as e:
+            raise BundleError(
+                f"encoder {name} does not run on its recorded check inputs: {e}"
+            ) from e
+        diff = float(np.max(np.abs(out.astype(np.float64) - expected)))
+        tol = CHECK_RTOL * max(1.0, float(np.max(np.abs(expected)))) + CHECK_ATOL
+        if not diff <= tol:  # NaN outputs fail too
+            raise BundleError(
+                f"encoder {name} does not reproduce its recorded check outputs: max abs diff "
+                f"{diff:.3g} > tol {tol:.3g}. The encoder file is damaged or was replaced; "
+                "copy the bundle again."
+            )
+
+
+def _read_check(
+    path: Path, manifest: dict[str, Any], name: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The recorded inputs and ``name``'s outputs of ``check.npz`` (None: none recorded for
+    ``name``), their headers checked before any data is read."""
+    key = _outputs_key(name)
+    rows_max, shape = _MAX_CHECK_ROWS, tuple(manifest["input"]["shape"])
+    feature_dim = manifest["feature_dim"]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+        if "inputs.npy" not in members:
+            raise BundleError(f"{path} has no 'inputs' member")
+        if f"{key}.npy" not in members:
+            return None
+        heads = {m: npy_member(path, m) for m in ("inputs", key)}
+        k = heads["inputs"].shape[0] if heads["inputs"].shape else 0
+        wanted = {"inputs": (k, *shape), key: (k, feature_dim)}
+        for m, head in heads.items():
+            if head.dtype != np.float32 or head.shape != wanted[m] or not 1 <= k <= rows_max:
+                raise BundleError(
+                    f"{path} member {m!r} is {head.dtype}{head.shape}; expected float32 "
+                    f"{wanted[m]} with 1 <= k <= {rows_max}"
+                )
+        with np.load(path, allow_pickle=False) as z:
+            inputs, outputs = z["inputs"], z[key]
+    except BundleError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{path} is not a valid check file ({e!r})") from e
+    if not (np.isfinite(inputs).all() and np.isfinite(outputs).all()):
+        raise BundleError(f"{path} holds non-finite check values")
+    return inputs, outputs.astype(np.float64)
 
 
 def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite", "onnx")) -> Bundle:
     """Read and verify a bundle; pick the encoder file an installed interpreter can run.
 
-    Raises :class:`.errors.FormatVersionError` for a newer format, :class:`.errors.ChecksumError`
-    naming the first file whose sha256 differs, :class:`.errors.BundleError` otherwise.
+    The manifest is checked by :func:`read_manifest`, then the size and sha256 of every file it
+    lists (before anything opens the file). Raises :class:`.errors.FormatVersionError` for a
+    newer format, :class:`.errors.ChecksumError` naming the first file whose size or sha256
+    differs, :class:`.errors.BundleError` otherwise. The encoder itself is opened (and checked
+    against ``check.npz``) by :meth:`Bundle.encoder`.
     """
     path = Path(path)
-    mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by `entropi bundle`?")
-    try:
-        manifest = json.loads(mpath.read_text())
-        version = manifest["format_version"]
-        files, encoders = manifest["files"], manifest["encoders"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BundleError(f"{mpath} is not a valid manifest ({e!r})") from e
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise FormatVersionError(
-            f"{path} has bundle format_version {version!r}; this runtime reads versions <= "
-            f"{FORMAT_VERSION}. Upgrade entropi on the device."
-        )
-    try:
-        _preprocess(manifest.get("preprocess"), manifest["input"]["shape"], BundleError)
-    except (KeyError, TypeError, IndexError) as e:
-        raise BundleError(f"{mpath} is not a valid manifest ({e!r})") from e
+    manifest = read_manifest(path)
+    files, encoders = manifest["files"], manifest["encoders"]
     for name, meta in files.items():
         fpath = path / name
         if Path(name).name != name or not fpath.is_file():
             raise BundleError(f"bundle file {name!r} listed in {MANIFEST} is missing from {path}")
-        actual = sha256_file(fpath)
+        try:
+            size = fpath.stat().st_size
+            if size != meta["bytes"]:
+                raise ChecksumError(
+                    f"size mismatch for {name!r} in {path}: {MANIFEST} "
+                    f"{json_path(('files', name, 'bytes'))} is {meta['bytes']}, the file has "
+                    f"{size} bytes. The bundle is corrupt or was modified; copy it again."
+                )
+            actual = sha256_file(fpath)
+        except OSError as e:
+            raise BundleError(f"cannot read bundle file {fpath}: {e}") from e
         if actual != meta["sha256"]:
             raise ChecksumError(
                 f"checksum mismatch for {name!r} in {path}: manifest sha256 {meta['sha256']}, "
@@ -212,9 +454,9 @@ def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite",
         if fmt not in available:
             continue
         for name, meta in encoders.items():
-            if meta.get("format") == fmt and name in files:
+            if meta["format"] == fmt:
                 return Bundle(path, manifest, path / name, fmt)
-    have = sorted({m.get("format") for m in encoders.values()})
+    have = sorted({m["format"] for m in encoders.values()})
     raise BundleError(
         f"no interpreter for the encoder formats in {path} ({', '.join(have)}): install "
         "ai-edge-litert (extra 'entropi[litert]') for .tflite or onnxruntime ('entropi[ort]') "

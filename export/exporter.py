@@ -14,8 +14,10 @@ Every model reads a float32 NCHW batch ``(pixels / 255 - mean) / std`` (``normal
 provenance) and returns the ``N x feature_dim`` features. ONNX files have a dynamic batch
 dimension; TFLite files take one image per call.
 
-All files are written to a temporary directory next to ``OUT`` and moved into place only after
-every file has passed verification, so a failed export leaves no model behind.
+All files are written to a temporary directory next to ``OUT`` (``.OUT.<pid>.<random>.tmp``) and
+moved into place only after every file has passed verification, so a failed export leaves no
+model behind. A process killed mid-export leaves its temporary directory; the next export into
+``OUT`` removes it (:func:`remove_stale_tmp`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,13 @@ from .rung import RungInfo
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Diff, compare_arrays, torch_features
 from .weights import weight_stats
 
-__all__ = ["EXPORT_FORMAT", "INDEX_BYTES", "export_encoder", "images_to_inputs"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "INDEX_BYTES",
+    "export_encoder",
+    "images_to_inputs",
+    "remove_stale_tmp",
+]
 
 EXPORT_FORMAT = 1
 """Version of export.json's layout."""
@@ -135,6 +145,7 @@ def export_encoder(
     atol: float | None = None,
     rtol: float | None = None,
     config_sha256: str | None = None,
+    rung_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Export ``encoder`` (the rung described by ``info``) to ``out_dir``; return export.json.
 
@@ -147,6 +158,9 @@ def export_encoder(
     :class:`~entropi.export.VerificationError` and leaves ``out_dir`` untouched. ``atol`` /
     ``rtol`` default to each format's own tolerance (and :data:`DEFAULT_ATOL` /
     :data:`DEFAULT_RTOL` for the PyTorch forms); given, they apply to every check.
+
+    ``rung_sha256`` (the sha256 of the rung file the encoder was loaded from) is recorded as
+    export.json's ``rung_sha256``: what an export is reused for.
 
     Bad input raises :class:`~entropi.export.ExportError`; a missing writer or runtime raises
     :class:`~entropi.export.MissingDependencyError` before any work.
@@ -193,7 +207,12 @@ def export_encoder(
         variants.append(("encoder_compact", small))
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    remove_stale_tmp(out_dir)
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent
+        )
+    )
     os.chmod(tmp, default_mode(directory=True))
     try:
         files: dict[str, Any] = {}
@@ -226,6 +245,7 @@ def export_encoder(
         result = {
             "export_format": EXPORT_FORMAT,
             "provenance": provenance,
+            "rung_sha256": rung_sha256,
             "onnx_opset": ONNX_OPSET,
             "nnz": stats.nnz,
             "n_weights": stats.n_weights,
@@ -256,6 +276,64 @@ def export_encoder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result
+
+
+_IMPORTED_AT = time.time()
+
+
+def _process_start() -> float:
+    """When this process started (Linux ``/proc``; elsewhere, when this module was imported)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path("/proc/stat").read_text().split()
+        boot = float(stat[stat.index("btime") + 1])
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED_AT
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user
+        return True
+    return True
+
+
+def remove_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary directories an interrupted export into ``out_dir`` left next to it.
+
+    A ``.OUT.<pid>.<random>.tmp`` directory is stale when it was last modified before this
+    process started and process ``pid`` no longer exists; one without a pid (written by entropi
+    before the pid was part of the name) when it was last modified before this process started.
+    Anything else (a file, a link, a live or recent export) is left alone. Returns what was
+    removed.
+    """
+    out_dir = Path(out_dir)
+    pattern = re.compile(rf"\.{re.escape(out_dir.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]{{8}}\.tmp")
+    started = _process_start()
+    removed = []
+    try:
+        entries = list(out_dir.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            if entry.is_symlink() or not entry.is_dir() or entry.stat().st_mtime >= started:
+                continue
+        except OSError:
+            continue
+        pid = m.group(1)
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
 
 
 def _verification_inputs(provenance: dict, images: np.ndarray | None, n: int, seed: int):

@@ -2,7 +2,9 @@
 
 :func:`export_rung` loads a rung of a run folder (the host's model registry builds its encoder)
 and hands it to :func:`entropi.export.export_encoder`; :func:`ensure_export` does so only when
-RUNDIR/export does not already hold that rung's files. :func:`bundle_rung` packages one encoder
+RUNDIR/export does not already hold that rung's files: an export is keyed by the sha256 of the
+rung file (export.json ``rung_sha256``), so a rung file replaced since is exported again, and its
+files must still have the sha256 export.json records. :func:`bundle_rung` packages one encoder
 form (``compact``: dead channels removed, fastest; or ``sparse``: pruned weights stored sparse,
 smallest file) in every exported format, plus ``manifest.json`` written by
 :func:`entropi.device.bundle.write_bundle` (no pickle, checksummed).
@@ -25,7 +27,7 @@ from entropi.export.rung import CheckpointError
 from .checkpoint import load_rung, resolve_rung
 from .rundir import RunDir
 
-__all__ = ["FORMS", "bundle_rung", "config_hash", "ensure_export", "export_rung"]
+__all__ = ["FORMS", "bundle_rung", "config_hash", "ensure_export", "export_rung", "rung_hash"]
 
 FORMS = {"compact": "encoder_compact", "sparse": "encoder"}
 """Bundle form -> the stem of its files in the export folder."""
@@ -39,6 +41,24 @@ def config_hash(rundir: str | os.PathLike | RunDir) -> str | None:
     """sha256 of ``RUNDIR/config.toml`` (the resolved config), or None if there is none."""
     path = _run(rundir).config
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rung_hash(rundir: str | os.PathLike | RunDir, rung: str | int = "selected") -> str:
+    """sha256 of the file of rung ``rung`` (``"selected"`` or an index) of the run."""
+    run = _run(rundir)
+    path = run.rung(resolve_rung(run, rung))
+    try:
+        return _sha256(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read rung file {path}: {e}") from e
 
 
 def export_rung(
@@ -63,7 +83,9 @@ def export_rung(
     """
     run = _run(rundir)
     resolve_formats(formats)
-    encoder, info = load_rung(run, rung)
+    index = resolve_rung(run, rung)
+    digest = rung_hash(run, index)
+    encoder, info = load_rung(run, index)
     return export_encoder(
         encoder,
         info,
@@ -75,6 +97,7 @@ def export_rung(
         atol=atol,
         rtol=rtol,
         config_sha256=config_hash(run),
+        rung_sha256=digest,
     )
 
 
@@ -92,7 +115,10 @@ def ensure_export(
 ) -> tuple[Path, dict[str, Any]]:
     """Export ``rung`` into RUNDIR/export unless an export of that rung with those files exists.
 
-    Returns the export folder and export.json's content.
+    An export is reused only when export.json records the same rung index and the sha256 of the
+    rung file as it is now (``rung_sha256``; an export without it, from an older entropi, is
+    redone), and every wanted file is there with the sha256 export.json records. Returns the
+    export folder and export.json's content.
     """
     run = _run(rundir)
     chosen = resolve_formats(formats)
@@ -104,14 +130,33 @@ def ensure_export(
         info = None
     if isinstance(info, dict):
         wanted = {fmt.filename(stem) for fmt in chosen for stem in _stems(compact)}
-        same_rung = info.get("provenance", {}).get("rung_index") == index
-        files = info.get("files", {})
-        if same_rung and wanted <= set(files) and all((out / f).is_file() for f in wanted):
+        if _reusable(info, out, index, rung_hash(run, index), wanted):
             return out, info
     info = export_rung(
         run, index, formats=formats, compact=compact, out_dir=out, verify_images=verify_images
     )
     return out, info
+
+
+def _reusable(info: dict, out: Path, index: int, digest: str, wanted: set[str]) -> bool:
+    """Whether export.json ``info`` describes rung ``index`` with file sha256 ``digest`` and the
+    files ``wanted`` are in ``out`` unchanged."""
+    prov = info.get("provenance")
+    files = info.get("files")
+    if not (isinstance(prov, dict) and isinstance(files, dict)):
+        return False
+    if prov.get("rung_index") != index or info.get("rung_sha256") != digest:
+        return False
+    for name in wanted:
+        entry, path = files.get(name), out / name
+        if not (isinstance(entry, dict) and path.is_file()):
+            return False
+        try:
+            if _sha256(path) != entry.get("sha256"):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def bundle_rung(

@@ -27,21 +27,25 @@ def export_onnx(path, *, batch=None, seed=0):
     return enc
 
 
-@pytest.fixture(scope="module")
-def onnx_bundle(tmp_path_factory):
-    d = tmp_path_factory.mktemp("onnx")
-    enc = export_onnx(d / "enc.onnx")
+def smallnet_bundle(folder, **manifest):
+    """A smallnet ONNX encoder (32 x 32 input, 256 features) bundled in ``folder/bundle``, with
+    ``manifest`` (class_names, alpha, ...) passed to write_bundle; (bundle path, encoder)."""
+    enc = export_onnx(folder / "enc.onnx")
     bundle = write_bundle(
-        d / "bundle",
-        encoder_files={"encoder.onnx": d / "enc.onnx"},
+        folder / "bundle",
+        encoder_files={"encoder.onnx": folder / "enc.onnx"},
         input_shape=[3, 32, 32],
         normalization={"mean": MEAN, "std": STD},
         feature_dim=256,
-        class_names=["a", "b", "c"],
-        alpha=0.1,
-        provenance={"test": True},
+        **manifest,
     )
     return bundle, enc
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    d = tmp_path_factory.mktemp("onnx")
+    return smallnet_bundle(d, class_names=["a", "b", "c"], alpha=0.1, provenance={"test": True})
 
 
 def test_bundle_roundtrip_and_manifest(onnx_bundle):
@@ -50,7 +54,8 @@ def test_bundle_roundtrip_and_manifest(onnx_bundle):
     assert b.encoder_format == "onnx" and b.feature_dim == 256
     m = json.loads((path / "manifest.json").read_text())
     assert m["format_version"] == 1 and m["alpha"] == 0.1
-    assert set(m["files"]) == {"encoder.onnx"} and len(m["files"]["encoder.onnx"]["sha256"]) == 64
+    assert set(m["files"]) == {"encoder.onnx", "check.npz"}
+    assert len(m["files"]["encoder.onnx"]["sha256"]) == 64
     assert m["input"] == {
         "shape": [3, 32, 32],
         "layout": "NCHW",
@@ -162,7 +167,7 @@ def test_newer_format_version_and_broken_bundles(onnx_bundle, tmp_path):
         load_bundle(newer)
 
 
-def test_write_bundle_is_atomic_and_validates(tmp_path):
+def test_write_bundle_is_atomic_and_validates(onnx_bundle, tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         write_bundle(
             tmp_path / "b",
@@ -180,6 +185,16 @@ def test_write_bundle_is_atomic_and_validates(tmp_path):
             feature_dim=8,
         )
     (tmp_path / "x.onnx").write_bytes(b"123")
+    with pytest.raises(BundleError, match="x.onnx could not be loaded by onnxruntime"):
+        write_bundle(
+            tmp_path / "b",
+            encoder_files={"encoder.onnx": tmp_path / "x.onnx"},
+            input_shape=[3, 32, 32],
+            normalization={"mean": MEAN, "std": STD},
+            feature_dim=8,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
+    good = onnx_bundle[0] / "encoder.onnx"
 
     class Boom(Exception):
         pass
@@ -192,10 +207,10 @@ def test_write_bundle_is_atomic_and_validates(tmp_path):
         with pytest.raises(Boom):
             write_bundle(
                 tmp_path / "b",
-                encoder_files={"encoder.onnx": tmp_path / "x.onnx"},
+                encoder_files={"encoder.onnx": good},
                 input_shape=[3, 32, 32],
                 normalization={"mean": MEAN, "std": STD},
-                feature_dim=8,
+                feature_dim=256,
             )
     finally:
         mod.atomic_write_json = orig
