@@ -10,7 +10,8 @@ libraries loaded before training (the process RSS, reported separately by the be
 :func:`loop_buffers` is the one list of those buffers: the planner sums it and the loop
 allocates from it, so the accounting cannot drift from what the loop holds.
 
-Sizes: ``KB`` = 1024 bytes and ``MB`` = 1024**2 bytes (``KiB``/``MiB`` are accepted too).
+Sizes: ``KB`` = 1024 bytes, ``MB`` = 1024**2 and ``GB`` = 1024**3 bytes (``KiB``/``MiB``/``GiB``
+are accepted too).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -52,25 +54,33 @@ UFUNC_BUFSIZE = 256
 MIN_BLOCK_ROWS = 16
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2}
-_UNITS["mib"] = 1024**2
+_UNITS |= {"mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
+
+#: Largest size :func:`parse_size` accepts (1 TB): anything larger is a typo, not a budget.
+MAX_SIZE = 1024**4
 
 
 def parse_size(text: str | int) -> int:
-    """``"256KB"`` -> 262144. Units B, KB, MB (KB = 1024 B, MB = 1024 KB); a bare number is B."""
-    if isinstance(text, int):
-        value, unit = float(text), ""
+    """``"256KB"`` -> 262144. Units B, KB, MB, GB (KB = 1024 B, MB = 1024 KB, GB = 1024 MB;
+    KiB, MiB, GiB too); a bare number is B. Fractions are exact (``"1.5KB"`` = 1536 B, rounded
+    down to whole bytes). :class:`.errors.TrainConfigError` for anything else, a size <= 0 bytes
+    or one above :data:`MAX_SIZE`."""
+    if isinstance(text, int | np.integer) and not isinstance(text, bool):
+        value, unit = Fraction(int(text)), ""
     else:
-        m = _SIZE_RE.match(str(text))
+        m = _SIZE_RE.match(text) if isinstance(text, str) else None
         if not m or m.group(2).lower() not in _UNITS:
             raise TrainConfigError(
-                f"invalid size {text!r}: use a number followed by B, KB or MB "
-                "(KB = 1024 B, MB = 1024 KB), e.g. 256KB"
+                f"invalid size {text!r}: use a number followed by B, KB, MB or GB "
+                "(KB = 1024 B, MB = 1024 KB, GB = 1024 MB), e.g. 256KB"
             )
-        value, unit = float(m.group(1)), m.group(2).lower()
-    size = int(value * _UNITS[unit])
+        value, unit = Fraction(m.group(1)), m.group(2).lower()
+    size = math.floor(value * _UNITS[unit])
     if size <= 0:
         raise TrainConfigError(f"invalid size {text!r}: must be > 0 bytes")
+    if size > MAX_SIZE:
+        raise TrainConfigError(f"invalid size {text!r}: more than 1024 GB")
     return size
 
 

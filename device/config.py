@@ -20,10 +20,13 @@ from .budget import MemoryPlan, parse_size
 from .errors import TrainConfigError
 from .schedule import SCHEDULES
 
-__all__ = ["UNLIMITED", "TrainConfig", "TrainResult"]
+__all__ = ["MAX_LR", "UNLIMITED", "TrainConfig", "TrainResult"]
 
 UNLIMITED = "unlimited"
 """The :attr:`TrainConfig.budget` that sets no memory limit (requested batch, unblocked)."""
+
+MAX_LR = 100.0
+"""Largest :attr:`TrainConfig.lr` accepted: beyond it SGD on a softmax head only diverges."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,11 @@ class TrainConfig:
     epochs: int = 30
     """Maximum number of passes over the training rows."""
     lr: float = 0.05
-    """Peak learning rate (per step, for the batch-mean loss)."""
+    """Peak learning rate (per step, for the batch-mean loss), in (0, 100]."""
     momentum: float = 0.9
     """SGD momentum in [0, 1); > 0 adds a weight-sized buffer to the budget."""
     weight_decay: float = 1e-4
-    """L2 penalty coefficient (torch SGD weight_decay), >= 0."""
+    """L2 penalty coefficient (torch SGD weight_decay), in [0, 1]."""
     schedule: str = "cosine"
     """Learning-rate schedule: cosine (to 0 over all steps), step, or constant."""
     step_epochs: int = 30
@@ -53,8 +56,8 @@ class TrainConfig:
     seed: int = 0
     """Seeds the data order of every epoch (and the feature store's shuffle in train_on_bundle)."""
     budget: str | int = "256KB"
-    """RAM budget of the training loop: a size in B, KB or MB (KB = 1024 B), e.g. 256KB, a number
-    of bytes, or "unlimited" (no limit: the requested batch, unblocked updates)."""
+    """RAM budget of the training loop: a size in B, KB, MB or GB (KB = 1024 B), e.g. 256KB, a
+    number of bytes, or "unlimited" (no limit: the requested batch, unblocked updates)."""
     checkpoint_every: int = 0
     """Write a resumable checkpoint every this many steps; 0 writes none."""
     dtype: str = "float32"
@@ -65,9 +68,9 @@ class TrainConfig:
             _check_type(self, f.name, getattr(self, f.name))
         checks = [
             ("epochs", self.epochs >= 1, ">= 1"),
-            ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
+            ("lr", 0 < self.lr <= MAX_LR and math.isfinite(self.lr), f"in (0, {MAX_LR:g}]"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("weight_decay", 0 <= self.weight_decay <= 1, "in [0, 1]"),
             ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("step_epochs", self.step_epochs >= 1, ">= 1"),
             ("gamma", 0 < self.gamma <= 1, "in (0, 1]"),

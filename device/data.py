@@ -12,25 +12,37 @@ the function the host uses too).
 Image folders: files with a suffix in :data:`IMAGE_SUFFIXES` (any case); classes are the sorted
 sub-folder names. A corrupt or non-image file with such a suffix is refused with a
 :class:`.errors.DataError` naming it (when its chunk is decoded), never skipped. A folder holding
-any of ``train``/``val``/``test`` uses the split layout; a split it lacks is an error.
+any of ``train``/``val``/``test`` uses the split layout; a split it lacks is an error. Inside the
+folder, symbolic links and entries with an image suffix that are not regular files are refused
+(:func:`list_image_files`, the host's rule too), and an image's header is checked against
+:data:`.imageprep.MAX_IMAGE_PIXELS` before it is decoded.
+
+``.npz`` files are untrusted: every member header is checked before anything is allocated
+(:mod:`._npz`), the data is CRC-checked as it streams, labels must be a 1-D integer array of one
+label per image in ``[0, len(class_names))``, and ``class_names`` a 1-D string array of at most
+:data:`MAX_CLASSES` names. Anything else is a :class:`.errors.DataError` naming the file and
+the member.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ._npz import npy_member
+from ._npz import NpyMember, crc_check, npy_member, npz_names, read_member
 from .errors import DataError
-from .imageprep import Preprocess, convert_images, read_image_file
+from .imageprep import MAX_IMAGE_PIXELS, Preprocess, convert_images, read_image_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_CLASSES",
     "SPLIT_NAMES",
     "ArrayImages",
     "FolderImages",
@@ -38,6 +50,9 @@ __all__ = [
     "NpzImages",
     "as_image_source",
     "check_image_size",
+    "has_split",
+    "list_image_files",
+    "list_subfolders",
     "load_images",
 ]
 
@@ -46,6 +61,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 SPLIT_NAMES = ("train", "val", "test")
 """Sub-folder names that make an image folder use the ``<root>/<split>/<class>/*`` layout."""
+
+MAX_CLASSES = 100_000
+"""Most class names an ``.npz`` ``class_names`` member may hold."""
+
+_MAX_NAME_BYTES = 64 * 1024**2
+"""Most bytes a ``class_names`` member may claim."""
 
 
 class ArrayImages:
@@ -89,6 +110,12 @@ class NpzImages:
             raise DataError(f"{path}:{member} must be uint8 {want}, got {info.dtype} {info.shape}")
         if info.fortran_order:
             raise DataError(f"{path}:{member} is stored in Fortran order; save it C-contiguous")
+        if info.shape[1] * info.shape[2] > MAX_IMAGE_PIXELS:
+            raise DataError(
+                f"{path}:{member} holds {info.shape[1]}x{info.shape[2]} images, more than "
+                f"{MAX_IMAGE_PIXELS} pixels each"
+            )
+        self.info: NpyMember = info
         self.stored_shape = tuple(info.shape)
         self.prep = None
         self.shape = self.stored_shape
@@ -112,12 +139,17 @@ class NpzImages:
                 raw.seek(self.data_offset)
                 yield from self._read(raw, buf, row, out)
                 return
-            with zipfile.ZipFile(raw) as zf, zf.open(f"{self.member}.npy") as member:
-                _skip_header(member)
-                yield from self._read(member, buf, row, out)
+            try:
+                with zipfile.ZipFile(raw) as zf, zf.open(f"{self.member}.npy") as member:
+                    member.read(self.info.header_len)
+                    yield from self._read(member, buf, row, out)
+            except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as e:
+                raise DataError(f"{self.path}:{self.member} is corrupt ({e})") from e
 
     def _read(self, f, buf: np.ndarray, row: int, out) -> Iterator[tuple[int, np.ndarray]]:
+        """Chunks of ``f``; the member's CRC-32 is checked after its last byte is read."""
         n = len(self)
+        crc = self.info.header_crc
         for start in range(0, n, len(buf)):
             m = min(len(buf), n - start)
             view = memoryview(buf.reshape(-1)).cast("B")[: m * row]
@@ -127,6 +159,9 @@ class NpzImages:
                 if not got:
                     raise DataError(f"{self.path}:{self.member} is truncated at image {start}")
                 pos += got
+            crc = zlib.crc32(view, crc)
+            if start + m >= n:
+                crc_check(self.path, self.info, crc)
             if out is None:
                 yield start, buf[:m]
             else:
@@ -148,7 +183,7 @@ class FolderImages:
         if prep is not None:
             h, w = prep.size
         elif self.paths:
-            h, w = read_image_file(self.paths[0], None).shape[:2]
+            h, w = read_image_file(self.paths[0], None, follow_symlinks=False).shape[:2]
         else:
             h = w = 0
         self.shape = (len(self.paths), h, w, 3)
@@ -163,7 +198,7 @@ class FolderImages:
         for start in range(0, len(self), len(buf)):
             batch = self.paths[start : start + len(buf)]
             for j, p in enumerate(batch):
-                img = read_image_file(p, self.prep)
+                img = read_image_file(p, self.prep, follow_symlinks=False)
                 if img.shape != buf.shape[1:]:
                     raise DataError(
                         f"image {p} is {img.shape[0]}x{img.shape[1]} but {self.paths[0]} is "
@@ -171,14 +206,6 @@ class FolderImages:
                     )
                 buf[j] = img
             yield start, buf[: len(batch)]
-
-
-def _skip_header(member) -> None:
-    version = np.lib.format.read_magic(member)
-    if version == (1, 0):
-        np.lib.format.read_array_header_1_0(member)
-    else:
-        np.lib.format.read_array_header_2_0(member)
 
 
 def as_image_source(images) -> ArrayImages | NpzImages | FolderImages:
@@ -199,18 +226,69 @@ class ImageSet:
     split: str | None = None
 
 
-def _is_image(f: Path) -> bool:
-    return f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+def _entry_kind(p: Path) -> str:
+    """``dir``, ``file``, ``link`` (a symbolic link, never followed) or ``other``."""
+    mode = p.lstat().st_mode
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def _refuse_link(p: Path) -> None:
+    raise DataError(
+        f"{p} is a symbolic link; image folders may not hold links (they could point outside "
+        "the folder): copy the file or folder in instead"
+    )
+
+
+def list_subfolders(folder: str | os.PathLike) -> list[str]:
+    """Sorted names of the sub-folders of ``folder``; a symbolic link among them (to a folder
+    or not) raises :class:`.errors.DataError`, so that nothing outside ``folder`` is read."""
+    folder = Path(folder)
+    names = []
+    for p in folder.iterdir():
+        kind = _entry_kind(p)
+        if kind == "link" and p.is_dir():
+            _refuse_link(p)
+        if kind == "dir":
+            names.append(p.name)
+    return sorted(names)
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Sorted image files of ``folder`` (suffix in :data:`IMAGE_SUFFIXES`, any case): the one
+    listing rule of the device and the host.
+
+    Files with other suffixes are ignored. An entry with an image suffix that is a symbolic link
+    (wherever it points) or not a regular file (a folder named ``x.png``, a device, a pipe)
+    raises :class:`.errors.DataError` naming it: nothing outside ``folder`` is ever opened.
+    """
+    folder = Path(folder)
+    files = []
+    for p in folder.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        kind = _entry_kind(p)
+        if kind == "link":
+            _refuse_link(p)
+        if kind != "file":
+            raise DataError(
+                f"{p} has an image suffix but is not a regular file ({kind}); remove or rename it"
+            )
+        files.append(p)
+    return sorted(files, key=lambda f: f.name)
 
 
 def _scan_folder(path: Path, split: str) -> tuple[Path, list[str], list[str], np.ndarray, bool]:
     """(root, classes, files, labels, split layout) of an image folder, from its listing only."""
-    split_layout = any((path / s).is_dir() for s in SPLIT_NAMES)
+    split_layout = _split_layout(path)
     root = path / split if split_layout else path
     if split_layout and not root.is_dir():
         have = [s for s in SPLIT_NAMES if (path / s).is_dir()]
         raise DataError(f"{path} has no {split!r} split (it has {', '.join(have)})")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if split_layout and _entry_kind(root) == "link":
+        _refuse_link(root)
+    classes = list_subfolders(root)
     if not classes:
         raise DataError(
             f"{root} has no class folders: expected <root>/<class>/<image> or "
@@ -219,8 +297,8 @@ def _scan_folder(path: Path, split: str) -> tuple[Path, list[str], list[str], np
     files: list[str] = []
     labels: list[int] = []
     for ci, name in enumerate(classes):
-        found = sorted(f.name for f in (root / name).iterdir() if _is_image(f))
-        files += [os.path.join(root, name, f) for f in found]
+        found = list_image_files(root / name)
+        files += [os.fspath(f) for f in found]
         labels += [ci] * len(found)
     if not files:
         raise DataError(
@@ -228,6 +306,67 @@ def _scan_folder(path: Path, split: str) -> tuple[Path, list[str], list[str], np
             f"{', '.join(classes)}"
         )
     return root, classes, files, np.asarray(labels, np.int64), split_layout
+
+
+def _split_layout(path: Path) -> bool:
+    return any((path / s).is_dir() for s in SPLIT_NAMES)
+
+
+def has_split(path: str | os.PathLike, split: str) -> bool:
+    """Whether ``path`` (an ``.npz`` or an image folder in the split layout) has a ``split``
+    split (``x_<split>``, or a ``<split>/`` sub-folder). A folder without the split layout, an
+    image file or a missing path has none. An unreadable ``.npz`` raises
+    :class:`.errors.DataError`."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        return f"x_{split}" in npz_names(path)
+    if path.is_dir():
+        return _split_layout(path) and (path / split).is_dir()
+    return False
+
+
+def _read_labels(path: Path, key: str, n: int) -> np.ndarray:
+    """Member ``key`` of ``path``: (n,) integer labels >= 0 (int64), header checked first."""
+    try:
+        info = npy_member(path, key)
+    except KeyError:
+        raise DataError(f"{path} has no {key!r}") from None
+    if info.shape != (n,):
+        raise DataError(
+            f"{path}:{key} must have shape ({n},) (one label per image), got {info.shape}"
+        )
+    if info.dtype.kind not in "iu":
+        raise DataError(
+            f"{path}:{key} must be an integer array of class indices, got dtype {info.dtype}; "
+            "store the labels as integers (e.g. y.astype(np.int64))"
+        )
+    y = read_member(path, key).astype(np.int64)
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"{path}:{key} holds a negative label ({int(y.min())})")
+    return y
+
+
+def _read_class_names(path: Path) -> list[str]:
+    """Member ``class_names`` of ``path``: a 1-D string array of at most MAX_CLASSES names."""
+    try:
+        info = npy_member(path, "class_names")
+    except KeyError:
+        raise DataError(f"{path} has no 'class_names'") from None
+    if len(info.shape) != 1 or info.dtype.kind not in "US" or info.dtype.itemsize == 0:
+        raise DataError(
+            f"{path}:class_names must be a 1-D array of strings, got {info.dtype} {info.shape}"
+        )
+    if info.shape[0] > MAX_CLASSES:
+        raise DataError(
+            f"{path}:class_names holds {info.shape[0]} names, more than {MAX_CLASSES} classes"
+        )
+    names = read_member(path, "class_names", max_bytes=_MAX_NAME_BYTES)
+    if names.dtype.kind == "S":
+        try:
+            return [s.decode() for s in names.tolist()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}:class_names is not UTF-8 text ({e})") from e
+    return [str(s) for s in names.tolist()]
 
 
 def load_images(
@@ -246,14 +385,17 @@ def load_images(
         return ImageSet(ArrayImages(read_image_file(path, prep)[None]), None, None)
     if path.is_file() and path.suffix == ".npz":
         xk, yk = f"x_{split}", f"y_{split}"
-        with np.load(path, allow_pickle=False) as data:
-            if xk not in data.files:
-                raise DataError(f"{path} has no {xk!r}; it holds {sorted(data.files)}")
-            y = data[yk].astype(np.int64) if yk in data.files else None
-            names = [str(s) for s in data["class_names"]] if "class_names" in data.files else None
+        members = npz_names(path)
+        if xk not in members:
+            raise DataError(f"{path} has no {xk!r}; it holds {sorted(members)}")
         x = NpzImages(path, xk, prep)
-        if y is not None and y.shape != (len(x),):
-            raise DataError(f"{path}:{yk} must have shape ({len(x)},), got {y.shape}")
+        y = _read_labels(path, yk, len(x)) if yk in members else None
+        names = _read_class_names(path) if "class_names" in members else None
+        if y is not None and names is not None and len(y) and int(y.max()) >= len(names):
+            raise DataError(
+                f"{path}:{yk} holds label {int(y.max())} but class_names has {len(names)} "
+                f"classes (labels must lie in [0, {len(names)}))"
+            )
         return ImageSet(x, y, names, split)
     if path.is_dir():
         _, classes, files, labels, split_layout = _scan_folder(path, split)

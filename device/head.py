@@ -1,21 +1,29 @@
-"""The trained head on disk: ``head.npz`` (weights, bias, class_names), no pickle."""
+"""The trained head on disk: ``head.npz`` (weights, bias, class_names), no pickle.
+
+:func:`load_head` treats the file as untrusted: every member is read through :mod:`._npz` (headers
+checked before allocating, CRC-checked), and the arrays must make a usable head: ``weights`` a
+finite 2-D float array (D, C), ``bias`` a finite float array (C,), ``class_names`` (optional) C
+strings. Anything else is a :class:`.errors.DataError` naming the file and the member.
+"""
 
 from __future__ import annotations
 
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ._npz import load_npz, save_npz
-from .errors import DeviceError
+from .errors import DataError, DeviceError
 from .softmax import cross_entropy, logits, predict_proba
 
 __all__ = ["HEAD_FILE", "Head", "load_head", "save_head"]
 
 HEAD_FILE = "head.npz"
+
+_MAX_HEAD_BYTES = 1 << 30
+"""Most bytes any member of a head file may claim (a head is small: D x C floats)."""
 
 
 @dataclass
@@ -54,10 +62,33 @@ def load_head(headdir: str | os.PathLike) -> Head:
         path = path / HEAD_FILE
     if not path.is_file():
         raise DeviceError(f"no head at {path}; train one with `entropi-device train --out DIR`")
-    try:
-        data = load_npz(path)
-        weights, bias = data["weights"], data["bias"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise DeviceError(f"{path} is not a head written by `entropi-device train` ({e})") from e
-    names = [str(s) for s in data["class_names"]] if "class_names" in data else None
+    data = load_npz(path, max_bytes=_MAX_HEAD_BYTES)
+    kind = "is not a head written by `entropi-device train`"
+    missing = [k for k in ("weights", "bias") if k not in data]
+    if missing:
+        raise DataError(f"{path} {kind}: it has no {' or '.join(missing)} member")
+    weights, bias = data["weights"], data["bias"]
+    for name, arr, rank in (("weights", weights, 2), ("bias", bias, 1)):
+        if arr.ndim != rank or arr.dtype.kind != "f":
+            want = "(feature_dim, classes)" if rank == 2 else "(classes,)"
+            raise DataError(
+                f"{path} {kind}: {name} must be a float array {want}, got {arr.dtype} {arr.shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: {name} holds NaN or inf; retrain the head")
+    c = weights.shape[1]
+    if c < 1 or weights.shape[0] < 1 or bias.shape != (c,):
+        raise DataError(
+            f"{path} {kind}: weights {weights.shape} and bias {bias.shape} do not make a head "
+            "(weights (D, C) with D, C >= 1, bias (C,))"
+        )
+    names = None
+    if "class_names" in data:
+        arr = data["class_names"]
+        if arr.ndim != 1 or arr.dtype.kind != "U" or len(arr) != c:
+            raise DataError(
+                f"{path} {kind}: class_names must be {c} strings (one per class), got "
+                f"{arr.dtype} {arr.shape}"
+            )
+        names = [str(s) for s in arr.tolist()]
     return Head(weights, bias, names)

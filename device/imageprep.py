@@ -20,14 +20,18 @@ The steps, in order:
    An RGB image already at ``size`` (and, for ``center_crop``, so of the target aspect) is
    returned unchanged, bit for bit.
 
-Only the first frame of an animated image (GIF, WebP) is used. Pillow is imported only when an
-image must be decoded or resized (an RGB array already at the target size needs no Pillow);
-without it, a clear :class:`.errors.DataError` says ``pip install pillow``.
+Only the first frame of an animated image (GIF, WebP) is used. A file is opened lazily and its
+header's size checked against :data:`MAX_IMAGE_PIXELS` before any pixel is decoded, so a small
+file claiming a huge image (a decompression bomb) is refused cheaply. Pillow is imported only
+when an image must be decoded or resized (an RGB array already at the target size needs no
+Pillow); without it, a clear :class:`.errors.DataError` says ``pip install pillow``.
 """
 
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +43,7 @@ from .errors import DataError
 
 __all__ = [
     "FILTERS",
+    "MAX_IMAGE_PIXELS",
     "MODES",
     "Preprocess",
     "convert_image",
@@ -51,6 +56,10 @@ MODES = ("resize", "center_crop")
 
 FILTERS = ("bilinear", "bicubic", "nearest", "lanczos", "box")
 """The PIL resampling filters :class:`Preprocess` may name."""
+
+MAX_IMAGE_PIXELS = 50_000_000
+"""Largest image (width x height) :func:`read_image_file` decodes: a 50-megapixel photo is about
+150 MB decoded as RGB. Larger ones are refused from their header, before decoding."""
 
 _PIL_FILTER = {
     "bilinear": "BILINEAR",
@@ -199,21 +208,63 @@ def convert_images(images, prep: Preprocess, *, out: np.ndarray | None = None) -
     return out
 
 
-def read_image_file(path: str | os.PathLike, prep: Preprocess | None) -> np.ndarray:
+def read_image_file(
+    path: str | os.PathLike, prep: Preprocess | None, *, follow_symlinks: bool = True
+) -> np.ndarray:
     """Decode one image file (fully: ``Image.load()``) and :func:`convert_image` it; with
     ``prep`` None, convert the colour only (the image keeps its size).
 
-    A missing, corrupt, truncated or non-image file raises :class:`.errors.DataError` naming
+    The header is read first: an image of more than :data:`MAX_IMAGE_PIXELS` pixels is refused
+    before decoding. ``follow_symlinks`` False (files listed from an image folder) refuses a
+    symbolic link without opening its target. A missing, corrupt, truncated, oversized or
+    non-image file, or one that is not a regular file, raises :class:`.errors.DataError` naming
     ``path``: a folder with such a file is refused, never silently skipped.
     """
     image = _pil()
     path = Path(path)
     try:
-        with image.open(path) as im:
-            im.load()
-            rgb = _pil_to_rgb(im)
+        f = _open_regular(path, follow_symlinks)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from e
+    try:
+        with f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", image.DecompressionBombWarning)
+            with image.open(f) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataError(
+                        f"image {path} is too large: {w}x{h} pixels, more than the limit of "
+                        f"{MAX_IMAGE_PIXELS} (MAX_IMAGE_PIXELS); downscale it first"
+                    )
+                im.load()
+                rgb = _pil_to_rgb(im)
     except DataError:
         raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBomb...
+    except image.DecompressionBombError as e:
+        raise DataError(
+            f"image {path} is too large: more than the limit of {MAX_IMAGE_PIXELS} pixels "
+            f"(MAX_IMAGE_PIXELS); downscale it first ({e})"
+        ) from e
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, UnidentifiedImage...
         raise DataError(f"cannot read image {path}: {e}") from e
     return rgb if prep is None else convert_image(rgb, prep)
+
+
+def _open_regular(path: Path, follow_symlinks: bool):
+    """``path`` opened for binary reading; :class:`.errors.DataError` unless it is a regular
+    file (and, with ``follow_symlinks`` False, not a symbolic link)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0)
+    if not follow_symlinks:
+        if path.is_symlink():
+            raise DataError(f"image {path} is a symbolic link; copy the file in instead")
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    if path.is_dir():
+        raise DataError(f"image {path} is a directory, not an image file")
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"image {path} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

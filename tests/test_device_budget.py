@@ -20,13 +20,19 @@ from entropi.device.budget import RESERVE_BYTES, UFUNC_BUFSIZE, buffer_bytes
         ("1.5KB", 1536),
         ("64KiB", 65536),
         (4096, 4096),
+        ("10GB", 10 * 1024**3),
+        ("2gib", 2 * 1024**3),
+        ("1G", 1024**3),
+        ("0.5KB", 512),
     ],
 )
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["256XB", "", "KB", "-5KB", "0B"])
+@pytest.mark.parametrize(
+    "text", ["256XB", "", "KB", "-5KB", "0B", "abc", "inf", "nan", "1e3", "2TB", "5000GB", 10**400]
+)
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match="invalid size"):
         parse_size(text)

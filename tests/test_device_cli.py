@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-from test_device_bundle import MEAN, STD, export_onnx
+from test_device_bundle import smallnet_bundle
 
 from entropi.device import TrainConfig, TrainReport
-from entropi.device.bundle import write_bundle
 from entropi.device.cli import COMMANDS, build_parser, main
 from entropi.device.cliargs import field_docs
 
@@ -18,15 +17,7 @@ from entropi.device.cliargs import field_docs
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    export_onnx(d / "enc.onnx")
-    bundle = write_bundle(
-        d / "bundle",
-        encoder_files={"encoder.onnx": d / "enc.onnx"},
-        input_shape=[3, 32, 32],
-        normalization={"mean": MEAN, "std": STD},
-        feature_dim=256,
-        class_names=["r", "g", "b"],
-    )
+    bundle, _ = smallnet_bundle(d, class_names=["r", "g", "b"])
     rng = np.random.default_rng(0)
 
     def images(n):

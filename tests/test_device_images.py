@@ -245,6 +245,23 @@ def test_npz_of_another_size_is_converted_chunk_by_chunk(tmp_path):
 # --- bundle manifest ---------------------------------------------------------------------------
 
 
+def _export_any_size_onnx(path):
+    """smallnet -> ONNX with a dynamic batch, height and width (global pooling takes any size)."""
+    import torch
+
+    from entropi.host.models import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder("smallnet").eval()
+    dims = {0: torch.export.Dim("n"), 2: torch.export.Dim("h", min=8, max=256)}
+    dims[3] = torch.export.Dim("w", min=8, max=256)
+    x = torch.randn(2, 3, 32, 32)
+    torch.onnx.export(
+        enc, (x,), str(path), dynamo=True, external_data=False, dynamic_shapes=(dims,)
+    )
+    return path
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     d = tmp_path_factory.mktemp("imgbundle")
@@ -272,8 +289,9 @@ def test_manifest_records_preprocess_and_old_manifests_load(bundle, tmp_path):
     m["input"]["shape"] = [3, 24, 20]
     (old / "manifest.json").write_text(json.dumps(m))
     assert load_bundle(old).preprocess == Preprocess(size=(24, 20))
-    # default when not given; a size other than the input's is refused
-    enc = bundle / "encoder.onnx"
+    # default when not given; a size other than the input's is refused (write_bundle runs the
+    # encoder on the input shape, so these bundles take an encoder of any input size)
+    enc = _export_any_size_onnx(tmp_path / "any.onnx")
     kw = dict(
         encoder_files={"encoder.onnx": enc},
         normalization={"mean": MEAN, "std": STD},

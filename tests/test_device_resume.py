@@ -73,3 +73,15 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     (tmp_path / "checkpoint.npz").write_bytes(b"garbage")
     with pytest.raises(ResumeError, match="unreadable"):
         train_head(x, y, cfg, workdir=tmp_path, resume=True)
+
+
+def test_truncated_checkpoint_is_a_resume_error_not_a_zip_error(tmp_path):
+    x, y = _data()
+    cfg = TrainConfig(epochs=2, checkpoint_every=5, batch_size=16)
+    train_head(x, y, cfg, workdir=tmp_path)
+    ck = tmp_path / "checkpoint.npz"
+    good = ck.read_bytes()
+    for cut in (len(good) // 2, len(good) - 1, 22, 0):
+        ck.write_bytes(good[:cut])
+        with pytest.raises(ResumeError, match="unreadable.*delete it to start over"):
+            train_head(x, y, cfg, workdir=tmp_path, resume=True)

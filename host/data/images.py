@@ -4,6 +4,12 @@ A source may be a folder or a tar archive (``.tar``, ``.tar.gz``, ``.tgz``). An 
 extracted once (safely, see :func:`extract_tar`) into ``<cache_dir>/extracted/<stem>-<key>/``;
 the images are decoded once with PIL (a plain loop: about 60 us per 32x32 JPEG) into the uint8
 array cache, so later loads read one ``.npz`` and never touch the images.
+
+Folders follow the device's rules (:func:`entropi.device.data.list_image_files`, one listing
+for both): a symbolic link, or an entry with an image suffix that is not a regular file, is
+refused naming it, and so is a PACS ``index.csv`` path leading outside its folder; an image is
+checked against :data:`entropi.device.imageprep.MAX_IMAGE_PIXELS` from its header before it is
+decoded.
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.device.data import IMAGE_SUFFIXES  # one list: host and device read the same files
+from entropi.device.data import (  # one rule: host and device read the same files
+    IMAGE_SUFFIXES,
+    list_image_files,
+    list_subfolders,
+)
 from entropi.device.errors import DataError as DeviceDataError
 from entropi.device.imageprep import Preprocess, read_image_file
 
@@ -77,10 +87,10 @@ def extracted(archive: Path, cache_dir: Path) -> Path:
 
 def read_image(path: Path, prep: Preprocess | None) -> np.ndarray:
     """One image file -> ``uint8 (H, W, 3)`` RGB through the device's :func:`read_image_file`
-    (the one conversion host and device share); ``prep`` None keeps the file's size. A corrupt
-    or non-image file raises :class:`DataError` naming its path."""
+    (the one conversion host and device share); ``prep`` None keeps the file's size. A corrupt,
+    oversized or non-image file, or a symbolic link, raises :class:`DataError` naming its path."""
     try:
-        return read_image_file(path, prep)
+        return read_image_file(path, prep, follow_symlinks=False)
     except DeviceDataError as e:
         raise DataError(f"{e}; fix or remove the file") from e
 
@@ -116,14 +126,34 @@ def decode_images(paths: Sequence[Path], prep: Preprocess | None = None) -> np.n
 
 
 def _scan_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    paths: list[Path] = []
-    labels: list[int] = []
-    for k, c in enumerate(classes):
-        files = sorted(f for f in (split_dir / c).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        paths += files
-        labels += [k] * len(files)
+    """(image files, labels, classes) of ``split_dir/<class>/*`` by the device's listing rule."""
+    try:
+        if split_dir.is_symlink():
+            raise DeviceDataError(f"{split_dir} is a symbolic link; copy the folder in instead")
+        classes = list_subfolders(split_dir)
+        paths: list[Path] = []
+        labels: list[int] = []
+        for k, c in enumerate(classes):
+            files = list_image_files(split_dir / c)
+            paths += files
+            labels += [k] * len(files)
+    except DeviceDataError as e:
+        raise DataError(str(e)) from e
     return paths, np.asarray(labels, dtype=np.int64), classes
+
+
+def _inside(root: Path, rel: str, index: Path) -> Path:
+    """``root / rel`` for a path listed in ``index``; :class:`DataError` when it is absolute,
+    leads outside ``root`` or passes through a symbolic link."""
+    p = root / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise DataError(f"{index} lists {rel!r}, which leads outside {root}")
+    q = root
+    for part in Path(rel).parts:
+        q = q / part
+        if q.is_symlink():
+            raise DataError(f"{q} (listed in {index}) is a symbolic link; copy the file in")
+    return p
 
 
 def _folder_root(base: Path, split: str) -> Path:
@@ -249,7 +279,7 @@ def read_pacs(
         keep = [r for r in rows if r["domain"] in chosen and r["split"] in PACS_SPLITS[split]]
         if not keep:
             raise DataError(f"no PACS rows for domains {chosen} and split {split!r} in {root}")
-        paths = [root / r["path"] for r in keep]
+        paths = [_inside(root, r["path"], root / "index.csv") for r in keep]
         for p in paths:
             if not p.is_file():
                 raise DatasetNotFoundError(f"{p} is listed in {root / 'index.csv'} but missing")
