@@ -22,11 +22,12 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .config import TrainConfig
-from .data import load_images
+from .data import check_image_size, has_split, load_images
 from .errors import DataError, DeviceError
 from .features import extract_features, stream_features
 from .head import Head, load_head, save_head
 from .io import atomic_write_json
+from .lock import lock_folder
 from .trainer import train_head
 
 __all__ = [
@@ -187,14 +188,48 @@ def _stream(bundle: Bundle, images):
 
 
 def _metrics(bundle: Bundle, head: Head, images, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``head``, streaming the images (nothing held whole)."""
+    """Accuracy and mean cross-entropy of ``head``, streaming the images (nothing held whole).
+    A non-finite loss (logits overflowing) is None, so that the result is valid JSON."""
     loss = correct = 0.0
     for start, f in _stream(bundle, images):
         m = head.evaluate(f, labels[start : start + len(f)])
         loss += m["loss"] * len(f)
         correct += m["accuracy"] * len(f)
     n = max(len(labels), 1)
-    return {"accuracy": correct / n, "loss": loss / n, "samples": len(labels)}
+    mean_loss = loss / n if np.isfinite(loss) else None
+    return {"accuracy": correct / n, "loss": mean_loss, "samples": len(labels)}
+
+
+def _check_labels(labels: np.ndarray, n_cls: int, where: str) -> None:
+    """:class:`.errors.DataError` unless every label lies in ``[0, n_cls)``."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= n_cls):
+        raise DataError(
+            f"{where} labels must lie in [0, {n_cls}) (the head's classes), got values in "
+            f"[{int(labels.min())}, {int(labels.max())}]"
+        )
+
+
+def _test_split(data, b: Bundle, n_cls: int):
+    """The labelled ``test`` split of ``data``, checked before training (image size, labels in
+    ``[0, n_cls)``); None when ``data`` has no test split or it has no labels. A test split that
+    is there but unusable raises :class:`.errors.DataError` (it is never silently dropped)."""
+    if not has_split(data, "test"):
+        return None
+    test = load_images(data, "test", b.preprocess)
+    if test.labels is None:
+        return None
+    check_image_size(test.images, b.input_shape)
+    _check_labels(test.labels, n_cls, f"{data} test split:")
+    return test
+
+
+def _check_head(b: Bundle, h: Head, head) -> None:
+    """:class:`.errors.DataError` unless ``h`` takes the bundle's features."""
+    if h.weights.shape[0] != b.feature_dim:
+        raise DataError(
+            f"head {head} takes {h.weights.shape[0]} features but the bundle's encoder gives "
+            f"{b.feature_dim}; use the head trained on this bundle"
+        )
 
 
 def train_on_bundle(
@@ -214,9 +249,14 @@ def train_on_bundle(
     ``train``/``test`` sub-folders has no test split). Images of any size and colour mode are
     converted with the bundle's :attr:`.bundle.Bundle.preprocess`, chunk by chunk.
     """
+    # one writer per head folder: a second `train --out` of it is refused, naming this one
+    with lock_folder(out, what="head folder"):
+        return _train_on_bundle(bundle, data, Path(out), cfg, resume=resume)
+
+
+def _train_on_bundle(bundle, data, out: Path, cfg: TrainConfig, *, resume: bool) -> TrainReport:
     t0 = time.perf_counter()
     b = load_bundle(bundle)
-    out = Path(out)
     imgs = load_images(data, "train", b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels for training")
@@ -226,6 +266,8 @@ def train_on_bundle(
         )
     names = imgs.class_names or b.class_names
     n_cls = len(names) if names else None
+    top = int(imgs.labels.max()) + 1 if len(imgs.labels) else 0
+    test = _test_split(data, b, n_cls if n_cls is not None else top)
     t_feat = time.perf_counter()
     feats, labels = _features(
         b, imgs.images, imgs.labels, out_path=out / ".cache" / "train.npy", seed=cfg.seed
@@ -263,11 +305,7 @@ def train_on_bundle(
         data=str(Path(data).resolve()),
         argv=list(sys.argv),
     )
-    try:
-        test = load_images(data, "test", b.preprocess)
-    except DeviceError:
-        test = None
-    if test is not None and test.labels is not None and test.split == "test":
+    if test is not None:
         metrics = _metrics(b, head, test.images, test.labels)
         report.accuracy, report.accuracy_split = metrics["accuracy"], "test"
         report.test_accuracy, report.test_loss = metrics["accuracy"], metrics["loss"]
@@ -287,9 +325,11 @@ def evaluate(
     """Accuracy, mean loss and sample count of a trained head on ``split`` of ``data``."""
     b = load_bundle(bundle)
     h = load_head(head)
+    _check_head(b, h, head)
     imgs = load_images(data, split, b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels to evaluate against")
+    _check_labels(imgs.labels, h.weights.shape[1], f"{data} {split} split:")
     return _metrics(b, h, imgs.images, imgs.labels)
 
 
@@ -301,9 +341,13 @@ def predict(
     split: str = "test",
     top: int = 1,
 ) -> list[dict[str, Any]]:
-    """Predicted class (index, name, probability, the ``top`` classes) of each image."""
+    """Predicted class (index, name, probability, the ``top`` classes) of each image (a
+    non-finite probability, from overflowing logits, is None: the result stays valid JSON)."""
+    if top < 1:
+        raise DataError(f"top must be >= 1, got {top}")
     b = load_bundle(bundle)
     h = load_head(head)
+    _check_head(b, h, head)
     imgs = load_images(data, split, b.preprocess)
     out = []
     probs = (p for _, f in _stream(b, imgs.images) for p in h.probabilities(f))
@@ -313,7 +357,7 @@ def predict(
             {
                 "class": int(best[0]),
                 "name": h.class_names[best[0]] if h.class_names else None,
-                "probability": float(p[best[0]]),
+                "probability": float(p[best[0]]) if np.isfinite(p[best[0]]) else None,
                 "top": [int(i) for i in best],
             }
         )

@@ -9,6 +9,7 @@ run then continues exactly where the checkpoint left it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ._npz import read_npz_into, save_npz
+from ._npz import read_member, read_npz_into, save_npz
 from .budget import MemoryPlan
 from .config import TrainConfig
-from .errors import ResumeError
+from .errors import DataError, ResumeError
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "TrainState", "run_fingerprint"]
 
@@ -46,14 +47,30 @@ class TrainState:
 _STATE_FIELDS = tuple(f.name for f in fields(TrainState))
 
 
-def run_fingerprint(config: TrainConfig, plan: MemoryPlan, shape: tuple[int, int, int]) -> str:
+def data_digest(features: np.ndarray, labels: np.ndarray, *, chunk_rows: int = 4096) -> str:
+    """sha256 of the feature store (rows in store order) and the labels, read ``chunk_rows`` rows
+    at a time (a memmap'd store is hashed without being loaded)."""
+    h = hashlib.sha256()
+    h.update(repr((features.shape, str(features.dtype), str(labels.dtype))).encode())
+    for i in range(0, len(features), chunk_rows):
+        h.update(np.ascontiguousarray(features[i : i + chunk_rows]).data)
+    h.update(np.ascontiguousarray(labels).data)
+    return h.hexdigest()
+
+
+def run_fingerprint(
+    config: TrainConfig, plan: MemoryPlan, shape: tuple[int, int, int], data: str = ""
+) -> str:
     """What must match for a checkpoint to be resumed: the configuration (but checkpoint_every),
-    the plan's batch and block rows, and ``(samples, feature_dim, classes)``."""
+    the plan's batch and block rows, ``(samples, feature_dim, classes)`` and the
+    :func:`data_digest` of the features and labels (other data of the same shape, the labels
+    permuted say, must not continue the old weights)."""
     return json.dumps(
         {
             "config": config.fingerprint(),
             "plan": [plan.batch_size, plan.block_rows],
             "shape": list(shape),
+            "data": data,
         }
     )
 
@@ -82,12 +99,16 @@ class Checkpoint:
         """Read the checkpoint into the arrays and ``state``; :class:`.errors.ResumeError` when it
         is unreadable or was written by a run with another fingerprint."""
         try:
-            with np.load(self.path, allow_pickle=False) as data:
-                saved = data["fingerprint"].tobytes().decode()
-                meta = {k: data[k].item() for k in _STATE_FIELDS}
-        except (OSError, ValueError, KeyError) as e:
+            saved = read_member(self.path, "fingerprint", max_bytes=1 << 20).tobytes().decode()
+            meta = {}
+            for k in _STATE_FIELDS:
+                v = read_member(self.path, k, max_bytes=64)
+                if v.shape != () or v.dtype.kind not in "biuf":
+                    raise DataError(f"{self.path}:{k} must be a scalar, got {v.dtype} {v.shape}")
+                meta[k] = v.item()
+        except (DataError, KeyError, UnicodeDecodeError) as e:
             raise ResumeError(
-                f"checkpoint {self.path} is unreadable ({e}); delete it to start over"
+                f"checkpoint {self.path} is unreadable ({_reason(e)}); delete it to start over"
             ) from e
         if saved != self.fingerprint:
             raise ResumeError(
@@ -95,6 +116,15 @@ class Checkpoint:
                 f"({saved}); now {self.fingerprint}. Use the same settings or delete the "
                 "checkpoint."
             )
-        read_npz_into(self.path, self.arrays)
+        try:
+            read_npz_into(self.path, self.arrays)
+        except DataError as e:
+            raise ResumeError(
+                f"checkpoint {self.path} is unreadable ({e}); delete it to start over"
+            ) from e
         for k, v in meta.items():
             setattr(state, k, v)
+
+
+def _reason(e: Exception) -> str:
+    return f"no member {e.args[0]!r}" if isinstance(e, KeyError) else str(e)

@@ -18,7 +18,7 @@ from .app import evaluate, predict, train_on_bundle
 from .budget import format_size
 from .cliargs import add_dataclass_arguments, dataclass_from_args
 from .config import TrainConfig
-from .errors import EntropiError
+from .errors import EntropiError, one_line, report_bug
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -81,19 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = COMMANDS[args.command][2](args)
     except (EntropiError, OSError) as e:
-        print(f"entropi-device {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"entropi-device {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and a request to report it
+        report_bug(f"entropi-device {args.command}")
+        return 1
+    print(json.dumps(result, indent=2, allow_nan=False))  # non-finite numbers: a bug
     return 0
-
-
-def _one_line(e: BaseException) -> str:
-    """The message of ``e`` on one line (an OSError: its text and the path it concerns)."""
-    if isinstance(e, OSError) and e.strerror:
-        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    else:
-        text = str(e) or type(e).__name__
-    return " ".join(text.split())
 
 
 if __name__ == "__main__":

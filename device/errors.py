@@ -18,6 +18,8 @@ __all__ = [
     "FormatVersionError",
     "ResumeError",
     "TrainConfigError",
+    "one_line",
+    "report_bug",
 ]
 
 
@@ -60,3 +62,29 @@ class ResumeError(DeviceError):
 class TrainConfigError(DeviceError):
     """A training setting (a :class:`.config.TrainConfig` field, a size string) is malformed or
     out of range."""
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line, as both CLIs print it (an OSError: its text and the path
+    it concerns)."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    else:
+        text = str(e) or type(e).__name__
+    return " ".join(text.split())
+
+
+def report_bug(prog: str) -> None:
+    """Print the traceback of the exception being handled and a line asking to report it: for
+    an exception outside entropi's error family (a bug, not bad input)."""
+    import sys
+    import traceback
+
+    from .io import package_version
+
+    traceback.print_exc()
+    print(
+        f"{prog}: internal error (a bug in entropi {package_version()}, not in your input); "
+        "please report it with the traceback above and the command you ran",
+        file=sys.stderr,
+    )

@@ -112,7 +112,7 @@ def extract_features(
     else:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # one per writer
         try:
             _write_store(tmp, chunks, dest, n, feature_dim)
             os.replace(tmp, out_path)

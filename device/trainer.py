@@ -42,7 +42,7 @@ import numpy as np
 from ._npz import read_npz_into, save_npz, warm_up
 from .blas import NO_TRANS, ROW_MAJOR, TRANS, find_gemm
 from .budget import UFUNC_BUFSIZE, MemoryPlan, history_spec, loop_buffers, plan_memory
-from .checkpoint import CHECKPOINT_NAME, Checkpoint, TrainState, run_fingerprint
+from .checkpoint import CHECKPOINT_NAME, Checkpoint, TrainState, data_digest, run_fingerprint
 from .config import TrainConfig, TrainResult
 from .errors import DataError
 from .schedule import epoch_order, learning_rate
@@ -315,6 +315,8 @@ def train_head(
     old_bufsize = np.setbufsize(UFUNC_BUFSIZE)
     old_err = np.seterr(over="ignore")  # an overflowing unshifted exp is detected and redone
     _warm_up(features, labels, n_train, n_cls, config, plan, gemm)
+    # hashed outside the measured window (a resume must find the same features and labels)
+    digest = data_digest(features, labels) if workdir is not None else ""
     tracing = tracemalloc.is_tracing()
     base_bytes = 0
     if measure_memory:
@@ -323,7 +325,7 @@ def train_head(
         tracemalloc.reset_peak()
         base_bytes = tracemalloc.get_traced_memory()[0]
     try:
-        run = _Run(features, labels, config, plan, n_cls, n_train, workdir, hook, gemm)
+        run = _Run(features, labels, config, plan, n_cls, n_train, workdir, hook, gemm, digest)
         return run.train(resume, base_bytes if measure_memory else None)
     finally:
         np.setbufsize(old_bufsize)
@@ -336,7 +338,7 @@ class _Run:
     """One call of :func:`train_head` inside the measured window: the loop, the state, the
     per-epoch history, and what happens at the end of each step (:meth:`after`)."""
 
-    def __init__(self, features, labels, config, plan, n_cls, n_train, workdir, hook, gemm):
+    def __init__(self, features, labels, config, plan, n_cls, n_train, workdir, hook, gemm, digest):
         n, d = features.shape
         self.config, self.plan, self.hook, self.workdir = config, plan, hook, workdir
         self.n, self.n_train, self.n_val = n, n_train, n - n_train
@@ -350,7 +352,7 @@ class _Run:
         self.ckpt = None
         if workdir is not None:
             arrays = {**self.loop.arrays(), "history": self.hist}
-            fingerprint = run_fingerprint(config, plan, (n, d, n_cls))
+            fingerprint = run_fingerprint(config, plan, (n, d, n_cls), digest)
             self.ckpt = Checkpoint(workdir / CHECKPOINT_NAME, arrays, fingerprint)
 
     def lr_at(self, step: int) -> float:

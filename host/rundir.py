@@ -39,6 +39,7 @@ from entropi.device.io import (
     atomic_write_text,
     package_version,
 )
+from entropi.device.lock import lock_folder
 
 __all__ = ["NotARunError", "RunDir", "RunExistsError", "open_run"]
 
@@ -48,6 +49,8 @@ class RunDir:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self.lock = None
+        """The folder's :class:`~entropi.device.lock.FolderLock` once :func:`open_run` holds it."""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -191,25 +194,17 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
 
     import torch
 
-    from .config import config_to_toml, load_config
+    from .config import config_to_toml
 
     run = RunDir(root)
-    if run.config.is_file():
-        existing = load_config(run.config)
-        if not resume:
-            raise RunExistsError(
-                f"{run.root} already holds a run; pass --resume to continue it or choose another "
-                "--out"
-            )
-        if cfg is not None and cfg.digest() != existing.digest():
-            raise RunExistsError(
-                f"{run.root} was started with a different config; resume it without a config "
-                "(entropi run --resume uses the saved one) or choose another --out"
-            )
-        cfg = existing
-    elif cfg is None:
-        raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
-    run.root.mkdir(parents=True, exist_ok=True)
+    # one writer per run folder, taken before the checks below (two fresh runs started together
+    # must not both find the folder empty); held until the process ends or the RunDir goes
+    run.lock = lock_folder(run.root, what="run folder")
+    try:
+        cfg = _checked_config(run, cfg, resume)
+    except BaseException:
+        run.lock.release()  # and removes the folder again if it made it and it is still empty
+        raise
     run.write_text(run.config, config_to_toml(cfg))
     info = run.read_json(run.info, {"invocations": []})
     info.update(
@@ -229,3 +224,34 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
     )
     run.write_json(run.info, info)
     return cfg, run
+
+
+def _checked_config(run: RunDir, cfg, resume: bool):
+    """The config of the run in ``run``: ``cfg`` for a new run, the saved one when resuming
+    (refusing a different ``cfg``)."""
+    from .config import ConfigError, load_config
+    from .train import pick_device
+
+    if run.config.is_file():
+        try:
+            existing = load_config(run.config)
+        except ConfigError as e:
+            raise ConfigError(
+                f"the saved config {run.config} does not validate ({e}): this run cannot be "
+                "resumed; start it again in another --out"
+            ) from None
+        if not resume:
+            raise RunExistsError(
+                f"{run.root} already holds a run; pass --resume to continue it or choose another "
+                "--out"
+            )
+        if cfg is not None and cfg.digest() != existing.digest():
+            raise RunExistsError(
+                f"{run.root} was started with a different config; resume it without a config "
+                "(entropi run --resume uses the saved one) or choose another --out"
+            )
+        cfg = existing
+    elif cfg is None:
+        raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
+    pick_device(cfg.device)  # device = "cuda" without one: a ConfigError before anything is written
+    return cfg

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from entropi.device.io import atomic_write_json, atomic_write_text
+from entropi.device.lock import lock_folder
 
 from .config import ConfigError, load_config
 from .criteria import CRITERIA
@@ -111,7 +112,9 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
             raise ConfigError(f"study file {path} does not exist")
         p = Path(str(shipped))
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, RecursionError) as e:
+        raise ConfigError(f"{p}: not a study file ({type(e).__name__}: {e})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML: {e}") from e
     unknown = set(raw) - {"name", "base", "set", "ladder", "target"}
@@ -197,11 +200,19 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
 
 def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[str, Any]:
     """Build (or reuse) every ladder, score it on every target, summarize; returns study.json."""
+    out = Path(out)
+    lock = lock_folder(out, what="study folder")  # one study writes DIR at a time
+    try:
+        return _run_study(study, out, log)
+    finally:
+        lock.release()
+
+
+def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
     from .rundata import load_target
     from .stages import reuse_ladder, stage_score, stage_select
     from .train import pick_device
 
-    out = Path(out)
     t_start = time.perf_counter()
     pairs, runs = [], []
     for ladder in study.ladders:

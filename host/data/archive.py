@@ -14,7 +14,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from entropi.device.errors import EntropiError
+from entropi.device.errors import EntropiError, one_line
 
 from .base import ChecksumError, DataError, UnsafeArchiveError, progress_bar
 
@@ -25,10 +25,6 @@ _CHUNK = 1 << 20
 
 class DownloadError(EntropiError, OSError):
     """A download failed (offline machine, bad URL, HTTP error); the message is one line."""
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
 
 
 def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -94,7 +90,7 @@ def extract_tar(
         return dest
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(
-            f"cannot read archive {archive}: {_one_line(e)}; the file is corrupt or not a tar "
+            f"cannot read archive {archive}: {one_line(e)}; the file is corrupt or not a tar "
             f"archive, download it again"
         ) from e
     finally:
@@ -140,12 +136,12 @@ def download_file(
             part.unlink(missing_ok=True)
             return download_file(url, dest, md5=md5, timeout_s=timeout_s, progress=progress)
         raise DownloadError(
-            f"could not download {url}: {_one_line(e)}. The machine may be offline; "
+            f"could not download {url}: {one_line(e)}. The machine may be offline; "
             f"download the file by hand and put it at {dest}"
         ) from e
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         raise DownloadError(
-            f"could not download {url}: {_one_line(e)}. The machine may be offline; "
+            f"could not download {url}: {one_line(e)}. The machine may be offline; "
             f"download the file by hand and put it at {dest}"
         ) from e
     try:
@@ -193,7 +189,7 @@ def _receive(resp, url: str, dest: Path, part: Path, have: int, md5, progress: b
                 if isinstance(e, DownloadError):
                     raise
                 raise DownloadError(
-                    f"download of {url} broke off after {have + got} bytes: {_one_line(e)}; "
+                    f"download of {url} broke off after {have + got} bytes: {one_line(e)}; "
                     f"the partial file {part} is kept, run again to resume"
                 ) from e
             finally:

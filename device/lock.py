@@ -1,0 +1,183 @@
+"""One writer per output folder: an advisory lock file, ``FOLDER/.entropi.lock``.
+
+Run folders, device head folders and export folders are written by long jobs; two jobs writing
+one folder corrupt it (both train, one dies on a shared temporary file, the survivor's results
+differ from an uninterrupted run). :func:`lock_folder` takes an exclusive ``flock`` on the lock
+file before anything is read or written and keeps it until :meth:`FolderLock.release` (or the
+end of the process). A second writer is refused with :class:`LockError` naming the holder (pid,
+host, start time, command), read from the lock file.
+
+The kernel drops an ``flock`` when its process dies, however it dies (SIGKILL included), so a
+stale lock file left by a dead process is simply taken over; nothing has to guess whether a pid
+is alive. Once it holds the lock, :func:`lock_folder` removes the temporary files and folders a
+killed writer left in the folder (``.NAME.*.tmp`` of :mod:`.io`'s atomic writes, ``.NAME.*.old``
+of a replaced folder): no other writer can own them.
+
+The lock is re-entrant within a process (the study opens one ladder folder for many targets): a
+second :func:`lock_folder` of the same folder in the same process shares the first lock, which is
+released when the last holder releases it.
+
+Locks are advisory and need a file system with ``flock`` (local POSIX file systems; on NFS,
+Linux emulates it with byte-range locks). Where ``fcntl`` is missing (Windows) folders are not
+locked. Standard library only: the device imports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .errors import EntropiError
+
+__all__ = ["LOCK_NAME", "FolderLock", "LockError", "lock_folder", "remove_stale_temporaries"]
+
+LOCK_NAME = ".entropi.lock"
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+class LockError(EntropiError):
+    """Another process is writing the folder; the message names it."""
+
+
+_held: dict[str, list] = {}  # resolved folder -> [fd, holders]
+_mutex = threading.Lock()
+
+
+class FolderLock:
+    """One holder's share of a folder's lock; :meth:`release` it (or use it as a context)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.removed: list[Path] = []
+        """Temporary files of killed writers this lock removed when it was taken."""
+        self._released = False
+
+    def release(self) -> None:
+        """Drop this holder; the lock file is unlocked when the last holder in the process goes."""
+        if self._released:
+            return
+        self._released = True
+        with _mutex:
+            entry = _held.get(str(self.folder))
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[str(self.folder)]
+                fd, _, created = entry
+                if created:  # a folder this lock made and nothing else filled: remove it again
+                    try:
+                        if [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+                            os.unlink(self.folder / LOCK_NAME)  # still locked: see lock_folder
+                            os.rmdir(self.folder)
+                    except OSError:
+                        pass
+                os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its lock file is unreadable)"
+
+
+def lock_folder(folder: str | os.PathLike, *, what: str = "folder") -> FolderLock:
+    """Create ``folder`` if needed and lock it for this process; :class:`LockError` when another
+    process holds it. ``what`` names the folder in the message ("run folder", ...)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = Path(os.path.realpath(folder))
+    with _mutex:
+        entry = _held.get(str(key))
+        if entry is not None:
+            entry[1] += 1
+            return FolderLock(key)
+        if fcntl is None:  # pragma: no cover - Windows: no locking
+            _held[str(key)] = [os.open(os.devnull, os.O_RDONLY), 1, False]
+            return FolderLock(key)
+        fd = _flock(key / LOCK_NAME, folder, what)
+        info = {
+            "pid": os.getpid(),
+            "host": platform.node(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(sys.argv) or sys.executable,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        _held[str(key)] = [fd, 1, created]
+        lock = FolderLock(key)
+    lock.removed = remove_stale_temporaries(key)
+    return lock
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith((".tmp", ".old")) and name != LOCK_NAME
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove every temporary file or folder (:func:`_is_temporary`) under ``folder``, which the
+    caller has locked; the removed paths."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            if _is_temporary(name):
+                path = Path(root) / name
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        dirs[:] = [d for d in dirs if not _is_temporary(d)]
+    return removed
+
+
+def _flock(path: Path, folder: Path, what: str) -> int:
+    """Open and lock ``path``; the descriptor. A holder that removes its lock file (and folder)
+    does so while it still holds the lock, so a lock taken on a file that is no longer at
+    ``path`` is dropped and taken again on the file that is."""
+    for _ in range(100):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockError(
+                f"{what} {folder} is in use by {_holder(path)}; wait for it to finish, or use "
+                "another folder"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise LockError(f"could not lock {what} {folder}: its lock file keeps being replaced")
