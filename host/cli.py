@@ -192,18 +192,40 @@ def _cmd_study(a: argparse.Namespace) -> int:
     return 0
 
 
-def _load_npy(path: str, what: str):
+def _load_npy(path: str, what: str, error: type[Exception]):
+    """A ``.npy`` array file, its header checked before anything is read: ``error`` (one line)
+    for a folder, a file that is not ``.npy``, object arrays, or a header claiming more data than
+    the file holds."""
     import numpy as np
-
-    from .criteria import CriterionError
+    from numpy.lib import format as npy
 
     p = Path(path)
+    if p.is_dir():
+        raise error(f"{what} file {p} is a folder, not a .npy file")
     if not p.is_file():
         raise FileNotFoundError(f"{what} file {p} does not exist")
-    try:
-        return np.load(p, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise CriterionError(f"{p} is not a .npy array file: {e}") from e
+    with open(p, "rb") as f:
+        try:
+            version = npy.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = npy.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, EOFError, SyntaxError) as e:
+            raise error(f"{p} is not a .npy array file ({' '.join(str(e).split())})") from e
+        start = f.tell()
+    if dtype.hasobject:
+        raise error(f"{p} holds Python objects (dtype {dtype}); {what} must be numbers")
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = p.stat().st_size - start
+    if claimed > held:
+        raise error(
+            f"{p}: its header claims shape {shape} of {dtype} ({claimed} bytes) but the file "
+            f"holds {held} bytes; it is truncated or corrupt"
+        )
+    return np.load(p, allow_pickle=False)
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
@@ -217,8 +239,8 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
         return 0
     if a.features is None:
         raise CriterionError("FEATURES.npy is needed (or --list)")
-    feats = _load_npy(a.features, "features")
-    labels = _load_npy(a.labels, "labels") if a.labels else None
+    feats = _load_npy(a.features, "features", CriterionError)
+    labels = _load_npy(a.labels, "labels", CriterionError) if a.labels else None
     names = a.criterion or None
     for name in names or ():
         if name not in CRITERIA:
@@ -238,31 +260,36 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
             for k, v in values.items()
         },
     }
-    print(json.dumps(out, indent=2))
+    print(json.dumps(out, indent=2, allow_nan=False))
     return 0
 
 
 def _cmd_entropy(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from .entropy import FeatureError, state_entropy
 
-    path = Path(a.features)
-    if not path.is_file():
-        raise FileNotFoundError(f"features file {path} does not exist")
-    try:
-        feats = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise FeatureError(f"{path} is not a .npy array file: {e}") from e
-    print(json.dumps(state_entropy(feats, a.levels).as_dict(), indent=2))
+    feats = _load_npy(a.features, "features", FeatureError)
+    print(json.dumps(state_entropy(feats, a.levels).as_dict(), indent=2, allow_nan=False))
     return 0
+
+
+def _run_lock(rundir: str):
+    """The run folder's lock (another writer of it is refused), or nothing when there is no such
+    folder (the command then says what is wrong with the path)."""
+    import contextlib
+
+    from entropi.device.lock import lock_folder
+
+    if not Path(rundir).is_dir():
+        return contextlib.nullcontext()
+    return lock_folder(rundir, what="run folder")
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
     from .bundle import export_rung
 
     formats = tuple(a.format or _formats())
-    info = export_rung(a.run, a.rung, formats=formats, compact=a.compact, out_dir=a.out)
+    with _run_lock(a.run):
+        info = export_rung(a.run, a.rung, formats=formats, compact=a.compact, out_dir=a.out)
     for name, f in info["files"].items():
         print(
             f"{name}: {f['bytes']} bytes, max |diff| {f['max_abs_diff']:.2e}, "
@@ -279,9 +306,10 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
     from .bundle import bundle_rung
 
     formats = tuple(a.format or _formats())
-    path = bundle_rung(
-        a.run, a.out, rung=a.rung, form=a.form, formats=formats, overwrite=a.overwrite
-    )
+    with _run_lock(a.run):  # it may export into RUNDIR/export
+        path = bundle_rung(
+            a.run, a.out, rung=a.rung, form=a.form, formats=formats, overwrite=a.overwrite
+        )
     print(f"bundle written to {path}")
     return 0
 
@@ -444,7 +472,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from entropi.device.errors import EntropiError
+    from entropi.device.errors import EntropiError, one_line, report_bug
 
     parser, table = _build_parser()
     args = parser.parse_args(argv)
@@ -457,8 +485,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except (EntropiError, OSError) as e:
-        print(f"entropi: error: {e}", file=sys.stderr)
+        print(f"entropi: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except Exception:  # noqa: BLE001 - a bug: its traceback, and a request to report it
+        report_bug("entropi")
+        return 1
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def quantize(features: np.ndarray, levels: int = DEFAULT_LEVELS) -> tuple[np.nda
     y = y.astype(np.float64, copy=False)
     lo, hi = float(y.min()), float(y.max())
     delta = (hi - lo) / levels
+    if not np.isfinite(delta):  # hi - lo overflows (values near +-1.8e308): divide first
+        delta = hi / levels - lo / levels
     if delta == 0.0:
         return np.zeros(y.shape, dtype=np.int64), 0.0
     return np.floor(y / delta + 0.5).astype(np.int64), delta
