@@ -409,6 +409,19 @@ def test_extract_ok_and_merge(tmp_path):
     assert (dest / "d" / "a.txt").read_bytes() == b"new" and (dest / "keep.txt").is_file()
 
 
+def test_decompression_bomb_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from entropi.host.data import archive as archive_mod
+
+    monkeypatch.setattr(archive_mod, "EXPANSION_FLOOR_BYTES", 64 << 10)  # scaled down 4096x
+    bomb = _tar_with(tmp_path / "bomb.tar.gz", [_file("d/zeros.bin", bytes(2 << 20))])
+    assert bomb.stat().st_size < 20_000  # 2 MB of zeros packs to a few KB
+    with pytest.raises(UnsafeArchiveError, match=r"hold 2097152 bytes, \d+x the archive"):
+        extract_tar(bomb, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.tar.gz"]  # nothing left behind
+    ok = _tar_with(tmp_path / "ok.tar.gz", [_file("d/a.bin", bytes(32 << 10))])  # under the floor
+    assert (extract_tar(ok, tmp_path / "ok") / "d" / "a.bin").stat().st_size == 32 << 10
+
+
 def test_corrupt_archive_is_a_clear_error(tmp_path):
     (tmp_path / "bad.tar.gz").write_bytes(b"not a tar at all")
     with pytest.raises(ValueError, match=r"cannot read archive .*bad\.tar\.gz.*download it"):

@@ -141,6 +141,24 @@ def test_imagefolder_bad_folders(tmp_path):
         load_spec(f"imagefolder:{tmp_path / 'bad'}", "train", [], download=False)
 
 
+def test_flat_imagefolder_refuses_links_and_non_files(tmp_path):
+    from entropi.device.errors import DataError as DeviceDataError
+
+    write_pngs(tmp_path / "outside", ["secret"], 2)
+    write_pngs(tmp_path / "d", ["a", "b"], 3)
+    (tmp_path / "d" / "c").symlink_to(tmp_path / "outside" / "secret")  # a linked class folder
+    with pytest.raises(DeviceDataError, match=r"/d/c is a symbolic link"):
+        load_spec(f"imagefolder:{tmp_path / 'd'}", "train", [], download=False)
+    (tmp_path / "d" / "c").unlink()
+    (tmp_path / "d" / "a" / "x.png").symlink_to("/etc/passwd")  # a linked image file
+    with pytest.raises(DeviceDataError, match=r"x\.png is a symbolic link"):
+        load_spec(f"imagefolder:{tmp_path / 'd'}", "train", [], download=False)
+    (tmp_path / "d" / "a" / "x.png").unlink()
+    (tmp_path / "d" / "a" / "y.png").mkdir()  # a folder named like an image
+    with pytest.raises(DeviceDataError, match=r"y\.png has an image suffix but is not a regular"):
+        load_spec(f"imagefolder:{tmp_path / 'd'}", "train", [], download=False)
+
+
 def test_npz_spec_grey_and_split(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)

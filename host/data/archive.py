@@ -27,13 +27,36 @@ class DownloadError(EntropiError, OSError):
     """A download failed (offline machine, bad URL, HTTP error); the message is one line."""
 
 
+MAX_EXPANSION = 50
+"""An archive may expand to at most this many times its size (images barely compress: CIFAR and
+PACS archives expand 1.0-1.2x)..."""
+EXPANSION_FLOOR_BYTES = 256 << 20
+"""...once it holds more than this (small archives of text or zeros compress well)."""
+MAX_EXTRACT_BYTES = 64 << 30
+"""And never more than this in all."""
+
+
 def check_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     """Return the members of ``tar`` or raise :class:`UnsafeArchiveError` for the first bad one.
 
     Only regular files and folders with relative paths and no ``..`` component are accepted;
-    links, devices and absolute paths are rejected, since a dataset archive never needs them.
+    links, devices and absolute paths are rejected, since a dataset archive never needs them;
+    so is an archive whose members would expand far beyond its size (:data:`MAX_EXPANSION`).
+    The sizes are the tar headers' (what extraction writes), read before anything is written.
     """
     members = tar.getmembers()
+    total = sum(m.size for m in members if m.isfile())
+    packed = os.path.getsize(tar.name) if tar.name and os.path.isfile(tar.name) else 0
+    if total > MAX_EXTRACT_BYTES or (
+        total > EXPANSION_FLOOR_BYTES and total > MAX_EXPANSION * max(packed, 1)
+    ):
+        raise UnsafeArchiveError(
+            f"refusing to extract {tar.name}: its {len(members)} members hold {total} bytes, "
+            f"{total / max(packed, 1):.0f}x the archive's {packed} bytes (at most "
+            f"{MAX_EXPANSION}x above {EXPANSION_FLOOR_BYTES >> 20} MB, and "
+            f"{MAX_EXTRACT_BYTES >> 30} GB in all); image datasets barely compress, so this is a "
+            "decompression bomb or a corrupt file"
+        )
     for m in members:
         parts = PurePosixPath(m.name).parts
         if m.name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.device.data import list_image_files, list_subfolders
 from entropi.device.imageprep import Preprocess, convert_image
 
 from .base import (
@@ -32,7 +33,7 @@ from .base import (
     source_key,
 )
 from .cifar import CIFAR, read_cifar
-from .images import IMAGE_SUFFIXES, decode_images, extracted, is_archive, read_image_folder
+from .images import decode_images, extracted, is_archive, read_image_folder
 from .subset import stratified_split
 
 __all__ = [
@@ -254,7 +255,8 @@ def _check_classes(ds_classes: list[str], where) -> None:
 
 
 def _class_dirs(base: Path) -> list[Path]:
-    return sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """The class folders of ``base`` by the device's listing rule (a linked folder is refused)."""
+    return [base / n for n in list_subfolders(base) if not n.startswith(".")]
 
 
 def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
@@ -270,7 +272,7 @@ def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
     classes = [d.name for d in subs]
     paths, labels = [], []
     for k, d in enumerate(subs):
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = list_image_files(d)  # links and non-files with an image suffix are refused
         paths += files
         labels += [k] * len(files)
     if not paths:
