@@ -361,9 +361,11 @@ class DeviceTrainConfig(TrainConfig):
         except BudgetError as e:
             raise ConfigError(
                 f"device_train.budget = {self.budget!r} ({budget} B) cannot hold any head "
-                f"training loop: even 1 feature x 2 classes needs {format_size(e.minimum_bytes)}; "
-                "the real minimum grows with the encoder's feature width and the target's "
-                'classes (the default is "256KB")'
+                f"training loop: even 1 feature x 2 classes over {self.epochs} epochs needs "
+                f"{format_size(e.minimum_bytes)} (the per-epoch history is part of it); the real "
+                "minimum grows with the encoder's feature width, the target's classes and the "
+                'epochs (the defaults are "256KB" and '
+                f"{DeviceTrainConfig.__dataclass_fields__['epochs'].default} epochs)"
             ) from None
 
 
@@ -385,6 +387,11 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
+        if "/" in self.name or "\\" in self.name or self.name.startswith("."):
+            # `entropi run` writes to runs/NAME when no --out is given
+            raise ConfigError(
+                f"name must be a plain folder name (no '/', '\\' or leading '.'), got {self.name!r}"
+            )
         _check_int("seed", self.seed, lo=0)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")

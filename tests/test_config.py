@@ -132,7 +132,7 @@ def _write(tmp_path, text: str):
     [
         ('[device_train]\nbudget = "abc"', "invalid size 'abc'"),
         ('[device_train]\nbudget = "1B"', r"budget = '1B' \(1 B\) cannot hold any head"),
-        ('[device_train]\nbudget = "10KB"', "even 1 feature x 2 classes needs"),
+        ('[device_train]\nbudget = "10KB"', "even 1 feature x 2 classes over 30 epochs needs"),
         ("[device_train]\nbudget = 100", r"\(100 B\) cannot hold any head"),
         ("[device_train]\nbudget = 1.5", "device_train.budget must be a string or an integer"),
     ],
