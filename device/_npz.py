@@ -102,7 +102,7 @@ def _open_zip(path: str | os.PathLike) -> Iterator[tuple[object, zipfile.ZipFile
     try:
         try:
             zf = zipfile.ZipFile(raw)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as e:
+        except _READ_ERRORS as e:  # NotImplementedError: a zip version Python cannot read
             size = os.fstat(raw.fileno()).st_size
             what = "empty" if size == 0 else f"not a valid .npz (zip) file of {size} bytes"
             raise DataError(f"{path} is {what}: {e}; is it truncated?") from e

@@ -51,3 +51,21 @@ def test_config_regressions(tmp_path):
     p.write_bytes(b"#" * ((1 << 20) + 1))
     with pytest.raises(ConfigError, match="is over 1048576 bytes"):
         load_config(p)
+
+
+# found by the npz fuzzer: a zip whose central directory needs a newer zip version
+def test_npz_of_an_unsupported_zip_version_is_a_data_error(tmp_path):
+    import io
+
+    import numpy as np
+
+    from entropi.device.data import load_images
+    from entropi.device.errors import DataError
+
+    buf = io.BytesIO()
+    np.savez(buf, x_train=np.zeros((2, 4, 4, 3), np.uint8), y_train=np.array([0, 1]))
+    raw = bytearray(buf.getvalue())
+    raw[raw.rfind(b"PK\x01\x02") + 6] = 64  # "version needed to extract": 6.4
+    (tmp_path / "v64.npz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="not a valid .npz .* zip file version 6.4"):
+        load_images(tmp_path / "v64.npz", "train")
