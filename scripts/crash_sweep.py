@@ -82,9 +82,12 @@ def host_command(config: Path, out: Path, *, resume: bool = False) -> list[str]:
     return cmd + (["--resume"] if resume else [])
 
 
-def device_command(bundle: Path, data: Path, out: Path, *, resume: bool = False) -> list[str]:
+def device_command(
+    bundle: Path, data: Path, out: Path, *, resume: bool = False, epochs: int = 300
+) -> list[str]:
     cmd = [sys.executable, "-m", "entropi.device.cli", "train", "--bundle", str(bundle)]
-    cmd += ["--data", str(data), "--out", str(out), "--epochs", "100", "--checkpoint-every", "5"]
+    cmd += ["--data", str(data), "--out", str(out), "--epochs", str(epochs)]
+    cmd += ["--checkpoint-every", "5", "--patience", "0"]  # length set by epochs alone
     return cmd + (["--resume"] if resume else [])
 
 
@@ -223,14 +226,16 @@ def sweep_host(work: Path, points: int, seed: int, log=print) -> dict:
     return {"command": "entropi run", **out}
 
 
-def sweep_device(work: Path, bundle: Path, data: Path, points: int, seed: int, log=print):
+def sweep_device(
+    work: Path, bundle: Path, data: Path, points: int, seed: int, log=print, epochs: int = 300
+):
     def has_checkpoint(out: Path) -> bool:
         return (out / ".work" / "checkpoint.npz").is_file()
 
     out = _sweep(
         work,
         "device",
-        lambda out, resume: device_command(bundle, data, out, resume=resume),
+        lambda out, resume: device_command(bundle, data, out, resume=resume, epochs=epochs),
         device_outcome,
         lambda out: "training" if has_checkpoint(out) else "features",
         has_checkpoint,

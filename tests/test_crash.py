@@ -26,7 +26,9 @@ def test_kill_and_resume_host_and_device(sweep, tmp_path):
     _check(host["points"])
     assert sum(r["killed"] for r in host["points"]) >= 1  # at least one kill landed mid-run
     bundle, data = sweep.device_inputs(host.pop("ref"), tmp_path)
-    dev = sweep.sweep_device(tmp_path, bundle, data, points=3, seed=3, log=lambda m: None)
+    dev = sweep.sweep_device(
+        tmp_path, bundle, data, points=3, seed=3, log=lambda m: None, epochs=100
+    )
     _check(dev["points"])
     assert sum(r["killed"] for r in dev["points"]) >= 1
     table = sweep.summarize([host, dev])
