@@ -15,6 +15,10 @@ Entry points:
 - The steps, usable alone: :func:`fold_batchnorm`, :func:`compact_encoder`,
   :func:`export_onnx`, :func:`convert_tflite` / :func:`sparsify_tflite`, and the verifiers
   :func:`run_onnx`, :func:`run_tflite`, :func:`compare_onnx_torch`, :func:`compare_tflite_torch`.
+- int8 (``quantize.py``; not yet an export format of the registry): :func:`quantize_tflite_int8`
+  (full-integer TFLite), :func:`quantize_onnx_qdq` (QDQ ONNX), their runners
+  :func:`run_tflite_int8` / :func:`run_onnx_qdq`, :func:`int8_feature_error` and
+  :func:`pruned_zeros_kept`.
 
 Every error on bad input is an :class:`ExportError` (or the rung record's
 :class:`CheckpointError`), both :class:`~entropi.device.errors.EntropiError`; a missing optional
@@ -27,6 +31,15 @@ from .exporter import INDEX_BYTES, export_encoder, images_to_inputs
 from .fold import fold_batchnorm
 from .formats import FORMAT_NAMES, FORMATS, ExportFormat, resolve_formats
 from .onnx_export import ONNX_OPSET, export_onnx
+from .quantize import (
+    int8_feature_error,
+    pruned_zeros_kept,
+    quantize_onnx_qdq,
+    quantize_tflite_int8,
+    run_onnx_qdq,
+    run_tflite_int8,
+    tflite_io_quantization,
+)
 from .rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
 from .tflite_export import convert_tflite, read_metadata, sparsify_tflite
 from .verify import (
@@ -68,13 +81,20 @@ __all__ = [
     "export_onnx",
     "fold_batchnorm",
     "images_to_inputs",
+    "int8_feature_error",
     "load_rung_file",
     "prunable_parameters",
+    "pruned_zeros_kept",
+    "quantize_onnx_qdq",
+    "quantize_tflite_int8",
     "read_metadata",
     "resolve_formats",
     "run_onnx",
+    "run_onnx_qdq",
     "run_tflite",
+    "run_tflite_int8",
     "save_rung",
     "sparsify_tflite",
+    "tflite_io_quantization",
     "weight_stats",
 ]

@@ -45,7 +45,7 @@ def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     module.eval()
     sink = io.StringIO()
     with (
-        _fd2_captured() as captured,
+        fd2_captured() as captured,
         warnings.catch_warnings(),
         contextlib.redirect_stdout(sink),
         contextlib.redirect_stderr(sink),
@@ -64,7 +64,7 @@ def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
 def import_converter():
     """Import litert-torch (or raise naming the extra), keeping its import-time C++ logging
     (oneDNN, torchao, absl) off the terminal unless the import fails."""
-    with _fd2_captured() as captured:
+    with fd2_captured() as captured:
         try:
             return require("litert_torch", "tflite", "TFLite export (litert-torch)")
         except Exception:
@@ -73,7 +73,7 @@ def import_converter():
 
 
 @contextlib.contextmanager
-def _fd2_captured():
+def fd2_captured():
     """Send file descriptor 2 to a temp file while the converter runs: its C++ logging (absl,
     TF, torchao) bypasses Python's sys.stderr. The text is replayed if the conversion fails."""
     import tempfile
