@@ -294,10 +294,10 @@ def _validate(manifest: dict[str, Any], where: str) -> None:
     for name, meta in manifest["encoders"].items():
         if name not in manifest["files"]:
             raise bad(("encoders", name), "expected an encoder file also listed in files")
-        if _FORMATS[Path(name).suffix] != meta["format"]:
+        if _FORMATS.get(Path(name).suffix) != meta["format"]:
             raise bad(
                 ("encoders", name, "format"),
-                f"expected {_FORMATS[Path(name).suffix]!r} for a {Path(name).suffix} file",
+                f"expected {_FORMATS.get(Path(name).suffix)!r} for a {Path(name).suffix} file",
             )
     try:
         _preprocess(manifest.get("preprocess"), inp["shape"], BundleError)

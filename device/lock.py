@@ -3,15 +3,17 @@
 Run folders, device head folders and export folders are written by long jobs; two jobs writing
 one folder corrupt it (both train, one dies on a shared temporary file, the survivor's results
 differ from an uninterrupted run). :func:`lock_folder` takes an exclusive ``flock`` on the lock
-file before anything is read or written and keeps it until :meth:`FolderLock.release` (or the
-end of the process). A second writer is refused with :class:`LockError` naming the holder (pid,
-host, start time, command), read from the lock file.
+file before anything is read or written and keeps it until :meth:`FolderLock.release`, the end
+of the process, or the :class:`FolderLock` being garbage-collected (keep a reference). A second
+writer is refused with :class:`LockError` naming the holder (pid, host, start time, command),
+read from the lock file.
 
 The kernel drops an ``flock`` when its process dies, however it dies (SIGKILL included), so a
 stale lock file left by a dead process is simply taken over; nothing has to guess whether a pid
-is alive. Once it holds the lock, :func:`lock_folder` removes the temporary files and folders a
-killed writer left in the folder (``.NAME.*.tmp`` of :mod:`.io`'s atomic writes, ``.NAME.*.old``
-of a replaced folder): no other writer can own them.
+is alive. Once it holds the lock of a folder an entropi writer has locked before,
+:func:`lock_folder` removes the temporaries a killed writer left in it (entropi's own names,
+:data:`_TEMPORARY`, at most two folders deep, not in a sub-folder locked by a writer of its
+own): no other writer can own them.
 
 The lock is re-entrant within a process (the study opens one ladder folder for many targets): a
 second :func:`lock_folder` of the same folder in the same process shares the first lock, which is
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import threading
@@ -98,11 +101,17 @@ class FolderLock:
 
 
 def _holder(path: Path) -> str:
-    try:
-        info = json.loads(path.read_text())
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (its lock file is unreadable)"
+    """Who holds the lock, from its file. A holder writes it just after taking the lock, so an
+    empty or partial file is read again for up to half a second."""
+    for _ in range(20):
+        try:
+            info = json.loads(path.read_text())
+            return (
+                f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(0.025)
+    return "another process (its lock file is unreadable)"
 
 
 def lock_folder(folder: str | os.PathLike, *, what: str = "folder") -> FolderLock:
@@ -120,29 +129,45 @@ def lock_folder(folder: str | os.PathLike, *, what: str = "folder") -> FolderLoc
         if fcntl is None:  # pragma: no cover - Windows: no locking
             _held[str(key)] = [os.open(os.devnull, os.O_RDONLY), 1, False]
             return FolderLock(key)
+        reused = (key / LOCK_NAME).is_file()  # an entropi writer has used this folder before
         fd = _flock(key / LOCK_NAME, folder, what)
-        info = {
-            "pid": os.getpid(),
-            "host": platform.node(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv) or sys.executable,
-        }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        try:
+            info = {
+                "pid": os.getpid(),
+                "host": platform.node(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": " ".join(sys.argv) or sys.executable,
+            }
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         _held[str(key)] = [fd, 1, created]
         lock = FolderLock(key)
-    lock.removed = remove_stale_temporaries(key)
+    if reused:
+        lock.removed = remove_stale_temporaries(key)
     return lock
 
 
+_TEMPORARY = re.compile(r"^\..+\.(?:\d+\.)?[A-Za-z0-9_]{8}\.(?:tmp|old)$|^\..+\.\d+\.tmp$")
+"""The names entropi's writers give temporaries: ``.NAME.XXXXXXXX.tmp`` / ``.old`` (mkstemp and
+mkdtemp in :mod:`.io`), ``.NAME.PID.XXXXXXXX.tmp`` (export folders), ``.NAME.PID.tmp`` (the
+feature store)."""
+
+
 def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and name.endswith((".tmp", ".old")) and name != LOCK_NAME
+    return bool(_TEMPORARY.match(name)) and name != LOCK_NAME
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Remove every temporary file or folder (:func:`_is_temporary`) under ``folder``, which the
-    caller has locked; the removed paths."""
+def remove_stale_temporaries(folder: Path, *, depth: int = 2) -> list[Path]:
+    """Remove entropi's temporary files and folders (:data:`_TEMPORARY`) in ``folder`` and its
+    sub-folders down to ``depth`` levels, which the caller has locked; the removed paths. Called
+    only for a folder an entropi writer has locked before (its lock file was there), and a
+    sub-folder with a lock file of its own (another writer's, say a head folder inside a run) is
+    left to its writer."""
     removed = []
+    base = len(folder.parts)
     for root, dirs, files in os.walk(folder):
         for name in [*files, *dirs]:
             if _is_temporary(name):
@@ -152,7 +177,15 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
                 else:
                     path.unlink(missing_ok=True)
                 removed.append(path)
-        dirs[:] = [d for d in dirs if not _is_temporary(d)]
+        level = len(Path(root).parts) - base
+        dirs[:] = [
+            d
+            for d in dirs
+            if not _is_temporary(d)
+            and level < depth
+            and not (Path(root) / d / LOCK_NAME).exists()
+            and not (Path(root) / d).is_symlink()
+        ]
     return removed
 
 

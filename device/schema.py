@@ -176,7 +176,9 @@ def _check_string(value: str, schema: dict[str, Any], where: str) -> None:
         raise SchemaViolation(where, f"expected at least {schema['minLength']} characters")
     if "maxLength" in schema and len(value) > schema["maxLength"]:
         raise SchemaViolation(where, f"expected at most {schema['maxLength']} characters")
-    if "pattern" in schema and re.search(schema["pattern"], value) is None:
+    # JSON Schema's "$" is the end of the string; Python's also matches before a final "\n"
+    pattern = re.sub(r"(?<!\\)\$$", r"\\Z", schema.get("pattern", ""))
+    if "pattern" in schema and re.search(pattern, value) is None:
         raise SchemaViolation(
             where, f"expected a string matching {schema['pattern']}, got {_describe(value)}"
         )

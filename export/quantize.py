@@ -180,7 +180,9 @@ def quantize_tflite_int8(
         contextlib.redirect_stderr(sink),
     ):
         warnings.simplefilter("ignore")  # e.g. "converted in training mode": no BN is left
-        logging.getLogger("litert_torch").setLevel(logging.ERROR)
+        logger = logging.getLogger("litert_torch")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
         try:
             graph = torch.export.export(model, (example,)).module()
             graph = torchao_pt2e.prepare_pt2e(graph, quantizer)
@@ -199,13 +201,15 @@ def quantize_tflite_int8(
         except Exception:
             captured.show = True
             raise
-    atomic_write_bytes(path, data)
+        finally:
+            logger.setLevel(level)
     inp, out = tflite_io_quantization(data)
     if inp["dtype"] != "int8" or out["dtype"] != "int8":
         raise ExportError(
             f"the int8 TFLite conversion gave {inp['dtype']} input / {out['dtype']} output, "
             f"expected int8 / int8"
         )
+    atomic_write_bytes(path, data)  # only a file that passed the check appears
     return {
         "path": str(path),
         "bytes": len(data),
@@ -443,7 +447,10 @@ def run_onnx_qdq(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     ort = require("onnxruntime", "export", "running an ONNX file")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(_load_bytes(model), opts, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(_load_bytes(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types on a bad model
+        raise ExportError(f"onnxruntime cannot load the QDQ model: {e}") from e
     first = sess.get_inputs()[0]
     x = np.asarray(inputs)
     chw = tuple(first.shape[1:])

@@ -153,13 +153,23 @@ def _cmd_probe(a: argparse.Namespace) -> int:
     from .rundata import load_target
     from .stages import reuse_ladder, stage_score, stage_select
 
-    cfg, run, device = _open(a)
     overrides = _overrides(a)
     if not overrides and not a.out:
+        cfg, run, device = _open(a)
         scores = stage_score(cfg, run, load_target(cfg), device)
         print(json.dumps(scores, indent=2))
         return 0
-    # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs
+    # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
+    # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
+    from .config import load_config
+    from .rundir import NotARunError, RunDir
+    from .train import pick_device
+
+    run = RunDir(a.run)
+    if not run.config.is_file():
+        raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
+    cfg = load_config(run.config)
+    device = pick_device(cfg.device)
     cfg, new = reuse_ladder(cfg, run, a.out, overrides)
     stage_score(cfg, new, load_target(cfg), device)
     _print_summary(stage_select(cfg, new), new.root)
@@ -209,10 +219,12 @@ def _load_npy(path: str, what: str, error: type[Exception]):
             version = npy.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = npy.read_array_header_1_0(f)
-            elif version == (2, 0):
+            elif version in ((2, 0), (3, 0)):  # 3.0: 2.0 with a UTF-8 header
                 shape, _, dtype = npy.read_array_header_2_0(f)
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
+            if any(not isinstance(k, int) or k < 0 for k in shape):
+                raise ValueError(f"its header claims the shape {shape}")
         except (ValueError, EOFError, SyntaxError) as e:
             raise error(f"{p} is not a .npy array file ({' '.join(str(e).split())})") from e
         start = f.tell()
@@ -225,7 +237,10 @@ def _load_npy(path: str, what: str, error: type[Exception]):
             f"{p}: its header claims shape {shape} of {dtype} ({claimed} bytes) but the file "
             f"holds {held} bytes; it is truncated or corrupt"
         )
-    return np.load(p, allow_pickle=False)
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{p} is not a readable .npy array file ({' '.join(str(e).split())})") from e
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
@@ -273,13 +288,13 @@ def _cmd_entropy(a: argparse.Namespace) -> int:
 
 
 def _run_lock(rundir: str):
-    """The run folder's lock (another writer of it is refused), or nothing when there is no such
-    folder (the command then says what is wrong with the path)."""
+    """The run folder's lock (another writer of it is refused), or nothing when ``rundir`` is no
+    run folder (the command then says what is wrong with the path)."""
     import contextlib
 
     from entropi.device.lock import lock_folder
 
-    if not Path(rundir).is_dir():
+    if not (Path(rundir) / "config.toml").is_file():  # not a run: nothing to lock or clean
         return contextlib.nullcontext()
     return lock_folder(rundir, what="run folder")
 

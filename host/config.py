@@ -99,7 +99,10 @@ def _is_kind(value: Any, kind: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind is float:
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        return number and math.isfinite(value)
+        try:  # TOML integers have no size limit: 10**400 overflows a float
+            return number and math.isfinite(value)
+        except OverflowError:
+            return False
     if kind is str:
         return isinstance(value, str)
     raise TypeError(f"config fields cannot be of type {kind!r}")  # a new field's type: add it

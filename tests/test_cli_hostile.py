@@ -67,3 +67,15 @@ def test_values_near_the_float_limit_are_quantized_right(tmp_path, capsys):
     assert np.isfinite(out["delta"]) and out["delta"] == pytest.approx(ref.delta * 1.5e308)
     assert out["entropy"] == pytest.approx(ref.entropy, abs=1e-12)
     assert out["distinct_states"] == ref.distinct_states
+
+
+def test_negative_dimensions_and_npy_version_3(tmp_path, capsys):
+    neg = tmp_path / "neg.npy"
+    _lying_npy(neg, (-1, 4))
+    assert "claims the shape (-1, 4)" in _error(capsys, ["entropy", str(neg)])
+    v3 = tmp_path / "v3.npy"
+    rng = np.random.default_rng(0)
+    with open(v3, "wb") as f:
+        npy.write_array(f, rng.normal(size=(30, 4)), version=(3, 0))
+    assert cli.main(["entropy", str(v3)]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 30

@@ -174,3 +174,19 @@ def test_a_bug_prints_its_traceback_and_asks_for_a_report(monkeypatch, capsys):
     assert host_cli.main(["entropy", "x.npy"]) == 1
     err = capsys.readouterr().err
     assert "ZeroDivisionError: a bug" in err and "entropi: internal error" in err
+
+
+def test_only_entropi_temporaries_of_a_reused_folder_are_removed(tmp_path):
+    folder = tmp_path / "out"
+    (folder / "sub").mkdir(parents=True)
+    mine = folder / ".results.json.ab3_k9Zq.tmp"  # an atomic write a killed writer left
+    users = folder / ".notes.txt.tmp"  # not one of entropi's names
+    other = folder / "sub" / ".train.npy.4242.tmp"  # in a folder another writer locks
+    for p in (mine, users, other):
+        p.write_text("x")
+    (folder / "sub" / LOCK_NAME).write_text("{}")
+    with lock_folder(folder) as first:  # never locked before: nothing is touched
+        assert first.removed == [] and mine.exists()
+    with lock_folder(folder) as again:  # an entropi writer was here: its temporaries go
+        assert again.removed == [mine]
+    assert users.exists() and other.exists() and not mine.exists()

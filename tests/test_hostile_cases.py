@@ -260,3 +260,21 @@ def test_a_run_name_must_be_a_plain_folder_name(name):
 
     with pytest.raises(ConfigError, match="name must be a plain folder name"):
         load_config("quickstart", [f'name="{name}"'])
+
+
+def test_found_in_review(tmp_path):
+    """A file name ending in a newline passed the schema's "$" (Python's matches before a final
+    newline) and then raised a KeyError; a 10**400 TOML integer raised OverflowError."""
+    from test_bundle_hostile import make_bundle, manifest_of, put_manifest, tiny_onnx
+
+    from entropi.device import BundleError, load_bundle
+    from entropi.host.config import ConfigError, config_from_dict
+
+    b = make_bundle(tmp_path / "b", tiny_onnx(tmp_path / "e.onnx"), class_names=["a", "b"])
+    m = manifest_of(b)
+    m["encoders"] = {"encoder.onnx\n": m["encoders"]["encoder.onnx"]}
+    put_manifest(b, m)
+    with pytest.raises(BundleError, match="not a valid manifest"):
+        load_bundle(b)
+    with pytest.raises(ConfigError, match="prune.alpha_min must be a finite number"):
+        config_from_dict({"prune": {"alpha_min": 10**400}})
