@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ._npz import npy_member, save_npz
+from ._npz import npy_member, npz_names, read_member, save_npz
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
 from .io import atomic_dir, atomic_write_json
@@ -391,11 +391,10 @@ def _read_check(
     rows_max, shape = _MAX_CHECK_ROWS, tuple(manifest["input"]["shape"])
     feature_dim = manifest["feature_dim"]
     try:
-        with zipfile.ZipFile(path) as zf:
-            members = set(zf.namelist())
-        if "inputs.npy" not in members:
+        members = set(npz_names(path))
+        if "inputs" not in members:
             raise BundleError(f"{path} has no 'inputs' member")
-        if f"{key}.npy" not in members:
+        if key not in members:
             return None
         heads = {m: npy_member(path, m) for m in ("inputs", key)}
         k = heads["inputs"].shape[0] if heads["inputs"].shape else 0
@@ -406,8 +405,7 @@ def _read_check(
                     f"{path} member {m!r} is {head.dtype}{head.shape}; expected float32 "
                     f"{wanted[m]} with 1 <= k <= {rows_max}"
                 )
-        with np.load(path, allow_pickle=False) as z:
-            inputs, outputs = z["inputs"], z[key]
+        inputs, outputs = read_member(path, "inputs"), read_member(path, key)  # CRC-checked
     except BundleError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:

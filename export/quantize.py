@@ -43,7 +43,6 @@ LiteRT XNNPACK and reference kernels differ by up to one int8 step of the output
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import tempfile
@@ -60,7 +59,7 @@ from entropi.device.io import atomic_write_bytes
 
 from ._errors import ExportError, VerificationError, require
 from .fold import fold_batchnorm
-from .tflite_export import fd2_captured, import_converter
+from .tflite_export import import_converter, quiet_converter
 from .verify import ModelSource
 
 __all__ = [
@@ -172,37 +171,21 @@ def quantize_tflite_int8(
     quantizer = pt2e.PT2EQuantizer().set_global(
         pt2e.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
     )
-    sink = io.StringIO()
-    with (
-        fd2_captured() as captured,
-        warnings.catch_warnings(),
-        contextlib.redirect_stdout(sink),
-        contextlib.redirect_stderr(sink),
-    ):
-        warnings.simplefilter("ignore")  # e.g. "converted in training mode": no BN is left
-        logger = logging.getLogger("litert_torch")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            graph = torch.export.export(model, (example,)).module()
-            graph = torchao_pt2e.prepare_pt2e(graph, quantizer)
-            t_cal = time.perf_counter()
-            with torch.no_grad():
-                for i in range(len(cal)):  # batch 1: the export guards input.size(0) == 1
-                    graph(torch.from_numpy(cal[i : i + 1]))
-            t_cal = time.perf_counter() - t_cal
-            graph = torchao_pt2e.convert_pt2e(graph, fold_quantize=False)
-            edge = litert_torch.convert(
-                graph,
-                (example,),
-                quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer),
-            )
-            data = bytes(edge.model_content())
-        except Exception:
-            captured.show = True
-            raise
-        finally:
-            logger.setLevel(level)
+    with quiet_converter():  # e.g. "converted in training mode": no BN is left
+        graph = torch.export.export(model, (example,)).module()
+        graph = torchao_pt2e.prepare_pt2e(graph, quantizer)
+        t_cal = time.perf_counter()
+        with torch.no_grad():
+            for i in range(len(cal)):  # batch 1: the export guards input.size(0) == 1
+                graph(torch.from_numpy(cal[i : i + 1]))
+        t_cal = time.perf_counter() - t_cal
+        graph = torchao_pt2e.convert_pt2e(graph, fold_quantize=False)
+        edge = litert_torch.convert(
+            graph,
+            (example,),
+            quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer),
+        )
+        data = bytes(edge.model_content())
     inp, out = tflite_io_quantization(data)
     if inp["dtype"] != "int8" or out["dtype"] != "int8":
         raise ExportError(

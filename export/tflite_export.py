@@ -43,6 +43,19 @@ _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
     """Convert ``module`` (eval mode, fixed input shape of ``example``) to TFLite bytes."""
     module.eval()
+    with quiet_converter():
+        litert_torch = import_converter()
+        edge_model = litert_torch.convert(module, (example,))
+        return bytes(edge_model.model_content())
+
+
+@contextlib.contextmanager
+def quiet_converter():
+    """Keep a conversion's output off the terminal (C++ logging on fd 2, Python warnings,
+    stdout/stderr, the litert_torch logger, whose level is restored after); it is replayed when
+    the block fails."""
+    logger = logging.getLogger("litert_torch")
+    level = logger.level
     sink = io.StringIO()
     with (
         fd2_captured() as captured,
@@ -51,14 +64,14 @@ def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
         contextlib.redirect_stderr(sink),
     ):
         warnings.simplefilter("ignore")
-        logging.getLogger("litert_torch").setLevel(logging.ERROR)
-        litert_torch = import_converter()
+        logger.setLevel(logging.ERROR)
         try:
-            edge_model = litert_torch.convert(module, (example,))
+            yield
         except Exception:
             captured.show = True
             raise
-        return bytes(edge_model.model_content())
+        finally:
+            logger.setLevel(level)
 
 
 def import_converter():

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from entropi.device.bundle import sha256_file
 from entropi.export import ExportError, export_encoder
 from entropi.export.formats import FORMAT_NAMES, FORMATS, resolve_formats
 from entropi.export.rung import CheckpointError
@@ -43,20 +44,12 @@ def config_hash(rundir: str | os.PathLike | RunDir) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def rung_hash(rundir: str | os.PathLike | RunDir, rung: str | int = "selected") -> str:
     """sha256 of the file of rung ``rung`` (``"selected"`` or an index) of the run."""
     run = _run(rundir)
     path = run.rung(resolve_rung(run, rung))
     try:
-        return _sha256(path)
+        return sha256_file(path)
     except OSError as e:
         raise CheckpointError(f"cannot read rung file {path}: {e}") from e
 
@@ -152,7 +145,7 @@ def _reusable(info: dict, out: Path, index: int, digest: str, wanted: set[str]) 
         if not (isinstance(entry, dict) and path.is_file()):
             return False
         try:
-            if _sha256(path) != entry.get("sha256"):
+            if sha256_file(path) != entry.get("sha256"):
                 return False
         except OSError:
             return False

@@ -424,7 +424,8 @@ checkpoint file, scored and probed; the shipped configs plan 8 to 20."""
 
 
 def planned_rungs(keep_per_round: float, alpha_min: float) -> int:
-    """``len(geometric_alphas(keep_per_round, alpha_min))`` (:mod:`.prune`) without building it."""
+    """Rungs of the ladder ``[1, k, k**2, ...]`` down to the last fraction >= ``alpha_min``
+    (:func:`.prune.geometric_alphas` builds it; torch-free here, so configs check it at load)."""
     return math.floor(math.log(alpha_min) / math.log(keep_per_round) + 1e-9) + 1
 
 

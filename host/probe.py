@@ -124,8 +124,8 @@ def _linear_probe(
 
 def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     """Fold id (0 .. folds - 1) of every sample: each class is shuffled (seeded) and dealt round
-    the folds, starting where the previous class stopped, so fold sizes differ by at most one and
-    every fold holds every class with at least ``folds`` samples."""
+    the folds, starting where the previous class stopped, so fold sizes differ by at most one;
+    every class needs at least ``folds`` samples, so that every fold holds every class."""
     y = np.asarray(y)
     if folds < 2:
         raise FeatureError(f"cross-validation needs at least 2 folds, got {folds}")
@@ -136,7 +136,11 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
         c = classes[int(np.argmin(counts))]
         raise FeatureError(
             f"{folds}-fold cross-validation: class {c} has only {int(counts.min())} samples; "
-            f"lower probe.folds to at most {int(counts.min())}"
+            + (
+                f"lower probe.folds to at most {int(counts.min())}"
+                if counts.min() >= 2
+                else "set probe.folds = 0 (the test split)"
+            )
         )
     rng = np.random.default_rng(seed)
     out = np.empty(len(y), dtype=np.int64)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from .config import planned_rungs
 from .models import prunable_parameters
 
 __all__ = [
@@ -45,8 +46,7 @@ def geometric_alphas(keep_per_round: float, alpha_min: float) -> list[float]:
         raise ValueError(f"keep_per_round must be in (0, 1), got {keep_per_round!r}")
     if not 0.0 < alpha_min <= 1.0:
         raise ValueError(f"alpha_min must be in (0, 1], got {alpha_min!r}")
-    rounds = math.floor(math.log(alpha_min) / math.log(keep_per_round) + 1e-9)
-    return [keep_per_round**r for r in range(rounds + 1)]
+    return [keep_per_round**r for r in range(planned_rungs(keep_per_round, alpha_min))]
 
 
 def dense_masks(encoder: nn.Module) -> Masks:
