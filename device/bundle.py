@@ -8,7 +8,11 @@ Layout of a bundle folder::
 
 The manifest records, besides checksums: ``input`` (``shape`` [C, H, W], ``layout`` NCHW,
 ``dtype``, ``mean``/``std`` applied as ``(pixel / 255 - mean) / std`` per channel),
-``feature_dim``, ``class_names`` (or null), ``alpha`` (or null), ``preprocess`` (how any image
+``feature_dim``, ``class_names`` (or null), ``alpha`` (or null), per encoder file its ``format``,
+``dtype`` (float32 or int8) and, for an int8 file, ``quantization``: its input's ``scale`` /
+``zero_point`` (the runtime feeds ``clip(round(x / scale) + zero_point)`` of the normalized
+float input) and its output's (features are ``(q - zero_point) * scale``), checked against what
+the interpreter reports when the file is opened; ``preprocess`` (how any image
 becomes the encoder's input: :meth:`.imageprep.Preprocess.to_dict`, ``size`` [H, W], ``mode``,
 ``filter``; a manifest without it, written before it existed, means the default
 :class:`.imageprep.Preprocess` at the input's size) and ``provenance`` (free-form JSON from the
@@ -102,6 +106,7 @@ def write_bundle(
     out_dir: str | os.PathLike,
     *,
     encoder_files: dict[str, str | os.PathLike],
+    encoder_quantization: dict[str, dict[str, Any]] | None = None,
     input_shape: tuple[int, int, int] | list[int],
     dtype: str = "float32",
     normalization: dict[str, list[float]],
@@ -115,7 +120,9 @@ def write_bundle(
     """Copy ``encoder_files`` (bundle name -> source path) into ``out_dir`` with a manifest.
 
     Built in a temp folder and renamed into place, so a failure leaves no half-written bundle.
-    Encoder names must end in ``.tflite`` or ``.onnx``. ``preprocess`` (a
+    Encoder names must end in ``.tflite`` or ``.onnx``. ``encoder_quantization`` (name ->
+    ``{"input": {"dtype", "scale", "zero_point"}, "output": {...}}``) marks those files int8 and
+    records their I/O quantization (module docstring). ``preprocess`` (a
     :meth:`.imageprep.Preprocess.to_dict` dict, or the object) defaults to
     ``Preprocess(size=(H, W))`` of ``input_shape``; its size must be the input's (H, W). The
     manifest must pass the checks :func:`load_bundle` makes (:class:`.errors.BundleError`
@@ -136,6 +143,10 @@ def write_bundle(
     if any(s <= 0 for s in normalization["std"]):
         raise BundleError(f"normalization std must be > 0, got {normalization['std']}")
     prep = _preprocess(preprocess, input_shape, BundleError)
+    quantization = dict(encoder_quantization or {})
+    unknown = sorted(set(quantization) - set(encoder_files))
+    if unknown:
+        raise BundleError(f"encoder_quantization names files not in encoder_files: {unknown}")
     encoders = {}
     for name, src in encoder_files.items():
         fmt = _FORMATS.get(Path(name).suffix)
@@ -143,7 +154,17 @@ def write_bundle(
             raise BundleError(f"encoder file name {name!r} must be a plain *.tflite or *.onnx name")
         if not Path(src).is_file():
             raise BundleError(f"encoder file {src} does not exist")
-        encoders[name] = {"format": fmt}
+        encoders[name] = {"format": fmt, "dtype": "float32"}
+        if name in quantization:
+            q = quantization[name]
+            encoders[name] = {
+                "format": fmt,
+                "dtype": "int8",
+                "quantization": {
+                    side: {k: q[side].get(k) for k in ("dtype", "scale", "zero_point")}
+                    for side in ("input", "output")
+                },
+            }
     manifest = {
         "format_version": FORMAT_VERSION,
         "files": {name: {"sha256": "0" * 64, "bytes": 0} for name in encoder_files},
@@ -204,7 +225,13 @@ def _record_check(
         if meta["format"] not in available:
             continue
         label = str(sources[name])
-        runner = EncoderRunner(folder / name, meta["format"], manifest["feature_dim"], label=label)
+        runner = EncoderRunner(
+            folder / name,
+            meta["format"],
+            manifest["feature_dim"],
+            label=label,
+            quantization=meta.get("quantization"),
+        )
         try:
             out = runner(inputs)
         except DataError as e:
@@ -294,6 +321,18 @@ def _validate(manifest: dict[str, Any], where: str) -> None:
     for name, meta in manifest["encoders"].items():
         if name not in manifest["files"]:
             raise bad(("encoders", name), "expected an encoder file also listed in files")
+        for side, q in (meta.get("quantization") or {}).items():
+            where_q = ("encoders", name, "quantization", side)
+            if q["dtype"] == "float32":
+                if q["scale"] is not None or q["zero_point"] is not None:
+                    raise bad(where_q, "expected scale and zero_point null for a float32 tensor")
+                continue
+            lo, hi = (-128, 127) if q["dtype"] == "int8" else (0, 255)
+            if q["scale"] is None or q["zero_point"] is None or not lo <= q["zero_point"] <= hi:
+                raise bad(
+                    where_q,
+                    f"expected a scale > 0 and a zero_point in [{lo}, {hi}] for {q['dtype']}",
+                )
         if _FORMATS.get(Path(name).suffix) != meta["format"]:
             raise bad(
                 ("encoders", name, "format"),
@@ -352,7 +391,11 @@ class Bundle:
         from .encoder import EncoderRunner
 
         runner = EncoderRunner(
-            self.encoder_file, self.encoder_format, self.feature_dim, num_threads=num_threads
+            self.encoder_file,
+            self.encoder_format,
+            self.feature_dim,
+            num_threads=num_threads,
+            quantization=self.manifest["encoders"][self.encoder_file.name].get("quantization"),
         )
         self._check_encoder(runner)
         return runner

@@ -4,6 +4,13 @@ Input: float32 NCHW, already normalized; output: (N, feature_dim) float32. A fil
 a fixed batch size is run in chunks of that size, the last chunk zero-padded (the padded rows'
 outputs are dropped). Interpreters are imported lazily, so this module imports with numpy alone.
 
+An int8 file (a full-integer TFLite encoder) takes int8 input and returns int8 features: with
+the ``quantization`` of the bundle manifest the runner feeds ``q = clip(round(x / s_in) + z_in,
+-128, 127)`` of the float input and returns ``(q_out - z_out) * s_out`` as float32, after
+checking that the manifest's dtypes, scales and zero points are the file's own (a manifest
+that disagrees with its file is refused: the features would be silently wrong). A QDQ ONNX
+file computes in int8 but keeps float32 I/O; its quantization entries are float32 (no scale).
+
 An encoder file may be damaged or hostile: any error of the interpreter while loading or running
 it (and a missing interpreter) is raised as :class:`.errors.BundleError` naming the file, never
 as the interpreter's own exception.
@@ -46,9 +53,12 @@ class EncoderRunner:
         *,
         num_threads: int = 1,
         label: str | None = None,
+        quantization: dict | None = None,
     ) -> None:
         self.path, self.format, self.feature_dim = Path(path), fmt, int(feature_dim)
         self.label = str(self.path) if label is None else label
+        self.quantization = quantization
+        self._q_in = self._q_out = None  # (scale, zero_point, dtype) of an integer tensor
         if fmt not in _RUNTIMES:
             raise BundleError(f"unknown encoder format {fmt!r}; known: tflite, onnx")
         try:
@@ -62,6 +72,60 @@ class EncoderRunner:
                 f"encoder file {self.label} could not be loaded by {_RUNTIMES[fmt]}: "
                 f"{type(e).__name__}: {_one_line(e)}"
             ) from e
+        self._check_quantization()
+
+    def _io_details(self) -> dict[str, tuple[str, float, int]]:
+        """``{"input": (dtype, scale, zero_point), "output": ...}`` as the interpreter reports
+        them (float32 tensors: scale 0.0, zero point 0)."""
+        if self.format == "onnx":
+            return {"input": ("float32", 0.0, 0), "output": ("float32", 0.0, 0)}
+        details = {
+            "input": self._interp.get_input_details()[0],
+            "output": self._interp.get_output_details()[0],
+        }
+        out = {}
+        for side, d in details.items():
+            scale, zero_point = d["quantization"]
+            out[side] = (np.dtype(d["dtype"]).name, float(scale), int(zero_point))
+        return out
+
+    def _check_quantization(self) -> None:
+        """The manifest's quantization must be the file's (module docstring)."""
+        actual = self._io_details()
+        given = self.quantization or {}
+        for side, (dtype, scale, zero_point) in actual.items():
+            q = given.get(side)
+            if dtype == "float32":
+                if q is not None and q.get("dtype") != "float32":
+                    raise BundleError(
+                        f"encoder file {self.label}: the manifest says its {side} is "
+                        f"{q.get('dtype')}, the file's is float32"
+                    )
+                continue
+            if dtype not in ("int8", "uint8"):
+                raise BundleError(
+                    f"encoder file {self.label} has a {dtype} {side}; this runtime feeds "
+                    "float32, int8 or uint8"
+                )
+            if q is None:
+                raise BundleError(
+                    f"encoder file {self.label} has a {dtype} {side} but the manifest gives "
+                    "no quantization for it: bundle it with `entropi bundle --quantize int8`"
+                )
+            if (
+                q.get("dtype") != dtype
+                or q.get("zero_point") != zero_point
+                or not isinstance(q.get("scale"), int | float)
+                or not abs(q["scale"] - scale) <= 1e-6 * abs(scale)
+            ):
+                raise BundleError(
+                    f"encoder file {self.label}: the manifest's {side} quantization "
+                    f"({q.get('dtype')}, scale {q.get('scale')}, zero point {q.get('zero_point')}) "
+                    f"is not the file's ({dtype}, scale {scale}, zero point {zero_point})"
+                )
+            if scale <= 0:
+                raise BundleError(f"encoder file {self.label} has a {dtype} {side} without scale")
+            setattr(self, "_q_in" if side == "input" else "_q_out", (scale, zero_point, dtype))
 
     def _open(self, num_threads: int) -> None:
         if self.format == "tflite":
@@ -103,7 +167,15 @@ class EncoderRunner:
 
     def _run_chunk(self, x: np.ndarray) -> np.ndarray:
         try:
+            if self._q_in is not None:
+                scale, zero_point, dtype = self._q_in
+                info = np.iinfo(dtype)
+                q = np.round(x.astype(np.float64) / scale) + zero_point  # as export/quantize.py
+                x = np.clip(q, info.min, info.max).astype(dtype)
             out = self._invoke(x)
+            if self._q_out is not None:
+                scale, zero_point, _ = self._q_out
+                out = (np.asarray(out, np.float64) - zero_point) * scale
             return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
         except Exception as e:  # the interpreter's own errors on a damaged file
             raise BundleError(

@@ -15,7 +15,8 @@ Entry points:
 - The steps, usable alone: :func:`fold_batchnorm`, :func:`compact_encoder`,
   :func:`export_onnx`, :func:`convert_tflite` / :func:`sparsify_tflite`, and the verifiers
   :func:`run_onnx`, :func:`run_tflite`, :func:`compare_onnx_torch`, :func:`compare_tflite_torch`.
-- int8 (``quantize.py``; not yet an export format of the registry): :func:`quantize_tflite_int8`
+- int8 (``quantize.py``): ``export_encoder(..., quantize="int8")`` adds every format's int8
+  form (:attr:`ExportFormat.quantize`); usable alone: :func:`quantize_tflite_int8`
   (full-integer TFLite), :func:`quantize_onnx_qdq` (QDQ ONNX), their runners
   :func:`run_tflite_int8` / :func:`run_onnx_qdq`, :func:`int8_feature_error` and
   :func:`pruned_zeros_kept`.
@@ -27,9 +28,9 @@ dependency is a :class:`MissingDependencyError` naming the extra to install.
 
 from ._errors import ExportError, MissingDependencyError, UnsupportedModuleError, VerificationError
 from .compact import CompactReport, ConvWithBiasMap, InputShapeError, compact_encoder
-from .exporter import INDEX_BYTES, export_encoder, images_to_inputs
+from .exporter import DEFAULT_MIN_COSINE, INDEX_BYTES, export_encoder, images_to_inputs
 from .fold import fold_batchnorm
-from .formats import FORMAT_NAMES, FORMATS, ExportFormat, resolve_formats
+from .formats import FORMAT_NAMES, FORMATS, QUANTIZE, ExportFormat, resolve_formats
 from .onnx_export import ONNX_OPSET, export_onnx
 from .quantize import (
     int8_feature_error,
@@ -55,11 +56,13 @@ from .weights import SparseStats, prunable_parameters, weight_stats
 
 __all__ = [
     "DEFAULT_ATOL",
+    "DEFAULT_MIN_COSINE",
     "DEFAULT_RTOL",
     "FORMATS",
     "FORMAT_NAMES",
     "INDEX_BYTES",
     "ONNX_OPSET",
+    "QUANTIZE",
     "CheckpointError",
     "CompactReport",
     "ConvWithBiasMap",

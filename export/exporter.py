@@ -7,12 +7,21 @@ Layout of an export directory::
     OUT/encoder_compact.onnx   (compact) dead channels removed: a smaller network that runs
                                faster; its remaining pruned weights are still stored sparse
     OUT/encoder_compact.tflite (compact)
+    OUT/encoder_int8.tflite    (quantize int8) full-integer: int8 input, weights, activations,
+    OUT/encoder_int8.onnx      output (TFLite); QDQ with float32 I/O (ONNX); pruned int8 weights
+                               stored sparse where that is smaller; also encoder_compact_int8.*
     OUT/export.json            provenance, sizes, sha256 and verification diffs of every file
 
 (one file per form and per format of :data:`~entropi.export.formats.FORMATS` asked for).
 Every model reads a float32 NCHW batch ``(pixels / 255 - mean) / std`` (``normalization`` in the
 provenance) and returns the ``N x feature_dim`` features. ONNX files have a dynamic batch
 dimension; TFLite files take one image per call.
+
+An int8 file is calibrated on the calibration images (the host passes N seeded target training
+images) and checked on real images (the verification images, else the calibration ones) against
+the float PyTorch encoder: max relative error and mean cosine of the features
+(:func:`~entropi.export.quantize.int8_feature_error`); below ``min_cosine``, or with a pruned
+weight that is not an exact int8 zero, the export fails.
 
 All files are written to a temporary directory next to ``OUT`` (``.OUT.<pid>.<random>.tmp``) and
 moved into place only after every file has passed verification, so a failed export leaves no
@@ -40,16 +49,18 @@ from torch import nn
 
 from entropi.device.io import default_mode, package_version
 
-from ._errors import ExportError
+from ._errors import ExportError, VerificationError
 from .compact import compact_encoder
 from .fold import fold_batchnorm
-from .formats import FORMAT_NAMES, resolve_formats
+from .formats import FORMAT_NAMES, resolve_formats, resolve_quantize
 from .onnx_export import ONNX_OPSET
+from .quantize import int8_feature_error, pruned_zeros_kept
 from .rung import RungInfo
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Diff, compare_arrays, torch_features
 from .weights import weight_stats
 
 __all__ = [
+    "DEFAULT_MIN_COSINE",
     "EXPORT_FORMAT",
     "INDEX_BYTES",
     "export_encoder",
@@ -63,6 +74,8 @@ EXPORT_FORMAT = 1
 # that addresses every position of every weight tensor of these encoders (the largest has
 # 512 * 512 * 9 = 2.36 M entries). ONNX itself mandates int64 indices.
 INDEX_BYTES = 4
+DEFAULT_MIN_COSINE = 0.99
+"""The lowest mean cosine of int8 to float features on real images an int8 file may have."""
 
 
 def images_to_inputs(images: np.ndarray, normalization: dict[str, Sequence[float]]) -> np.ndarray:
@@ -146,6 +159,9 @@ def export_encoder(
     rtol: float | None = None,
     config_sha256: str | None = None,
     rung_sha256: str | None = None,
+    quantize: str | None = None,
+    calibration_images: np.ndarray | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
 ) -> dict[str, Any]:
     """Export ``encoder`` (the rung described by ``info``) to ``out_dir``; return export.json.
 
@@ -162,13 +178,27 @@ def export_encoder(
     ``rung_sha256`` (the sha256 of the rung file the encoder was loaded from) is recorded as
     export.json's ``rung_sha256``: what an export is reused for.
 
+    ``quantize="int8"`` adds the int8 form of every file (``<stem>_int8<suffix>``), calibrated
+    on ``calibration_images`` (uint8 N x H x W x 3, N >= 1) and refused, with nothing moved into
+    place, when its features' mean cosine to the float encoder's on the real images is below
+    ``min_cosine`` or a pruned weight is not an int8 zero (module docstring).
+
     Bad input raises :class:`~entropi.export.ExportError`; a missing writer or runtime raises
     :class:`~entropi.export.MissingDependencyError` before any work.
     """
     chosen = resolve_formats(formats)
+    quantize = resolve_quantize(quantize)
     _check_info(info)
     for fmt in chosen:
         fmt.requires()
+    if quantize != "none":
+        if not (isinstance(min_cosine, int | float) and -1.0 <= min_cosine <= 1.0):
+            raise ExportError(f"min_cosine must be a number in [-1, 1], got {min_cosine!r}")
+        if calibration_images is None or len(calibration_images) == 0:
+            raise ExportError(
+                f"quantize={quantize!r} needs calibration images (uint8 N x H x W x 3, N >= 1); "
+                "got none"
+            )
     if not isinstance(n_random, int) or n_random < 1:
         raise ExportError(f"n_random must be >= 1 (random verification inputs), got {n_random}")
     out_dir = Path(out_dir)
@@ -182,6 +212,9 @@ def export_encoder(
     provenance = _provenance(info, encoder, config_sha256)
     inputs = _verification_inputs(provenance, verify_images, n_random, seed)
     example = torch.from_numpy(inputs[:1].copy())
+    if quantize != "none":
+        calibration = _real_inputs(provenance, calibration_images, "calibration")
+        real = inputs[n_random:] if verify_images is not None else calibration
 
     # the PyTorch reference every form and file is checked against, computed once
     try:
@@ -195,6 +228,10 @@ def export_encoder(
     fold_diff = compare_arrays(
         torch_features(folded, inputs), reference, **tol, what="BN-folded encoder"
     )
+    if quantize != "none":
+        real_reference = (
+            reference[n_random:] if verify_images is not None else torch_features(encoder, real)
+        )
     stats = weight_stats(encoder)
     variants: list[tuple[str, nn.Module]] = [("encoder", folded)]
     compact_info = None
@@ -242,6 +279,21 @@ def export_encoder(
                     # a format with its own tolerance records it; the common one is below
                     **({} if file_tol == tol else {"tolerance": file_tol}),
                 )
+                if quantize == "none":
+                    continue
+                qpath = tmp / fmt.filename(stem, quantize)
+                qdata, qsparse, io = fmt.quantize(
+                    module,
+                    data,
+                    calibration,
+                    input_shape=provenance["input_shape"],
+                    sparse=True,
+                    metadata={**metadata, "dtype": quantize},
+                )
+                qpath.write_bytes(qdata)
+                files[qpath.name] = _check_int8(
+                    fmt, module, qpath, real, real_reference, min_cosine, qsparse, io
+                )
         result = {
             "export_format": EXPORT_FORMAT,
             "provenance": provenance,
@@ -268,6 +320,21 @@ def export_encoder(
             },
             "bn_fold_max_abs_diff": fold_diff.max_abs_diff,
             "compact": compact_info,
+            "quantization": None
+            if quantize == "none"
+            else {
+                "dtype": quantize,
+                "scheme": (
+                    "weights int8 per output channel, symmetric (zero point 0); activations "
+                    "int8 per tensor, affine, calibrated; biases int32"
+                ),
+                "calibration_images": int(len(calibration)),
+                "checked_on": "verification images"
+                if verify_images is not None
+                else ("calibration images"),
+                "checked_images": int(len(real)),
+                "min_cosine": float(min_cosine),
+            },
             "files": files,
         }
         (tmp / "export.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -336,18 +403,56 @@ def remove_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _check_int8(fmt, module, path: Path, real, reference, min_cosine, sparse, io) -> dict:
+    """export.json's entry of int8 file ``path``: its feature error on the real inputs against
+    the float encoder, the zeros check, its I/O quantization; refused below ``min_cosine``."""
+    error = int8_feature_error(reference, fmt.run_quantized(path, real))
+    if not error["mean_cos"] >= min_cosine:
+        raise VerificationError(
+            f"int8 {fmt.label} model {path.name}: mean cosine of its features to the float "
+            f"encoder's on {error['n']} real images is {error['mean_cos']:.4f} < min_cosine "
+            f"{min_cosine} (max relative error {error['max_rel']:.3g}); calibrate on more "
+            "images or keep the float export"
+        )
+    zeros = pruned_zeros_kept(module, path)
+    if not zeros["all_kept"]:
+        raise VerificationError(
+            f"int8 {fmt.label} model {path.name}: {zeros['zeros_lost']} pruned weights are not "
+            "int8 zeros"
+        )
+    data = path.read_bytes()
+    return {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "dtype": "int8",
+        "runtime": fmt.runtime_version(),
+        "sparse_tensors": sparse.tensors,
+        "sparse_nnz": sparse.nnz,
+        "quantization": io,
+        "feature_error": error,
+        "zeros": {k: v for k, v in zeros.items() if k != "layers"},
+        "params": _param_count(module),
+    }
+
+
+def _real_inputs(provenance: dict, images: np.ndarray, what: str) -> np.ndarray:
+    """uint8 images -> the encoder's normalized float inputs, their size checked."""
+    shape = provenance["input_shape"]
+    real = images_to_inputs(images, provenance["normalization"])
+    if list(real.shape[1:]) != list(shape):
+        raise ExportError(
+            f"{what} images are {real.shape[2]}x{real.shape[3]}, the encoder expects "
+            f"input shape {shape} (C x H x W)"
+        )
+    return real
+
+
 def _verification_inputs(provenance: dict, images: np.ndarray | None, n: int, seed: int):
     shape = provenance["input_shape"]
     x = np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
     if images is None:
         return x
-    real = images_to_inputs(images, provenance["normalization"])
-    if list(real.shape[1:]) != list(shape):
-        raise ExportError(
-            f"verification images are {real.shape[2]}x{real.shape[3]}, the encoder expects "
-            f"input shape {shape} (C x H x W)"
-        )
-    return np.concatenate([x, real], axis=0)
+    return np.concatenate([x, _real_inputs(provenance, images, "verification")], axis=0)
 
 
 def _move_into_place(tmp: Path, out_dir: Path, names: list[str]) -> None:

@@ -10,6 +10,12 @@ An :class:`ExportFormat` knows how to
 - ``requires()``: raise :class:`~entropi.export.MissingDependencyError` naming the extra to
   install when its writer or runtime is missing (called before any work);
 
+- ``quantize(module, float_bytes, calibration, *, input_shape, sparse, metadata) -> (bytes,
+  SparseStats, io)``: the int8 form of the same module (:mod:`.quantize`), calibrated on float32
+  NCHW ``calibration`` inputs, int8 weights stored sparse when ``sparse`` (``io``: the file's
+  input / output ``{"dtype", "shape", "scale", "zero_point"}``), and ``run_quantized`` its
+  runner (float32 NCHW in, dequantized float32 features out);
+
 and the tolerance ``atol + rtol * max|ref|`` its verification uses. :data:`FORMATS` holds them by
 name, in the order files are written; config validation, the CLI's ``--format`` choices and the
 export loop read it. Adding a format is one more entry (the device runtime picks an interpreter
@@ -30,16 +36,35 @@ from torch import nn
 
 from ._errors import ExportError, require
 from .onnx_export import ONNX_OPSET, export_onnx
+from .quantize import (
+    onnx_qdq_bytes,
+    run_onnx_qdq,
+    run_tflite_int8,
+    sparsify_onnx_int8,
+    tflite_int8_bytes,
+)
 from .tflite_export import convert_tflite, import_converter, sparsify_tflite
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, ModelSource, run_onnx, run_tflite
 from .weights import SparseStats
 
-__all__ = ["FORMATS", "FORMAT_NAMES", "ExportFormat", "resolve_formats"]
+__all__ = [
+    "FORMATS",
+    "FORMAT_NAMES",
+    "QUANTIZE",
+    "ExportFormat",
+    "resolve_formats",
+    "resolve_quantize",
+]
+
+QUANTIZE: tuple[str, ...] = ("none", "int8")
+"""What ``quantize`` may be: ``none`` (float32 files only) or ``int8`` (also full-integer files)."""
 
 Writer = Callable[..., tuple[bytes, SparseStats]]
 """``write(module, example, *, sparse, metadata) -> (file bytes, what was stored sparse)``."""
 Runner = Callable[[ModelSource, np.ndarray], np.ndarray]
 """``run(path or bytes, float32 NCHW inputs) -> N x feature_dim outputs``."""
+Quantizer = Callable[..., tuple[bytes, SparseStats, dict[str, Any]]]
+"""``quantize(module, float_bytes, calibration, *, input_shape, sparse, metadata)``."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +82,14 @@ class ExportFormat:
     runtime: str
     """Distribution name of the runtime that ``run`` uses (its version goes into export.json)."""
     requires: Callable[[], None]
+    quantize: Quantizer
+    run_quantized: Runner
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
 
-    def filename(self, stem: str) -> str:
-        return f"{stem}{self.suffix}"
+    def filename(self, stem: str, dtype: str = "float32") -> str:
+        """``stem`` + suffix; an int8 file is ``<stem>_int8<suffix>``."""
+        return f"{stem}{'' if dtype == 'float32' else '_' + dtype}{self.suffix}"
 
     def runtime_version(self) -> str:
         """``"<runtime> <version>"`` (``unknown`` when the distribution is not installed)."""
@@ -75,12 +103,17 @@ class ExportFormat:
 def _write_onnx(
     module: nn.Module, example: torch.Tensor, *, sparse: bool, metadata: dict[str, Any]
 ) -> tuple[bytes, SparseStats]:
+    """The dynamo exporter; ``metadata`` as ``metadata_props`` (:func:`_onnx_props`)."""
+    return export_onnx(module, example, sparse=sparse, metadata=_onnx_props(metadata))
+
+
+def _onnx_props(metadata: dict[str, Any]) -> dict[str, str]:
     """ONNX ``metadata_props``: ``entropi.<key>`` -> the value (JSON unless a string)."""
     props = {
         f"entropi.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()
     }
     props["entropi.onnx_opset"] = str(ONNX_OPSET)
-    return export_onnx(module, example, sparse=sparse, metadata=props)
+    return props
 
 
 def _onnx_requires() -> None:
@@ -94,6 +127,44 @@ def _write_tflite(
 ) -> tuple[bytes, SparseStats]:
     """litert-torch conversion, then TFLite sparse storage; ``metadata`` as one JSON entry."""
     return sparsify_tflite(convert_tflite(module, example), sparse=sparse, metadata=metadata)
+
+
+def _quantize_onnx(
+    module: nn.Module,
+    float_bytes: bytes,
+    calibration: np.ndarray,
+    *,
+    input_shape,
+    sparse: bool,
+    metadata: dict[str, Any],
+) -> tuple[bytes, SparseStats, dict[str, Any]]:
+    """onnxruntime's QDQ quantization of the float file (same graph), int8 weights sparse below
+    the density where ONNX's int64 indices pay; ``metadata`` replaces the float metadata."""
+    onnx = require("onnx", "export", "int8 ONNX export")
+    data, info = onnx_qdq_bytes(float_bytes, calibration)
+    model = onnx.load_from_string(data)
+    del model.metadata_props[:]
+    for key, value in _onnx_props(metadata).items():
+        model.metadata_props.add(key=key, value=value)
+    data = model.SerializeToString()
+    if sparse:
+        return (*sparsify_onnx_int8(data), {"input": info["input"], "output": info["output"]})
+    return data, SparseStats(0, 0, 0), {"input": info["input"], "output": info["output"]}
+
+
+def _quantize_tflite(
+    module: nn.Module,
+    float_bytes: bytes,
+    calibration: np.ndarray,
+    *,
+    input_shape,
+    sparse: bool,
+    metadata: dict[str, Any],
+) -> tuple[bytes, SparseStats, dict[str, Any]]:
+    """litert-torch's PT2E full-integer conversion of ``module``, then int8 sparse storage."""
+    data, info = tflite_int8_bytes(module, calibration, input_shape=input_shape)
+    data, stats = sparsify_tflite(data, sparse=sparse, metadata=metadata)
+    return data, stats, {"input": info["input"], "output": info["output"]}
 
 
 def _tflite_requires() -> None:
@@ -112,6 +183,8 @@ FORMATS: dict[str, ExportFormat] = {
             run=run_onnx,
             runtime="onnxruntime",
             requires=_onnx_requires,
+            quantize=_quantize_onnx,
+            run_quantized=run_onnx_qdq,
         ),
         ExportFormat(
             name="tflite",
@@ -121,6 +194,8 @@ FORMATS: dict[str, ExportFormat] = {
             run=run_tflite,
             runtime="ai-edge-litert",
             requires=_tflite_requires,
+            quantize=_quantize_tflite,
+            run_quantized=run_tflite_int8,
         ),
     )
 }
@@ -143,3 +218,12 @@ def resolve_formats(names: str | Iterable[str]) -> tuple[ExportFormat, ...]:
             f"unknown export format(s) {bad or list(names)!r}; valid: {list(FORMAT_NAMES)}"
         )
     return tuple(f for name, f in FORMATS.items() if name in names)
+
+
+def resolve_quantize(value: str | None) -> str:
+    """``quantize`` checked: ``none`` (or None / empty) or ``int8``; anything else is an
+    :class:`~entropi.export.ExportError` listing the valid values."""
+    value = "none" if value in (None, "", False) else value
+    if value not in QUANTIZE:
+        raise ExportError(f"unknown quantize dtype {value!r}; valid: {list(QUANTIZE)}")
+    return value

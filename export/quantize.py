@@ -59,17 +59,22 @@ from entropi.device.io import atomic_write_bytes
 
 from ._errors import ExportError, VerificationError, require
 from .fold import fold_batchnorm
-from .tflite_export import import_converter, quiet_converter
+from .tflite_export import dense_weight, import_converter, quiet_converter
 from .verify import ModelSource
+from .weights import SparseStats
 
 __all__ = [
+    "ONNX_SPARSE_DENSITY",
     "int8_feature_error",
     "onnx_int8_weights",
+    "onnx_qdq_bytes",
     "pruned_zeros_kept",
     "quantize_onnx_qdq",
     "quantize_tflite_int8",
     "run_onnx_qdq",
     "run_tflite_int8",
+    "sparsify_onnx_int8",
+    "tflite_int8_bytes",
     "tflite_int8_weights",
     "tflite_io_quantization",
 ]
@@ -135,20 +140,17 @@ def _load_bytes(model: ModelSource) -> bytes:
 # --- TFLite ------------------------------------------------------------------------------------
 
 
-def quantize_tflite_int8(
+def tflite_int8_bytes(
     encoder: nn.Module,
     calibration: np.ndarray | torch.Tensor,
-    path: str | os.PathLike,
     *,
     input_shape,
-) -> dict[str, Any]:
-    """Write ``encoder`` as a full-integer int8 TFLite file at ``path`` (atomically).
+) -> tuple[bytes, dict[str, Any]]:
+    """The full-integer int8 TFLite file of ``encoder`` (dense weights) and what
+    :func:`quantize_tflite_int8` returns about it (without ``path``).
 
     ``calibration``: ``N x C x H x W`` float images (the encoder's normalized inputs) that set
     the activation ranges; ``input_shape``: ``C x H x W`` (the file's input is ``1 x C x H x W``).
-    Returns ``{"path", "bytes", "input", "output", "n_calibration", "seconds",
-    "calibration_seconds"}``; ``input`` / ``output`` are ``{"dtype", "shape", "scale",
-    "zero_point"}`` as the LiteRT interpreter reports them.
     """
     shape = _check_shape(input_shape)
     cal = _calibration_array(calibration, shape)
@@ -192,9 +194,7 @@ def quantize_tflite_int8(
             f"the int8 TFLite conversion gave {inp['dtype']} input / {out['dtype']} output, "
             f"expected int8 / int8"
         )
-    atomic_write_bytes(path, data)  # only a file that passed the check appears
-    return {
-        "path": str(path),
+    return data, {
         "bytes": len(data),
         "input": inp,
         "output": out,
@@ -202,6 +202,25 @@ def quantize_tflite_int8(
         "seconds": time.perf_counter() - start,
         "calibration_seconds": t_cal,
     }
+
+
+def quantize_tflite_int8(
+    encoder: nn.Module,
+    calibration: np.ndarray | torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    input_shape,
+) -> dict[str, Any]:
+    """Write ``encoder`` as a full-integer int8 TFLite file at ``path`` (atomically; dense
+    weights, see :func:`tflite_int8_bytes`).
+
+    Returns ``{"path", "bytes", "input", "output", "n_calibration", "seconds",
+    "calibration_seconds"}``; ``input`` / ``output`` are ``{"dtype", "shape", "scale",
+    "zero_point"}`` as the LiteRT interpreter reports them.
+    """
+    data, info = tflite_int8_bytes(encoder, calibration, input_shape=input_shape)
+    atomic_write_bytes(path, data)  # only a file that passed the check appears
+    return {"path": str(path), **info}
 
 
 def _interpreter(model: ModelSource):
@@ -273,35 +292,47 @@ def run_tflite_int8(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
 
 def tflite_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
     """The int8 weights of every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED op of a TFLite
-    file, in operator order, each ``{"op", "q"}`` with ``q`` the int8 array in PyTorch layout
-    (OIHW for convs, ``out x in`` for fully connected) and ``scale`` per output channel."""
+    file, in operator order, each ``{"op", "q", "scale", "sparse"}`` with ``q`` the int8 array
+    in PyTorch layout (OIHW for convs, ``out x in`` for fully connected), ``scale`` per output
+    channel, ``sparse`` whether the file stores it sparse (read back through the DENSIFY op that
+    produces it, :func:`~entropi.export.tflite_export.dense_weight`)."""
     schema = require("ai_edge_litert.schema_py_generated", "litert", "reading TFLite weights")
     fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading TFLite weights")
     obj = fb.read_model_from_bytearray(bytearray(_load_bytes(model)))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def op_name(op) -> str | None:
+        code = obj.operatorCodes[op.opcodeIndex]
+        return names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+
     found = []
     for sg in obj.subgraphs:
+        densified = {
+            int(op.outputs[0]): int(op.inputs[0])
+            for op in sg.operators
+            if op_name(op) == "DENSIFY" and len(op.inputs) == 1 and len(op.outputs) == 1
+        }
         for op in sg.operators:
-            code = obj.operatorCodes[op.opcodeIndex]
-            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            name = op_name(op)
             if name not in _WEIGHT_OPS_TFLITE or len(op.inputs) < 2 or op.inputs[1] < 0:
                 continue
             t = sg.tensors[op.inputs[1]]
             if t.type != schema.TensorType.INT8:
                 continue
-            data = obj.buffers[t.buffer].data
-            if data is None:
-                raise ExportError(
-                    f"the int8 weight of a {name} op is not stored dense in the file (sparse or "
-                    "computed); read the dense int8 file"
-                )
-            q = np.frombuffer(bytes(np.asarray(data, np.uint8)), np.int8).reshape(t.shape)
+            source = sg.tensors[densified[op.inputs[1]]] if op.inputs[1] in densified else t
+            try:
+                q = dense_weight(obj, source)
+            except ValueError as e:
+                raise ExportError(f"cannot read the int8 weight of a {name} op: {e}") from e
+            if q is None:
+                raise ExportError(f"the int8 weight of a {name} op is computed, not stored")
+            q = q.reshape(t.shape)
             scale = np.asarray(t.quantization.scale, np.float64)
             if name == "CONV_2D":
                 q = q.transpose(0, 3, 1, 2)  # OHWI -> OIHW
             elif name == "DEPTHWISE_CONV_2D":
                 q = q.transpose(3, 0, 1, 2)  # 1HWO -> O1HW
-            found.append({"op": name, "q": q, "scale": scale})
+            found.append({"op": name, "q": q, "scale": scale, "sparse": source is not t})
     return found
 
 
@@ -338,18 +369,11 @@ def _onnx_input(model) -> tuple[str, tuple]:
     return inputs[0].name, shape[1:]
 
 
-def quantize_onnx_qdq(
-    onnx_float_path: str | os.PathLike,
-    calibration: np.ndarray | torch.Tensor,
-    path: str | os.PathLike,
-) -> dict[str, Any]:
-    """Write the int8 QDQ form of the float ONNX file ``onnx_float_path`` at ``path``
-    (atomically): ``quant_pre_process`` (shape inference, ORT graph optimization), then
-    ``quantize_static`` (QDQ, per-channel symmetric int8 weights, int8 per-tensor activations,
-    MinMax over the calibration images, one at a time). Sparse initializers are densified first;
-    ``metadata_props`` are kept. I/O stays float32, so ``input`` / ``output`` of the returned
-    dict (keys as :func:`quantize_tflite_int8`'s) have scale and zero point None.
-    """
+def onnx_qdq_bytes(
+    onnx_float: ModelSource, calibration: np.ndarray | torch.Tensor
+) -> tuple[bytes, dict[str, Any]]:
+    """The int8 QDQ form of the float ONNX model ``onnx_float`` (path or bytes), dense weights,
+    and what :func:`quantize_onnx_qdq` returns about it (without ``path``)."""
     onnx = require("onnx", "export", "int8 ONNX export")
     quant = require("onnxruntime.quantization", "export", "int8 ONNX export (onnxruntime)")
     shape_inf = require(
@@ -357,9 +381,10 @@ def quantize_onnx_qdq(
     )
     start = time.perf_counter()
     try:
-        model = onnx.load(str(onnx_float_path))
+        model = onnx.load_from_string(_load_bytes(onnx_float))
     except Exception as e:  # DecodeError, OSError, ...
-        raise ExportError(f"cannot read the ONNX file {onnx_float_path}: {e}") from e
+        what = "the ONNX bytes" if isinstance(onnx_float, bytes | bytearray) else onnx_float
+        raise ExportError(f"cannot read the ONNX file {what}: {e}") from e
     name, chw = _onnx_input(model)
     if None in chw:
         raise ExportError(f"the ONNX model's input needs a fixed C x H x W, got {chw}")
@@ -399,17 +424,92 @@ def quantize_onnx_qdq(
         for key, value in metadata:
             qmodel.metadata_props.add(key=key, value=value)
     data = qmodel.SerializeToString()
-    atomic_write_bytes(path, data)
     out_dims = qmodel.graph.output[0].type.tensor_type.shape.dim
     out_shape = [d.dim_value if d.HasField("dim_value") else None for d in out_dims]
-    return {
-        "path": str(path),
+    return data, {
         "bytes": len(data),
         "input": {"dtype": "float32", "shape": [None, *chw], "scale": None, "zero_point": None},
         "output": {"dtype": "float32", "shape": out_shape, "scale": None, "zero_point": None},
         "n_calibration": len(cal),
         "seconds": time.perf_counter() - start,
     }
+
+
+def quantize_onnx_qdq(
+    onnx_float_path: str | os.PathLike,
+    calibration: np.ndarray | torch.Tensor,
+    path: str | os.PathLike,
+) -> dict[str, Any]:
+    """Write the int8 QDQ form of the float ONNX file ``onnx_float_path`` at ``path``
+    (atomically): ``quant_pre_process`` (shape inference, ORT graph optimization), then
+    ``quantize_static`` (QDQ, per-channel symmetric int8 weights, int8 per-tensor activations,
+    MinMax over the calibration images, one at a time). Sparse initializers are densified first;
+    ``metadata_props`` are kept. I/O stays float32, so ``input`` / ``output`` of the returned
+    dict (keys as :func:`quantize_tflite_int8`'s) have scale and zero point None.
+    """
+    data, info = onnx_qdq_bytes(onnx_float_path, calibration)
+    atomic_write_bytes(path, data)
+    return {"path": str(path), **info}
+
+
+ONNX_SPARSE_DENSITY = 1 / 9
+"""An int8 weight is stored as an ONNX ``sparse_initializer`` only below this density: ONNX
+sparse tensors index with int64, so each non-zero costs 1 + 8 bytes against 1 byte dense."""
+
+
+def sparsify_onnx_int8(model: ModelSource) -> tuple[bytes, SparseStats]:
+    """Move the int8 weight initializers of a QDQ ONNX model (the int8 inputs of
+    DequantizeLinear nodes feeding a Conv / Gemm / MatMul weight) whose density is below
+    :data:`ONNX_SPARSE_DENSITY` into ``sparse_initializer`` (values int8, linear int64
+    indices), the form :mod:`.onnx_export` uses for float weights; onnxruntime densifies them
+    once at load. Returns the model bytes and what was stored sparse."""
+    onnx = require("onnx", "export", "int8 ONNX export")
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(_load_bytes(model))
+    inits = {i.name: i for i in m.graph.initializer}
+    moved = []
+    n_nnz = n_el = 0
+    for entry in _onnx_weight_inputs(m, inits):
+        init = inits.get(entry)
+        if init is None:
+            continue
+        q = numpy_helper.to_array(init)
+        if q.dtype != np.int8 or q.ndim < 2:
+            continue
+        flat = q.reshape(-1)
+        nz = np.flatnonzero(flat)
+        if len(nz) >= ONNX_SPARSE_DENSITY * flat.size:
+            continue
+        values = numpy_helper.from_array(np.ascontiguousarray(flat[nz]), init.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), f"{init.name}_indices")
+        m.graph.sparse_initializer.append(
+            onnx.helper.make_sparse_tensor(values, indices, list(q.shape))
+        )
+        moved.append(init.name)
+        n_nnz, n_el = n_nnz + len(nz), n_el + flat.size
+    if moved:
+        keep = [i for i in m.graph.initializer if i.name not in set(moved)]
+        del m.graph.initializer[:]
+        m.graph.initializer.extend(keep)
+    return m.SerializeToString(), SparseStats(len(moved), int(n_nnz), int(n_el))
+
+
+def _onnx_weight_inputs(m, inits: dict) -> list[str]:
+    """Names of the initializers that DequantizeLinear nodes turn into Conv / Gemm / MatMul
+    weights (input 1 of those ops), in node order."""
+    consumers: dict[str, list] = {}
+    for node in m.graph.node:
+        for k, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, k))
+    names = []
+    for node in m.graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input:
+            continue
+        users = consumers.get(node.output[0], [])
+        if any(k == 1 and u.op_type in _WEIGHT_OPS_ONNX for u, k in users):
+            names.append(node.input[0])
+    return names
 
 
 @contextlib.contextmanager
@@ -446,11 +546,14 @@ def run_onnx_qdq(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
 def onnx_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
     """The int8 weight initializers of a QDQ ONNX file (the int8 inputs of DequantizeLinear nodes
     that feed a Conv / Gemm / MatMul weight), in node order, in PyTorch layout (MatMul's
-    ``in x out`` transposed), each ``{"op", "q", "scale"}``."""
+    ``in x out`` transposed), each ``{"op", "q", "scale", "sparse"}`` (``sparse``: stored as a
+    ``sparse_initializer``, read back dense)."""
     onnx = require("onnx", "export", "reading ONNX weights")
     from onnx import numpy_helper
 
     m = onnx.load_from_string(_load_bytes(model))
+    sparse = {sp.values.name for sp in m.graph.sparse_initializer}
+    _densified(m)
     inits = {i.name: i for i in m.graph.initializer}
     consumers: dict[str, list] = {}
     for node in m.graph.node:
@@ -470,7 +573,7 @@ def onnx_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
         trans_b = next((a.i for a in users[0][0].attribute if a.name == "transB"), 0)
         if op == "MatMul" or (op == "Gemm" and not trans_b):
             q = q.T
-        found.append({"op": op, "q": q, "scale": scale})
+        found.append({"op": op, "q": q, "scale": scale, "sparse": node.input[0] in sparse})
     return found
 
 

@@ -3,12 +3,16 @@ sparse format.
 
 litert-torch writes dense weights. :func:`sparsify_tflite` rewrites the flatbuffer with the
 ``ai_edge_litert`` schema object API: every float32 weight of a CONV_2D / DEPTHWISE_CONV_2D /
-FULLY_CONNECTED op whose sparse form is smaller gets a new constant tensor with
+FULLY_CONNECTED op (float32, or int8 in a full-integer file) whose sparse form is smaller gets a
+new constant tensor with
 ``SparsityParameters`` (traversal order = dimension order, all dimensions dense except the last,
 which is CSR: ``array_segments`` [rows + 1] and ``array_indices`` [NNZ], each in the narrowest of
 uint8 / uint16 / int32 that holds its values) and one DENSIFY op that rebuilds the original dense
 tensor when the interpreter prepares the graph. The stock LiteRT interpreter runs such files
-(it densifies once at load). Provenance goes into the model's ``metadata`` list.
+(it densifies once at load; its DENSIFY kernel takes float32 and int8). An int8 sparse tensor
+carries the dense tensor's quantization (per-channel scales, zero points 0), so a reader can
+dequantize it without the DENSIFY op. :func:`dense_weight` reads either form back. Provenance
+goes into the model's ``metadata`` list.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .weights import SparseStats
 __all__ = [
     "METADATA_NAME",
     "convert_tflite",
+    "dense_weight",
     "import_converter",
     "read_metadata",
     "sparsify_tflite",
@@ -38,6 +43,8 @@ __all__ = [
 
 METADATA_NAME = "entropi_provenance"
 _WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+_SPARSE_TYPES = {0: np.float32, 9: np.int8}
+"""TensorType -> dtype of the weights stored sparse (schema: FLOAT32 = 0, INT8 = 9)."""
 
 
 def convert_tflite(module: nn.Module, example: torch.Tensor) -> bytes:
@@ -127,11 +134,12 @@ def _narrowest(values: np.ndarray):
 
 
 def _csr_sparsity(arr: np.ndarray):
-    """SparsityParametersT (dense outer dims, CSR last dim), the values, and the stored size."""
+    """SparsityParametersT (dense outer dims, CSR last dim), the values (``arr``'s dtype), and
+    the stored size."""
     schema = require("ai_edge_litert.schema_py_generated", "litert", "TFLite sparsification")
     rows = arr.reshape(-1, arr.shape[-1])
     nz_rows, nz_cols = np.nonzero(rows)
-    values = rows[nz_rows, nz_cols].astype(np.float32)
+    values = np.ascontiguousarray(rows[nz_rows, nz_cols])
     segments = np.zeros(rows.shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(nz_rows, minlength=rows.shape[0]), out=segments[1:])
     dims = [
@@ -195,13 +203,14 @@ def sparsify_tflite(
             for t_idx in sorted(weights):
                 tensor = sg.tensors[t_idx]
                 buf = model.buffers[tensor.buffer]
-                if tensor.type != schema.TensorType.FLOAT32 or buf.data is None:
+                dtype = _SPARSE_TYPES.get(tensor.type)
+                if dtype is None or buf.data is None:
                     continue
                 if refs[tensor.buffer] > 1:  # a buffer shared with another tensor stays dense
                     continue
                 if tensor.sparsity is not None or len(tensor.shape) < 2:
                     continue
-                arr = np.frombuffer(bytes(buf.data), dtype=np.float32).reshape(tensor.shape)
+                arr = np.frombuffer(bytes(buf.data), dtype=dtype).reshape(tensor.shape)
                 params, values, stored = _csr_sparsity(arr)
                 if stored >= arr.nbytes:
                     continue
@@ -209,10 +218,11 @@ def sparsify_tflite(
                 model.buffers[-1].data = values.view(np.uint8)
                 sparse_t = schema.TensorT()
                 sparse_t.shape = list(tensor.shape)
-                sparse_t.type = schema.TensorType.FLOAT32
+                sparse_t.type = tensor.type
                 sparse_t.buffer = len(model.buffers) - 1
                 sparse_t.name = f"{_name(tensor)}/sparse"
                 sparse_t.sparsity = params
+                sparse_t.quantization = tensor.quantization
                 sg.tensors.append(sparse_t)
                 buf.data = None  # the dense tensor is now computed by DENSIFY
                 op = schema.OperatorT()
@@ -233,6 +243,51 @@ def sparsify_tflite(
         model.metadata.append(entry)
     out = fb.convert_object_to_bytearray(model)
     return bytes(out), SparseStats(n_t, int(n_nnz), int(n_el))
+
+
+def _index_vector(kind: int, vec) -> np.ndarray:
+    if vec is None or vec.values is None:
+        raise ValueError(f"sparse index vector of type {kind} has no values")
+    return np.asarray(vec.values, dtype=np.int64)
+
+
+def dense_weight(model, tensor) -> np.ndarray | None:
+    """The dense array of constant ``tensor`` of ``model`` (flatbuffer object API), read from its
+    buffer (None when it has none: an activation, or the output of a DENSIFY op), decoding the
+    CSR storage :func:`sparsify_tflite` writes (dense outer dimensions, last one SPARSE_CSR).
+    Any other sparsity layout raises ``ValueError``."""
+    dtype = _SPARSE_TYPES.get(tensor.type)
+    buf = model.buffers[tensor.buffer]
+    if dtype is None or buf.data is None:
+        return None
+    raw = np.frombuffer(bytes(np.asarray(buf.data, np.uint8)), dtype=dtype)
+    shape = [int(s) for s in tensor.shape]
+    sp = tensor.sparsity
+    if sp is None:
+        return raw.reshape(shape)
+    dims = sp.dimMetadata or []
+    order = list(sp.traversalOrder) if sp.traversalOrder is not None else []
+    if order != list(range(len(shape))) or len(dims) != len(shape) or sp.blockMap:
+        raise ValueError("only dense-outer, CSR-last sparsity without blocks is read")
+    if any(d.format != 0 for d in dims[:-1]) or dims[-1].format != 1:  # DENSE = 0, CSR = 1
+        raise ValueError("only dense-outer, CSR-last sparsity without blocks is read")
+    last = dims[-1]
+    segments = _index_vector(last.arraySegmentsType, last.arraySegments)
+    indices = _index_vector(last.arrayIndicesType, last.arrayIndices)
+    rows = int(np.prod(shape[:-1]))
+    if (
+        len(segments) != rows + 1
+        or segments[0] != 0
+        or np.any(np.diff(segments) < 0)
+        or segments[-1] != len(indices)
+        or len(indices) != len(raw)
+        or (len(indices) and (indices.min() < 0 or indices.max() >= shape[-1]))
+    ):
+        raise ValueError("inconsistent CSR segments / indices")
+    dense = np.zeros((rows, shape[-1]), dtype=dtype)
+    row_of = np.repeat(np.arange(rows), np.diff(segments))
+    dense[row_of, indices] = raw
+    return dense.reshape(shape)
 
 
 def read_metadata(model: bytes | str | os.PathLike) -> dict[str, object]:

@@ -1,0 +1,110 @@
+"""What a TFLite encoder file needs on the device: its flash (the file) and its RAM at inference.
+
+:func:`tflite_footprint` reads the graph (the ``ai_edge_litert`` flatbuffer object API) and
+returns
+
+- ``activation_peak_bytes``: the largest sum of live activation tensors over the operator
+  sequence. A tensor is an activation when no buffer holds its data (graph inputs, op outputs);
+  it is live from the op that produces it (the first op for a graph input) to the last op that
+  reads it (the end for a graph output), and each costs ``prod(shape) x itemsize`` bytes. This
+  is the arena a planner that never shares or reuses a tensor in place needs at the busiest op:
+  TFLite's and TFLite Micro's greedy planners reach it or come within their alignment padding,
+  in-place ops (reshape) can make the real arena smaller.
+- ``densified_bytes``: the dense weights that DENSIFY ops rebuild when the interpreter prepares
+  the graph (a sparse file is small in flash but holds its weights dense in RAM once loaded);
+- ``constant_bytes``: the bytes of every constant buffer (weights stored in the file).
+
+Why by hand: neither the LiteRT interpreter nor litert-torch reports an arena size for a file
+(the interpreter's allocation is internal; TFLite Micro's ``RecordingMicroInterpreter`` is a
+C++ tool), and the rule is a few lines over the graph the exporter already reads.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ._errors import ExportError, require
+from .verify import ModelSource
+
+__all__ = ["tflite_footprint"]
+
+# TensorType -> bytes per element (schema_generated.h enum order)
+_ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 16: 4}
+
+
+def _load(model: ModelSource) -> bytes:
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    with open(model, "rb") as f:
+        return f.read()
+
+
+def tflite_footprint(model: ModelSource) -> dict[str, Any]:
+    """``{"file_bytes", "activation_peak_bytes", "peak_op", "densified_bytes",
+    "constant_bytes", "ops"}`` of a TFLite file (path or bytes); see the module docstring."""
+    schema = require("ai_edge_litert.schema_py_generated", "litert", "reading a TFLite graph")
+    fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading a TFLite graph")
+    data = _load(model)
+    try:
+        obj = fb.read_model_from_bytearray(bytearray(data))
+    except Exception as e:  # flatbuffers raises struct / index errors on garbage
+        raise ExportError(f"not a readable TFLite file ({type(e).__name__}: {e})") from e
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    if not obj.subgraphs:
+        raise ExportError("the TFLite file has no subgraph")
+    sg = obj.subgraphs[0]
+    ops = list(sg.operators or [])
+
+    def nbytes(t) -> int:
+        shape = [max(int(s), 1) for s in (t.shape if t.shape is not None else [])]
+        return math.prod(shape) * _ITEMSIZE.get(int(t.type), 4)
+
+    def has_data(t) -> bool:
+        buf = obj.buffers[t.buffer] if 0 <= t.buffer < len(obj.buffers) else None
+        return buf is not None and buf.data is not None and len(buf.data) > 0
+
+    densified, first, last = set(), {}, {}
+    for k, op in enumerate(ops):
+        code = obj.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        outs = [int(i) for i in (op.outputs if op.outputs is not None else []) if i >= 0]
+        if name == "DENSIFY":
+            densified.update(outs)
+            continue
+        ins = [int(i) for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+        for i in ins:
+            last[i] = k
+        for i in outs:
+            first.setdefault(i, k)
+            last.setdefault(i, k)
+    end = len(ops)
+    inputs = [int(i) for i in (sg.inputs if sg.inputs is not None else [])]
+    outputs = [int(i) for i in (sg.outputs if sg.outputs is not None else [])]
+    for i in inputs:
+        first[i] = 0
+        last.setdefault(i, 0)
+    for i in outputs:
+        last[i] = end
+    live = np.zeros(end + 1, dtype=np.int64)
+    for i in set(first) | set(last):
+        t = sg.tensors[i]
+        if i in densified or has_data(t):
+            continue
+        live[first.get(i, 0) : last.get(i, end) + 1] += nbytes(t)
+    peak_at = int(np.argmax(live))
+    peak_name = None
+    if peak_at < end and ops:
+        code = obj.operatorCodes[ops[peak_at].opcodeIndex]
+        peak_name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+    constant = sum(len(b.data) for b in obj.buffers if b is not None and b.data is not None)
+    return {
+        "file_bytes": len(data),
+        "activation_peak_bytes": int(live.max()) if len(live) else 0,
+        "peak_op": peak_name,
+        "densified_bytes": int(sum(nbytes(sg.tensors[i]) for i in densified)),
+        "constant_bytes": int(constant),
+        "ops": len(ops),
+    }
