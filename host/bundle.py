@@ -8,6 +8,12 @@ files must still have the sha256 export.json records. :func:`bundle_rung` packag
 form (``compact``: dead channels removed, fastest; or ``sparse``: pruned weights stored sparse,
 smallest file) in every exported format, plus ``manifest.json`` written by
 :func:`entropi.device.bundle.write_bundle` (no pickle, checksummed).
+
+int8 (``quantize="int8"``): the export also holds ``<stem>_int8`` files, calibrated on
+:func:`calibration_images` (a seeded draw of the run's target training images);
+:func:`int8_downstream` measures what quantization costs the head (linear probes on float and
+int8 features of the target, recorded in export.json ``downstream``); a ``dtype="int8"`` bundle
+carries each file's input quantization and output dequantization in its manifest.
 """
 
 from __future__ import annotations
@@ -21,14 +27,24 @@ from typing import Any
 import numpy as np
 
 from entropi.device.bundle import sha256_file
-from entropi.export import ExportError, export_encoder
-from entropi.export.formats import FORMAT_NAMES, FORMATS, resolve_formats
+from entropi.export import DEFAULT_MIN_COSINE, ExportError, export_encoder
+from entropi.export.formats import FORMAT_NAMES, FORMATS, resolve_formats, resolve_quantize
 from entropi.export.rung import CheckpointError
 
 from .checkpoint import load_rung, resolve_rung
 from .rundir import RunDir
 
-__all__ = ["FORMS", "bundle_rung", "config_hash", "ensure_export", "export_rung", "rung_hash"]
+__all__ = [
+    "FORMS",
+    "bundle_rung",
+    "calibration_images",
+    "config_hash",
+    "ensure_export",
+    "export_rung",
+    "int8_downstream",
+    "run_target",
+    "rung_hash",
+]
 
 FORMS = {"compact": "encoder_compact", "sparse": "encoder"}
 """Bundle form -> the stem of its files in the export folder."""
@@ -65,8 +81,15 @@ def export_rung(
     n_random: int = 4,
     atol: float | None = None,
     rtol: float | None = None,
+    quantize: str = "none",
+    calibration: np.ndarray | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
 ) -> dict[str, Any]:
     """Export rung ``rung`` (``"selected"`` or an index) of the run in ``rundir``.
+
+    With ``quantize="int8"`` the int8 files are calibrated on ``calibration`` (uint8 images;
+    default :func:`calibration_images` of the run) and checked on ``verify_images`` (default:
+    the run's target test images) against the float encoder.
 
     Writes to ``out_dir`` (default ``RUNDIR/export``) and returns export.json's content (see
     :func:`entropi.export.export_encoder` for the rest of the arguments). Raises
@@ -76,8 +99,15 @@ def export_rung(
     """
     run = _run(rundir)
     resolve_formats(formats)
+    quantize = resolve_quantize(quantize)
     index = resolve_rung(run, rung)
     digest = rung_hash(run, index)
+    if quantize != "none" and (calibration is None or verify_images is None):
+        cfg, tgt = _run_config(run), run_target(run)
+        if calibration is None:
+            calibration = calibration_images(tgt.x_train, cfg.export, seed=cfg.seed)
+        if verify_images is None:
+            verify_images = tgt.x_test[: cfg.export.verify_images or 64]
     encoder, info = load_rung(run, index)
     return export_encoder(
         encoder,
@@ -91,7 +121,53 @@ def export_rung(
         rtol=rtol,
         config_sha256=config_hash(run),
         rung_sha256=digest,
+        quantize=quantize,
+        calibration_images=calibration,
+        min_cosine=min_cosine,
     )
+
+
+def _run_config(run: RunDir):
+    from .config import load_config
+
+    if not run.config.is_file():
+        raise CheckpointError(f"{run.root} has no config.toml: is it a run folder?")
+    return load_config(run.config)
+
+
+def run_target(rundir: str | os.PathLike | RunDir):
+    """The run's target data (:class:`~entropi.host.rundata.TargetData`): RUNDIR/target_data.npz
+    when the run wrote it (its device stage), else loaded again from the run's config."""
+    from .rundata import TargetData, load_target
+
+    run = _run(rundir)
+    path = run.target_data
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                x = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test", "class_names")}
+            names = [str(c) for c in x["class_names"]]
+            return TargetData(x["x_train"], x["y_train"], x["x_test"], x["y_test"], names)
+        except (OSError, ValueError, KeyError):  # a damaged cache: load the target again
+            pass
+    return load_target(_run_config(run))
+
+
+def calibration_images(
+    x_train: np.ndarray, export_cfg=None, *, n: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """``n`` (default ``[export] calibration_images``) target training images drawn without
+    replacement by ``seed`` (every image when there are fewer), in index order: the int8
+    calibration set, the same for the same data and seed."""
+    if n is None:
+        n = export_cfg.calibration_images if export_cfg is not None else 256
+    if len(x_train) == 0:
+        raise ExportError("the calibration set is empty: the target has no training images")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ExportError(f"the calibration set needs at least 1 image, got {n!r}")
+    n = min(int(n), len(x_train))
+    idx = np.sort(np.random.default_rng(seed).choice(len(x_train), n, replace=False))
+    return np.ascontiguousarray(x_train[idx])
 
 
 def _stems(compact: bool) -> list[str]:
@@ -105,6 +181,9 @@ def ensure_export(
     formats: tuple[str, ...] = FORMAT_NAMES,
     compact: bool = True,
     verify_images=None,
+    quantize: str = "none",
+    calibration: np.ndarray | None = None,
+    min_cosine: float = DEFAULT_MIN_COSINE,
 ) -> tuple[Path, dict[str, Any]]:
     """Export ``rung`` into RUNDIR/export unless an export of that rung with those files exists.
 
@@ -115,6 +194,8 @@ def ensure_export(
     """
     run = _run(rundir)
     chosen = resolve_formats(formats)
+    quantize = resolve_quantize(quantize)
+    dtypes = ["float32"] if quantize == "none" else ["float32", quantize]
     index = resolve_rung(run, rung)
     out = run.export
     try:
@@ -122,11 +203,24 @@ def ensure_export(
     except ValueError:  # a corrupt export.json describes nothing: export again
         info = None
     if isinstance(info, dict):
-        wanted = {fmt.filename(stem) for fmt in chosen for stem in _stems(compact)}
+        wanted = {
+            fmt.filename(stem, dtype)
+            for fmt in chosen
+            for stem in _stems(compact)
+            for dtype in dtypes
+        }
         if _reusable(info, out, index, rung_hash(run, index), wanted):
             return out, info
     info = export_rung(
-        run, index, formats=formats, compact=compact, out_dir=out, verify_images=verify_images
+        run,
+        index,
+        formats=formats,
+        compact=compact,
+        out_dir=out,
+        verify_images=verify_images,
+        quantize=quantize,
+        calibration=calibration,
+        min_cosine=min_cosine,
     )
     return out, info
 
@@ -161,21 +255,33 @@ def bundle_rung(
     formats: tuple[str, ...] = FORMAT_NAMES,
     class_names: list[str] | None = None,
     overwrite: bool = False,
+    dtype: str = "float32",
+    export_kwargs: dict[str, Any] | None = None,
 ) -> Path:
     """Export (if needed) and bundle rung ``rung`` of ``rundir`` into ``out``.
 
-    ``class_names`` default to RUNDIR/target_classes.json (when the run has one).
+    ``class_names`` default to RUNDIR/target_classes.json (when the run has one). ``dtype``
+    ``"int8"`` bundles the int8 files (exported with ``quantize="int8"`` if they are not there;
+    ``export_kwargs`` go to :func:`ensure_export`): the manifest records each one's input
+    quantization and output dequantization.
     """
     from entropi.device.bundle import write_bundle
 
     if form not in FORMS:
         raise ExportError(f"form must be one of {sorted(FORMS)}, got {form!r}")
+    if dtype not in ("float32", "int8"):
+        raise ExportError(f"bundle dtype must be 'float32' or 'int8', got {dtype!r}")
     run = _run(rundir)
     resolve_formats(formats)
-    export_dir, info = ensure_export(run, rung, formats=formats, compact=form == "compact")
+    kwargs = dict(export_kwargs or {})
+    if dtype == "int8":
+        kwargs["quantize"] = "int8"
+    export_dir, info = ensure_export(
+        run, rung, formats=formats, compact=form == "compact", **kwargs
+    )
     stem = FORMS[form]
     order = [formats] if isinstance(formats, str) else dict.fromkeys(formats)  # as asked
-    names = [FORMATS[f].filename(stem) for f in order]
+    names = [FORMATS[f].filename(stem, dtype) for f in order]
     files = {name: export_dir / name for name in names}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
@@ -183,15 +289,96 @@ def bundle_rung(
     if class_names is None:
         class_names = run.read_json(run.target_classes)
     prov = info["provenance"]
+    quant = {f: info["files"][f]["quantization"] for f in files if dtype != "float32"}
     return write_bundle(
         out,
         encoder_files=files,
+        encoder_quantization=quant or None,
         input_shape=prov["input_shape"],
         dtype="float32",
         normalization=prov["normalization"],
         feature_dim=prov["feature_dim"],
         class_names=class_names,
         alpha=prov["alpha"],
-        provenance={**prov, "form": form, "export": {f: info["files"][f] for f in files}},
+        provenance={
+            **prov,
+            "form": form,
+            "dtype": dtype,
+            "export": {f: info["files"][f] for f in files},
+        },
         overwrite=overwrite,
     )
+
+
+def _features(run_fn, path: Path, images: np.ndarray, normalization, chunk: int = 512):
+    from entropi.export import images_to_inputs
+
+    parts = [
+        run_fn(path, images_to_inputs(images[i : i + chunk], normalization))
+        for i in range(0, len(images), chunk)
+    ]
+    return np.concatenate(parts).reshape(len(images), -1)
+
+
+def int8_downstream(
+    export_dir: str | os.PathLike,
+    info: dict[str, Any],
+    tgt,
+    probe_cfg,
+    *,
+    form: str = "compact",
+    formats: Sequence[str] = FORMAT_NAMES,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """What int8 costs downstream, per format: the encoder files of ``form`` (float and int8) run
+    in their runtimes on the target's training and test images, a linear probe
+    (:func:`~entropi.host.probe.linear_probe`, ``probe_cfg``, seed ``seed``) trained on each
+    kind of feature and tested on the same kind; plus the int8 feature error over the test
+    images. Returns ``{file: {"float_file", "float_accuracy", "int8_accuracy", "delta_points",
+    "feature_error"}}`` keyed by the int8 file name."""
+    from entropi.export.quantize import int8_feature_error
+
+    from .probe import linear_probe
+
+    export_dir = Path(export_dir)
+    prov = info["provenance"]
+    norm = prov["normalization"]
+    num_classes = int(max(tgt.y_train.max(), tgt.y_test.max())) + 1
+    out = {}
+    for name in dict.fromkeys([formats] if isinstance(formats, str) else formats):
+        fmt = FORMATS[name]
+        float_file, int8_file = (fmt.filename(FORMS[form], d) for d in ("float32", "int8"))
+        if int8_file not in info["files"]:
+            raise ExportError(f"export has no {int8_file}; export with quantize = 'int8' first")
+        feats = {}
+        for kind, fname, run_fn in (
+            ("float", float_file, fmt.run),
+            ("int8", int8_file, fmt.run_quantized),
+        ):
+            feats[kind] = [
+                _features(run_fn, export_dir / fname, x, norm) for x in (tgt.x_train, tgt.x_test)
+            ]
+        acc = {
+            kind: linear_probe(
+                f[0],
+                tgt.y_train,
+                f[1],
+                tgt.y_test,
+                probe_cfg,
+                num_classes=num_classes,
+                seed=seed,
+                device=device,
+            ).test_accuracy
+            for kind, f in feats.items()
+        }
+        out[int8_file] = {
+            "float_file": float_file,
+            "float_accuracy": float(acc["float"]),
+            "int8_accuracy": float(acc["int8"]),
+            "delta_points": 100.0 * float(acc["int8"] - acc["float"]),
+            "feature_error": int8_feature_error(feats["float"][1], feats["int8"][1]),
+            "train_images": len(tgt.x_train),
+            "test_images": len(tgt.x_test),
+        }
+    return out

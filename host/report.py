@@ -127,10 +127,17 @@ def _export(run: RunDir) -> list[str]:
     if not info:
         return []
     rows = [
-        [f"`{name}`", _kib(f["bytes"]), f"{f['max_abs_diff']:.1e}", f.get("runtime", "")]
+        [
+            f"`{name}`",
+            f.get("dtype", "float32"),
+            _kib(f["bytes"]),
+            f"{f['max_abs_diff']:.1e}" if "max_abs_diff" in f else "-",
+            f"{f['feature_error']['mean_cos']:.5f}" if "feature_error" in f else "-",
+            f.get("runtime", ""),
+        ]
         for name, f in info["files"].items()
     ]
-    return [
+    lines = [
         "",
         "## Selected encoder",
         "",
@@ -140,7 +147,55 @@ def _export(run: RunDir) -> list[str]:
         f"({info['tolerance']['criterion']}, atol {info['tolerance']['atol']:g}, rtol "
         f"{info['tolerance']['rtol']:g}); `encoder_compact.*` has the dead channels removed.",
         "",
-        *_table(["file", "size", "max abs diff", "runtime"], rows),
+        *_table(["file", "dtype", "size", "max abs diff", "int8 mean cos", "runtime"], rows),
+    ]
+    q = info.get("quantization")
+    if q:
+        lines += [
+            "",
+            f"int8 files: {q['scheme']}; calibrated on {q['calibration_images']} target training "
+            f"images, checked on {q['checked_images']} {q['checked_on']} against the float "
+            f"encoder (refused below mean cosine {q['min_cosine']}).",
+        ]
+    down = info.get("downstream") or {}
+    if down:
+        lines += [
+            "",
+            *_table(
+                ["int8 file", "probe acc, float features", "probe acc, int8 features", "delta"],
+                [
+                    [
+                        f"`{name}`",
+                        f"{100 * d['float_accuracy']:.2f}",
+                        f"{100 * d['int8_accuracy']:.2f}",
+                        f"{d['delta_points']:+.2f} points",
+                    ]
+                    for name, d in down.items()
+                ],
+            ),
+        ]
+    return lines
+
+
+def _deployment(results: dict[str, Any]) -> list[str]:
+    from .deploy import table_markdown
+
+    dep = results.get("deployment")
+    if not dep:
+        return []
+    p = dep["pick"]
+    limits = ", ".join(
+        f"{k} {_kib(dep[k + '_limit'])}" for k in ("flash", "ram") if dep.get(k + "_limit")
+    )
+    return [
+        "",
+        "## Deployment",
+        "",
+        f"Limits: {limits}. Rungs that fit: {dep['fitting_rungs']}; picked rung {p['rung']} as "
+        f"{p['form']} {p['dtype']} (unconstrained pick: rung {dep['unconstrained_index']}). "
+        f"{dep['conventions']}.",
+        "",
+        table_markdown(dep["table"], p).rstrip("\n"),
     ]
 
 
@@ -162,6 +217,7 @@ def _device(results: dict[str, Any]) -> list[str]:
 
 def render_report(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
     lines = [*_what_ran(cfg, run, results), *_rungs(results)]
+    lines += _deployment(results)
     if "export" in results:
         lines += _export(run)
     lines += _device(results)

@@ -1,0 +1,309 @@
+"""Fit to the device: the flash and RAM every rung needs, and the best rung that fits.
+
+For every rung of a run, every encoder form (``compact``: dead channels removed; ``sparse``:
+pruned weights stored sparse) and every dtype (float32; int8 when asked), :func:`deployment_table`
+builds the TFLite file the device would run (the exporter's own writers, in memory: the same
+bytes ``entropi export`` writes, without its verification) and records
+
+- ``flash_bytes`` = the encoder file + the head (``(feature_dim + 1) x classes`` float32);
+- ``ram_bytes`` = the inference activation peak from the graph
+  (:func:`~entropi.export.footprint.tflite_footprint`: the largest sum of live activations over
+  the operator sequence) + the weights that DENSIFY rebuilds in RAM at load (a sparse file is
+  small in flash, not in RAM) + the head-training plan of the device budget planner
+  (:func:`~entropi.device.budget.plan_memory` for the run's ``[device_train]`` settings:
+  buffers + reserve);
+- ``latency_ms``: the median of one-image invocations in the LiteRT interpreter on this host
+  (relative: a device is slower), and ``accuracy``: the rung's probe accuracy (float features).
+
+The table is cached in RUNDIR/deploy/table.json, keyed by each rung file's sha256 and the
+settings, so a second ``entropi select --flash`` reads it. :func:`fit_rule` is the selection:
+among the rows that fit both limits, the rung the criterion rates best (ties: the denser rung,
+as :func:`~entropi.host.selection.select_rung`), in its smallest fitting row; when nothing fits,
+:class:`DeployError` names the smallest flash and RAM needs and the rungs that have them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from entropi.device.budget import format_size, parse_size
+from entropi.device.errors import BudgetError, EntropiError, TrainConfigError
+
+from .rundir import RunDir
+
+__all__ = [
+    "DEPLOY_VERSION",
+    "DeployError",
+    "deployment_table",
+    "fit_rule",
+    "parse_limit",
+    "table_markdown",
+]
+
+DEPLOY_VERSION = 1
+"""Version of RUNDIR/deploy/table.json's rows (a change recomputes them)."""
+FORMS = ("compact", "sparse")
+
+
+class DeployError(EntropiError, ValueError):
+    """No rung fits the device, or a flash / RAM limit is not a size."""
+
+
+def parse_limit(value: str | int | None, what: str) -> int | None:
+    """A flash / RAM limit (``"300KB"``, a number of bytes, or None / "" for no limit) in bytes."""
+    if value is None or value == "":
+        return None
+    try:
+        return parse_size(value)
+    except TrainConfigError as e:
+        raise DeployError(f"{what}: {e}") from None
+
+
+def _head_bytes(feature_dim: int, classes: int) -> int:
+    return (feature_dim + 1) * classes * 4
+
+
+def _head_plan_bytes(cfg, feature_dim: int, classes: int) -> int | None:
+    """Head-training RAM of the device planner for ``[device_train]`` (None: it cannot fit the
+    configured budget at all)."""
+    from entropi.device.budget import plan_memory
+
+    t = cfg.head_training
+    try:
+        plan = plan_memory(
+            feature_dim,
+            classes,
+            t.budget_bytes,
+            max_batch_size=t.batch_size,
+            momentum=t.momentum > 0,
+            dtype=np.dtype(t.dtype),
+            epochs=t.epochs,
+            fused_update=t.momentum == 0,
+        )
+    except BudgetError:
+        return None
+    return int(plan.analytic_bytes + plan.reserve_bytes)
+
+
+def _latency_ms(data: bytes, inputs: np.ndarray, quantized: bool, repeats: int = 15) -> float:
+    from entropi.export.quantize import run_tflite_int8
+    from entropi.export.verify import run_tflite
+
+    run = run_tflite_int8 if quantized else run_tflite
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(data, inputs[:1])
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def _row(encoder, info, form: str, dtype: str, calibration) -> dict:
+    """Build the TFLite file of one (rung, form, dtype) and measure what it needs."""
+    import torch
+
+    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+    from entropi.export.footprint import tflite_footprint
+    from entropi.export.formats import FORMATS
+
+    fmt = FORMATS["tflite"]
+    folded = fold_batchnorm(encoder)
+    example = torch.zeros(1, *info.input_shape)
+    module = compact_encoder(folded, example)[0] if form == "compact" else folded
+    data, _ = fmt.write(module, example, sparse=True, metadata={})
+    cal = images_to_inputs(calibration, info.normalization)
+    if dtype == "int8":
+        data, _, _ = fmt.quantize(
+            module, data, cal, input_shape=info.input_shape, sparse=True, metadata={}
+        )
+    fp = tflite_footprint(data)
+    return {
+        "file_bytes": len(data),
+        "activation_peak_bytes": fp["activation_peak_bytes"],
+        "densified_bytes": fp["densified_bytes"],
+        "latency_ms": _latency_ms(data, cal, dtype == "int8"),
+    }
+
+
+def deployment_table(
+    cfg,
+    run: RunDir,
+    *,
+    dtypes: Sequence[str] = ("float32",),
+    forms: Sequence[str] = FORMS,
+    calibration: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> list[dict[str, Any]]:
+    """Every (rung, form, dtype) row of the run (module docstring), cached in
+    RUNDIR/deploy/table.json. ``calibration``: uint8 target images for the int8 rows (default:
+    :func:`~entropi.host.bundle.calibration_images` of the run's target)."""
+    from .bundle import calibration_images, run_target, rung_hash
+    from .checkpoint import load_rung
+    from .progress import progress
+
+    bad = [d for d in dtypes if d not in ("float32", "int8")]
+    if bad or not dtypes:
+        raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: ['float32', 'int8']")
+    bad = [f for f in forms if f not in FORMS]
+    if bad or not forms:
+        raise DeployError(f"unknown form(s) {bad or list(forms)}; valid: {list(FORMS)}")
+    cache_path = run.root / "deploy" / "table.json"
+    try:
+        cache = run.read_json(cache_path, {}) or {}
+    except ValueError:  # a damaged cache is rebuilt
+        cache = {}
+    rows_cache = cache.get("rows", {}) if cache.get("version") == DEPLOY_VERSION else {}
+    classes = num_classes
+    if classes is None:
+        names = run.read_json(run.target_classes)
+        classes = len(names) if names else None
+    n_rungs = len(run.rung_files())
+    if n_rungs == 0:
+        raise DeployError(f"{run.root} has no rungs; run `entropi run` or `entropi prune` first")
+    settings = f"cal{cfg.export.calibration_images}-seed{cfg.seed}"
+    todo = [(i, form, dtype) for i in range(n_rungs) for form in forms for dtype in dtypes]
+    rows, fresh = [], 0
+    bar = progress(total=len(todo), desc="deploy table", unit="file")
+    try:
+        digests = {i: rung_hash(run, i) for i in range(n_rungs)}
+        loaded: dict[int, Any] = {}
+        for i, form, dtype in todo:
+            key = f"{digests[i][:16]}-{form}-{dtype}-{settings if dtype == 'int8' else ''}"
+            measured = rows_cache.get(key)
+            if measured is None:
+                if i not in loaded:
+                    loaded = {i: load_rung(run, i)}
+                encoder, info = loaded[i]
+                if dtype == "int8" and calibration is None:
+                    calibration = calibration_images(
+                        run_target(run).x_train, cfg.export, seed=cfg.seed
+                    )
+                cal = (
+                    calibration
+                    if calibration is not None
+                    else np.zeros(
+                        (1, info.input_shape[1], info.input_shape[2], info.input_shape[0]), np.uint8
+                    )
+                )
+                measured = {
+                    **_row(encoder, info, form, dtype, cal),
+                    "feature_dim": int(info.feature_dim or encoder.feature_dim),
+                    "alpha": float(info.alpha),
+                }
+                rows_cache[key] = measured
+                fresh += 1
+            score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
+            d = measured["feature_dim"]
+            c = classes or 2
+            head_plan = _head_plan_bytes(cfg, d, c)
+            ram = (
+                None
+                if head_plan is None
+                else measured["activation_peak_bytes"] + measured["densified_bytes"] + head_plan
+            )
+            rows.append(
+                {
+                    "rung": i,
+                    "alpha": measured["alpha"],
+                    "form": form,
+                    "dtype": dtype,
+                    "format": "tflite",
+                    "file_bytes": measured["file_bytes"],
+                    "head_bytes": _head_bytes(d, c),
+                    "flash_bytes": measured["file_bytes"] + _head_bytes(d, c),
+                    "activation_peak_bytes": measured["activation_peak_bytes"],
+                    "densified_bytes": measured["densified_bytes"],
+                    "head_train_bytes": head_plan,
+                    "ram_bytes": ram,
+                    "latency_ms": measured["latency_ms"],
+                    "accuracy": score.get("probe_accuracy"),
+                }
+            )
+            bar.update(1)
+    finally:
+        bar.close()
+    if fresh:
+        run.write_json(cache_path, {"version": DEPLOY_VERSION, "rows": rows_cache})
+    return rows
+
+
+def fit_rule(
+    rows: Sequence[dict],
+    values: Sequence[float],
+    *,
+    flash: int | None = None,
+    ram: int | None = None,
+) -> dict[str, Any]:
+    """The deployment pick: among ``rows`` (dicts with ``rung``, ``flash_bytes``,
+    ``ram_bytes``; ``ram_bytes`` None = the head cannot be trained in the device budget) whose
+    needs fit ``flash`` / ``ram`` (None: no limit), the rung with the best ``values[rung]``
+    (signed so that higher is better, NaN = undefined; ties within 1e-9 to the lower rung
+    index), in its fitting row with the smallest flash (then RAM). Returns that row plus
+    ``fits`` (the rungs with a fitting row). Raises :class:`DeployError` when nothing fits,
+    naming the smallest flash and RAM needs and their rungs."""
+    if not rows:
+        raise DeployError("the deployment table is empty")
+
+    def ok(r) -> bool:
+        if r["ram_bytes"] is None:
+            return False
+        return (flash is None or r["flash_bytes"] <= flash) and (
+            ram is None or r["ram_bytes"] <= ram
+        )
+
+    fitting = [r for r in rows if ok(r)]
+    if not fitting:
+        by_flash = min(rows, key=lambda r: r["flash_bytes"])
+        with_ram = [r for r in rows if r["ram_bytes"] is not None]
+        limits = " and ".join(
+            f"{what} {format_size(v)}" for what, v in (("flash", flash), ("RAM", ram)) if v
+        )
+        msg = (
+            f"no rung fits {limits or 'the device'}: the smallest flash need is "
+            f"{format_size(by_flash['flash_bytes'])} ({_label(by_flash)})"
+        )
+        if with_ram:
+            by_ram = min(with_ram, key=lambda r: r["ram_bytes"])
+            msg += f", the smallest RAM need {format_size(by_ram['ram_bytes'])} ({_label(by_ram)})"
+        else:
+            msg += "; no rung's head training fits the [device_train] budget"
+        raise DeployError(msg)
+    rungs = sorted({r["rung"] for r in fitting})
+    v = np.array([values[i] for i in rungs], dtype=np.float64)
+    v = np.where(np.isfinite(v), v, -np.inf)
+    best = rungs[int(np.flatnonzero(v >= v.max() - 1e-9)[0])] if np.isfinite(v).any() else rungs[0]
+    pick = min(
+        (r for r in fitting if r["rung"] == best), key=lambda r: (r["flash_bytes"], r["ram_bytes"])
+    )
+    return {**pick, "fits": rungs}
+
+
+def _label(r: dict) -> str:
+    return f"rung {r['rung']}, {r['form']} {r['dtype']}"
+
+
+def table_markdown(rows: Sequence[dict], pick: dict | None = None) -> str:
+    """The deployment table as markdown (the report's section)."""
+    lines = [
+        "| rung | alpha | form | dtype | flash | RAM | latency (ms) | probe acc |",
+        "|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mark = (
+            " **picked**"
+            if pick
+            and (r["rung"], r["form"], r["dtype"]) == (pick["rung"], pick["form"], pick["dtype"])
+            else ""
+        )
+        ram = "-" if r["ram_bytes"] is None else format_size(r["ram_bytes"])
+        acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}"
+        lines.append(
+            f"| {r['rung']} | {r['alpha']:.4f} | {r['form']} | {r['dtype']}{mark} | "
+            f"{format_size(r['flash_bytes'])} | {ram} | {r['latency_ms']:.2f} | {acc} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,317 @@
+"""int8 against float32 on the device: file size, feature error, head accuracy, latency, RSS.
+
+Run: ``.venv/bin/python scripts/int8_deploy.py --run runs/quickstart`` (after
+``entropi run host/configs/quickstart.toml``); writes ``benchmarks/results/int8_deploy.json``.
+
+1. The quickstart run's selected rung: ``entropi bundle --quantize`` of the compact form, float32
+   and int8 (TFLite + ONNX), the export's feature error of the int8 files on real target test
+   images, the downstream probe accuracy on float vs int8 features (export.json
+   ``downstream``), and the device head trained on each bundle in the run's ``[device_train]``
+   budget (256 KB) on the same data, evaluated on the same test split.
+2. Latency and peak RSS of the device encoder, float-compact vs int8-compact TFLite, for that
+   rung and for ResNet18 and MobileNetV3-small pruned to alpha 0.01 (random init, randomized
+   batch-norm statistics, global magnitude pruning; calibrated on uniform random pixels): a
+   fresh process per file opens it with the device's ``EncoderRunner`` (one thread) and runs
+   ``--images`` one-image calls; it reports the median call time and its RSS before opening
+   the file and at the end (VmRSS, VmHWM from /proc/self/status), next to the RAM the graph
+   says it needs (``entropi select``'s rule: activation peak + densified weights; the RSS delta
+   also holds the interpreter's code pages and the dense copy of every weight it prepares).
+   Float and int8 processes
+   alternate, ``--repeats`` times; the table gives medians and the int8 / float ratio (same
+   machine, same run: the ratio is what to read on this shared, noisy host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE.parent / "benchmarks" / "results" / "int8_deploy.json"
+
+_PROBE = r"""
+import json, sys, time
+import numpy as np
+def status():
+    d = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in ("VmRSS", "VmHWM"):
+            d[k] = int(v.split()[0]) * 1024
+    return d
+from entropi.device.encoder import EncoderRunner
+path, fmt, dim, n, quant = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+quant = json.loads(quant) if quant != "-" else None
+x = np.random.default_rng(0).standard_normal((n, 3, 32, 32)).astype(np.float32)
+before = status()
+runner = EncoderRunner(path, fmt, dim, num_threads=1, quantization=quant)
+runner(x[:1])
+times = []
+for i in range(n):
+    t0 = time.perf_counter()
+    runner(x[i : i + 1])
+    times.append(time.perf_counter() - t0)
+after = status()
+times.sort()
+print(json.dumps({"median_ms": 1000 * times[len(times) // 2], "rss_before": before["VmRSS"],
+                  "rss_after": after["VmRSS"], "hwm": after["VmHWM"]}))
+"""
+
+
+def measure(path: Path, dim: int, quant, n: int) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PROBE,
+            str(path),
+            "tflite",
+            str(dim),
+            str(n),
+            json.dumps(quant) if quant else "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def paired(files: dict[str, tuple[Path, int, dict | None]], n: int, repeats: int) -> dict:
+    """Alternate the files' processes ``repeats`` times; medians per file."""
+    runs: dict[str, list[dict]] = {k: [] for k in files}
+    for _ in range(repeats):
+        for key, (path, dim, quant) in files.items():
+            runs[key].append(measure(path, dim, quant, n))
+    from entropi.export.footprint import tflite_footprint
+
+    out = {}
+    for key, rs in runs.items():
+        fp = tflite_footprint(files[key][0])
+        out[key] = {
+            "file_bytes": files[key][0].stat().st_size,
+            "graph_activation_peak_bytes": fp["activation_peak_bytes"],
+            "graph_densified_bytes": fp["densified_bytes"],
+            "latency_ms": statistics.median(r["median_ms"] for r in rs),
+            "rss_delta_bytes": int(statistics.median(r["rss_after"] - r["rss_before"] for r in rs)),
+            "peak_rss_bytes": int(statistics.median(r["hwm"] for r in rs)),
+            "runs": rs,
+        }
+    return out
+
+
+def quickstart(run: Path, work: Path) -> dict:
+    from entropi.device.app import train_on_bundle
+    from entropi.host.bundle import bundle_rung, ensure_export, int8_downstream, run_target
+    from entropi.host.config import load_config
+    from entropi.host.rundir import RunDir
+
+    cfg = load_config(run / "config.toml")
+    rd = RunDir(run)
+    tgt = run_target(rd)
+    bundles = {}
+    for dtype in ("float32", "int8"):
+        bundles[dtype] = bundle_rung(
+            run, work / f"bundle-{dtype}", form="compact", dtype=dtype, overwrite=True
+        )
+    export_dir, info = ensure_export(run, "selected", quantize="int8", compact=True)
+    if not isinstance(info.get("downstream"), dict):
+        info["downstream"] = int8_downstream(export_dir, info, tgt, cfg.probe, seed=cfg.seed)
+        rd.write_json(export_dir / "export.json", info)
+    heads = {}
+    for dtype, bundle in bundles.items():
+        report = train_on_bundle(bundle, rd.target_data, work / f"head-{dtype}", cfg.head_training)
+        r = report.to_dict()
+        heads[dtype] = {
+            k: r[k]
+            for k in (
+                "accuracy",
+                "accuracy_split",
+                "peak_bytes",
+                "budget_bytes",
+                "samples_per_second",
+            )
+        }
+    files = {k: v for k, v in info["files"].items()}
+    dense_float = info["dense_bytes"]
+    int8_file = files["encoder_compact_int8.tflite"]["bytes"]
+    return {
+        "rung": info["provenance"]["rung_index"],
+        "alpha": info["provenance"]["alpha"],
+        "dense_float_bytes": dense_float,
+        "files": {
+            k: {
+                kk: v[kk] for kk in ("bytes", "dtype", "feature_error", "sparse_tensors") if kk in v
+            }
+            for k, v in files.items()
+        },
+        "int8_tflite_over_dense_float": int8_file / dense_float,
+        "downstream": info["downstream"],
+        "device_head": heads,
+        "head_delta_points": 100 * (heads["int8"]["accuracy"] - heads["float32"]["accuracy"]),
+        "bundles": {k: str(v) for k, v in bundles.items()},
+    }
+
+
+def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
+    """``arch`` random init, BN statistics randomized, global magnitude pruned to ``alpha``,
+    exported compact (float + int8 TFLite)."""
+    import torch
+
+    from entropi.export import RungInfo, export_encoder
+    from entropi.export.weights import prunable_parameters
+    from entropi.host.models import build_model
+
+    torch.manual_seed(0)
+    enc = build_model(arch, 10).encoder.eval()
+    gen = torch.Generator().manual_seed(0)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=gen)
+            m.running_var.uniform_(0.5, 1.5, generator=gen)
+    params = [p for _, p in prunable_parameters(enc)]
+    flat = torch.cat([p.detach().abs().flatten() for p in params])
+    k = max(1, int(alpha * flat.numel()))
+    thresh = torch.topk(flat, k).values.min()
+    with torch.no_grad():
+        for p in params:
+            p.mul_(p.abs() >= thresh)
+    nnz = int(sum(int((p != 0).sum()) for p in params))
+    info = RungInfo(
+        arch=arch,
+        feature_dim=enc.feature_dim,
+        input_shape=(3, 32, 32),
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+        alpha=nnz / flat.numel(),
+        nnz=nnz,
+        n_prunable=flat.numel(),
+        alpha_target=alpha,
+        source_dataset="synthetic",
+        num_source_classes=10,
+        source_accuracy=0.0,
+    )
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    out = work / f"export-{arch}"
+    export_encoder(
+        enc,
+        info,
+        out,
+        formats=["tflite"],
+        compact=True,
+        verify_images=pixels[:16],
+        quantize="int8",
+        calibration_images=pixels[16:],
+        min_cosine=0.9,
+    )
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", default="runs/quickstart")
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--archs", nargs="*", default=["resnet18", "mobilenetv3_small"])
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    import os
+
+    from entropi.benchmarks.machine import cpu_model, versions
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="entropi-int8-") as tmp:
+        work = Path(tmp)
+        qs = quickstart(Path(a.run), work)
+        manifest = json.loads((Path(qs["bundles"]["int8"]) / "manifest.json").read_text())
+        quant = manifest["encoders"]["encoder_compact_int8.tflite"]["quantization"]
+        export = Path(a.run) / "export"
+        dim = manifest["feature_dim"]
+        latency = {
+            "quickstart": paired(
+                {
+                    "float32": (export / "encoder_compact.tflite", dim, None),
+                    "int8": (export / "encoder_compact_int8.tflite", dim, quant),
+                },
+                a.images,
+                a.repeats,
+            )
+        }
+        from entropi.export import ExportError
+
+        for arch in a.archs:
+            try:
+                out = synthetic_export(arch, 0.01, work)
+            except ExportError as e:  # e.g. not full-integer: recorded, not measured
+                latency[arch] = {"refused": str(e)}
+                print(f"{arch}: int8 export refused: {e}")
+                continue
+            meta = json.loads((out / "export.json").read_text())
+            q = meta["files"]["encoder_compact_int8.tflite"]["quantization"]
+            fdim = meta["provenance"]["feature_dim"]
+            latency[arch] = paired(
+                {
+                    "float32": (out / "encoder_compact.tflite", fdim, None),
+                    "int8": (out / "encoder_compact_int8.tflite", fdim, q),
+                },
+                a.images,
+                a.repeats,
+            )
+            latency[arch]["alpha"] = meta["provenance"]["alpha"]
+            latency[arch]["int8_feature_error"] = meta["files"]["encoder_compact_int8.tflite"][
+                "feature_error"
+            ]
+        for row in latency.values():
+            if "refused" in row:
+                continue
+            row["int8_over_float"] = {
+                "latency": row["int8"]["latency_ms"] / row["float32"]["latency_ms"],
+                "rss_delta": row["int8"]["rss_delta_bytes"]
+                / max(1, row["float32"]["rss_delta_bytes"]),
+                "file": row["int8"]["file_bytes"] / row["float32"]["file_bytes"],
+            }
+        qs.pop("bundles")
+    result = {
+        "command": "python scripts/int8_deploy.py " + " ".join(argv or sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": cpu_model(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
+        "python": platform.python_version(),
+        "versions": versions(
+            ["entropi", "numpy", "torch", "ai-edge-litert", "litert-torch", "onnxruntime"]
+        ),
+        "seconds": time.time() - t0,
+        "quickstart": qs,
+        "latency_rss": latency,
+        "conventions": __doc__,
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {
+                "quickstart": {
+                    k: qs[k] for k in ("rung", "int8_tflite_over_dense_float", "head_delta_points")
+                },
+                "ratios": {k: v["int8_over_float"] for k, v in latency.items()},
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,551 @@
+"""int8 deployment: sparse int8 storage, int8 files in the export registry, int8 bundles on the
+device, the flash / RAM footprint and the fit rule of `entropi select --flash --ram`.
+
+References: the dense int8 weights and the LiteRT interpreter / onnxruntime outputs of the same
+file before sparsification (sparse storage must change nothing: exact equality), the float
+PyTorch encoder (int8 features: mean cosine >= 0.99 on images, the scale-aware bound the export
+enforces; the per-layer rounding analysis is in tests/test_export_int8.py), the export layer's
+own int8 runner (the device's quantize / dequantize must give the same features: one int8 step
+of the output scale at most), hand-computed activation sizes and hand-made deployment tables.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from synthetic import fake_rung_meta, synthetic_encoder
+
+from entropi.device.bundle import load_bundle, write_bundle
+from entropi.device.errors import BundleError
+from entropi.export import ExportError, VerificationError, export_encoder, export_onnx
+from entropi.export.fold import fold_batchnorm
+from entropi.export.footprint import tflite_footprint
+from entropi.export.quantize import (
+    onnx_int8_weights,
+    onnx_qdq_bytes,
+    run_onnx_qdq,
+    run_tflite_int8,
+    sparsify_onnx_int8,
+    tflite_int8_bytes,
+    tflite_int8_weights,
+)
+from entropi.export.tflite_export import convert_tflite, sparsify_tflite
+from entropi.host.config import ConfigError, config_from_dict
+from entropi.host.deploy import DeployError, fit_rule, parse_limit
+
+pytest.importorskip("litert_torch")
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("onnxruntime")
+
+SHAPE = (3, 32, 32)
+
+
+def inputs(n, seed):
+    return np.random.default_rng(seed).standard_normal((n, *SHAPE)).astype(np.float32)
+
+
+def pixels(n, seed):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def sparse_encoder():
+    """smallnet with 5 % of every conv's weights kept at random: every layer below the density
+    (1/9) where ONNX sparse storage pays, and none pruned entirely."""
+    torch.set_num_threads(1)
+    enc = synthetic_encoder("smallnet", alpha=1.0, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in enc.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=gen) < 0.05)
+    return enc
+
+
+@pytest.fixture(scope="module")
+def int8_tflite(sparse_encoder):
+    data, info = tflite_int8_bytes(sparse_encoder, inputs(16, 0), input_shape=SHAPE)
+    return data, info
+
+
+# --- sparse int8 storage -----------------------------------------------------------------------
+
+
+def test_sparse_int8_tflite_reads_back_and_runs_identically(int8_tflite):
+    dense, _ = int8_tflite
+    sparse, stats = sparsify_tflite(dense, sparse=True)
+    assert stats.tensors == 4 and len(sparse) < 0.5 * len(dense)
+    wd, ws = tflite_int8_weights(dense), tflite_int8_weights(sparse)
+    assert [w["sparse"] for w in wd] == [False] * len(wd)
+    assert sum(w["sparse"] for w in ws) == stats.tensors
+    for a, b in zip(wd, ws, strict=True):
+        assert a["q"].dtype == b["q"].dtype == np.int8
+        np.testing.assert_array_equal(a["q"], b["q"])
+        np.testing.assert_array_equal(a["scale"], b["scale"])
+    x = inputs(4, 1)
+    np.testing.assert_array_equal(run_tflite_int8(dense, x), run_tflite_int8(sparse, x))
+
+
+def test_sparse_int8_onnx_reads_back_and_runs_identically(sparse_encoder):
+    folded = fold_batchnorm(sparse_encoder)
+    float_bytes, _ = export_onnx(folded, torch.zeros(1, *SHAPE), sparse=True, metadata={})
+    dense, _ = onnx_qdq_bytes(float_bytes, inputs(16, 0))
+    sparse, stats = sparsify_onnx_int8(dense)
+    model = onnx.load_from_string(sparse)
+    assert stats.tensors == len(model.graph.sparse_initializer) == 4  # smallnet's four convs
+    assert all(
+        sp.values.data_type == onnx.TensorProto.INT8 for sp in model.graph.sparse_initializer
+    )
+    assert len(sparse) < 0.6 * len(dense)
+    for a, b in zip(onnx_int8_weights(dense), onnx_int8_weights(sparse), strict=True):
+        np.testing.assert_array_equal(a["q"], b["q"])
+    x = inputs(4, 1)
+    np.testing.assert_array_equal(run_onnx_qdq(dense, x), run_onnx_qdq(sparse, x))
+
+
+def test_onnx_int8_dense_weights_stay_dense():
+    """Above density 1/9 the int64 indices of an ONNX sparse tensor cost more than they save."""
+    enc = synthetic_encoder("smallnet", alpha=1.0, seed=0)
+    float_bytes, _ = export_onnx(
+        fold_batchnorm(enc), torch.zeros(1, *SHAPE), sparse=True, metadata={}
+    )
+    dense, _ = onnx_qdq_bytes(float_bytes, inputs(4, 0))
+    _, stats = sparsify_onnx_int8(dense)
+    assert stats.tensors == 0
+
+
+# --- the export registry -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_export(sparse_encoder, tmp_path_factory):
+    enc = synthetic_encoder("smallnet", alpha=0.2, seed=0)
+    out = tmp_path_factory.mktemp("int8") / "export"
+    info = export_encoder(
+        enc,
+        fake_rung_meta(enc, "smallnet"),
+        out,
+        verify_images=pixels(8, 1),
+        quantize="int8",
+        calibration_images=pixels(16, 0),
+    )
+    return enc, out, info
+
+
+def test_int8_files_in_export_json(int8_export):
+    enc, out, info = int8_export
+    names = {"encoder.onnx", "encoder.tflite", "encoder_int8.onnx", "encoder_int8.tflite"}
+    assert set(info["files"]) == names
+    assert {p.name for p in out.iterdir()} == names | {"export.json"}
+    assert json.loads((out / "export.json").read_text()) == json.loads(json.dumps(info))
+    q = info["quantization"]
+    assert q["dtype"] == "int8" and q["calibration_images"] == 16 and q["checked_images"] == 8
+    for name in names:
+        f = info["files"][name]
+        if "_int8" not in name:
+            continue
+        assert f["dtype"] == "int8"
+        assert f["feature_error"]["mean_cos"] >= 0.99 and f["feature_error"]["n"] == 8
+        assert f["zeros"]["zeros_lost"] == 0 and f["zeros"]["float_zeros"] > 0
+        if name.endswith(".tflite"):
+            assert f["sparse_tensors"] >= 1
+    tfl = info["files"]["encoder_int8.tflite"]["quantization"]
+    assert tfl["input"]["dtype"] == tfl["output"]["dtype"] == "int8"
+    assert tfl["input"]["scale"] > 0
+    # at most 35 % of the dense float32 weights, and smaller than the sparse float32 file
+    int8_bytes = info["files"]["encoder_int8.tflite"]["bytes"]
+    assert int8_bytes <= 0.35 * info["dense_bytes"]
+    assert int8_bytes < info["files"]["encoder.tflite"]["bytes"]
+
+
+def test_int8_features_against_pytorch(int8_export):
+    """Independent of the export's own check: the float PyTorch encoder on fresh images."""
+    from entropi.export import images_to_inputs
+    from entropi.export.quantize import int8_feature_error
+    from entropi.export.verify import torch_features
+
+    enc, out, info = int8_export
+    x = images_to_inputs(pixels(6, 7), info["provenance"]["normalization"])
+    ref = torch_features(enc, x)
+    for name, run in (
+        ("encoder_int8.tflite", run_tflite_int8),
+        ("encoder_int8.onnx", run_onnx_qdq),
+    ):
+        err = int8_feature_error(ref, run(out / name, x))
+        assert err["mean_cos"] >= 0.99, name
+        assert err["max_rel"] <= 0.1, name
+
+
+def test_int8_refused_below_min_cosine(tmp_path):
+    enc = synthetic_encoder("smallnet", alpha=0.2, seed=0)
+    out = tmp_path / "export"
+    with pytest.raises(VerificationError, match="mean cosine"):
+        export_encoder(
+            enc,
+            fake_rung_meta(enc, "smallnet"),
+            out,
+            formats=["tflite"],
+            verify_images=pixels(4, 1),
+            quantize="int8",
+            calibration_images=pixels(4, 0),
+            min_cosine=1.0,  # no int8 file reaches it
+        )
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())  # no temporary folder left either
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quantize": "int4"}, "unknown quantize dtype 'int4'; valid: \\['none', 'int8'\\]"),
+        ({"quantize": "int8"}, "needs calibration images"),
+        (
+            {"quantize": "int8", "calibration_images": np.zeros((0, 32, 32, 3), np.uint8)},
+            "needs calibration images",
+        ),
+        (
+            {"quantize": "int8", "calibration_images": pixels(2, 0), "min_cosine": 2.0},
+            "min_cosine must be a number in \\[-1, 1\\]",
+        ),
+        (
+            {"quantize": "int8", "calibration_images": np.zeros((2, 16, 16, 3), np.uint8)},
+            "calibration images are 16x16",
+        ),
+    ],
+)
+def test_bad_quantize_arguments(kwargs, message, tmp_path):
+    enc = synthetic_encoder("smallnet", alpha=1.0, seed=0)
+    with pytest.raises(ExportError, match=message):
+        export_encoder(enc, fake_rung_meta(enc, "smallnet"), tmp_path / "e", **kwargs)
+
+
+# --- int8 bundles on the device ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(int8_export, tmp_path_factory):
+    enc, out, info = int8_export
+    name = "encoder_int8.tflite"
+    path = tmp_path_factory.mktemp("bundle") / "b"
+    write_bundle(
+        path,
+        encoder_files={
+            name: out / name,
+            "encoder_int8.onnx": out / "encoder_int8.onnx",
+        },
+        encoder_quantization={
+            name: info["files"][name]["quantization"],
+            "encoder_int8.onnx": info["files"]["encoder_int8.onnx"]["quantization"],
+        },
+        input_shape=SHAPE,
+        normalization=info["provenance"]["normalization"],
+        feature_dim=256,
+    )
+    return path, out, info
+
+
+def test_device_applies_the_manifest_quantization(int8_bundle):
+    path, out, info = int8_bundle
+    bundle = load_bundle(path)
+    meta = bundle.manifest["encoders"]["encoder_int8.tflite"]
+    assert meta["dtype"] == "int8"
+    assert (
+        meta["quantization"]["input"]["zero_point"]
+        == info["files"]["encoder_int8.tflite"]["quantization"]["input"]["zero_point"]
+    )
+    runner = bundle.encoder()  # also replays check.npz
+    x = inputs(5, 3)
+    reference = run_tflite_int8(out / "encoder_int8.tflite", x)
+    step = meta["quantization"]["output"]["scale"]
+    assert np.max(np.abs(runner(x) - reference)) <= step * (1 + 1e-6)
+    onnx_bundle = load_bundle(path, prefer=("onnx",))
+    assert (
+        onnx_bundle.manifest["encoders"]["encoder_int8.onnx"]["quantization"]["input"]["dtype"]
+        == "float32"
+    )
+    np.testing.assert_allclose(
+        onnx_bundle.encoder()(x), run_onnx_qdq(out / "encoder_int8.onnx", x), atol=1e-6
+    )
+
+
+def _rewrite_manifest(path, edit):
+    from entropi.device.bundle import sha256_file  # noqa: F401  (manifest checksums untouched)
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_manifest_that_disagrees_with_its_file_is_refused(int8_bundle, tmp_path):
+    import shutil
+
+    src, _, _ = int8_bundle
+    name = "encoder_int8.tflite"
+
+    def wrong_scale(m):
+        m["encoders"][name]["quantization"]["input"]["scale"] *= 2
+
+    def no_quantization(m):
+        del m["encoders"][name]["quantization"]
+
+    def bad_zero_point(m):
+        m["encoders"][name]["quantization"]["output"]["zero_point"] = 300
+
+    for edit, message in (
+        (wrong_scale, "input quantization .* is not the file's"),
+        (no_quantization, "gives no quantization"),
+        (bad_zero_point, "zero_point"),
+    ):
+        path = tmp_path / edit.__name__
+        shutil.copytree(src, path)
+        _rewrite_manifest(path, edit)
+        with pytest.raises(BundleError, match=message):
+            load_bundle(path).encoder()
+
+
+def test_write_bundle_refuses_quantization_of_unknown_files(int8_export, tmp_path):
+    _, out, info = int8_export
+    with pytest.raises(BundleError, match="not in encoder_files"):
+        write_bundle(
+            tmp_path / "b",
+            encoder_files={"encoder.onnx": out / "encoder.onnx"},
+            encoder_quantization={"other.tflite": {}},
+            input_shape=SHAPE,
+            normalization=info["provenance"]["normalization"],
+            feature_dim=256,
+        )
+
+
+# --- footprint ---------------------------------------------------------------------------------
+
+
+def test_activation_peak_by_hand():
+    """One 3x3 conv, 3 -> 4 channels on 8 x 8: litert-torch's graph is TRANSPOSE (NCHW ->
+    NHWC), CONV_2D, TRANSPOSE back. Live float32 bytes per op: in 768 + transposed 768; 768 +
+    conv out 1024; 1024 + out 1024 = 2048 (the peak, at the last transpose)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).eval()
+    data = convert_tflite(conv, torch.zeros(1, 3, 8, 8))
+    from ai_edge_litert.interpreter import Interpreter
+
+    ops = [o["op_name"] for o in Interpreter(model_content=data)._get_ops_details()]
+    assert ops == ["TRANSPOSE", "CONV_2D", "TRANSPOSE"]
+    fp = tflite_footprint(data)
+    assert fp["activation_peak_bytes"] == 2048
+    assert fp["densified_bytes"] == 0 and fp["file_bytes"] == len(data)
+
+
+def test_sparse_file_densifies_in_ram(int8_tflite):
+    dense, _ = int8_tflite
+    sparse, _ = sparsify_tflite(dense, sparse=True)
+    fd, fs = tflite_footprint(dense), tflite_footprint(sparse)
+    assert fd["densified_bytes"] == 0
+    assert fs["densified_bytes"] == sum(
+        w["q"].size for w in tflite_int8_weights(sparse) if w["sparse"]
+    )
+    assert fs["activation_peak_bytes"] == fd["activation_peak_bytes"]
+
+
+def test_footprint_of_garbage():
+    with pytest.raises(ExportError, match="not a readable TFLite file"):
+        tflite_footprint(b"\x00" * 64)
+
+
+# --- the fit rule ------------------------------------------------------------------------------
+
+
+def row(rung, flash, ram, form="compact", dtype="float32"):
+    return {"rung": rung, "form": form, "dtype": dtype, "flash_bytes": flash, "ram_bytes": ram}
+
+
+TABLE = [
+    row(0, 900, 500),
+    row(0, 300, 500, dtype="int8"),
+    row(1, 600, 400),
+    row(1, 200, 350, dtype="int8"),
+    row(2, 250, 300),
+    row(2, 100, 250, dtype="int8"),
+    row(3, 80, None),  # its head does not fit the device budget
+]
+VALUES = [0.9, 0.8, 0.5, 0.99]  # higher is better; rung 3 is best but can never fit
+
+
+def test_fit_rule_picks_the_best_fitting_rung_in_its_smallest_row():
+    assert fit_rule(TABLE, VALUES)["rung"] == 0  # no limits: the criterion's pick
+    p = fit_rule(TABLE, VALUES, flash=300 * 1)
+    assert (p["rung"], p["dtype"], p["flash_bytes"]) == (0, "int8", 300)
+    p = fit_rule(TABLE, VALUES, flash=280)
+    assert (p["rung"], p["dtype"]) == (1, "int8") and p["fits"] == [1, 2]
+    p = fit_rule(TABLE, VALUES, flash=280, ram=300)
+    assert (p["rung"], p["dtype"]) == (2, "int8")
+    assert fit_rule(TABLE, [0.5, 0.5, 0.5, 0.5], flash=1000)["rung"] == 0  # ties: denser
+    assert fit_rule(TABLE, [float("nan"), 0.1, 0.2, 0.3])["rung"] == 2  # NaN never wins
+
+
+def test_fit_rule_names_the_smallest_need():
+    with pytest.raises(
+        DeployError, match=r"smallest flash need is 80 B \(rung 3, compact float32\)"
+    ):
+        fit_rule(TABLE, VALUES, flash=50)
+    with pytest.raises(DeployError, match=r"smallest RAM need 250 B \(rung 2, compact int8\)"):
+        fit_rule(TABLE, VALUES, ram=100)
+    with pytest.raises(DeployError, match="no rung's head training fits"):
+        fit_rule([row(0, 10, None)], [1.0])
+
+
+@pytest.mark.parametrize("text", ["abc", "-1KB", "0", "12 parsecs", "5TB"])
+def test_bad_limits(text):
+    with pytest.raises(DeployError, match="--flash"):
+        parse_limit(text, "--flash")
+
+
+def test_limits_parse():
+    assert parse_limit("300KB", "x") == 300 * 1024 and parse_limit(None, "x") is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"export": {"quantize": "int4"}}, "export.quantize = 'int4' is not a known"),
+        ({"export": {"calibration_images": 0}}, "export.calibration_images"),
+        ({"export": {"min_cosine": 1.5}}, "export.min_cosine"),
+        ({"deploy": {"flash": "lots"}}, "deploy.flash"),
+        ({"deploy": {"ram": 256}}, "deploy.ram"),
+        ({"deploy": {"rom": "1MB"}}, "rom"),
+    ],
+)
+def test_bad_config(section, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(section)
+
+
+def test_deploy_config_limits():
+    cfg = config_from_dict({"deploy": {"flash": "300KB"}})
+    assert cfg.deploy.limits() == {"flash": 300 * 1024, "ram": None}
+
+
+# --- end to end: `entropi run` with [export] quantize = "int8", then select --flash ------------
+
+
+@pytest.fixture(scope="module")
+def int8_run(image_folder, tmp_path_factory):
+    from test_pipeline import tiny_config
+
+    from entropi.host import pipeline
+
+    torch.set_num_threads(1)
+    cfg = tiny_config(image_folder, alpha_min=0.5)
+    cfg.export.formats = ["tflite"]
+    cfg.export.quantize = "int8"
+    cfg.export.calibration_images = 8
+    out = tmp_path_factory.mktemp("run") / "r"
+    results = pipeline.run_all(cfg, out, argv=["entropi", "run"])
+    return cfg, out, results
+
+
+def test_run_exports_and_bundles_int8(int8_run):
+    cfg, out, results = int8_run
+    files = results["export"]["files"]
+    assert {"encoder_compact_int8.tflite", "encoder_int8.tflite"} <= set(files)
+    assert files["encoder_compact_int8.tflite"]["mean_cos"] >= 0.99
+    down = results["export"]["downstream"]["encoder_compact_int8.tflite"]
+    assert 0 <= down["int8_accuracy"] <= 1 and down["test_images"] > 0
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert set(manifest["encoders"]) == {"encoder_compact_int8.tflite"}
+    assert manifest["encoders"]["encoder_compact_int8.tflite"]["dtype"] == "int8"
+    dev = results["device"]
+    assert dev["peak_bytes"] <= dev["budget_bytes"] and 0 <= dev["accuracy"] <= 1
+    report = (out / "report.md").read_text()
+    assert "int8 mean cos" in report and "probe acc, int8 features" in report
+
+
+def test_select_fits_flash(int8_run, capsys):
+    from entropi.host.cli import main
+    from entropi.host.rundir import RunDir
+    from entropi.host.stages import stage_select
+
+    cfg, out, _ = int8_run
+    run = RunDir(out)
+    free = stage_select(cfg, run)
+    assert free["deployment"] is None
+    dense_need = min(r["flash_bytes"] for r in _table(cfg, run) if r["rung"] == 0)
+    limit = dense_need - 1  # rung 0 fits in no form and no dtype
+    res = stage_select(cfg, run, flash=limit)
+    dep = res["deployment"]
+    assert dep["pick"]["flash_bytes"] <= limit and 0 not in dep["fitting_rungs"]
+    assert res["selected_index"] == dep["pick"]["rung"] != 0
+    assert {(r["rung"], r["form"], r["dtype"]) for r in dep["table"]} == {
+        (i, f, d) for i in (0, 1) for f in ("compact", "sparse") for d in ("float32", "int8")
+    }
+    assert "## Deployment" in (out / "report.md").read_text()
+    assert main(["select", str(out), "--flash", "1KB"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err  # the log lines of the run, then the one-line error
+    assert "no rung fits flash 1.0 KB: the smallest flash need is" in err.strip().splitlines()[-1]
+    assert main(["select", str(out), "--flash", "lots"]) == 2
+
+
+def _table(cfg, run):
+    from entropi.host.deploy import deployment_table
+
+    return deployment_table(cfg, run, dtypes=("float32", "int8"))
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, True])
+def test_bad_calibration_count(n):
+    from entropi.host.bundle import calibration_images
+
+    with pytest.raises(ExportError, match="at least 1 image"):
+        calibration_images(pixels(4, 0), n=n)
+
+
+def test_calibration_set_is_a_seeded_draw():
+    from entropi.host.bundle import calibration_images
+
+    x = pixels(50, 0)
+    a, b = calibration_images(x, n=10, seed=3), calibration_images(x, n=10, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, calibration_images(x, n=10, seed=4))
+    assert len(calibration_images(x, n=500)) == 50  # capped at what there is
+    rows = {bytes(r) for r in x.reshape(50, -1)}
+    assert all(bytes(r) in rows for r in a.reshape(10, -1))
+
+
+class _Residual(torch.nn.Module):
+    """conv -> relu -> conv, plus the input, then relu: ResNet's basic block without BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.b = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.nn.functional.relu(self.b(torch.nn.functional.relu(self.a(x))) + x)
+
+
+def test_residual_add_is_int8():
+    """torch 2.13's export drops the metadata litert-torch's quantizer finds adds by; without
+    the fix the ADD stays float32 between DEQUANTIZE and QUANTIZE ops."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from entropi.export.quantize import tflite_float_ops
+
+    torch.manual_seed(0)
+    cal = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    data, info = tflite_int8_bytes(_Residual().eval(), cal, input_shape=(3, 8, 8))
+    assert tflite_float_ops(data) == {}
+    ops = [o["op_name"] for o in Interpreter(model_content=data)._get_ops_details()]
+    assert "ADD" in ops and "DEQUANTIZE" not in ops and "QUANTIZE" not in ops
+    assert info["input"]["dtype"] == info["output"]["dtype"] == "int8"
+
+
+def test_not_full_integer_is_refused():
+    """Hardswish has no annotator in litert-torch 0.10's quantizer: it would stay float32."""
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Hardswish()).eval()
+    cal = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(ExportError, match="not full-integer: .*HARD_SWISH"):
+        tflite_int8_bytes(enc, cal, input_shape=(3, 8, 8))
