@@ -64,8 +64,38 @@ def _load(a: argparse.Namespace):
     return load_config(a.config, _overrides(a))
 
 
+def _torchrun_argv(a: argparse.Namespace) -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) starting ``a.nproc`` copies of this run."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    argv += ["--nproc-per-node", str(a.nproc), "--max-restarts", str(a.max_restarts)]
+    argv += ["-m", "entropi.host.cli", "run"] + ([a.config] if a.config else [])
+    argv += ["--out", a.out] if a.out else []
+    argv += ["--resume"] if a.resume else []
+    for key in ("set", "source", "target"):
+        values = getattr(a, key, None)
+        for v in values if isinstance(values, list) else [values] if values else []:
+            argv += [f"--{key}", v]
+    return argv
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
     from .config import ConfigError
+
+    if a.nproc < 1 or a.max_restarts < 0:
+        raise ConfigError(
+            f"--nproc must be >= 1 and --max-restarts >= 0, got {a.nproc} and {a.max_restarts}"
+        )
+    if a.nproc > 1 or a.max_restarts > 0:
+        import os
+        import subprocess
+
+        if os.environ.get("TORCHELASTIC_RUN_ID"):
+            raise ConfigError("--nproc / --max-restarts start torchrun: not from inside torchrun")
+        return subprocess.call(_torchrun_argv(a))
+
+    from torch.distributed import DistError
+
+    from . import distributed
     from .pipeline import run_all
 
     cfg = _load(a) if a.config else None
@@ -74,7 +104,24 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if cfg is None and _overrides(a):
         raise ConfigError("--set/--source/--target need a CONFIG (a resumed run keeps its own)")
     out = a.out or f"runs/{cfg.name}"
-    results = run_all(cfg, out, resume=a.resume)
+    # torchrun restarted the workers (--max-restarts): continue the run their first try began
+    resume = a.resume or distributed.restart_count() > 0
+    try:
+        results = run_all(cfg, out, resume=resume)
+        main = distributed.is_main()
+    except (DistError, RuntimeError) as e:
+        lost = isinstance(e, DistError) or distributed.lost_peer(e)
+        if isinstance(e, distributed.DistributedError) or not lost:
+            raise
+        # a peer died mid-collective (gloo raises a plain RuntimeError), or a collective timed out
+        raise distributed.RankFailedError(
+            f"rank {distributed.rank()}: the job lost a process or timed out ({e}); torchrun "
+            "restarts it with --max-restarts, or continue with `entropi run --out RUNDIR --resume`"
+        ) from e
+    finally:
+        distributed.shutdown()
+    if not main:
+        return 0  # rank 0 prints
     _print_summary(results, out)
     if results.get("report"):
         print(f"report: {Path(out) / results['report']}")
@@ -184,8 +231,21 @@ def _cmd_select(a: argparse.Namespace) -> int:
         raise CriterionError(
             f"unknown criterion {a.criterion!r}; known: {', '.join(sorted(CRITERIA))}"
         )
+    from .deploy import parse_limit, table_markdown
+
+    flash, ram = parse_limit(a.flash, "--flash"), parse_limit(a.ram, "--ram")
     cfg, run, _ = _open(a)
-    _print_summary(stage_select(cfg, run, a.criterion), run.root)
+    results = stage_select(cfg, run, a.criterion, flash=flash, ram=ram)
+    dep = results.get("deployment")
+    if dep:
+        print(table_markdown(dep["table"], dep["pick"]))
+    _print_summary(results, run.root)
+    if dep:
+        p = dep["pick"]
+        print(
+            f"fits the device: rung {p['rung']} as {p['form']} {p['dtype']} (flash "
+            f"{p['flash_bytes']} B, RAM {p['ram_bytes']} B); rungs that fit: {dep['fitting_rungs']}"
+        )
     return 0
 
 
@@ -303,9 +363,31 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from .bundle import export_rung
 
     formats = tuple(a.format or _formats())
+    extra = {} if a.min_cosine is None else {"min_cosine": a.min_cosine}
+    calibration = None
+    if a.quantize == "int8" and a.calibration_images is not None:
+        from .bundle import calibration_images, run_target
+
+        calibration = calibration_images(run_target(a.run).x_train, n=a.calibration_images)
     with _run_lock(a.run):
-        info = export_rung(a.run, a.rung, formats=formats, compact=a.compact, out_dir=a.out)
+        info = export_rung(
+            a.run,
+            a.rung,
+            formats=formats,
+            compact=a.compact,
+            out_dir=a.out,
+            quantize=a.quantize,
+            calibration=calibration,
+            **extra,
+        )
     for name, f in info["files"].items():
+        if "feature_error" in f:
+            err = f["feature_error"]
+            print(
+                f"{name}: {f['bytes']} bytes, int8; on {err['n']} real images mean cosine "
+                f"{err['mean_cos']:.5f}, max rel {err['max_rel']:.2e}"
+            )
+            continue
         print(
             f"{name}: {f['bytes']} bytes, max |diff| {f['max_abs_diff']:.2e}, "
             f"max rel {f['max_rel_diff']:.2e}"
@@ -323,10 +405,25 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
     formats = tuple(a.format or _formats())
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
-            a.run, a.out, rung=a.rung, form=a.form, formats=formats, overwrite=a.overwrite
+            a.run,
+            a.out,
+            rung=a.rung,
+            form=a.form,
+            formats=formats,
+            overwrite=a.overwrite,
+            dtype="float32" if a.quantize == "none" else a.quantize,
         )
     print(f"bundle written to {path}")
     return 0
+
+
+def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: also full-integer int8 encoder files (calibrated on target images)",
+    )
 
 
 def _rung_arg(value: str) -> str | int:
@@ -375,6 +472,22 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("--out", metavar="RUNDIR", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train and score on N processes of this machine (starts torchrun --standalone; "
+        "GPU i for process i where CUDA is present); several machines: run torchrun yourself",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: torchrun restarts the processes up to K times after one fails; the "
+        "run continues from its last finished rung",
+    )
     _add_config_args(p)
 
     p = add("pretrain", _cmd_pretrain, "Train the dense source model (rung 0).")
@@ -405,6 +518,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         help="criterion to select by (default: the run's [select] criterion); "
         "`entropi criteria --list` names them",
     )
+    p.add_argument(
+        "--flash",
+        metavar="SIZE",
+        help="device flash for the encoder file + head (e.g. 300KB): pick the best rung that "
+        "fits (default: the run's [deploy] flash)",
+    )
+    p.add_argument(
+        "--ram",
+        metavar="SIZE",
+        help="device RAM for inference activations + head training (default: [deploy] ram)",
+    )
 
     formats = LazyChoices(_formats)
     p = add(
@@ -428,6 +552,20 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         action="store_true",
         help="also export the compact form (dead channels removed)",
     )
+    _add_quantize_arg(p)
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        metavar="N",
+        help="int8: target training images that calibrate the activations (default: the "
+        "run's [export] calibration_images)",
+    )
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        metavar="C",
+        help="int8: refuse a file whose features' mean cosine to float is below C (default 0.99)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
 
     p = add("bundle", _cmd_bundle, "Package an exported encoder for the device runtime.")
@@ -441,6 +579,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         help="compact (fastest on the device, default) or sparse (smallest file)",
     )
     p.add_argument("--format", action="append", choices=formats, metavar="FORMAT")
+    _add_quantize_arg(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--out", required=True, metavar="BUNDLE")
 

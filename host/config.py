@@ -150,6 +150,11 @@ class DataConfig:
     """target training images per class used for entropy and the probe (0 = all)."""
     target_test_per_class: int = 0
     """target test images per class for the probe accuracy (0 = all)."""
+    target_fraction: float = 1.0
+    """share of each class of the target training split kept (in (0, 1]; 1 = all): the
+    low-data regime, e.g. 0.01 = "1% of the target". A seeded (by seed) stratified draw, the
+    same images for the same seed in every run and stage, and nested (the 1% draw is part of
+    the 10% draw of the same seed). Set it or target_train_per_class, not both."""
     download: bool = False
     """download official archives (CIFAR) into the data home when found nowhere."""
     root: str = ""
@@ -185,6 +190,13 @@ class DataConfig:
         _check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("source_per_class", "target_train_per_class", "target_test_per_class"):
             _check_int(f"data.{name}", getattr(self, name), lo=0)
+        _check_range("data.target_fraction", self.target_fraction, 0.0, 1.0, lo_open=True)
+        if self.target_fraction < 1 and self.target_train_per_class > 0:
+            raise ConfigError(
+                f"set data.target_fraction ({self.target_fraction}) or "
+                f"data.target_train_per_class ({self.target_train_per_class}), not both: "
+                "set target_train_per_class = 0 for a fraction of the whole training split"
+            )
 
 
 @dataclass
@@ -206,6 +218,19 @@ class PretrainConfig:
     input_size: int = 32
     """side of the square encoder input in pixels: source and target images are converted to it
     (device/imageprep.py), and export, bundle and device follow it."""
+    sync_bn: bool = False
+    """under torchrun with several processes: batch norms use the statistics of the whole
+    global batch (torch SyncBatchNorm; CUDA only) instead of each process's slice of it."""
+    regularizer: str = "none"
+    """representation-entropy term of the source loss (seed paper 000, host/regularizers.py):
+    "none" (cross-entropy), "vne" (L_CE - gamma * S(C_auto), von Neumann entropy of the
+    normalized penultimate features) or "nce" (L_CE - gamma * H_NCE, InfoNCE between two
+    augmented views of each image). Every source training uses it: rung 0 and the retraining
+    of each pruned rung."""
+    gamma: float = 0.1
+    """weight of the regularizer (>= 0; ignored with regularizer = "none")."""
+    nce_temperature: float = 0.1
+    """temperature of the InfoNCE cosine logits (> 0; used by regularizer = "nce")."""
 
     def __post_init__(self) -> None:
         from .models import ARCHITECTURES
@@ -222,6 +247,9 @@ class PretrainConfig:
         _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("pretrain.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        from .regularizers import check_regularizer
+
+        check_regularizer(self.regularizer, self.gamma, self.nce_temperature, prefix="pretrain.")
 
 
 @dataclass
@@ -315,9 +343,17 @@ class ExportConfig:
     """encoder form in the device bundle: compact (dead channels removed) or sparse."""
     verify_images: int = 64
     """real target images used (besides random inputs) to verify the exported files."""
+    quantize: str = "none"
+    """"int8": also write full-integer int8 files (TFLite: int8 I/O; ONNX: QDQ) and bundle
+    them for the device; "none": float32 only."""
+    calibration_images: int = 256
+    """target training images (seeded draw) that calibrate the int8 activation ranges."""
+    min_cosine: float = 0.99
+    """an int8 file whose features' mean cosine to the float encoder's on the verification
+    images is below this is refused."""
 
     def __post_init__(self) -> None:
-        from entropi.export.formats import FORMATS
+        from entropi.export.formats import FORMATS, QUANTIZE
 
         from .bundle import FORMS
 
@@ -330,6 +366,44 @@ class ExportConfig:
             )
         _check_name("export.form", self.form, sorted(FORMS), "encoder form")
         _check_int("export.verify_images", self.verify_images, lo=0)
+        _check_name("export.quantize", self.quantize, list(QUANTIZE), "quantization dtype")
+        _check_int("export.calibration_images", self.calibration_images, lo=1)
+        _check_range("export.min_cosine", self.min_cosine, -1.0, 1.0)
+
+
+@dataclass
+class DeployConfig:
+    """What the target device has for the encoder and the head: `entropi select` picks the best
+    rung by the criterion among those whose encoder file plus head fit (host/deploy.py)."""
+
+    flash: str = ""
+    """flash for the encoder file and the head (a size such as 300KB; empty: no limit)."""
+    ram: str = ""
+    """RAM for inference activations plus head training (a size; empty: no limit)."""
+
+    def __post_init__(self) -> None:
+        for key in ("flash", "ram"):
+            value = getattr(self, key)
+            if not isinstance(value, str):
+                raise ConfigError(f'deploy.{key} must be a size such as "300KB", got {value!r}')
+            if value == "":
+                continue
+            from entropi.device.budget import parse_size
+            from entropi.device.errors import TrainConfigError
+
+            try:
+                parse_size(value)
+            except TrainConfigError as e:
+                raise ConfigError(f"deploy.{key}: {e}") from None
+
+    def limits(self) -> dict[str, int | None]:
+        """``{"flash": bytes or None, "ram": bytes or None}`` (None: no limit)."""
+        from entropi.device.budget import parse_size
+
+        return {
+            k: None if getattr(self, k) == "" else parse_size(getattr(self, k))
+            for k in ("flash", "ram")
+        }
 
 
 @dataclass(frozen=True)
@@ -385,6 +459,7 @@ class RunConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     device_train: DeviceTrainConfig = field(default_factory=DeviceTrainConfig)
 
     def __post_init__(self) -> None:
@@ -460,6 +535,7 @@ _SECTIONS = {
     "probe": ProbeConfig,
     "select": SelectConfig,
     "export": ExportConfig,
+    "deploy": DeployConfig,
     "device_train": DeviceTrainConfig,
 }
 # keys a section's dataclass has but a config file may not set (with the reason)

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+import tomllib
+from functools import partial
 from typing import Any
 
 from entropi.device.io import package_version
 
-from .config import RunConfig
+from . import distributed
+from .config import RunConfig, config_from_dict, config_to_toml
 from .report import write_report
 from .rundata import load_source, load_target
 from .rundir import RunDir, RunExistsError, open_run
@@ -40,20 +43,50 @@ def _timed(run: RunDir, stage: str, fn, *args):
         run.add_time(stage, time.perf_counter() - t0)
 
 
+def _open(cfg: RunConfig | None, rundir, resume: bool, argv) -> tuple[RunConfig, RunDir]:
+    """:func:`open_run` on rank 0 (the only one that locks and writes the folder); the other
+    processes of a torchrun job get its resolved config and a :class:`FollowerRunDir`."""
+    if distributed.world_size() == 1:
+        return open_run(cfg, rundir, resume=resume, argv=argv)
+    opened: list = []
+
+    def main() -> str:
+        opened.extend(open_run(cfg, rundir, resume=resume, argv=argv))
+        return config_to_toml(opened[0])
+
+    text = distributed.from_main(main)
+    if distributed.is_main():
+        return opened[0], opened[1]
+    return config_from_dict(tomllib.loads(text)), distributed.FollowerRunDir(rundir)
+
+
 def run_all(
     cfg: RunConfig | None, rundir: str | os.PathLike, *, resume: bool = False, argv=None
 ) -> dict[str, Any]:
-    """Every stage in order; returns the results dict (also RUNDIR/results.json)."""
-    cfg, run = open_run(cfg, rundir, resume=resume, argv=argv)
-    device = pick_device(cfg.device)
-    run.log(f"run: {cfg.name} -> {run.root} (entropi {package_version()}, device {device})")
-    src = _timed(run, "load_source", load_source, cfg, device)
+    """Every stage in order; returns the results dict (also RUNDIR/results.json).
+
+    Under ``torchrun`` (:mod:`.distributed`) every process runs this: all of them train (DDP)
+    and score rungs, rank 0 alone writes, selects, exports and returns the results; the others
+    return an empty dict after the score stage."""
+    distributed.init()  # under torchrun: join the job; otherwise one process, as always
+    cfg, run = _open(cfg, rundir, resume, argv)
+    device = distributed.local_device(pick_device(cfg.device))
+    world = distributed.world_size()
+    run.log(
+        f"run: {cfg.name} -> {run.root} (entropi {package_version()}, device {device}"
+        + (f", {world} processes" if world > 1 else "")
+        + ")"
+    )
+    src = _timed(run, "load_source", distributed.main_first, partial(load_source, cfg, device))
     _timed(run, "pretrain", stage_pretrain, cfg, run, src, device)
     _timed(run, "prune", stage_prune, cfg, run, src, device)
     del src
-    tgt = _timed(run, "load_target", load_target, cfg)
-    run.write_json(run.target_classes, tgt.classes)
+    tgt = _timed(run, "load_target", distributed.main_first, partial(load_target, cfg))
+    if distributed.is_main():
+        run.write_json(run.target_classes, tgt.classes)
     _timed(run, "score", stage_score, cfg, run, tgt, device)
+    if not distributed.is_main():
+        return {}  # rank 0 selects, exports, trains the head and writes the results
     results = select_rung_results(cfg, run)
     sel = results["selected_index"]
     if cfg.export.enabled:

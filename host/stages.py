@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from entropi.device.io import package_version
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
 
+from . import distributed
 from .checkpoint import classifier_from_rung
 from .config import RunConfig
 from .criteria import CRITERIA_VERSION
@@ -32,6 +34,7 @@ from .selection import (
     CRITERIA,
     criteria_summary,
     criterion_options,
+    criterion_values,
     saturated_rungs,
     score_rung,
     select_rung,
@@ -78,10 +81,13 @@ def _rung(cfg: RunConfig, model, masks, alpha, source_acc, src: SourceData, seco
 
 
 def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung:
-    """Train the dense source model and save it as rung 0 (skipped if rung 0 exists)."""
+    """Train the dense source model and save it as rung 0 (skipped if rung 0 exists).
+
+    Under ``torchrun`` every process trains (DDP, :mod:`.distributed`); rank 0 decides whether
+    rung 0 exists, evaluates it and writes it."""
     path = run.rung(0)
-    if path.is_file():
-        rung = load_rung_file(path, 0)
+    if distributed.from_main(path.is_file):
+        rung = distributed.from_main(partial(load_rung_file, path, 0))
         run.log(f"pretrain: reusing {path} (source accuracy {rung.info.source_accuracy:.4f})")
         return rung
     torch.manual_seed(cfg.seed)
@@ -93,7 +99,7 @@ def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung
         run.log(f"pretrain: {load_init(model.encoder, p.arch, p.init)}")
     run.log(
         f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
-        f"{p.epochs} epochs, device {device}"
+        f"{p.epochs} epochs, device {device}" + _ranks()
     )
     seconds = 0.0
     if p.epochs > 0:
@@ -101,15 +107,33 @@ def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung
             model, src.x_train, src.y_train, p, mean=src.mean, std=src.std, seed=cfg.seed,
             desc="pretrain",
         ).seconds  # fmt: skip
-    acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+    acc = distributed.from_main(
+        lambda: evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+    )
     rung = _rung(cfg, model, dense_masks(model.encoder), 1.0, acc, src, seconds)
-    save_rung(path, rung)
+    distributed.check_identical("pretrain: rung 0", rung.encoder, rung.head)
+    if distributed.is_main():
+        save_rung(path, rung)
     run.log(f"pretrain: done in {seconds:.1f}s, source test accuracy {acc:.4f}")
     return rung
 
 
+def _ranks() -> str:
+    world = distributed.world_size()
+    return f", {world} processes (DDP)" if world > 1 else ""
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in tensors.items()}
+
+
 def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[float]:
-    """Build the IMP ladder: prune to each alpha, retrain, save; skip rungs already saved."""
+    """Build the IMP ladder: prune to each alpha, retrain, save; skip rungs already saved.
+
+    Under ``torchrun`` rank 0 reads the ladder and computes each rung's masks (broadcast, so
+    every process zeroes the same weights); every process starts the rung from rank 0's weights
+    and retrains it (DDP); rank 0 evaluates and writes it. After each rung every process must
+    hold the same weights and masks (checked by sha256)."""
     alphas = geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min)
     # a rung's retraining: the [pretrain] optimizer with the [prune] epochs and learning rate
     retrain = (
@@ -117,15 +141,24 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
         if cfg.prune.retrain_epochs > 0
         else None
     )
-    prev = load_rung_file(run.rung(0), 0)
+    # prev: the rung before r (on rank 0; on the others only once `shared`)
+    prev = distributed.from_main(partial(load_rung_file, run.rung(0), 0), share=False)
+    shared = False
     for r in range(1, len(alphas)):
         path = run.rung(r)
-        if path.is_file():
-            prev = load_rung_file(path, r)
+        if distributed.from_main(path.is_file):
+            prev = distributed.from_main(partial(load_rung_file, path, r), share=False)
+            shared = False
             continue
+        if not shared:
+            prev, shared = distributed.from_main(lambda p=prev: p), True
         model = classifier_from_rung(prev).to(device)
         masks = {k: v.to(device) for k, v in prev.masks.items()}
-        masks = global_magnitude_masks(model.encoder, masks, alphas[r], cfg.prune.layer_floor)
+        pruned = partial(
+            global_magnitude_masks, model.encoder, masks, alphas[r], cfg.prune.layer_floor
+        )
+        masks = distributed.from_main(lambda f=pruned: _cpu(f()))
+        masks = {k: v.to(device) for k, v in masks.items()}
         apply_masks(model.encoder, masks)
         torch.manual_seed(cfg.seed + r)
         seconds = 0.0
@@ -135,9 +168,13 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
                 masks=masks, seed=cfg.seed + r, desc=f"rung {r} retrain",
             )  # fmt: skip
             seconds = stats.seconds
-        acc = evaluate(model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+        acc = distributed.from_main(
+            partial(evaluate, model, src.x_test, src.y_test, mean=src.mean, std=src.std)
+        )
         prev = _rung(cfg, model, masks, alphas[r], acc, src, seconds)
-        save_rung(path, prev)
+        distributed.check_identical(f"prune: rung {r}", prev.encoder, prev.head, prev.masks)
+        if distributed.is_main():
+            save_rung(path, prev)
         run.log(
             f"prune: rung {r}/{len(alphas) - 1} alpha {prev.info.alpha:.5f} "
             f"nnz {prev.info.nnz} source accuracy {acc:.4f} ({seconds:.1f}s)"
@@ -191,22 +228,63 @@ def _probe(cfg: RunConfig, ftr, ytr, fte, yte, num_classes: int, device) -> dict
     }
 
 
+def _score_one(cfg: RunConfig, index: int, rung: Rung, tgt: TargetData, device):
+    """Rung ``index``'s criteria and probe on the target, and its training features (float32);
+    any process can compute it."""
+    t0 = time.perf_counter()
+    model = classifier_from_rung(rung).to(device)
+    norm = rung.info.normalization
+    mean, std = tuple(norm["mean"]), tuple(norm["std"])
+
+    ftr, fte = (
+        extract_features(model.encoder, torch.as_tensor(x).to(device), mean=mean, std=std)
+        for x in (tgt.x_train, tgt.x_test)
+    )
+    criteria = score_rung(ftr, tgt.y_train, cfg)
+    t1 = time.perf_counter()
+    probe = _probe(cfg, ftr, tgt.y_train, fte, tgt.y_test, len(tgt.classes), device)
+    score = {
+        "index": index,
+        "alpha": rung.info.alpha,
+        "nnz": rung.info.nnz,
+        "source_accuracy": rung.info.source_accuracy,
+        **criteria,
+        **probe,
+        "criteria_version": CRITERIA_VERSION,
+        "criteria_seconds": t1 - t0,
+        "probe_seconds": time.perf_counter() - t1,
+    }
+    return score, ftr.astype(np.float32)
+
+
 def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[dict]:
     """Every selection criterion on the target training features and the linear probe (the
     ground truth, ``[probe] repeats`` seeds) for every rung; the features are kept in
-    RUNDIR/features/ for the selection confidence and for re-selection."""
-    scores = []
-    rungs = run.rung_files()
-    if not rungs:
-        raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
-    if run.feature_labels.is_file():
-        labels = run.read_array(run.feature_labels)  # the rows the cached features belong to
-    else:
-        labels = tgt.y_train.astype(np.int64)
-        run.write_array(run.feature_labels, labels)
-    for index, path in enumerate(rungs):
-        spath = run.score(index)
-        if spath.is_file() and run.features(index).is_file():
+    RUNDIR/features/ for the selection confidence and for re-selection.
+
+    Under ``torchrun`` with W processes the rungs still to score go out W at a time from rank 0,
+    one to each process, and their scores and features come back to rank 0, which writes them;
+    each rung is scored as one process scores it (same seeds), so the scores do not depend on W.
+    Rank 0 returns every rung's scores, the other processes an empty list."""
+    scores: dict[int, dict] = {}  # rank 0: rung index -> its scores
+    rungs: list = []
+
+    def plan() -> list[int]:
+        """Rank 0: reuse (or re-criteria) what is cached; the rungs left to score."""
+        rungs.extend(run.rung_files())
+        if not rungs:
+            raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
+        if run.feature_labels.is_file():
+            labels = run.read_array(run.feature_labels)  # the rows the cached features belong to
+        else:
+            labels = tgt.y_train.astype(np.int64)
+            run.write_array(run.feature_labels, labels)
+        todo = []
+        for index in range(len(rungs)):
+            spath = run.score(index)
+            if not (spath.is_file() and run.features(index).is_file()):
+                todo.append(index)
+                continue
             score = run.read_json(spath)
             if score.get("criteria_version") != CRITERIA_VERSION or set(
                 score.get("criteria", {})
@@ -220,42 +298,38 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
                 score["criteria_version"] = CRITERIA_VERSION
                 run.write_json(spath, score)
                 run.log(f"score: rung {index}: criteria recomputed from the cached features")
-            scores.append(score)
-            continue
-        t0 = time.perf_counter()
-        rung = load_rung_file(path, index)
-        model = classifier_from_rung(rung).to(device)
-        norm = rung.info.normalization
-        mean, std = tuple(norm["mean"]), tuple(norm["std"])
+            scores[index] = score
+        return todo
 
-        ftr, fte = (
-            extract_features(model.encoder, torch.as_tensor(x).to(device), mean=mean, std=std)
-            for x in (tgt.x_train, tgt.x_test)
+    todo = distributed.from_main(plan)
+    world = distributed.world_size()
+    for start in range(0, len(todo), world):
+        group = todo[start : start + world]
+
+        def load(group=group) -> list:
+            items = [(i, load_rung_file(rungs[i], i)) for i in group]
+            return items + [None] * (world - len(items))
+
+        item = distributed.scatter_from_main(load)
+        done = distributed.gather_to_main(
+            lambda item=item: None if item is None else _score_one(cfg, *item, tgt, device)
         )
-        run.write_array(run.features(index), ftr.astype(np.float32))
-        criteria = score_rung(ftr, tgt.y_train, cfg)
-        t1 = time.perf_counter()
-        probe = _probe(cfg, ftr, tgt.y_train, fte, tgt.y_test, len(tgt.classes), device)
-        score = {
-            "index": index,
-            "alpha": rung.info.alpha,
-            "nnz": rung.info.nnz,
-            "source_accuracy": rung.info.source_accuracy,
-            **criteria,
-            **probe,
-            "criteria_version": CRITERIA_VERSION,
-            "criteria_seconds": t1 - t0,
-            "probe_seconds": time.perf_counter() - t1,
-        }
-        run.write_json(spath, score)
-        for name, why in score.get("criteria_undefined", {}).items():
-            run.log(f"score: rung {index}: {name} is undefined ({why})")
-        run.log(
-            f"score: rung {index} alpha {score['alpha']:.5f} entropy {score['entropy']:.4f} "
-            f"probe accuracy {score['probe_accuracy']:.4f} +- {score['probe_accuracy_std']:.4f}"
-        )
-        scores.append(score)
-    return scores
+        for out in done or ():
+            if out is None:
+                continue
+            score, ftr = out
+            index = score["index"]
+            run.write_array(run.features(index), ftr)
+            run.write_json(run.score(index), score)
+            for name, why in score.get("criteria_undefined", {}).items():
+                run.log(f"score: rung {index}: {name} is undefined ({why})")
+            run.log(
+                f"score: rung {index} alpha {score['alpha']:.5f} entropy {score['entropy']:.4f} "
+                f"probe accuracy {score['probe_accuracy']:.4f} +- "
+                f"{score['probe_accuracy_std']:.4f}"
+            )
+            scores[index] = score
+    return [scores[i] for i in sorted(scores)]
 
 
 def confidence_from_cache(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str):
@@ -283,9 +357,19 @@ def _mean_or_none(values: list) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[str, Any]:
+def select(
+    cfg: RunConfig,
+    run: RunDir,
+    criterion: str | None = None,
+    *,
+    flash: int | None = None,
+    ram: int | None = None,
+) -> dict[str, Any]:
     """Pick the rung by ``criterion`` (default: the config's) from the stored scores, summarize
-    every criterion's pick, measure the pick's confidence, write the plot; return the results."""
+    every criterion's pick, measure the pick's confidence, write the plot; return the results.
+
+    With a ``flash`` / ``ram`` limit in bytes (default: ``[deploy]``), the pick is the best rung
+    whose encoder file plus head fit (host/deploy.py), and results.json gets ``deployment``."""
     from .plot import plot_entropy_vs_alpha
 
     n_rungs = len(run.rung_files())
@@ -294,6 +378,13 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
         raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
     criterion = criterion or cfg.select.criterion
     sel = select_rung(rungs, criterion)
+    limits = cfg.deploy.limits()
+    flash = limits["flash"] if flash is None else flash
+    ram = limits["ram"] if ram is None else ram
+    deployment = None
+    if flash is not None or ram is not None:
+        deployment = _deployment(cfg, run, rungs, criterion, flash, ram, unconstrained=sel)
+        sel = deployment["pick"]["rung"]
     probes = [r["probe_accuracy"] for r in rungs]
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
@@ -313,7 +404,13 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
         "selected_index": sel,
         "selection_rule": selection_rule(criterion),
         "selection_confidence": (
-            conf["wins"][sel] / conf["resamples"] if conf and conf["resamples"] else None
+            conf["wins"][sel] / conf["resamples"]
+            # the bootstrap ranks every rung; a pick restricted to what fits the device has no
+            # such share (its wins count the resamples where it beats rungs that do not fit)
+            if conf
+            and conf["resamples"]
+            and (deployment is None or sel == deployment["unconstrained_index"])
+            else None
         ),
         "selection_resamples": conf,
         "criteria_summary": summary,
@@ -326,6 +423,7 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
         "probe_spread": float(np.mean([r.get("probe_accuracy_std", 0.0) for r in rungs])),
         "probe_se": _mean_or_none([r.get("probe_accuracy_se") for r in rungs]),
         "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
+        "deployment": deployment,
         "stage_seconds": run.stage_seconds(),
     }
     if saturated:
@@ -354,11 +452,47 @@ def select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[st
     return results
 
 
-def stage_select(cfg: RunConfig, run: RunDir, criterion: str | None = None) -> dict[str, Any]:
+def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -> dict:
+    """The deployment table of every rung and the fit rule's pick (host/deploy.py)."""
+    from .deploy import deployment_table, fit_rule
+
+    dtypes = ("float32",) if cfg.export.quantize == "none" else ("float32", cfg.export.quantize)
+    rows = deployment_table(cfg, run, dtypes=dtypes)
+    values = criterion_values(rungs, criterion)
+    pick = fit_rule(rows, list(values), flash=flash, ram=ram)
+    run.log(
+        f"select: deploy: rung {pick['rung']} ({pick['form']} {pick['dtype']}: flash "
+        f"{pick['flash_bytes']} B, RAM {pick['ram_bytes']} B) is the best by {criterion} of the "
+        f"rungs {pick['fits']} that fit flash {flash} B / RAM {ram} B"
+        + ("" if pick["rung"] == unconstrained else f" (unconstrained pick: rung {unconstrained})")
+    )
+    return {
+        "flash_limit": flash,
+        "ram_limit": ram,
+        "pick": {k: v for k, v in pick.items() if k != "fits"},
+        "fitting_rungs": pick["fits"],
+        "unconstrained_index": unconstrained,
+        "table": rows,
+        "conventions": (
+            "flash = TFLite encoder file + float32 head; RAM = activation peak of the graph + "
+            "weights DENSIFY rebuilds at load + head-training plan ([device_train]); latency = "
+            "median one-image LiteRT invoke on the host"
+        ),
+    }
+
+
+def stage_select(
+    cfg: RunConfig,
+    run: RunDir,
+    criterion: str | None = None,
+    *,
+    flash: int | None = None,
+    ram: int | None = None,
+) -> dict[str, Any]:
     """:func:`select`, then write results.json and report.md (``entropi select``)."""
     from .report import write_report
 
-    results = select(cfg, run, criterion)
+    results = select(cfg, run, criterion, flash=flash, ram=ram)
     results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results
@@ -423,30 +557,55 @@ def reuse_ladder(
 
 
 def stage_export(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int) -> dict[str, Any]:
-    """Export rung ``rung`` (verified against PyTorch, also on real target images)."""
-    from .bundle import ensure_export
+    """Export rung ``rung`` (verified against PyTorch, also on real target images); with
+    ``[export] quantize = "int8"`` also its int8 files, calibrated on a seeded draw of the
+    target training images, and what int8 costs the head (export.json ``downstream``)."""
+    from .bundle import calibration_images, ensure_export, int8_downstream
 
     e = cfg.export
     images = tgt.x_test[: e.verify_images] if e.verify_images else None
-    _, info = ensure_export(
+    int8 = e.quantize != "none"
+    if int8 and images is None:
+        images = tgt.x_test[:64]
+    export_dir, info = ensure_export(
         run.root,
         rung,
         formats=tuple(e.formats),
         compact=e.form == "compact",
         verify_images=images,
+        quantize=e.quantize,
+        calibration=calibration_images(tgt.x_train, e, seed=cfg.seed) if int8 else None,
+        min_cosine=e.min_cosine,
     )
-    worst = max(f["max_abs_diff"] for f in info["files"].values())
+    if int8 and not isinstance(info.get("downstream"), dict):
+        info["downstream"] = int8_downstream(
+            export_dir, info, tgt, cfg.probe, form=e.form, formats=e.formats, seed=cfg.seed
+        )
+        run.write_json(export_dir / "export.json", info)
+    worst = max(f.get("max_abs_diff", 0.0) for f in info["files"].values())
     sizes = ", ".join(f"{name} {f['bytes'] / 1024:.0f} KiB" for name, f in info["files"].items())
     run.log(f"export: {sizes}; max |diff| vs PyTorch {worst:.2e}")
+    for name, d in (info.get("downstream") or {}).items():
+        run.log(
+            f"export: {name}: probe accuracy {d['int8_accuracy']:.4f} on int8 features vs "
+            f"{d['float_accuracy']:.4f} on float ({d['delta_points']:+.2f} points), mean cosine "
+            f"{d['feature_error']['mean_cos']:.5f}"
+        )
     return info
 
 
 def export_summary(info: dict[str, Any]) -> dict[str, Any]:
     """The part of export.json that results.json repeats."""
-    keep = ("bytes", "max_abs_diff", "max_rel_diff")
+    keep = ("bytes", "dtype", "max_abs_diff", "max_rel_diff")
+    files = {k: {kk: v[kk] for kk in keep if kk in v} for k, v in info["files"].items()}
+    for k, v in info["files"].items():
+        if "feature_error" in v:
+            err = v["feature_error"]
+            files[k].update(mean_cos=err["mean_cos"], max_rel=err["max_rel"])
     return {
         "dir": "export",
-        "files": {k: {kk: v[kk] for kk in keep} for k, v in info["files"].items()},
+        "files": files,
+        "downstream": info.get("downstream"),
         "nnz": info["nnz"],
         "dense_bytes": info["dense_bytes"],
         "floor_bytes": info["floor_bytes"],
@@ -467,6 +626,7 @@ def stage_device(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int):
         formats=tuple(cfg.export.formats),
         class_names=tgt.classes,
         overwrite=True,
+        dtype="float32" if cfg.export.quantize == "none" else cfg.export.quantize,
     )
     data = write_target_npz(tgt, run.target_data)
     report = train_on_bundle(bundle, data, run.head, cfg.head_training)

@@ -1,7 +1,8 @@
 """Supervised training, evaluation and feature extraction on tensors held on the training device.
 
 Images stay uint8 NHWC on the device; :func:`entropi.host.data.iterate_batches` normalizes and
-augments whole batches there. On CUDA, training uses bfloat16 autocast and channels_last.
+augments whole batches there. On CUDA, training uses bfloat16 autocast and channels_last. Under
+``torchrun``, :func:`train` runs in DistributedDataParallel (:mod:`entropi.host.distributed`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import distributed
 from .config import ConfigError, PretrainConfig
 from .data import iterate_batches
 from .progress import progress
 from .prune import Masks, apply_masks
+from .regularizers import regularized_loss, regularizer_views
 
 __all__ = [
     "DeviceUnavailableError",
+    "TrainForward",
     "TrainStats",
     "evaluate",
     "extract_features",
@@ -64,6 +68,19 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+class TrainForward(nn.Module):
+    """What :func:`train` forwards (and DDP wraps): a classifier's logits and its encoder's
+    features (the penultimate layer), so a loss can use both."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.encoder(x)
+        return self.model.head(features), features
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -82,6 +99,11 @@ def train(
     passes the same section with the ``[prune]`` epochs and learning rate put in. ``x`` is uint8
     NHWC and ``y`` int64, both on the model's device. With ``masks``, pruned encoder weights are
     re-zeroed after every step, so they stay exactly 0.
+
+    Under ``torchrun`` with W > 1 processes (:mod:`entropi.host.distributed`) every process
+    draws the same seeded global batch of ``cfg.batch_size`` images, trains on its slice of it
+    through DistributedDataParallel, scaled so that the step is the global batch's (same
+    learning rate), and all end with rank 0's weights and batch-norm buffers.
     """
     epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.lr
     momentum, weight_decay, label_smoothing = cfg.momentum, cfg.weight_decay, cfg.label_smoothing
@@ -98,6 +120,8 @@ def train(
         momentum=momentum,
         nesterov=momentum > 0,
     )
+    # augmented views of each image in a batch (iterate_batches, distributed.shard): 2 for nce
+    views = regularizer_views(cfg.regularizer)
     # drop the last partial batch: a batch of one breaks batch norm in training mode
     drop_last = len(x) > batch_size
     steps_per_epoch = len(x) // batch_size if drop_last else 1
@@ -107,38 +131,49 @@ def train(
     step, loss_val, t0 = 0, float("nan"), time.perf_counter()
     bar = progress(total=total, desc=desc, unit="step")
     try:
-        for _ in range(epochs):
-            for xb, yb in iterate_batches(
-                x,
-                y,
-                batch_size,
-                shuffle=True,
-                augment=True,
-                generator=gen,
-                mean=mean,
-                std=std,
-                channels_last=channels_last,
-                drop_last=drop_last,
-            ):
-                for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-                with _autocast(device):
-                    loss = F.cross_entropy(model(xb), yb, label_smoothing=label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if masks is not None:
-                    apply_masks(model.encoder, masks)
-                step += 1
-                if step % 20 == 0 or step == total:
-                    loss_val = float(loss.detach())
-                    if not math.isfinite(loss_val):
-                        raise FloatingPointError(
-                            f"{desc}: loss became {loss_val} at step {step}; lower the learning "
-                            "rate"
-                        )
-                    bar.set_postfix(loss=f"{loss_val:.3f}")
-                bar.update(1)
+        with distributed.ddp(TrainForward(model), device=device, sync_bn=cfg.sync_bn) as net:
+            for _ in range(epochs):
+                for xb, yb in iterate_batches(
+                    x,
+                    y,
+                    batch_size,
+                    shuffle=True,
+                    augment=True,
+                    generator=gen,
+                    mean=mean,
+                    std=std,
+                    channels_last=channels_last,
+                    drop_last=drop_last,
+                    views=views,
+                ):
+                    # the same global batch on every process; this one trains on its slice
+                    xb, yb, share = distributed.shard(xb, yb, views=views)
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                    with _autocast(device):
+                        logits, features = net(xb)
+                        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+                        loss = loss * share  # this slice's part of the global batch's mean
+                        # - gamma * entropy of the features (float32, gathered over ranks)
+                        loss, _ = regularized_loss(
+                            loss, features, cfg.regularizer, cfg.gamma,
+                            temperature=cfg.nce_temperature,
+                        )  # fmt: skip
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if masks is not None:
+                        apply_masks(model.encoder, masks)
+                    step += 1
+                    if step % 20 == 0 or step == total:
+                        loss_val = distributed.mean(loss.detach())  # the same on every process
+                        if not math.isfinite(loss_val):
+                            raise FloatingPointError(
+                                f"{desc}: loss became {loss_val} at step {step}; lower the "
+                                "learning rate"
+                            )
+                        bar.set_postfix(loss=f"{loss_val:.3f}")
+                    bar.update(1)
     finally:
         bar.close()
     if device.type == "cuda":
