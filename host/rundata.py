@@ -2,7 +2,9 @@
 
 :func:`load_source` returns the source training set on the training device (uint8 NHWC tensors)
 with its channel statistics; :func:`load_target` returns the target's training (entropy, probe)
-and test (probe accuracy) sets as numpy arrays; :func:`write_target_npz` writes the target in
+and test (probe accuracy) sets as numpy arrays (the training split cut to
+``[data] target_train_per_class`` images per class or to the share ``target_fraction`` of
+each class, both seeded by the run's seed); :func:`write_target_npz` writes the target in
 the device runtime's ``.npz`` layout.
 """
 
@@ -93,6 +95,9 @@ def load_target(cfg: RunConfig) -> TargetData:
     train_ds = _load(cfg, "target", "train")
     test_ds = _load(cfg, "target", spec_test_split(cfg.data.target))
     xtr, ytr = _subset(train_ds, cfg.data.target_train_per_class, cfg.seed)
+    if cfg.data.target_fraction < 1:  # the low-data regime: a seeded stratified share
+        idx = stratified_subset(ytr, fraction=cfg.data.target_fraction, seed=cfg.seed)
+        xtr, ytr = xtr[idx], ytr[idx]
     xte, yte = _subset(test_ds, cfg.data.target_test_per_class, cfg.seed)
     return TargetData(xtr, ytr, xte, yte, list(train_ds.classes))
 

@@ -1,12 +1,12 @@
 """Datasets for entropi: the registry, readers, the uint8 cache, subsets and on-device batches.
 
-The pipeline names a dataset by a spec (``cifar100:coarse``, ``pacs:photo,sketch``,
-``imagefolder:PATH``, ``npz:PATH``; :func:`parse_spec`) and loads it with :func:`load_spec`, which
-looks for a named dataset in ``$ENTROPI_DATA``, the config's roots and the data home
-(:func:`search_places`), downloading CIFAR into the data home when allowed. Below it,
-:func:`load_dataset` returns a :class:`Dataset` (uint8 NHWC images + int64
-labels) for a name in the registry :data:`DATASETS` (:func:`dataset_names`; the held-out split of
-each: :func:`test_split`):
+The pipeline names a dataset by a spec (``cifar100:coarse``, ``cifar100:classes=0-24``,
+``pacs:photo,sketch``, ``imagefolder:PATH``, ``npz:PATH``; :func:`parse_spec`) and loads it with
+:func:`load_spec`, which looks for a named dataset in ``$ENTROPI_DATA``, the config's roots and
+the data home (:func:`search_places`), downloading CIFAR into the data home when allowed. Below
+it, :func:`load_dataset` returns a :class:`Dataset` (uint8 NHWC images + int64 labels) for a
+name in the registry :data:`DATASETS` (:func:`dataset_names`; the held-out split of each:
+:func:`test_split`):
 
 - ``cifar10``: the official python files (``root/cifar-10-batches-py/``), else the image folder
   ``root/cifar10-jpeg/{train,test}/<class>/*.jpg``, else its archive ``root/cifar10-jpeg.tar.gz``;
@@ -74,6 +74,7 @@ from .specs import (
     load_spec,
     parse_spec,
     search_places,
+    select_classes,
     spec_test_split,
 )
 from .subset import stratified_split, stratified_subset
@@ -88,6 +89,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "search_places",
+    "select_classes",
     "spec_test_split",
     "CIFAR100_MEAN",
     "CIFAR100_STD",

@@ -161,6 +161,7 @@ def iterate_batches(
     drop_last: bool = False,
     padding: int = 4,
     pad_mode: str = "reflect",
+    views: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(images float [B,3,H,W] normalized, labels int64 [B])`` over one epoch.
 
@@ -168,6 +169,10 @@ def iterate_batches(
     same device. ``shuffle`` draws one permutation, ``augment`` applies
     :func:`augment_crop_flip`; both use ``generator`` (``None``: torch's default generator), so
     a seeded generator gives the same batches every time.
+
+    ``views = k > 1`` (with ``augment``): each batch holds k independent augmentations of the
+    same B images, view-major (rows ``v*B .. v*B+B-1`` are view v) with the labels repeated
+    to match: ``[k*B, 3, H, W]`` and ``[k*B]`` (the two views of InfoNCE, host/regularizers.py).
     """
     _check_images(x)
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
@@ -177,6 +182,10 @@ def iterate_batches(
         )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise DataError(f"views must be an integer >= 1, got {views!r}")
+    if views > 1 and not augment:
+        raise DataError(f"views = {views} needs augment=True (unaugmented views are identical)")
     n = x.shape[0]
     order = None
     if shuffle:
@@ -190,7 +199,13 @@ def iterate_batches(
             idx = order[start : start + batch_size]
             xb, yb = x[idx], y[idx]
         if augment:
-            xb = augment_crop_flip(xb, generator, padding=padding, pad_mode=pad_mode)
+            xb = torch.cat(
+                [
+                    augment_crop_flip(xb, generator, padding=padding, pad_mode=pad_mode)
+                    for _ in range(views)
+                ]
+            )
+            yb = yb.repeat(views)
         yield normalize(xb, mean, std, dtype=dtype, channels_last=channels_last), yb
 
 

@@ -1,11 +1,13 @@
 """Dataset specs (``cifar100:coarse``, ``imagefolder:PATH``, ...) and where named data is found.
 
 A spec names a source or a target: ``cifar10``, ``cifar100``, ``cifar100:coarse`` (the 20
-superclasses), ``pacs`` / ``pacs:photo,sketch`` (domains), ``imagefolder:PATH``
-(``PATH/<split>/<class>/*`` or, with no split folders, ``PATH/<class>/*`` split into train/test
-by a seeded stratified fraction) and ``npz:PATH`` (the device's layout: ``x_train``/``y_train``,
-optional ``x_test``/``y_test``, optional ``class_names``). :func:`parse_spec` checks the form,
-:func:`load_spec` loads one split.
+superclasses), ``cifar100:classes=0-24`` / ``cifar10:classes=0-4,8`` (a class split: only those
+fine classes, in increasing order, relabelled ``0..k-1``; the seed paper 000 pre-trains on
+``cifar100:classes=0-24`` and transfers to ``cifar100:classes=25-99``), ``pacs`` /
+``pacs:photo,sketch`` (domains), ``imagefolder:PATH`` (``PATH/<split>/<class>/*`` or, with no
+split folders, ``PATH/<class>/*`` split into train/test by a seeded stratified fraction) and
+``npz:PATH`` (the device's layout: ``x_train``/``y_train``, optional ``x_test``/``y_test``,
+optional ``class_names``). :func:`parse_spec` checks the form, :func:`load_spec` loads one split.
 
 A named dataset (cifar10, cifar100, pacs) is looked for, in order, in ``$ENTROPI_DATA`` (one
 folder), the config's data roots, then the per-user data home (``$XDG_DATA_HOME/entropi`` or
@@ -45,6 +47,7 @@ __all__ = [
     "load_spec",
     "parse_spec",
     "search_places",
+    "select_classes",
     "spec_test_split",
 ]
 
@@ -54,18 +57,21 @@ SPEC_FORMS = (
     "cifar10",
     "cifar100",
     "cifar100:coarse",
+    "cifar10|cifar100:classes=A-B[,C,...]",
     "pacs[:DOMAIN,...]",
     "imagefolder:PATH",
     "npz:PATH",
 )
 _NAMES = ("cifar10", "cifar100", "pacs", "imagefolder", "npz")
 _SPLIT_DIRS = ("train", "test", "val")
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 @dataclass(frozen=True)
 class DatasetRef:
-    """A parsed spec: the dataset's ``name``, its ``option`` (``coarse``, PACS domains joined by
-    commas) and, for ``imagefolder`` / ``npz``, the ``path``."""
+    """A parsed spec: the dataset's ``name``, its ``option`` (``coarse``, ``classes=...`` in
+    canonical form, PACS domains joined by commas) and, for ``imagefolder`` / ``npz``, the
+    ``path``."""
 
     name: str
     option: str | None = None
@@ -78,6 +84,73 @@ class DatasetRef:
     @property
     def domains(self) -> list[str] | None:
         return self.option.split(",") if self.name == "pacs" and self.option else None
+
+    @property
+    def class_ids(self) -> list[int] | None:
+        """The original labels a ``classes=`` spec keeps, increasing (None: every class)."""
+        if self.option is None or not self.option.startswith("classes="):
+            return None
+        return _expand_ranges(self.option.removeprefix("classes="))
+
+
+def _expand_ranges(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        ids += range(int(lo), int(hi or lo) + 1)
+    return ids
+
+
+def _canonical_ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts, start = [], ids[0]
+    for prev, cur in zip(ids, [*ids[1:], None], strict=True):
+        if cur != prev + 1:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(parts)
+
+
+def _parse_classes(name: str, text: str, spec: str) -> str:
+    """``A-B[,C[-D]...]`` of ``name``'s class indices -> canonical ``classes=...`` option."""
+    n = _NUM_CLASSES[name]
+    ids: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = (t.strip() for t in part.partition("-"))
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise DataError(
+                f"classes= takes class indices and ranges like 0-24 or 0-4,8 (0-based, both ends "
+                f"included), got {part.strip()!r} in {spec!r}"
+            )
+        a, b = int(lo), int(hi) if dash else int(lo)
+        if a > b or b >= n:
+            raise DataError(
+                f"class range {part.strip()!r} in {spec!r} must run from low to high within "
+                f"0-{n - 1} ({name} has {n} classes)"
+            )
+        ids += range(a, b + 1)
+    if len(set(ids)) != len(ids):
+        raise DataError(f"a class is listed twice in {spec!r}")
+    if len(ids) < 2:
+        raise DataError(f"{spec!r} keeps {len(ids)} class; a class split needs at least 2")
+    return "classes=" + _canonical_ranges(sorted(ids))
+
+
+def select_classes(ds: Dataset, class_ids: list[int] | None) -> Dataset:
+    """The rows of ``ds`` whose label is in ``class_ids``, relabelled ``0..k-1`` in increasing
+    original order; ``classes`` are the kept names and ``info["class_ids"]`` the original
+    labels (``ds`` itself when ``class_ids`` is None)."""
+    if class_ids is None:
+        return ds
+    ids = np.asarray(sorted(class_ids), dtype=np.int64)
+    if ids.size and ids[-1] >= len(ds.classes):
+        raise DataError(f"{ds.name} has {len(ds.classes)} classes, no class {int(ids[-1])}")
+    remap = np.full(len(ds.classes), -1, dtype=np.int64)
+    remap[ids] = np.arange(ids.size)
+    keep = np.flatnonzero(remap[ds.y] >= 0)
+    info = {**ds.info, "class_ids": ids.tolist()}
+    names = [ds.classes[i] for i in ids]
+    return Dataset(ds.x[keep], remap[ds.y[keep]], names, ds.name, ds.split, info)
 
 
 def parse_spec(spec: str, *, must_exist: bool = True) -> DatasetRef:
@@ -95,14 +168,20 @@ def parse_spec(spec: str, *, must_exist: bool = True) -> DatasetRef:
             f"unknown dataset {name!r} in spec {spec!r}; known: {', '.join(SPEC_FORMS)}"
         )
     rest = rest.strip()
+    if name in _NUM_CLASSES and rest.startswith("classes="):
+        return DatasetRef(name, _parse_classes(name, rest.removeprefix("classes="), spec))
     if name == "cifar10":
         if sep:
-            raise DataError(f"cifar10 takes no option, got {spec!r} (only cifar100 has ':coarse')")
+            raise DataError(
+                f"cifar10 takes no option but classes=A-B (e.g. cifar10:classes=0-4), got "
+                f"{spec!r} (only cifar100 has ':coarse')"
+            )
         return DatasetRef("cifar10")
     if name == "cifar100":
         if sep and rest not in ("coarse", "fine"):
             raise DataError(
-                f"cifar100 option must be 'coarse' (the 20 superclasses), got {rest!r} in {spec!r}"
+                f"cifar100 option must be 'coarse' (the 20 superclasses) or 'classes=A-B,...' "
+                f"(fine classes, e.g. classes=0-24), got {rest!r} in {spec!r}"
             )
         return DatasetRef("cifar100", "coarse" if rest == "coarse" else None)
     if name == "pacs":
@@ -383,7 +462,7 @@ def load_spec(
             download=True,
             cache_dir=cache,
             progress=progress,
-            labels=ref.option or "fine",
+            labels="coarse" if ref.option == "coarse" else "fine",
         )
     elif ref.option == "coarse":
         ds = read_cifar("cifar100", split, folder, cache_dir=cache, labels="coarse")
@@ -391,5 +470,5 @@ def load_spec(
         ds = load_dataset(
             ref.name, split, folder, domains=ref.domains, cache_dir=cache, progress=progress
         )
-    ds = _fit(ds, prep)
+    ds = _fit(select_classes(ds, ref.class_ids), prep)
     return Dataset(ds.x, ds.y, ds.classes, ds.name, ds.split, {**ds.info, "spec": str(ref)})
