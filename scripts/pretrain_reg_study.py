@@ -63,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--source-per-class", type=int, default=160)
     p.add_argument("--val-per-class", type=int, default=40)
     p.add_argument("--source-test-per-class", type=int, default=40)
-    p.add_argument("--target-pool-per-class", type=int, default=200, help='the "100%" pool')
+    p.add_argument("--target-pool-per-class", type=int, default=200, help='the "100%%" pool')
     p.add_argument("--target-test-per-class", type=int, default=40)
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.1, 0.01])
     p.add_argument("--ft-fractions", type=float, nargs="*", default=[0.1, 0.01])
