@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -64,11 +65,9 @@ def _load(a: argparse.Namespace):
     return load_config(a.config, _overrides(a))
 
 
-def _torchrun_argv(a: argparse.Namespace) -> list[str]:
-    """``python -m torch.distributed.run`` (torchrun) starting ``a.nproc`` copies of this run."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    argv += ["--nproc-per-node", str(a.nproc), "--max-restarts", str(a.max_restarts)]
-    argv += ["-m", "entropi.host.cli", "run"] + ([a.config] if a.config else [])
+def _run_args(a: argparse.Namespace) -> list[str]:
+    """``entropi run``'s arguments as given (without --nproc / --max-restarts)."""
+    argv = [a.config] if a.config else []
     argv += ["--out", a.out] if a.out else []
     argv += ["--resume"] if a.resume else []
     for key in ("set", "source", "target"):
@@ -78,22 +77,73 @@ def _torchrun_argv(a: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _cmd_run(a: argparse.Namespace) -> int:
+def _study_args(a: argparse.Namespace) -> list[str]:
+    """``entropi study``'s arguments as given (without --nproc / --max-restarts)."""
+    return [a.study, "--out", a.out]
+
+
+_RELAUNCHED = {"run": _run_args, "study": _study_args}
+"""The subcommands ``--nproc`` starts under torchrun, and how each repeats its arguments."""
+
+
+def _torchrun_argv(a: argparse.Namespace, command: str = "run") -> list[str]:
+    """``python -m torch.distributed.run`` (torchrun) starting ``a.nproc`` copies of this
+    ``command`` (``run`` or ``study``)."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    argv += ["--nproc-per-node", str(a.nproc), "--max-restarts", str(a.max_restarts)]
+    return argv + ["-m", "entropi.host.cli", command, *_RELAUNCHED[command](a)]
+
+
+def _torchrun(a: argparse.Namespace, command: str) -> int | None:
+    """With ``--nproc N`` > 1 or ``--max-restarts K`` > 0: run ``command`` under torchrun and
+    return its exit status; None when this process is to run it itself."""
     from .config import ConfigError
 
     if a.nproc < 1 or a.max_restarts < 0:
         raise ConfigError(
             f"--nproc must be >= 1 and --max-restarts >= 0, got {a.nproc} and {a.max_restarts}"
         )
-    if a.nproc > 1 or a.max_restarts > 0:
-        import os
-        import subprocess
+    if a.nproc == 1 and a.max_restarts == 0:
+        return None
+    import os
+    import subprocess
 
-        if os.environ.get("TORCHELASTIC_RUN_ID"):
-            raise ConfigError("--nproc / --max-restarts start torchrun: not from inside torchrun")
-        return subprocess.call(_torchrun_argv(a))
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        raise ConfigError("--nproc / --max-restarts start torchrun: not from inside torchrun")
+    return subprocess.call(_torchrun_argv(a, command))
 
+
+def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
+    """``fn()`` (it joins the torchrun job, if any) and whether this process is rank 0; the
+    process group is left afterwards. A peer lost mid-collective, or a collective timed out,
+    becomes a :class:`~entropi.host.distributed.RankFailedError` saying so (``again``: how to
+    continue by hand)."""
     from torch.distributed import DistError
+
+    from . import distributed
+
+    try:
+        value = fn()
+        return value, distributed.is_main()
+    except (DistError, RuntimeError) as e:
+        lost = isinstance(e, DistError) or distributed.lost_peer(e)
+        if isinstance(e, distributed.DistributedError) or not lost:
+            raise
+        # a peer died mid-collective (gloo raises a plain RuntimeError), or a collective timed out
+        raise distributed.RankFailedError(
+            f"rank {distributed.rank()}: the job lost a process or timed out ({e}); torchrun "
+            f"restarts it with --max-restarts, or {again}"
+        ) from e
+    finally:
+        distributed.shutdown()
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from .config import ConfigError
+
+    status = _torchrun(a, "run")
+    if status is not None:
+        return status
 
     from . import distributed
     from .pipeline import run_all
@@ -106,20 +156,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
     out = a.out or f"runs/{cfg.name}"
     # torchrun restarted the workers (--max-restarts): continue the run their first try began
     resume = a.resume or distributed.restart_count() > 0
-    try:
-        results = run_all(cfg, out, resume=resume)
-        main = distributed.is_main()
-    except (DistError, RuntimeError) as e:
-        lost = isinstance(e, DistError) or distributed.lost_peer(e)
-        if isinstance(e, distributed.DistributedError) or not lost:
-            raise
-        # a peer died mid-collective (gloo raises a plain RuntimeError), or a collective timed out
-        raise distributed.RankFailedError(
-            f"rank {distributed.rank()}: the job lost a process or timed out ({e}); torchrun "
-            "restarts it with --max-restarts, or continue with `entropi run --out RUNDIR --resume`"
-        ) from e
-    finally:
-        distributed.shutdown()
+    results, main = _in_job(
+        lambda: run_all(cfg, out, resume=resume),
+        "continue with `entropi run --out RUNDIR --resume`",
+    )
     if not main:
         return 0  # rank 0 prints
     _print_summary(results, out)
@@ -250,10 +290,18 @@ def _cmd_select(a: argparse.Namespace) -> int:
 
 
 def _cmd_study(a: argparse.Namespace) -> int:
+    status = _torchrun(a, "study")
+    if status is not None:
+        return status
     from .study import load_study, run_study
 
     study = load_study(a.study)
-    doc = run_study(study, a.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    doc, main = _in_job(
+        lambda: run_study(study, a.out, log=lambda m: print(m, file=sys.stderr, flush=True)),
+        "run the same `entropi study` again (it continues where it stopped)",
+    )
+    if not main:
+        return 0  # rank 0 prints
     s = doc["summary"]
     print(
         f"study {study.name}: {s['pairs']} pairs (+{s['holdout_pairs']} held out); recommended "
@@ -442,6 +490,25 @@ def _add_config_args(p: argparse.ArgumentParser, *, source: bool = True) -> None
     p.add_argument("--target", metavar="SPEC", help="target dataset (same as --set data.target=)")
 
 
+def _add_torchrun_args(p: argparse.ArgumentParser, resumes: str) -> None:
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train and score on N processes of this machine (starts torchrun --standalone; "
+        "GPU i for process i where CUDA is present); several machines: run torchrun yourself",
+    )
+    p.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: torchrun restarts the processes up to K times after one fails; "
+        + resumes,
+    )
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`/`pretrain`")
 
@@ -472,22 +539,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("--out", metavar="RUNDIR", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument(
-        "--nproc",
-        type=int,
-        default=1,
-        metavar="N",
-        help="train and score on N processes of this machine (starts torchrun --standalone; "
-        "GPU i for process i where CUDA is present); several machines: run torchrun yourself",
-    )
-    p.add_argument(
-        "--max-restarts",
-        type=int,
-        default=0,
-        metavar="K",
-        help="with --nproc: torchrun restarts the processes up to K times after one fails; the "
-        "run continues from its last finished rung",
-    )
+    _add_torchrun_args(p, "the run continues from its last finished rung")
     _add_config_args(p)
 
     p = add("pretrain", _cmd_pretrain, "Train the dense source model (rung 0).")
@@ -597,6 +649,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("study", metavar="STUDY", help="study TOML file or shipped study name (cpu)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (resumable)")
+    _add_torchrun_args(p, "the study continues where it stopped (ladders and pairs done are kept)")
+    p.description += (
+        " With --nproc N (or under `torchrun --nproc-per-node N -m entropi.host.cli study ...`) "
+        "the N processes build each ladder together (DDP training) and split each (ladder, "
+        "target) pair's rungs for scoring, gathering the scores to rank 0; scoring is exact, so "
+        "the scores, picks and summary do not depend on N. Rank 0 alone writes DIR; an error on "
+        "any process stops them all with its message."
+    )
 
     p = add(
         "criteria",

@@ -2,9 +2,10 @@
 
 ``torchrun --nproc-per-node N -m entropi.host.cli run CONFIG`` starts N copies of ``entropi
 run``; each reads ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address from the
-environment (:func:`init`). Without those variables (a plain ``entropi run``, or ``torchrun`` with
-one process) the world size is 1, no process group is made and every helper below is the
-identity, so a single process runs exactly as before.
+environment (:func:`init`). ``entropi study`` runs the same way (:mod:`.study`: the ladders built
+in DDP, each pair's rungs scored split over the processes). Without those variables (a plain
+``entropi run``, or ``torchrun`` with one process) the world size is 1, no process group is made
+and every helper below is the identity, so a single process runs exactly as before.
 
 Who does what (rank 0 is "main"):
 
@@ -235,11 +236,18 @@ def from_main(fn: Callable[[], Any], *, share: bool = True) -> Any:
 
 
 def main_first(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on every rank, rank 0 first (it fills the dataset cache, the others read it)."""
+    """``fn()`` on every rank, rank 0 first (it fills the dataset cache, the others read it). An
+    error on any rank raises on every rank (the failing rank its own error)."""
     if world_size() == 1:
         return fn()
-    value = from_main(fn, share=False)
-    return value if is_main() else fn()
+    value = [from_main(fn, share=False)]  # rank 0's (its error fails every rank)
+
+    def others() -> None:
+        if not is_main():
+            value[0] = fn()
+
+    gather_to_main(others)  # an error on another rank fails every rank
+    return value[0]
 
 
 def _all_ok(error: BaseException | None) -> None:

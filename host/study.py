@@ -28,6 +28,19 @@ and, for the paper's Figure 3 claim, the distance in log10 alpha between the cri
 the probe's peak. The recommended default follows the issue's rule: the entropy-type criterion
 with the lowest mean regret, unless a non-entropy criterion's mean regret is lower by more than
 the probe's mean spread.
+
+Under ``torchrun`` (``entropi study STUDY --out DIR --nproc N``, or ``torchrun
+--nproc-per-node N -m entropi.host.cli study STUDY --out DIR``; :mod:`.distributed`) every
+process runs :func:`run_study`: the ladders are built by all of them together (``stage_pretrain``
+and ``stage_prune`` train in DDP), and each (ladder, target) pair's rungs are split over the
+processes by ``stage_score`` and their scores gathered to rank 0. Rank 0 alone locks DIR, opens
+and writes every run folder (the others get a
+:class:`~entropi.host.distributed.FollowerRunDir`), decides what is already done (a complete
+ladder, a scored pair) and broadcasts it, so every process takes the same branch; it selects,
+summarizes and writes study.json, study.md and study.png, and every process returns study.json's
+content. Scoring is exact (each rung scored by one process exactly as one process scores it), so
+the scores, picks and summary of a study do not depend on N once its ladders exist. An error on
+any process fails all of them with its message.
 """
 
 from __future__ import annotations
@@ -36,7 +49,9 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +60,8 @@ import numpy as np
 from entropi.device.io import atomic_write_json, atomic_write_text
 from entropi.device.lock import lock_folder
 
-from .config import ConfigError, load_config
+from . import distributed
+from .config import ConfigError, config_from_dict, config_to_toml, load_config
 from .criteria import CRITERIA
 from .rundir import RunDir
 
@@ -166,12 +182,28 @@ def _ladder_identity(cfg) -> dict[str, Any]:
     return ident
 
 
-def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
-    """Pretrain + prune the ladder in ``root`` (resumed; reused when it is already complete)."""
-    from .rundata import load_source
+def _opened_on_main(open_fn: Callable[[], tuple[Any, RunDir]], root: Path) -> tuple[Any, RunDir]:
+    """``open_fn()`` (it opens a run folder: locks it, writes its config) on rank 0 only; the
+    other processes of a torchrun job get its resolved config and a
+    :class:`~entropi.host.distributed.FollowerRunDir` of ``root`` (as ``entropi run`` does)."""
+    if distributed.world_size() == 1:
+        return open_fn()
+    opened: list = []
+
+    def main() -> str:
+        opened.extend(open_fn())
+        return config_to_toml(opened[0])
+
+    text = distributed.from_main(main)
+    if distributed.is_main():
+        return opened[0], opened[1]
+    return config_from_dict(tomllib.loads(text)), distributed.FollowerRunDir(root)
+
+
+def _open_ladder(study: StudyConfig, ladder: LadderSpec, root: Path):
+    """Rank 0: open (or reopen) the ladder's run folder, refusing one that holds another
+    ladder."""
     from .rundir import RunExistsError, open_run
-    from .stages import stage_pretrain, stage_prune
-    from .train import pick_device
 
     cfg = _ladder_config(study, ladder)
     if (root / "config.toml").is_file():
@@ -181,31 +213,51 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
                 f"{root} holds another ladder (its seed, source, [pretrain] or [prune] differ "
                 f"from ladder {ladder.name!r}); remove it or use another --out"
             )
-        cfg, run = open_run(None, root, resume=True)
-    else:
-        cfg, run = open_run(cfg, root)
-    from .prune import geometric_alphas
+        return open_run(None, root, resume=True)
+    return open_run(cfg, root)
 
+
+def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
+    """Pretrain + prune the ladder in ``root`` (resumed; reused when it is already complete).
+
+    Under ``torchrun`` rank 0 opens the folder and decides whether the ladder is complete; if
+    not, every process loads the source and trains (DDP), rank 0 writes the rungs."""
+    from .prune import geometric_alphas
+    from .rundata import load_source
+    from .stages import stage_pretrain, stage_prune
+    from .train import pick_device
+
+    cfg, run = _opened_on_main(partial(_open_ladder, study, ladder, root), root)
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
-    if len(run.rung_files()) < want:
-        device = pick_device(cfg.device)
+    if distributed.from_main(lambda: len(run.rung_files()) < want):
+        device = distributed.local_device(pick_device(cfg.device))
         t0 = time.perf_counter()
-        src = load_source(cfg, device)
+        src = distributed.main_first(partial(load_source, cfg, device))
         stage_pretrain(cfg, run, src, device)
         stage_prune(cfg, run, src, device)
-        run.add_time("ladder", time.perf_counter() - t0)
+        run.add_time("ladder", time.perf_counter() - t0)  # rank 0 (a follower's does nothing)
         log(f"study: ladder {ladder.name} built in {time.perf_counter() - t0:.0f}s")
     return cfg, run
 
 
 def run_study(study: StudyConfig, out: str | os.PathLike, *, log=print) -> dict[str, Any]:
-    """Build (or reuse) every ladder, score it on every target, summarize; returns study.json."""
+    """Build (or reuse) every ladder, score it on every target, summarize; returns study.json.
+
+    Under ``torchrun`` every process calls this (see the module docstring): rank 0 alone locks
+    ``out`` and writes, every process returns the same study.json content."""
+    distributed.init()  # under torchrun: join the job; otherwise one process, as always
     out = Path(out)
-    lock = lock_folder(out, what="study folder")  # one study writes DIR at a time
+    # one study writes DIR at a time; under torchrun rank 0 is its one writer
+    lock = distributed.from_main(partial(lock_folder, out, what="study folder"), share=False)
     try:
-        return _run_study(study, out, log)
+        return _run_study(study, out, log if distributed.is_main() else _quiet)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
+
+
+def _quiet(message: str) -> None:
+    """The log of processes other than rank 0 (rank 0 logs)."""
 
 
 def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
@@ -214,28 +266,41 @@ def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
     from .train import pick_device
 
     t_start = time.perf_counter()
-    pairs, runs = [], []
+    pairs, runs = [], []  # filled on rank 0
     for ladder in study.ladders:
         cfg, run = _build_ladder(study, ladder, out / "ladders" / ladder.name, log)
-        device = pick_device(cfg.device)
+        device = distributed.local_device(pick_device(cfg.device))
         for target in study.targets:
             folder = out / "scores" / ladder.name / target.name
             # the study's and ladder's settings again (a reused ladder folder may predate them;
             # those of the ladder itself are checked unchanged), then the target's
             overrides = [*study.set, *ladder.set, "export.enabled=false", *target.overrides()]
-            tcfg, trun = reuse_ladder(cfg, run, folder, overrides, resume=True)
-            if not trun.results.is_file():
+            tcfg, trun = _opened_on_main(
+                partial(reuse_ladder, cfg, run, folder, overrides, resume=True), folder
+            )
+            if not distributed.from_main(trun.results.is_file):
                 t0 = time.perf_counter()
-                stage_score(tcfg, trun, load_target(tcfg), device)
+                tgt = distributed.main_first(partial(load_target, tcfg))
+                stage_score(tcfg, trun, tgt, device)  # the rungs split over the processes
+                del tgt
                 trun.add_time("score", time.perf_counter() - t0)
-                stage_select(tcfg, trun)
+                distributed.from_main(partial(stage_select, tcfg, trun), share=False)
                 log(
                     f"study: {ladder.name} x {target.name} scored in "
                     f"{time.perf_counter() - t0:.0f}s"
                 )
-            results = trun.read_json(trun.results)
-            pairs.append(_pair(ladder, target, results, trun.stage_seconds()))
-            runs.append((tcfg, trun, len(results["rungs"])))
+
+            def collect(ladder=ladder, target=target, tcfg=tcfg, trun=trun) -> None:
+                results = trun.read_json(trun.results)
+                pairs.append(_pair(ladder, target, results, trun.stage_seconds()))
+                runs.append((tcfg, trun, len(results["rungs"])))
+
+            distributed.from_main(collect, share=False)
+    return distributed.from_main(partial(_write_study, study, out, pairs, runs, t_start))
+
+
+def _write_study(study: StudyConfig, out: Path, pairs: list, runs: list, t_start: float) -> dict:
+    """Rank 0: the summary over every pair -> study.json, study.md, study.png."""
     ladder_seconds = {
         ld.name: float(RunDir(out / "ladders" / ld.name).stage_seconds().get("ladder", 0.0))
         for ld in study.ladders
@@ -295,6 +360,7 @@ def _machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "entropi": package_version(),
+        "processes": distributed.world_size(),
     }
 
 
