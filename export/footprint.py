@@ -14,6 +14,10 @@ returns
   the graph (a sparse file is small in flash but holds its weights dense in RAM once loaded);
 - ``constant_bytes``: the bytes of every constant buffer (weights stored in the file).
 
+:func:`tflite_latency_ms` times one invoke of the file in the stock LiteRT interpreter (opened
+and prepared once, so DENSIFY and allocation are not in the time; a zero input of the file's
+input dtype: a dense or densified convolution costs the same whatever the values).
+
 Why by hand: neither the LiteRT interpreter nor litert-torch reports an arena size for a file
 (the interpreter's allocation is internal; TFLite Micro's ``RecordingMicroInterpreter`` is a
 C++ tool), and the rule is a few lines over the graph the exporter already reads.
@@ -22,6 +26,8 @@ C++ tool), and the rule is a few lines over the graph the exporter already reads
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from typing import Any
 
 import numpy as np
@@ -29,7 +35,7 @@ import numpy as np
 from ._errors import ExportError, require
 from .verify import ModelSource
 
-__all__ = ["tflite_footprint"]
+__all__ = ["tflite_footprint", "tflite_latency_ms"]
 
 # TensorType -> bytes per element (schema_generated.h enum order)
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 16: 4}
@@ -108,3 +114,25 @@ def tflite_footprint(model: ModelSource) -> dict[str, Any]:
         "constant_bytes": int(constant),
         "ops": len(ops),
     }
+
+
+def tflite_latency_ms(model: ModelSource, *, repeats: int = 15, num_threads: int = 1) -> float:
+    """Median milliseconds of one ``invoke`` of a TFLite file (path or bytes), one sample, after
+    one warm-up call; the interpreter is opened once (module docstring)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    interp_mod = require("ai_edge_litert.interpreter", "litert", "timing a TFLite file")
+    try:
+        interp = interp_mod.Interpreter(model_content=_load(model), num_threads=num_threads)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"the LiteRT interpreter cannot load the TFLite file: {e}") from e
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
+    interp.invoke()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        interp.invoke()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)

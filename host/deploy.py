@@ -24,8 +24,6 @@ as :func:`~entropi.host.selection.select_rung`), in its smallest fitting row; wh
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +43,7 @@ __all__ = [
     "table_markdown",
 ]
 
-DEPLOY_VERSION = 1
+DEPLOY_VERSION = 2
 """Version of RUNDIR/deploy/table.json's rows (a change recomputes them)."""
 FORMS = ("compact", "sparse")
 
@@ -90,35 +88,32 @@ def _head_plan_bytes(cfg, feature_dim: int, classes: int) -> int | None:
     return int(plan.analytic_bytes + plan.reserve_bytes)
 
 
-def _latency_ms(data: bytes, inputs: np.ndarray, quantized: bool, repeats: int = 15) -> float:
-    from entropi.export.quantize import run_tflite_int8
-    from entropi.export.verify import run_tflite
-
-    run = run_tflite_int8 if quantized else run_tflite
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run(data, inputs[:1])
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
-
-
-def _row(encoder, info, form: str, dtype: str, calibration) -> dict:
-    """Build the TFLite file of one (rung, form, dtype) and measure what it needs."""
+def _float_file(encoder, info, form: str) -> tuple[Any, bytes]:
+    """The (folded, compacted when ``form`` is compact) module of a rung and its float32 TFLite
+    file (sparse storage where it pays)."""
     import torch
 
-    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
-    from entropi.export.footprint import tflite_footprint
+    from entropi.export import compact_encoder, fold_batchnorm
     from entropi.export.formats import FORMATS
 
-    fmt = FORMATS["tflite"]
     folded = fold_batchnorm(encoder)
     example = torch.zeros(1, *info.input_shape)
     module = compact_encoder(folded, example)[0] if form == "compact" else folded
-    data, _ = fmt.write(module, example, sparse=True, metadata={})
-    cal = images_to_inputs(calibration, info.normalization)
+    data, _ = FORMATS["tflite"].write(module, example, sparse=True, metadata={})
+    return module, data
+
+
+def _row(module, float_data: bytes, info, dtype: str, calibration: np.ndarray | None) -> dict:
+    """Measure what one (rung, form, dtype) file needs: the float32 file itself, or its int8
+    form calibrated on ``calibration`` (uint8 images)."""
+    from entropi.export import images_to_inputs
+    from entropi.export.footprint import tflite_footprint, tflite_latency_ms
+    from entropi.export.formats import FORMATS
+
+    data = float_data
     if dtype == "int8":
-        data, _, _ = fmt.quantize(
+        cal = images_to_inputs(calibration, info.normalization)
+        data, _, _ = FORMATS["tflite"].quantize(
             module, data, cal, input_shape=info.input_shape, sparse=True, metadata={}
         )
     fp = tflite_footprint(data)
@@ -126,7 +121,7 @@ def _row(encoder, info, form: str, dtype: str, calibration) -> dict:
         "file_bytes": len(data),
         "activation_peak_bytes": fp["activation_peak_bytes"],
         "densified_bytes": fp["densified_bytes"],
-        "latency_ms": _latency_ms(data, cal, dtype == "int8"),
+        "latency_ms": tflite_latency_ms(data),
     }
 
 
@@ -172,26 +167,23 @@ def deployment_table(
     try:
         digests = {i: rung_hash(run, i) for i in range(n_rungs)}
         loaded: dict[int, Any] = {}
+        built: dict[str, tuple[Any, bytes]] = {}  # form -> (module, float file) of that rung
+        head_plans: dict[tuple[int, int], int | None] = {}  # (feature_dim, classes) -> bytes
         for i, form, dtype in todo:
             key = f"{digests[i][:16]}-{form}-{dtype}-{settings if dtype == 'int8' else ''}"
             measured = rows_cache.get(key)
             if measured is None:
-                if i not in loaded:
-                    loaded = {i: load_rung(run, i)}
+                if i not in loaded:  # one rung in memory at a time
+                    loaded, built = {i: load_rung(run, i)}, {}
                 encoder, info = loaded[i]
+                if form not in built:  # the float file of (rung, form), shared by its dtypes
+                    built[form] = _float_file(encoder, info, form)
                 if dtype == "int8" and calibration is None:
                     calibration = calibration_images(
                         run_target(run).x_train, cfg.export, seed=cfg.seed
                     )
-                cal = (
-                    calibration
-                    if calibration is not None
-                    else np.zeros(
-                        (1, info.input_shape[1], info.input_shape[2], info.input_shape[0]), np.uint8
-                    )
-                )
                 measured = {
-                    **_row(encoder, info, form, dtype, cal),
+                    **_row(*built[form], info, dtype, calibration),
                     "feature_dim": int(info.feature_dim or encoder.feature_dim),
                     "alpha": float(info.alpha),
                 }
@@ -200,7 +192,9 @@ def deployment_table(
             score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
             d = measured["feature_dim"]
             c = classes or 2
-            head_plan = _head_plan_bytes(cfg, d, c)
+            if (d, c) not in head_plans:
+                head_plans[d, c] = _head_plan_bytes(cfg, d, c)
+            head_plan = head_plans[d, c]
             ram = (
                 None
                 if head_plan is None

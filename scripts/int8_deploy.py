@@ -297,8 +297,10 @@ def main(argv=None) -> int:
         "latency_rss": latency,
         "conventions": __doc__,
     }
+    from entropi.device.io import atomic_write_json
+
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(Path(a.out), result)
     print(
         json.dumps(
             {

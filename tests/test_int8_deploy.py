@@ -12,6 +12,7 @@ of the output scale at most), hand-computed activation sizes and hand-made deplo
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ from entropi.device.bundle import load_bundle, write_bundle
 from entropi.device.errors import BundleError
 from entropi.export import ExportError, VerificationError, export_encoder, export_onnx
 from entropi.export.fold import fold_batchnorm
-from entropi.export.footprint import tflite_footprint
+from entropi.export.footprint import tflite_footprint, tflite_latency_ms
 from entropi.export.quantize import (
     onnx_int8_weights,
     onnx_qdq_bytes,
@@ -353,6 +354,17 @@ def test_sparse_file_densifies_in_ram(int8_tflite):
 def test_footprint_of_garbage():
     with pytest.raises(ExportError, match="not a readable TFLite file"):
         tflite_footprint(b"\x00" * 64)
+
+
+def test_latency_of_a_file(int8_tflite):
+    """A positive finite median (its size is never asserted: a shared machine), clear errors."""
+    dense, _ = int8_tflite
+    ms = tflite_latency_ms(dense, repeats=3)
+    assert math.isfinite(ms) and ms > 0
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        tflite_latency_ms(dense, repeats=0)
+    with pytest.raises(ExportError, match="cannot load the TFLite file"):
+        tflite_latency_ms(b"\x00" * 64)
 
 
 # --- the fit rule ------------------------------------------------------------------------------
