@@ -145,6 +145,15 @@ def _file_entry(path: Path, diff: Diff, **extra: Any) -> dict[str, Any]:
     }
 
 
+def calibration_digest(images: np.ndarray) -> str:
+    """sha256 of a calibration set (its shape, dtype and pixels): what an int8 export is reused
+    for (export.json ``quantization.calibration_sha256``)."""
+    a = np.ascontiguousarray(images)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def export_encoder(
     encoder: nn.Module,
     info: RungInfo,
@@ -329,6 +338,7 @@ def export_encoder(
                     "int8 per tensor, affine, calibrated; biases int32"
                 ),
                 "calibration_images": int(len(calibration)),
+                "calibration_sha256": calibration_digest(calibration_images),
                 "checked_on": "verification images"
                 if verify_images is not None
                 else ("calibration images"),

@@ -189,14 +189,21 @@ def ensure_export(
 
     An export is reused only when export.json records the same rung index and the sha256 of the
     rung file as it is now (``rung_sha256``; an export without it, from an older entropi, is
-    redone), and every wanted file is there with the sha256 export.json records. Returns the
-    export folder and export.json's content.
+    redone), and every wanted file is there with the sha256 export.json records; with
+    ``quantize``, also the same calibration set (``calibration_sha256``; default: the run's
+    :func:`calibration_images`) and ``min_cosine``. Returns the export folder and export.json's
+    content.
     """
+    from entropi.export.exporter import calibration_digest
+
     run = _run(rundir)
     chosen = resolve_formats(formats)
     quantize = resolve_quantize(quantize)
     dtypes = ["float32"] if quantize == "none" else ["float32", quantize]
     index = resolve_rung(run, rung)
+    if quantize != "none" and calibration is None:
+        cfg = _run_config(run)
+        calibration = calibration_images(run_target(run).x_train, cfg.export, seed=cfg.seed)
     out = run.export
     try:
         info = run.read_json(out / "export.json")
@@ -209,7 +216,13 @@ def ensure_export(
             for stem in _stems(compact)
             for dtype in dtypes
         }
-        if _reusable(info, out, index, rung_hash(run, index), wanted):
+        quant = info.get("quantization")
+        same_int8 = quantize == "none" or (
+            isinstance(quant, dict)
+            and quant.get("calibration_sha256") == calibration_digest(calibration)
+            and quant.get("min_cosine") == float(min_cosine)
+        )
+        if same_int8 and _reusable(info, out, index, rung_hash(run, index), wanted):
             return out, info
     info = export_rung(
         run,

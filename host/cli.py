@@ -415,8 +415,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
     calibration = None
     if a.quantize == "int8" and a.calibration_images is not None:
         from .bundle import calibration_images, run_target
+        from .config import load_config
 
-        calibration = calibration_images(run_target(a.run).x_train, n=a.calibration_images)
+        x_train = run_target(a.run).x_train  # (refuses a folder that is not a run)
+        seed = load_config(Path(a.run) / "config.toml").seed  # the run's draw, n images
+        calibration = calibration_images(x_train, n=a.calibration_images, seed=seed)
     with _run_lock(a.run):
         info = export_rung(
             a.run,

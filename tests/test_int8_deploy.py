@@ -561,3 +561,32 @@ def test_not_full_integer_is_refused():
     cal = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     with pytest.raises(ExportError, match="not full-integer: .*HARD_SWISH"):
         tflite_int8_bytes(enc, cal, input_shape=(3, 8, 8))
+
+
+def test_an_int8_export_is_reused_only_for_the_same_calibration(tmp_path, monkeypatch):
+    """ensure_export keys an int8 export by its calibration set and min_cosine too: another
+    calibration draw or threshold exports again instead of shipping the old files."""
+    from test_export_rung import write_run
+
+    from entropi.export.exporter import calibration_digest
+    from entropi.host import bundle as host_bundle
+    from entropi.host.bundle import ensure_export
+    from entropi.host.rundir import RunDir
+
+    run = RunDir(write_run(tmp_path / "run"))
+    calls = []
+    real = host_bundle.export_rung
+    monkeypatch.setattr(
+        host_bundle, "export_rung", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    kw = {"formats": ("onnx",), "compact": False, "quantize": "int8", "verify_images": pixels(8, 9)}
+    a, b = pixels(8, 1), pixels(8, 2)
+    _, info = ensure_export(run, 1, calibration=a, min_cosine=0.9, **kw)
+    assert info["quantization"]["calibration_sha256"] == calibration_digest(a)
+    ensure_export(run, 1, calibration=a.copy(), min_cosine=0.9, **kw)
+    assert calls == [1]  # the same images: reused
+    _, info = ensure_export(run, 1, calibration=b, min_cosine=0.9, **kw)
+    assert calls == [1, 1] and info["quantization"]["calibration_sha256"] == calibration_digest(b)
+    ensure_export(run, 1, calibration=b, min_cosine=0.5, **kw)
+    assert calls == [1, 1, 1]
+    assert calibration_digest(a) != calibration_digest(a[:4])  # the count is part of it
