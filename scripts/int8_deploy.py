@@ -16,6 +16,8 @@ Run: ``.venv/bin/python scripts/int8_deploy.py --run runs/quickstart`` (after
    the file and at the end (VmRSS, VmHWM from /proc/self/status), next to the RAM the graph
    says it needs (``entropi select``'s rule: activation peak + densified weights; the RSS delta
    also holds the interpreter's code pages and the dense copy of every weight it prepares).
+   The RAM check (``ram_check``): each delta less that of a one-layer file (the interpreter's
+   fixed cost, ``interpreter_fixed_rss_bytes``) against the graph's rule.
    Float and int8 processes
    alternate, ``--repeats`` times; the table gives medians and the int8 / float ratio (same
    machine, same run: the ratio is what to read on this shared, noisy host).
@@ -216,6 +218,35 @@ def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
     return out
 
 
+def fixed_cost_file(work: Path) -> Path:
+    """A one-layer TFLite file (1x1 conv 3 -> 4, global average pool) of the same input shape:
+    its RSS delta is what the interpreter costs whatever the model (code pages, XNNPACK's
+    delegate, allocator), subtracted from each file's delta before comparing it to the graph."""
+    import torch
+
+    from entropi.export import convert_tflite
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
+    path = work / "fixed_cost.tflite"
+    path.write_bytes(convert_tflite(net, torch.zeros(1, 3, 32, 32)))
+    return path
+
+
+def rss_check(row: dict, fixed: int) -> dict:
+    """The graph's RAM rule (activation peak + densified weights) against the RSS delta less
+    the interpreter's fixed cost."""
+    graph = row["graph_activation_peak_bytes"] + row["graph_densified_bytes"]
+    model_rss = row["rss_delta_bytes"] - fixed
+    return {
+        "graph_ram_bytes": graph,
+        "rss_delta_less_fixed_bytes": model_rss,
+        "rss_over_graph": model_rss / max(1, graph),
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", default="runs/quickstart")
@@ -270,9 +301,14 @@ def main(argv=None) -> int:
             latency[arch]["int8_feature_error"] = meta["files"]["encoder_compact_int8.tflite"][
                 "feature_error"
             ]
+        fixed_path = fixed_cost_file(work)
+        fixed_runs = [measure(fixed_path, 4, None, a.images) for _ in range(a.repeats)]
+        fixed = int(statistics.median(r["rss_after"] - r["rss_before"] for r in fixed_runs))
         for row in latency.values():
             if "refused" in row:
                 continue
+            for dtype in ("float32", "int8"):
+                row[dtype]["ram_check"] = rss_check(row[dtype], fixed)
             row["int8_over_float"] = {
                 "latency": row["int8"]["latency_ms"] / row["float32"]["latency_ms"],
                 "rss_delta": row["int8"]["rss_delta_bytes"]
@@ -295,6 +331,7 @@ def main(argv=None) -> int:
         "seconds": time.time() - t0,
         "quickstart": qs,
         "latency_rss": latency,
+        "interpreter_fixed_rss_bytes": fixed,
         "conventions": __doc__,
     }
     from entropi.device.io import atomic_write_json
@@ -307,7 +344,9 @@ def main(argv=None) -> int:
                 "quickstart": {
                     k: qs[k] for k in ("rung", "int8_tflite_over_dense_float", "head_delta_points")
                 },
-                "ratios": {k: v["int8_over_float"] for k, v in latency.items()},
+                "ratios": {
+                    k: v.get("int8_over_float", v.get("refused")) for k, v in latency.items()
+                },
             },
             indent=1,
         )
