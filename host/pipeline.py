@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -43,21 +44,24 @@ def _timed(run: RunDir, stage: str, fn, *args):
         run.add_time(stage, time.perf_counter() - t0)
 
 
-def _open(cfg: RunConfig | None, rundir, resume: bool, argv) -> tuple[RunConfig, RunDir]:
-    """:func:`open_run` on rank 0 (the only one that locks and writes the folder); the other
-    processes of a torchrun job get its resolved config and a :class:`FollowerRunDir`."""
+def open_on_main(
+    open_fn: Callable[[], tuple[RunConfig, RunDir]], root: str | os.PathLike
+) -> tuple[RunConfig, RunDir]:
+    """``open_fn()`` (it opens a run folder at ``root``: locks it, writes its config) on rank 0
+    only, the one process that locks and writes the folder; the other processes of a torchrun
+    job get its resolved config and a :class:`~entropi.host.distributed.FollowerRunDir`."""
     if distributed.world_size() == 1:
-        return open_run(cfg, rundir, resume=resume, argv=argv)
+        return open_fn()
     opened: list = []
 
     def main() -> str:
-        opened.extend(open_run(cfg, rundir, resume=resume, argv=argv))
+        opened.extend(open_fn())
         return config_to_toml(opened[0])
 
     text = distributed.from_main(main)
     if distributed.is_main():
         return opened[0], opened[1]
-    return config_from_dict(tomllib.loads(text)), distributed.FollowerRunDir(rundir)
+    return config_from_dict(tomllib.loads(text)), distributed.FollowerRunDir(root)
 
 
 def run_all(
@@ -69,7 +73,7 @@ def run_all(
     and score rungs, rank 0 alone writes, selects, exports and returns the results; the others
     return an empty dict after the score stage."""
     distributed.init()  # under torchrun: join the job; otherwise one process, as always
-    cfg, run = _open(cfg, rundir, resume, argv)
+    cfg, run = open_on_main(partial(open_run, cfg, rundir, resume=resume, argv=argv), rundir)
     device = distributed.local_device(pick_device(cfg.device))
     world = distributed.world_size()
     run.log(

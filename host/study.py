@@ -49,7 +49,6 @@ import math
 import os
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -61,7 +60,7 @@ from entropi.device.io import atomic_write_json, atomic_write_text
 from entropi.device.lock import lock_folder
 
 from . import distributed
-from .config import ConfigError, config_from_dict, config_to_toml, load_config
+from .config import ConfigError, load_config
 from .criteria import CRITERIA
 from .rundir import RunDir
 
@@ -182,24 +181,6 @@ def _ladder_identity(cfg) -> dict[str, Any]:
     return ident
 
 
-def _opened_on_main(open_fn: Callable[[], tuple[Any, RunDir]], root: Path) -> tuple[Any, RunDir]:
-    """``open_fn()`` (it opens a run folder: locks it, writes its config) on rank 0 only; the
-    other processes of a torchrun job get its resolved config and a
-    :class:`~entropi.host.distributed.FollowerRunDir` of ``root`` (as ``entropi run`` does)."""
-    if distributed.world_size() == 1:
-        return open_fn()
-    opened: list = []
-
-    def main() -> str:
-        opened.extend(open_fn())
-        return config_to_toml(opened[0])
-
-    text = distributed.from_main(main)
-    if distributed.is_main():
-        return opened[0], opened[1]
-    return config_from_dict(tomllib.loads(text)), distributed.FollowerRunDir(root)
-
-
 def _open_ladder(study: StudyConfig, ladder: LadderSpec, root: Path):
     """Rank 0: open (or reopen) the ladder's run folder, refusing one that holds another
     ladder."""
@@ -222,12 +203,13 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
 
     Under ``torchrun`` rank 0 opens the folder and decides whether the ladder is complete; if
     not, every process loads the source and trains (DDP), rank 0 writes the rungs."""
+    from .pipeline import open_on_main
     from .prune import geometric_alphas
     from .rundata import load_source
     from .stages import stage_pretrain, stage_prune
     from .train import pick_device
 
-    cfg, run = _opened_on_main(partial(_open_ladder, study, ladder, root), root)
+    cfg, run = open_on_main(partial(_open_ladder, study, ladder, root), root)
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
     if distributed.from_main(lambda: len(run.rung_files()) < want):
         device = distributed.local_device(pick_device(cfg.device))
@@ -261,6 +243,7 @@ def _quiet(message: str) -> None:
 
 
 def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
+    from .pipeline import open_on_main
     from .rundata import load_target
     from .stages import reuse_ladder, stage_score, stage_select
     from .train import pick_device
@@ -275,7 +258,7 @@ def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
             # the study's and ladder's settings again (a reused ladder folder may predate them;
             # those of the ladder itself are checked unchanged), then the target's
             overrides = [*study.set, *ladder.set, "export.enabled=false", *target.overrides()]
-            tcfg, trun = _opened_on_main(
+            tcfg, trun = open_on_main(
                 partial(reuse_ladder, cfg, run, folder, overrides, resume=True), folder
             )
             if not distributed.from_main(trun.results.is_file):
