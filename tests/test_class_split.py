@@ -3,19 +3,17 @@ and the two-view batches of the InfoNCE regularizer, on tiny data the tests writ
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_data_specs import write_cifar100 as write_cifar100_files
 
 from entropi.host.config import ConfigError, config_from_dict
 from entropi.host.data import (
-    CIFAR,
     DataError,
     DatasetRef,
-    file_md5,
     iterate_batches,
     load_spec,
     parse_spec,
@@ -29,27 +27,9 @@ def _isolated_places(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
 
 
-def write_cifar100(root: Path, monkeypatch, n: int = 300) -> None:
-    """A tiny cifar-100-python/ whose image i has fine label i % 100 (MD5 table patched)."""
-    spec = CIFAR["cifar100"]
-    folder = root / spec.folder
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for fname in ("train", "test"):
-        fine = (np.arange(n) % 100).tolist()
-        d = {
-            b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            b"fine_labels": fine,
-            b"coarse_labels": [v // 5 for v in fine],
-        }
-        (folder / fname).write_bytes(pickle.dumps(d, protocol=2))
-    meta = {
-        b"fine_label_names": [f"fine{k}".encode() for k in range(100)],
-        b"coarse_label_names": [f"super{k}".encode() for k in range(20)],
-    }
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    for fname in spec.md5:
-        monkeypatch.setitem(spec.md5, fname, file_md5(folder / fname))
+def write_cifar100(root: Path, monkeypatch) -> None:
+    """300 images per split; image i has fine label i % 100."""
+    write_cifar100_files(root, monkeypatch, n=300, step=1)
 
 
 def test_parse_class_splits_canonical():

@@ -38,14 +38,15 @@ def write_pngs(folder: Path, classes, per_class: int, size=(32, 32), mode="RGB",
             Image.fromarray(a, mode).save(folder / c / f"{i:03d}.png")
 
 
-def write_cifar100(root: Path, monkeypatch, n: int = 10) -> None:
-    """A tiny cifar-100-python/ with fine and coarse labels (MD5 table patched)."""
+def write_cifar100(root: Path, monkeypatch, n: int = 10, step: int = 7) -> None:
+    """A tiny cifar-100-python/ whose image i has fine label ``i * step % 100`` and coarse label
+    fine // 5 (MD5 table patched)."""
     spec = CIFAR["cifar100"]
     folder = root / spec.folder
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for fname in ("train", "test"):
-        fine = (np.arange(n) * 7 % 100).tolist()
+        fine = (np.arange(n) * step % 100).tolist()
         d = {
             b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
             b"fine_labels": fine,
