@@ -299,10 +299,6 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
-def _rung(value: str) -> str | int:
-    return value if value == "selected" else int(value)
-
-
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", metavar="SPEC", help="target dataset (default: the run's target)")
     p.add_argument(
@@ -317,6 +313,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def add_command(sub) -> dict:
     """Add ``finetune`` and ``analyze`` to the ``entropi`` subparsers; return ``{name: run}``."""
+    from entropi.host.cli import rung_arg
+
     help_ = (
         "Fine-tune a rung on the target in modes head, layer:BLOCK, scl:BLOCK, full; accuracy, "
         "NC1, trainable parameters, FLOPs and backprop memory per step (finetune.json/md)."
@@ -324,7 +322,7 @@ def add_command(sub) -> dict:
     p = sub.add_parser("finetune", help=help_, description=help_)
     p.add_argument("run", metavar="RUNDIR")
     p.add_argument(
-        "--rung", type=_rung, default="selected", help="'selected' (default) or an index"
+        "--rung", type=rung_arg, default="selected", help="'selected' (default) or an index"
     )
     p.add_argument(
         "--mode",

@@ -477,7 +477,8 @@ def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _rung_arg(value: str) -> str | int:
+def rung_arg(value: str) -> str | int:
+    """argparse type of a ``--rung`` option: ``selected`` or a rung index."""
     return value if value == "selected" else int(value)
 
 
@@ -593,7 +594,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("--run", required=True, metavar="RUNDIR")
     p.add_argument(
-        "--rung", type=_rung_arg, default="selected", help="'selected' (default) or a rung index"
+        "--rung", type=rung_arg, default="selected", help="'selected' (default) or a rung index"
     )
     p.add_argument(
         "--format",
@@ -625,7 +626,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
     p = add("bundle", _cmd_bundle, "Package an exported encoder for the device runtime.")
     p.add_argument("--run", required=True, metavar="RUNDIR")
-    p.add_argument("--rung", type=_rung_arg, default="selected")
+    p.add_argument("--rung", type=rung_arg, default="selected")
     p.add_argument(
         "--form",
         choices=LazyChoices(_forms),
