@@ -42,6 +42,7 @@ from .memory import analytic_step, measure_step
 __all__ = [
     "MEMORY_CONVENTIONS",
     "collect_bench",
+    "conventions_lines",
     "hardware",
     "library_versions",
     "plot_bench",
@@ -251,12 +252,19 @@ def render_markdown(result: dict) -> str:
         + f"; {hw['platform']}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in lib.items()) + ".",
         "",
+        *conventions_lines(result),
+    ]
+    return "\n".join(lines)
+
+
+def conventions_lines(result: dict) -> list[str]:
+    """The Markdown footer of a result with FLOP and memory ``conventions``."""
+    return [
         f"FLOP conventions: {result['conventions']['flops']}",
         "",
         f"Memory conventions: {result['conventions']['memory']}",
         "",
     ]
-    return "\n".join(lines)
 
 
 def plot_bench(result: dict, path: Path) -> None:

@@ -154,6 +154,8 @@ def mode_table(result: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
+    from .bench import conventions_lines
+
     src, cfg = result["source"], result["config"]
     lines = [
         f"# entropi finetune: {src['arch']} rung {src['rung']} (alpha {src['alpha']:.4g}) "
@@ -167,10 +169,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
         *mode_table(result),
         "",
-        f"FLOP conventions: {result['conventions']['flops']}",
-        "",
-        f"Memory conventions: {result['conventions']['memory']}",
-        "",
+        *conventions_lines(result),
     ]
     return "\n".join(lines)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from entropi.benchmarks.bench import collect_bench, rows_markdown
+from entropi.benchmarks.bench import collect_bench, conventions_lines, rows_markdown
 from entropi.benchmarks.flops import count_step_flops
 from entropi.benchmarks.memory import analytic_step
 from entropi.benchmarks.paper_models import build_paper_model
@@ -275,10 +275,7 @@ def render_table2(result: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in lib.items())
         + ". Regenerate: `python scripts/table2.py --out benchmarks/results`.",
         "",
-        f"FLOP conventions: {result['conventions']['flops']}",
-        "",
-        f"Memory conventions: {result['conventions']['memory']}",
-        "",
+        *conventions_lines(result),
     ]
     return "\n".join(lines)
 
