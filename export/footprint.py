@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ExportError, require
-from .verify import ModelSource
+from .verify import ModelSource, load_model_bytes, open_tflite
 
 __all__ = ["tflite_footprint", "tflite_latency_ms"]
 
@@ -41,19 +41,12 @@ __all__ = ["tflite_footprint", "tflite_latency_ms"]
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 16: 4}
 
 
-def _load(model: ModelSource) -> bytes:
-    if isinstance(model, bytes | bytearray):
-        return bytes(model)
-    with open(model, "rb") as f:
-        return f.read()
-
-
 def tflite_footprint(model: ModelSource) -> dict[str, Any]:
     """``{"file_bytes", "activation_peak_bytes", "peak_op", "densified_bytes",
     "constant_bytes", "ops"}`` of a TFLite file (path or bytes); see the module docstring."""
     schema = require("ai_edge_litert.schema_py_generated", "litert", "reading a TFLite graph")
     fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading a TFLite graph")
-    data = _load(model)
+    data = load_model_bytes(model)
     try:
         obj = fb.read_model_from_bytearray(bytearray(data))
     except Exception as e:  # flatbuffers raises struct / index errors on garbage
@@ -121,12 +114,7 @@ def tflite_latency_ms(model: ModelSource, *, repeats: int = 15, num_threads: int
     one warm-up call; the interpreter is opened once (module docstring)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    interp_mod = require("ai_edge_litert.interpreter", "litert", "timing a TFLite file")
-    try:
-        interp = interp_mod.Interpreter(model_content=_load(model), num_threads=num_threads)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise ExportError(f"the LiteRT interpreter cannot load the TFLite file: {e}") from e
+    interp = open_tflite(model, num_threads=num_threads, what="timing")
     inp = interp.get_input_details()[0]
     interp.set_tensor(inp["index"], np.zeros(inp["shape"], dtype=inp["dtype"]))
     interp.invoke()

@@ -62,7 +62,7 @@ from entropi.device.io import atomic_write_bytes
 from ._errors import ExportError, VerificationError, require
 from .fold import fold_batchnorm
 from .tflite_export import dense_weight, import_converter, quiet_converter
-from .verify import ModelSource
+from .verify import ModelSource, load_model_bytes, open_tflite
 from .weights import SparseStats
 
 __all__ = [
@@ -157,10 +157,6 @@ def _restore_source_fns(graph) -> None:
         fn = _SOURCE_FNS.get(str(torch_fn[1]).rsplit(".", 1)[-1])
         if fn is not None:
             node.meta["source_fn_stack"] = [(torch_fn[0], fn)]
-
-
-def _load_bytes(model: ModelSource) -> bytes:
-    return bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
 
 
 # --- TFLite ------------------------------------------------------------------------------------
@@ -259,16 +255,6 @@ def quantize_tflite_int8(
     return {"path": str(path), **info}
 
 
-def _interpreter(model: ModelSource):
-    interp_mod = require("ai_edge_litert.interpreter", "litert", "running a TFLite file")
-    try:
-        interp = interp_mod.Interpreter(model_content=_load_bytes(model))
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise ExportError(f"the LiteRT interpreter cannot load the TFLite file: {e}") from e
-    return interp
-
-
 def _details(d: dict) -> dict[str, Any]:
     scale, zero_point = d["quantization"]
     return {
@@ -282,7 +268,7 @@ def _details(d: dict) -> dict[str, Any]:
 def tflite_float_ops(model: ModelSource) -> dict[str, int]:
     """Operators of a TFLite file that compute in float32 (a float32 output, DEQUANTIZE aside),
     counted by name: empty for a full-integer file."""
-    interp = _interpreter(model)
+    interp = open_tflite(model)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     found: dict[str, int] = {}
     for op in interp._get_ops_details():  # the interpreter's only per-op listing
@@ -297,7 +283,7 @@ def tflite_float_ops(model: ModelSource) -> dict[str, int]:
 def tflite_io_quantization(model: ModelSource) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(input, output)`` of a TFLite file, each ``{"dtype", "shape", "scale", "zero_point"}``
     from the LiteRT interpreter's details (a float tensor reports scale 0.0, zero point 0)."""
-    interp = _interpreter(model)
+    interp = open_tflite(model)
     return _details(interp.get_input_details()[0]), _details(interp.get_output_details()[0])
 
 
@@ -313,7 +299,7 @@ def run_tflite_int8(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     interpreter: integer inputs quantized with the file's input ``(s, z)``, integer outputs
     dequantized with ``(q - z) * s`` (float I/O passes through), in batches of the file's batch
     size (one at a time when it is fixed at 1). Returns float32 ``N x feature_dim``."""
-    interp = _interpreter(model)
+    interp = open_tflite(model)
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
     want = tuple(int(s) for s in inp["shape"][1:])
@@ -349,7 +335,7 @@ def tflite_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
     produces it, :func:`~entropi.export.tflite_export.dense_weight`)."""
     schema = require("ai_edge_litert.schema_py_generated", "litert", "reading TFLite weights")
     fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading TFLite weights")
-    obj = fb.read_model_from_bytearray(bytearray(_load_bytes(model)))
+    obj = fb.read_model_from_bytearray(bytearray(load_model_bytes(model)))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 
     def op_name(op) -> str | None:
@@ -432,7 +418,7 @@ def onnx_qdq_bytes(
     )
     start = time.perf_counter()
     try:
-        model = onnx.load_from_string(_load_bytes(onnx_float))
+        model = onnx.load_from_string(load_model_bytes(onnx_float))
     except Exception as e:  # DecodeError, OSError, ...
         what = "the ONNX bytes" if isinstance(onnx_float, bytes | bytearray) else onnx_float
         raise ExportError(f"cannot read the ONNX file {what}: {e}") from e
@@ -517,7 +503,7 @@ def sparsify_onnx_int8(model: ModelSource) -> tuple[bytes, SparseStats]:
     onnx = require("onnx", "export", "int8 ONNX export")
     from onnx import numpy_helper
 
-    m = onnx.load_from_string(_load_bytes(model))
+    m = onnx.load_from_string(load_model_bytes(model))
     inits = {i.name: i for i in m.graph.initializer}
     moved = []
     n_nnz = n_el = 0
@@ -582,7 +568,9 @@ def run_onnx_qdq(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(_load_bytes(model), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            load_model_bytes(model), opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as e:  # onnxruntime raises its own exception types on a bad model
         raise ExportError(f"onnxruntime cannot load the QDQ model: {e}") from e
     first = sess.get_inputs()[0]
@@ -602,7 +590,7 @@ def onnx_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
     onnx = require("onnx", "export", "reading ONNX weights")
     from onnx import numpy_helper
 
-    m = onnx.load_from_string(_load_bytes(model))
+    m = onnx.load_from_string(load_model_bytes(model))
     sparse = {sp.values.name for sp in m.graph.sparse_initializer}
     _densified(m)
     inits = {i.name: i for i in m.graph.initializer}
@@ -695,7 +683,7 @@ def pruned_zeros_kept(encoder: nn.Module, quantized: ModelSource) -> dict[str, A
     (``zeros_lost``: float zeros that are non-zero in int8; ``layers``: the same per weight,
     with its shape and the largest dequantization error in steps of its scale).
     """
-    data = _load_bytes(quantized)
+    data = load_model_bytes(quantized)
     is_tflite = data[4:8] == b"TFL3"
     entries = tflite_int8_weights(data) if is_tflite else onnx_int8_weights(data)
     floats = _float_weights(encoder)

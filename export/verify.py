@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._errors import VerificationError, require
+from ._errors import ExportError, VerificationError, require
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -82,8 +82,23 @@ def torch_features(module: nn.Module, inputs: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(np.ascontiguousarray(inputs, np.float32))).numpy()
 
 
-def _load_bytes(model: ModelSource) -> bytes:
+def load_model_bytes(model: ModelSource) -> bytes:
+    """The bytes of a model file given as a path or as bytes."""
     return bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+
+
+def open_tflite(model: ModelSource, *, num_threads: int | None = None, what: str = "running"):
+    """The stock LiteRT interpreter on a TFLite file (path or bytes), tensors allocated; a file
+    it cannot load raises :class:`~entropi.export.ExportError`."""
+    interp_mod = require("ai_edge_litert.interpreter", "litert", f"{what} a TFLite file")
+    try:
+        interp = interp_mod.Interpreter(
+            model_content=load_model_bytes(model), num_threads=num_threads
+        )
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ExportError(f"the LiteRT interpreter cannot load the TFLite file: {e}") from e
+    return interp
 
 
 def run_onnx(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
@@ -91,7 +106,7 @@ def run_onnx(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     ort = require("onnxruntime", "export", "verifying an ONNX file")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(_load_bytes(model), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(load_model_bytes(model), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return sess.run(None, {name: np.ascontiguousarray(inputs, np.float32)})[0]
 
@@ -100,7 +115,7 @@ def run_tflite(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     """Run a TFLite file (path or bytes) in the stock LiteRT interpreter, one sample at a time
     when the model's batch dimension is 1."""
     interp_mod = require("ai_edge_litert.interpreter", "litert", "verifying a TFLite file")
-    interp = interp_mod.Interpreter(model_content=_load_bytes(model))
+    interp = interp_mod.Interpreter(model_content=load_model_bytes(model))
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
