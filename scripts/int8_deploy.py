@@ -165,42 +165,14 @@ def quickstart(run: Path, work: Path) -> dict:
 
 
 def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
-    """``arch`` random init, BN statistics randomized, global magnitude pruned to ``alpha``,
-    exported compact (float + int8 TFLite)."""
-    import torch
+    """``arch`` random init, batch norms randomized, global magnitude pruned to ``alpha``
+    (:func:`entropi.benchmarks.synthetic_models.synthetic_encoder`), exported compact (float +
+    int8 TFLite)."""
+    from entropi.benchmarks.synthetic_models import fake_rung_meta, synthetic_encoder
+    from entropi.export import export_encoder
 
-    from entropi.export import RungInfo, export_encoder
-    from entropi.export.weights import prunable_parameters
-    from entropi.host.models import build_model
-
-    torch.manual_seed(0)
-    enc = build_model(arch, 10).encoder.eval()
-    gen = torch.Generator().manual_seed(0)
-    for m in enc.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1, generator=gen)
-            m.running_var.uniform_(0.5, 1.5, generator=gen)
-    params = [p for _, p in prunable_parameters(enc)]
-    flat = torch.cat([p.detach().abs().flatten() for p in params])
-    k = max(1, int(alpha * flat.numel()))
-    thresh = torch.topk(flat, k).values.min()
-    with torch.no_grad():
-        for p in params:
-            p.mul_(p.abs() >= thresh)
-    nnz = int(sum(int((p != 0).sum()) for p in params))
-    info = RungInfo(
-        arch=arch,
-        feature_dim=enc.feature_dim,
-        input_shape=(3, 32, 32),
-        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
-        alpha=nnz / flat.numel(),
-        nnz=nnz,
-        n_prunable=flat.numel(),
-        alpha_target=alpha,
-        source_dataset="synthetic",
-        num_source_classes=10,
-        source_accuracy=0.0,
-    )
+    enc = synthetic_encoder(arch, alpha=alpha, seed=0)
+    info = fake_rung_meta(enc, arch, alpha_target=alpha)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     out = work / f"export-{arch}"
