@@ -38,6 +38,7 @@ __all__ = [
     "FORMS",
     "bundle_rung",
     "calibration_images",
+    "run_calibration",
     "config_hash",
     "ensure_export",
     "export_rung",
@@ -102,12 +103,11 @@ def export_rung(
     quantize = resolve_quantize(quantize)
     index = resolve_rung(run, rung)
     digest = rung_hash(run, index)
-    if quantize != "none" and (calibration is None or verify_images is None):
-        cfg, tgt = _run_config(run), run_target(run)
-        if calibration is None:
-            calibration = calibration_images(tgt.x_train, cfg.export, seed=cfg.seed)
-        if verify_images is None:
-            verify_images = tgt.x_test[: cfg.export.verify_images or 64]
+    if quantize != "none" and calibration is None:
+        calibration = run_calibration(run)
+    if quantize != "none" and verify_images is None:
+        cfg = _run_config(run)
+        verify_images = run_target(run).x_test[: cfg.export.verify_images or 64]
     encoder, info = load_rung(run, index)
     return export_encoder(
         encoder,
@@ -170,6 +170,14 @@ def calibration_images(
     return np.ascontiguousarray(x_train[idx])
 
 
+def run_calibration(rundir: str | os.PathLike | RunDir, n: int | None = None) -> np.ndarray:
+    """The run's int8 calibration set: :func:`calibration_images` of its target training images
+    with its ``[export]`` count (or ``n``) and its seed."""
+    run = _run(rundir)
+    cfg = _run_config(run)
+    return calibration_images(run_target(run).x_train, cfg.export, n=n, seed=cfg.seed)
+
+
 def _stems(compact: bool) -> list[str]:
     return [FORMS["sparse"], FORMS["compact"]] if compact else [FORMS["sparse"]]
 
@@ -202,8 +210,7 @@ def ensure_export(
     dtypes = ["float32"] if quantize == "none" else ["float32", quantize]
     index = resolve_rung(run, rung)
     if quantize != "none" and calibration is None:
-        cfg = _run_config(run)
-        calibration = calibration_images(run_target(run).x_train, cfg.export, seed=cfg.seed)
+        calibration = run_calibration(run)
     out = run.export
     try:
         info = run.read_json(out / "export.json")

@@ -414,12 +414,9 @@ def _cmd_export(a: argparse.Namespace) -> int:
     extra = {} if a.min_cosine is None else {"min_cosine": a.min_cosine}
     calibration = None
     if a.quantize == "int8" and a.calibration_images is not None:
-        from .bundle import calibration_images, run_target
-        from .config import load_config
+        from .bundle import run_calibration
 
-        x_train = run_target(a.run).x_train  # (refuses a folder that is not a run)
-        seed = load_config(Path(a.run) / "config.toml").seed  # the run's draw, n images
-        calibration = calibration_images(x_train, n=a.calibration_images, seed=seed)
+        calibration = run_calibration(a.run, n=a.calibration_images)
     with _run_lock(a.run):
         info = export_rung(
             a.run,
