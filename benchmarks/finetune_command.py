@@ -312,7 +312,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def add_command(sub) -> dict:
     """Add ``finetune`` and ``analyze`` to the ``entropi`` subparsers; return ``{name: run}``."""
-    from entropi.host.cli import rung_arg
+    from entropi.host.rundir import rung_arg
 
     help_ = (
         "Fine-tune a rung on the target in modes head, layer:BLOCK, scl:BLOCK, full; accuracy, "

@@ -474,11 +474,6 @@ def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def rung_arg(value: str) -> str | int:
-    """argparse type of a ``--rung`` option: ``selected`` or a rung index."""
-    return value if value == "selected" else int(value)
-
-
 def _add_config_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     p.add_argument(
         "--set",
@@ -518,6 +513,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     from entropi.device.io import package_version
 
     from .config import EntropyConfig
+    from .rundir import rung_arg
 
     parser = argparse.ArgumentParser(
         prog="entropi",

@@ -41,7 +41,7 @@ from entropi.device.io import (
 )
 from entropi.device.lock import lock_folder
 
-__all__ = ["NotARunError", "RunDir", "RunExistsError", "open_run"]
+__all__ = ["NotARunError", "RunDir", "RunExistsError", "open_run", "rung_arg"]
 
 
 class RunDir:
@@ -255,3 +255,9 @@ def _checked_config(run: RunDir, cfg, resume: bool):
         raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
     pick_device(cfg.device)  # device = "cuda" without one: a ConfigError before anything is written
     return cfg
+
+
+def rung_arg(value: str) -> str | int:
+    """argparse type of a ``--rung`` option (``entropi export``, ``bundle``, ``finetune``):
+    ``selected`` or a rung index."""
+    return value if value == "selected" else int(value)
