@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ from .app import evaluate, predict, train_on_bundle
 from .budget import format_size
 from .cliargs import add_dataclass_arguments, dataclass_from_args
 from .config import TrainConfig
-from .errors import EntropiError, one_line, report_bug
+from .errors import EntropiError, one_line, report_bug, say
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -81,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = COMMANDS[args.command][2](args)
     except (EntropiError, OSError) as e:
-        print(f"entropi-device {args.command}: error: {one_line(e)}", file=sys.stderr)
+        say(f"entropi-device {args.command}: error: {one_line(e)}")
         return 2
     except Exception:  # noqa: BLE001 - a bug: its traceback, and a request to report it
         report_bug(f"entropi-device {args.command}")

@@ -74,17 +74,25 @@ def one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def say(line: str) -> None:
+    """Write ``line`` and its newline to stderr in one write, flushed: processes that share the
+    pipe (the ranks of a torchrun job) then never splice each other's lines, as ``print``'s
+    separate writes of text and newline can."""
+    import sys
+
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def report_bug(prog: str) -> None:
     """Print the traceback of the exception being handled and a line asking to report it: for
     an exception outside entropi's error family (a bug, not bad input)."""
-    import sys
     import traceback
 
     from .io import package_version
 
     traceback.print_exc()
-    print(
+    say(
         f"{prog}: internal error (a bug in entropi {package_version()}, not in your input); "
-        "please report it with the traceback above and the command you ran",
-        file=sys.stderr,
+        "please report it with the traceback above and the command you ran"
     )

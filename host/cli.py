@@ -87,9 +87,9 @@ _RELAUNCHED = {"run": _run_args, "study": _study_args}
 
 
 def _torchrun_argv(a: argparse.Namespace, command: str = "run") -> list[str]:
-    """``python -m torch.distributed.run`` (torchrun) starting ``a.nproc`` copies of this
-    ``command`` (``run`` or ``study``)."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    """torchrun (through :mod:`.launch`, which reports a failed job in one line) starting
+    ``a.nproc`` copies of this ``command`` (``run`` or ``study``)."""
+    argv = [sys.executable, "-m", "entropi.host.launch", "--standalone"]
     argv += ["--nproc-per-node", str(a.nproc), "--max-restarts", str(a.max_restarts)]
     return argv + ["-m", "entropi.host.cli", command, *_RELAUNCHED[command](a)]
 
@@ -683,7 +683,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from entropi.device.errors import EntropiError, one_line, report_bug
+    from entropi.device.errors import EntropiError, one_line, report_bug, say
 
     parser, table = _build_parser()
     args = parser.parse_args(argv)
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except (EntropiError, OSError) as e:
-        print(f"entropi: error: {one_line(e)}", file=sys.stderr)
+        say(f"entropi: error: {one_line(e)}")
         return 2
     except Exception:  # noqa: BLE001 - a bug: its traceback, and a request to report it
         report_bug("entropi")

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entropi.device.errors import EntropiError
+from entropi.device.errors import EntropiError, say
 from entropi.device.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -159,7 +159,7 @@ class RunDir:
     def log(self, message: str) -> None:
         """Append a timestamped line to progress.log and echo it to stderr."""
         line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}"
-        print(line, file=sys.stderr, flush=True)
+        say(line)
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as f:
             f.write(line + "\n")

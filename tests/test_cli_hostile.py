@@ -79,3 +79,30 @@ def test_negative_dimensions_and_npy_version_3(tmp_path, capsys):
         npy.write_array(f, rng.normal(size=(30, 4)), version=(3, 0))
     assert cli.main(["entropy", str(v3)]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 30
+
+
+def test_an_error_line_is_one_write(monkeypatch):
+    """Processes sharing a stderr pipe (the ranks of a torchrun job) each print their error:
+    ``print`` writes text and newline separately, so lines could splice; ``say`` writes the line
+    and its newline in one write. Modeled on the real stderr: write-through, over a raw stream
+    that records each write."""
+    import io
+
+    from entropi.device.errors import say
+
+    class Recorder(io.RawIOBase):
+        def __init__(self):
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.writes.append(bytes(b))
+            return len(b)
+
+    raw = Recorder()
+    monkeypatch.setattr("sys.stderr", io.TextIOWrapper(raw, write_through=True))
+    say("entropi: error: " + "x" * 300)
+    say("second")
+    assert raw.writes == [b"entropi: error: " + b"x" * 300 + b"\n", b"second\n"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -454,7 +455,7 @@ def test_shards_are_disjoint_cover_the_batch_and_give_the_global_gradient(monkey
 
 def test_one_process_is_untouched_and_the_cli_builds_the_torchrun_command():
     """Not launched by torchrun: world size 1, every helper the identity; --nproc 2 starts
-    `python -m torch.distributed.run --standalone` with the same run arguments."""
+    `python -m entropi.host.launch --standalone` (torchrun) with the same run arguments."""
     import argparse
 
     from entropi.host.cli import _torchrun_argv, main
@@ -469,11 +470,44 @@ def test_one_process_is_untouched_and_the_cli_builds_the_torchrun_command():
     )  # fmt: skip
     argv = _torchrun_argv(a)
     assert argv[1:] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "entropi.host.launch", "--standalone", "--nproc-per-node", "2",
         "--max-restarts", "1", "-m", "entropi.host.cli", "run", "c.toml", "--out", "runs/x",
         "--set", "pretrain.epochs=1", "--target", "cifar100",
     ]  # fmt: skip
     assert main(["run", "quickstart", "--nproc", "0"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "said"),
+    [
+        ("sys.exit(2)", 2, None),  # entropi's one-line error, printed by the rank itself
+        ("sys.exit(3)", 3, "rank 1 of the torchrun job exited with status 3"),
+        ("os.kill(os.getpid(), signal.SIGKILL)", 128 + 9, "rank 1 of the torchrun job was "
+         "stopped by signal SIGKILL"),
+    ],
+)  # fmt: skip
+def test_the_launcher_reports_a_failed_job_in_one_line(tmp_path, ending, status, said):
+    """`python -m entropi.host.launch` (what --nproc starts) runs torchrun; a job whose rank 1
+    fails exits with that rank's status and no torchrun traceback or per-rank error log; a rank
+    that did not print its own error (any status but 2) gets one line naming it."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(
+        "import os, signal, sys\n"
+        f"if os.environ['RANK'] == '1':\n    {ending}\n"
+        "import time; time.sleep(30)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "entropi.host.launch", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run(
+        [*argv, str(worker)], env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert proc.returncode == status, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "failed (exitcode" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("entropi: error:")]
+    if said is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and re.fullmatch(rf"entropi: error: {said} \(pid \d+\)", lines[0])
 
 
 def test_throughput_script_measures_a_train_call(tmp_path):

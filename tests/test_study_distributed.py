@@ -179,6 +179,8 @@ def test_an_error_on_rank_0_fails_both_ranks_with_its_message(studies, tmp_path)
     assert len(lines) == 2, proc.stderr[-3000:]
     assert any(ln.startswith("entropi: error: rank 0 failed: RunExistsError: ") for ln in lines)
     assert all(held in ln for ln in lines)
+    assert "Traceback" not in proc.stderr and "failed (exitcode" not in proc.stderr
+    assert proc.returncode == 2
     assert (studies["two"] / "study.json").stat().st_mtime_ns == before
 
 
@@ -200,6 +202,6 @@ def test_nproc_is_checked_and_builds_the_torchrun_command(tmp_path, capsys, monk
     assert not (tmp_path / "s").exists()
     a = argparse.Namespace(nproc=2, max_restarts=1, study="cpu", out="studies/x")
     assert cli._torchrun_argv(a, "study")[1:] == [
-        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "entropi.host.launch", "--standalone", "--nproc-per-node", "2",
         "--max-restarts", "1", "-m", "entropi.host.cli", "study", "cpu", "--out", "studies/x",
     ]  # fmt: skip
