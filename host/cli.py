@@ -690,10 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return table[args.command](args)
     except KeyboardInterrupt:
-        print(
-            "\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`",
-            file=sys.stderr,
-        )
+        say("\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`")
         return 130
     except (EntropiError, OSError) as e:
         say(f"entropi: error: {one_line(e)}")
