@@ -7,12 +7,15 @@ Layout of an export directory::
     OUT/encoder_compact.onnx   (compact) dead channels removed: a smaller network that runs
                                faster; its remaining pruned weights are still stored sparse
     OUT/encoder_compact.tflite (compact)
+    OUT/encoder_compact_dense.*  (compact-dense) dead channels removed, weights stored dense:
+                               read in place by a device, so no weight is rebuilt in RAM
     OUT/encoder_int8.tflite    (quantize int8) full-integer: int8 input, weights, activations,
     OUT/encoder_int8.onnx      output (TFLite); QDQ with float32 I/O (ONNX); pruned int8 weights
                                stored sparse where that is smaller; also encoder_compact_int8.*
     OUT/export.json            provenance, sizes, sha256 and verification diffs of every file
 
-(one file per form and per format of :data:`~entropi.export.formats.FORMATS` asked for).
+(one file per form of :data:`~entropi.export.formats.ENCODER_FORMS` and per format of
+:data:`~entropi.export.formats.FORMATS` asked for).
 Every model reads a float32 NCHW batch ``(pixels / 255 - mean) / std`` (``normalization`` in the
 provenance) and returns the ``N x feature_dim`` features. ONNX files have a dynamic batch
 dimension; TFLite files take one image per call.
@@ -52,7 +55,7 @@ from entropi.device.io import default_mode, package_version
 from ._errors import ExportError, VerificationError
 from .compact import compact_encoder
 from .fold import fold_batchnorm
-from .formats import FORMAT_NAMES, resolve_formats, resolve_quantize
+from .formats import FORMAT_NAMES, resolve_formats, resolve_forms, resolve_quantize
 from .onnx_export import ONNX_OPSET
 from .quantize import int8_feature_error, pruned_zeros_kept
 from .rung import RungInfo
@@ -161,6 +164,7 @@ def export_encoder(
     *,
     formats: Sequence[str] = FORMAT_NAMES,
     compact: bool = False,
+    forms: Sequence[str] | None = None,
     verify_images: np.ndarray | None = None,
     n_random: int = 4,
     seed: int = 0,
@@ -174,9 +178,10 @@ def export_encoder(
 ) -> dict[str, Any]:
     """Export ``encoder`` (the rung described by ``info``) to ``out_dir``; return export.json.
 
-    One file per format in ``formats`` (see :data:`~entropi.export.formats.FORMATS`) and per form
-    (``encoder``: BN folded, pruned weights stored sparse; with ``compact`` also
-    ``encoder_compact``: dead channels removed). Every file is verified against ``encoder`` in
+    One file per format in ``formats`` (see :data:`~entropi.export.formats.FORMATS`) and per
+    encoder form in ``forms`` (:data:`~entropi.export.formats.ENCODER_FORMS`; default ``sparse``:
+    BN folded, pruned weights stored sparse; ``compact=True`` is short for ``forms=("sparse",
+    "compact")``, dead channels removed). Every file is verified against ``encoder`` in
     PyTorch on ``n_random`` standard-normal inputs (seeded by ``seed``) and on
     ``verify_images`` (uint8 N x H x W x 3, normalized with ``info.normalization``) before
     anything is moved into ``out_dir``; a difference beyond ``atol + rtol * max|ref|`` raises
@@ -196,6 +201,9 @@ def export_encoder(
     :class:`~entropi.export.MissingDependencyError` before any work.
     """
     chosen = resolve_formats(formats)
+    if forms is not None and compact:
+        raise ExportError("give the encoder forms or compact=True, not both")
+    wanted = resolve_forms(forms if forms is not None else ("sparse", "compact")[: 1 + compact])
     quantize = resolve_quantize(quantize)
     _check_info(info)
     for fmt in chosen:
@@ -242,15 +250,15 @@ def export_encoder(
             reference[n_random:] if verify_images is not None else torch_features(encoder, real)
         )
     stats = weight_stats(encoder)
-    variants: list[tuple[str, nn.Module]] = [("encoder", folded)]
     compact_info = None
-    if compact:
+    small = folded
+    if any(form.compact for form in wanted):
         small, report = compact_encoder(folded, example)
         compact_diff = compare_arrays(
             torch_features(small, inputs), reference, **tol, what="compact encoder (PyTorch)"
         )
         compact_info = {**report.as_dict(), "torch_max_abs_diff": compact_diff.max_abs_diff}
-        variants.append(("encoder_compact", small))
+    variants = [(form, small if form.compact else folded) for form in wanted]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir)
@@ -262,11 +270,11 @@ def export_encoder(
     os.chmod(tmp, default_mode(directory=True))
     try:
         files: dict[str, Any] = {}
-        for stem, module in variants:
-            metadata = {**provenance, "form": "compact" if stem.endswith("compact") else "pruned"}
+        for form, module in variants:
+            metadata = {**provenance, "form": form.name}
             for fmt in chosen:
-                path = tmp / fmt.filename(stem)
-                data, sparse = fmt.write(module, example, sparse=True, metadata=metadata)
+                path = tmp / fmt.filename(form.stem)
+                data, sparse = fmt.write(module, example, sparse=form.sparse, metadata=metadata)
                 path.write_bytes(data)
                 file_tol = {
                     "atol": fmt.atol if atol is None else atol,
@@ -290,13 +298,13 @@ def export_encoder(
                 )
                 if quantize == "none":
                     continue
-                qpath = tmp / fmt.filename(stem, quantize)
+                qpath = tmp / fmt.filename(form.stem, quantize)
                 qdata, qsparse, io = fmt.quantize(
                     module,
                     data,
                     calibration,
                     input_shape=provenance["input_shape"],
-                    sparse=True,
+                    sparse=form.sparse,
                     metadata={**metadata, "dtype": quantize},
                 )
                 qpath.write_bytes(qdata)
@@ -328,6 +336,7 @@ def export_encoder(
                 "reference": "PyTorch encoder (eval, BN not folded), float32",
             },
             "bn_fold_max_abs_diff": fold_diff.max_abs_diff,
+            "forms": [form.name for form in wanted],
             "compact": compact_info,
             "quantization": None
             if quantize == "none"

@@ -20,6 +20,13 @@ and the tolerance ``atol + rtol * max|ref|`` its verification uses. :data:`FORMA
 name, in the order files are written; config validation, the CLI's ``--format`` choices and the
 export loop read it. Adding a format is one more entry (the device runtime picks an interpreter
 by suffix, ``device/encoder.py``).
+
+:data:`ENCODER_FORMS` is the other axis: which module a file holds and how its weights are
+stored (:class:`EncoderForm`): ``sparse`` (every channel, pruned weights stored sparse: the
+smallest file), ``compact`` (dead channels removed, the rest stored sparse: smaller and faster)
+and ``compact-dense`` (dead channels removed, weights stored dense: a larger file that a device
+reads in place, so it needs the least RAM; a sparse file's weights are rebuilt in RAM at load).
+The exporter, the bundle, the deploy table and the CLI's ``--form`` choices read it.
 """
 
 from __future__ import annotations
@@ -48,10 +55,13 @@ from .verify import DEFAULT_ATOL, DEFAULT_RTOL, ModelSource, run_onnx, run_tflit
 from .weights import SparseStats
 
 __all__ = [
+    "ENCODER_FORMS",
     "FORMATS",
     "FORMAT_NAMES",
     "QUANTIZE",
+    "EncoderForm",
     "ExportFormat",
+    "resolve_forms",
     "resolve_formats",
     "resolve_quantize",
 ]
@@ -203,21 +213,25 @@ FORMAT_NAMES: tuple[str, ...] = tuple(FORMATS)
 """Every registered format, in registry order (the default of every export)."""
 
 
-def resolve_formats(names: str | Iterable[str]) -> tuple[ExportFormat, ...]:
-    """The formats named (one name or several), in registry order; an unknown or empty choice
-    is an :class:`~entropi.export.ExportError`."""
+def _resolve(names: str | Iterable[str], registry: dict[str, Any], what: str) -> tuple:
+    """The entries of ``registry`` named (one name or several), in registry order; an unknown
+    or empty choice is an :class:`~entropi.export.ExportError` listing the valid names."""
     if isinstance(names, str):
         names = (names,)
     try:
         names = tuple(dict.fromkeys(names))
     except TypeError:
-        raise ExportError(f"formats must be format names, got {names!r}") from None
-    bad = [f for f in names if f not in FORMATS]
+        raise ExportError(f"{what}s must be names, got {names!r}") from None
+    bad = [f for f in names if f not in registry]
     if bad or not names:
-        raise ExportError(
-            f"unknown export format(s) {bad or list(names)!r}; valid: {list(FORMAT_NAMES)}"
-        )
-    return tuple(f for name, f in FORMATS.items() if name in names)
+        raise ExportError(f"unknown {what}(s) {bad or list(names)!r}; valid: {list(registry)}")
+    return tuple(f for name, f in registry.items() if name in names)
+
+
+def resolve_formats(names: str | Iterable[str]) -> tuple[ExportFormat, ...]:
+    """The formats named (one name or several), in registry order; an unknown or empty choice
+    is an :class:`~entropi.export.ExportError`."""
+    return _resolve(names, FORMATS, "export format")
 
 
 def resolve_quantize(value: str | None) -> str:
@@ -227,3 +241,43 @@ def resolve_quantize(value: str | None) -> str:
     if value not in QUANTIZE:
         raise ExportError(f"unknown quantize dtype {value!r}; valid: {list(QUANTIZE)}")
     return value
+
+
+@dataclass(frozen=True)
+class EncoderForm:
+    """One form of the exported encoder (see the module docstring)."""
+
+    name: str
+    """Registry key: the ``--form`` value and the ``[export] form`` entry."""
+    stem: str
+    """File stem in the export folder (``stem`` + a format's suffix)."""
+    compact: bool
+    """Dead channels removed (:func:`~entropi.export.compact_encoder`)."""
+    sparse: bool
+    """Pruned weights stored sparse where that is smaller (else every weight dense)."""
+    summary: str
+    """One line for help texts."""
+
+
+ENCODER_FORMS: dict[str, EncoderForm] = {
+    f.name: f
+    for f in (
+        EncoderForm("sparse", "encoder", False, True, "pruned weights stored sparse"),
+        EncoderForm(
+            "compact", "encoder_compact", True, True, "dead channels removed, the rest sparse"
+        ),
+        EncoderForm(
+            "compact-dense",
+            "encoder_compact_dense",
+            True,
+            False,
+            "dead channels removed, weights dense: read in place, the least RAM",
+        ),
+    )
+}
+
+
+def resolve_forms(names: str | Iterable[str]) -> tuple[EncoderForm, ...]:
+    """The encoder forms named (one name or several), in registry order; an unknown or empty
+    choice is an :class:`~entropi.export.ExportError`."""
+    return _resolve(names, ENCODER_FORMS, "encoder form")

@@ -5,8 +5,9 @@ and hands it to :func:`entropi.export.export_encoder`; :func:`ensure_export` doe
 RUNDIR/export does not already hold that rung's files: an export is keyed by the sha256 of the
 rung file (export.json ``rung_sha256``), so a rung file replaced since is exported again, and its
 files must still have the sha256 export.json records. :func:`bundle_rung` packages one encoder
-form (``compact``: dead channels removed, fastest; or ``sparse``: pruned weights stored sparse,
-smallest file) in every exported format, plus ``manifest.json`` written by
+form (:data:`~entropi.export.formats.ENCODER_FORMS`: ``compact``, dead channels removed, fastest;
+``sparse``, pruned weights stored sparse, smallest file; ``compact-dense``, weights stored dense,
+least RAM) in every exported format, plus ``manifest.json`` written by
 :func:`entropi.device.bundle.write_bundle` (no pickle, checksummed).
 
 int8 (``quantize="int8"``): the export also holds ``<stem>_int8`` files, calibrated on
@@ -28,27 +29,31 @@ import numpy as np
 
 from entropi.device.bundle import sha256_file
 from entropi.export import DEFAULT_MIN_COSINE, ExportError, export_encoder
-from entropi.export.formats import FORMAT_NAMES, FORMATS, resolve_formats, resolve_quantize
+from entropi.export.formats import (
+    ENCODER_FORMS,
+    FORMAT_NAMES,
+    FORMATS,
+    resolve_formats,
+    resolve_forms,
+    resolve_quantize,
+)
 from entropi.export.rung import CheckpointError
 
 from .checkpoint import load_rung, resolve_rung
 from .rundir import RunDir
 
 __all__ = [
-    "FORMS",
     "bundle_rung",
     "calibration_images",
     "run_calibration",
     "config_hash",
+    "deployed_pick",
     "ensure_export",
     "export_rung",
     "int8_downstream",
     "run_target",
     "rung_hash",
 ]
-
-FORMS = {"compact": "encoder_compact", "sparse": "encoder"}
-"""Bundle form -> the stem of its files in the export folder."""
 
 
 def _run(rundir: str | os.PathLike | RunDir) -> RunDir:
@@ -76,7 +81,7 @@ def export_rung(
     rung: str | int = "selected",
     *,
     formats: Sequence[str] = FORMAT_NAMES,
-    compact: bool = False,
+    forms: Sequence[str] = ("sparse",),
     out_dir: str | os.PathLike | None = None,
     verify_images: np.ndarray | None = None,
     n_random: int = 4,
@@ -100,6 +105,7 @@ def export_rung(
     """
     run = _run(rundir)
     resolve_formats(formats)
+    resolve_forms(forms)
     quantize = resolve_quantize(quantize)
     index = resolve_rung(run, rung)
     digest = rung_hash(run, index)
@@ -114,7 +120,7 @@ def export_rung(
         info,
         run.export if out_dir is None else out_dir,
         formats=formats,
-        compact=compact,
+        forms=forms,
         verify_images=verify_images,
         n_random=n_random,
         atol=atol,
@@ -178,16 +184,12 @@ def run_calibration(rundir: str | os.PathLike | RunDir, n: int | None = None) ->
     return calibration_images(run_target(run).x_train, cfg.export, n=n, seed=cfg.seed)
 
 
-def _stems(compact: bool) -> list[str]:
-    return [FORMS["sparse"], FORMS["compact"]] if compact else [FORMS["sparse"]]
-
-
 def ensure_export(
     rundir: str | os.PathLike | RunDir,
     rung: str | int = "selected",
     *,
     formats: tuple[str, ...] = FORMAT_NAMES,
-    compact: bool = True,
+    forms: Sequence[str] = ("sparse", "compact"),
     verify_images=None,
     quantize: str = "none",
     calibration: np.ndarray | None = None,
@@ -199,13 +201,14 @@ def ensure_export(
     rung file as it is now (``rung_sha256``; an export without it, from an older entropi, is
     redone), and every wanted file is there with the sha256 export.json records; with
     ``quantize``, also the same calibration set (``calibration_sha256``; default: the run's
-    :func:`calibration_images`) and ``min_cosine``. Returns the export folder and export.json's
-    content.
+    :func:`calibration_images`) and ``min_cosine``. A new export of the same rung also writes
+    the forms the old one had. Returns the export folder and export.json's content.
     """
     from entropi.export.exporter import calibration_digest
 
     run = _run(rundir)
     chosen = resolve_formats(formats)
+    stems = [form.stem for form in resolve_forms(forms)]
     quantize = resolve_quantize(quantize)
     dtypes = ["float32"] if quantize == "none" else ["float32", quantize]
     index = resolve_rung(run, rung)
@@ -217,12 +220,7 @@ def ensure_export(
     except ValueError:  # a corrupt export.json describes nothing: export again
         info = None
     if isinstance(info, dict):
-        wanted = {
-            fmt.filename(stem, dtype)
-            for fmt in chosen
-            for stem in _stems(compact)
-            for dtype in dtypes
-        }
+        wanted = {fmt.filename(stem, dtype) for fmt in chosen for stem in stems for dtype in dtypes}
         quant = info.get("quantization")
         same_int8 = quantize == "none" or (
             isinstance(quant, dict)
@@ -231,11 +229,14 @@ def ensure_export(
         )
         if same_int8 and _reusable(info, out, index, rung_hash(run, index), wanted):
             return out, info
+        if info.get("rung_sha256") == rung_hash(run, index) and isinstance(info.get("forms"), list):
+            # the forms this rung's export has stay (a bundle of another form adds one)
+            forms = [f for f in ENCODER_FORMS if f in forms or f in info["forms"]]
     info = export_rung(
         run,
         index,
         formats=formats,
-        compact=compact,
+        forms=forms,
         out_dir=out,
         verify_images=verify_images,
         quantize=quantize,
@@ -266,6 +267,20 @@ def _reusable(info: dict, out: Path, index: int, digest: str, wanted: set[str]) 
     return True
 
 
+def deployed_pick(rundir: str | os.PathLike | RunDir) -> dict[str, Any] | None:
+    """The row ``entropi select --flash/--ram`` picked for the selected rung (results.json
+    ``deployment.pick``: ``rung``, ``form``, ``dtype``, needs), or None without one."""
+    run = _run(rundir)
+    try:
+        results = run.read_json(run.results) or {}
+    except ValueError:
+        return None
+    pick = (results.get("deployment") or {}).get("pick") if isinstance(results, dict) else None
+    if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
+        return None
+    return pick
+
+
 def bundle_rung(
     rundir: str | os.PathLike | RunDir,
     out: str | os.PathLike,
@@ -287,8 +302,8 @@ def bundle_rung(
     """
     from entropi.device.bundle import write_bundle
 
-    if form not in FORMS:
-        raise ExportError(f"form must be one of {sorted(FORMS)}, got {form!r}")
+    if form not in ENCODER_FORMS:
+        raise ExportError(f"form must be one of {list(ENCODER_FORMS)}, got {form!r}")
     if dtype not in ("float32", "int8"):
         raise ExportError(f"bundle dtype must be 'float32' or 'int8', got {dtype!r}")
     run = _run(rundir)
@@ -296,10 +311,8 @@ def bundle_rung(
     kwargs = dict(export_kwargs or {})
     if dtype == "int8":
         kwargs["quantize"] = "int8"
-    export_dir, info = ensure_export(
-        run, rung, formats=formats, compact=form == "compact", **kwargs
-    )
-    stem = FORMS[form]
+    export_dir, info = ensure_export(run, rung, formats=formats, forms=("sparse", form), **kwargs)
+    stem = ENCODER_FORMS[form].stem
     order = [formats] if isinstance(formats, str) else dict.fromkeys(formats)  # as asked
     names = [FORMATS[f].filename(stem, dtype) for f in order]
     files = {name: export_dir / name for name in names}
@@ -368,7 +381,9 @@ def int8_downstream(
     out = {}
     for name in dict.fromkeys([formats] if isinstance(formats, str) else formats):
         fmt = FORMATS[name]
-        float_file, int8_file = (fmt.filename(FORMS[form], d) for d in ("float32", "int8"))
+        float_file, int8_file = (
+            fmt.filename(ENCODER_FORMS[form].stem, d) for d in ("float32", "int8")
+        )
         if int8_file not in info["files"]:
             raise ExportError(f"export has no {int8_file}; export with quantize = 'int8' first")
         feats = {}

@@ -47,9 +47,9 @@ def _formats() -> list[str]:
 
 
 def _forms() -> list[str]:
-    from .bundle import FORMS
+    from entropi.export.formats import ENCODER_FORMS
 
-    return list(FORMS)
+    return list(ENCODER_FORMS)
 
 
 def _overrides(a: argparse.Namespace) -> list[str]:
@@ -285,6 +285,7 @@ def _cmd_select(a: argparse.Namespace) -> int:
         print(
             f"fits the device: rung {p['rung']} as {p['form']} {p['dtype']} (flash "
             f"{p['flash_bytes']} B, RAM {p['ram_bytes']} B); rungs that fit: {dep['fitting_rungs']}"
+            f"; `entropi bundle --run {run.root} --out BUNDLE` bundles it so"
         )
     return 0
 
@@ -422,7 +423,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
             a.run,
             a.rung,
             formats=formats,
-            compact=a.compact,
+            forms=("sparse", "compact")[: 1 + a.compact] + tuple(a.form or ()),
             out_dir=a.out,
             quantize=a.quantize,
             calibration=calibration,
@@ -448,29 +449,33 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_bundle(a: argparse.Namespace) -> int:
-    from .bundle import bundle_rung
+    from .bundle import bundle_rung, deployed_pick
 
     formats = tuple(a.format or _formats())
+    # the selected rung after `entropi select --flash/--ram`: the form and dtype that fit
+    pick = deployed_pick(a.run) if a.rung == "selected" else None
+    form = a.form or (pick or {}).get("form", "compact")
+    if a.quantize is not None:
+        dtype = "float32" if a.quantize == "none" else a.quantize
+    else:
+        dtype = (pick or {}).get("dtype", "float32")
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
-            a.run,
-            a.out,
-            rung=a.rung,
-            form=a.form,
-            formats=formats,
-            overwrite=a.overwrite,
-            dtype="float32" if a.quantize == "none" else a.quantize,
-        )
-    print(f"bundle written to {path}")
+            a.run, a.out, rung=a.rung, form=form, formats=formats, overwrite=a.overwrite,
+            dtype=dtype,
+        )  # fmt: skip
+    fit = " (the form and dtype that fit the device, from `entropi select`)" if pick else ""
+    print(f"bundle written to {path}: {form} {dtype}{fit}")
     return 0
 
 
-def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+def _add_quantize_arg(p: argparse.ArgumentParser, default: str | None = "none") -> None:
     p.add_argument(
         "--quantize",
         choices=["none", "int8"],
-        default="none",
-        help="int8: also full-integer int8 encoder files (calibrated on target images)",
+        default=default,
+        help="int8: also full-integer int8 encoder files (calibrated on target images)"
+        + ("" if default else "; default: the dtype `entropi select --flash/--ram` picked"),
     )
 
 
@@ -601,6 +606,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         action="store_true",
         help="also export the compact form (dead channels removed)",
     )
+    p.add_argument(
+        "--form",
+        action="append",
+        choices=LazyChoices(_forms),
+        metavar="FORM",
+        help="also export this encoder form (compact, compact-dense); repeat for several "
+        "(the sparse form is always written)",
+    )
     _add_quantize_arg(p)
     p.add_argument(
         "--calibration-images",
@@ -624,11 +637,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "--form",
         choices=LazyChoices(_forms),
         metavar="FORM",
-        default="compact",
-        help="compact (fastest on the device, default) or sparse (smallest file)",
+        help="compact (dead channels removed, fastest), sparse (smallest file) or "
+        "compact-dense (weights stored dense: the least RAM); default: the form `entropi "
+        "select --flash/--ram` picked, else compact",
     )
     p.add_argument("--format", action="append", choices=formats, metavar="FORMAT")
-    _add_quantize_arg(p)
+    _add_quantize_arg(p, default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--out", required=True, metavar="BUNDLE")
 

@@ -340,7 +340,9 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["onnx", "tflite"])
     """encoder file formats: onnx and/or tflite (tflite needs the `tflite` extra)."""
     form: str = "compact"
-    """encoder form in the device bundle: compact (dead channels removed) or sparse."""
+    """encoder form in the device bundle: compact (dead channels removed, the rest stored
+    sparse), sparse (every channel, pruned weights stored sparse: the smallest file) or
+    compact-dense (dead channels removed, weights stored dense: read in place, the least RAM)."""
     verify_images: int = 64
     """real target images used (besides random inputs) to verify the exported files."""
     quantize: str = "none"
@@ -353,9 +355,7 @@ class ExportConfig:
     images is below this is refused."""
 
     def __post_init__(self) -> None:
-        from entropi.export.formats import FORMATS, QUANTIZE
-
-        from .bundle import FORMS
+        from entropi.export.formats import ENCODER_FORMS, FORMATS, QUANTIZE
 
         bad = [f for f in self.formats if f not in FORMATS]
         twice = len(set(self.formats)) < len(self.formats)
@@ -364,7 +364,7 @@ class ExportConfig:
                 f"export.formats must be a non-empty subset of {sorted(FORMATS)} (each once), "
                 f"got {self.formats!r}"
             )
-        _check_name("export.form", self.form, sorted(FORMS), "encoder form")
+        _check_name("export.form", self.form, list(ENCODER_FORMS), "encoder form")
         _check_int("export.verify_images", self.verify_images, lo=0)
         _check_name("export.quantize", self.quantize, list(QUANTIZE), "quantization dtype")
         _check_int("export.calibration_images", self.calibration_images, lo=1)

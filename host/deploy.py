@@ -1,17 +1,19 @@
 """Fit to the device: the flash and RAM every rung needs, and the best rung that fits.
 
-For every rung of a run, every encoder form (``compact``: dead channels removed; ``sparse``:
-pruned weights stored sparse) and every dtype (float32; int8 when asked), :func:`deployment_table`
-builds the TFLite file the device would run (the exporter's own writers, in memory: the same
-bytes ``entropi export`` writes, without its verification) and records
+For every rung of a run, every encoder form (:data:`~entropi.export.formats.ENCODER_FORMS`:
+``compact``, dead channels removed; ``sparse``, pruned weights stored sparse; ``compact-dense``,
+dead channels removed and weights stored dense) and every dtype (float32; int8 when asked),
+:func:`deployment_table` builds the TFLite file the device would run (the exporter's own
+writers, in memory: the same bytes ``entropi export`` writes, without its verification) and
+records
 
 - ``flash_bytes`` = the encoder file + the head (``(feature_dim + 1) x classes`` float32);
 - ``ram_bytes`` = the inference activation peak from the graph
   (:func:`~entropi.export.footprint.tflite_footprint`: the largest sum of live activations over
   the operator sequence) + the weights that DENSIFY rebuilds in RAM at load (a sparse file is
-  small in flash, not in RAM) + the head-training plan of the device budget planner
-  (:func:`~entropi.device.budget.plan_memory` for the run's ``[device_train]`` settings:
-  buffers + reserve);
+  small in flash, not in RAM; a dense one is read in place) + the head-training plan of the
+  device budget planner (:func:`~entropi.device.budget.plan_memory` for the run's
+  ``[device_train]`` settings: buffers + reserve);
 - ``latency_ms``: the median of one-image invocations in the LiteRT interpreter on this host
   (relative: a device is slower), and ``accuracy``: the rung's probe accuracy (float features).
 
@@ -45,7 +47,8 @@ __all__ = [
 
 DEPLOY_VERSION = 2
 """Version of RUNDIR/deploy/table.json's rows (a change recomputes them)."""
-FORMS = ("compact", "sparse")
+FORMS = ("compact", "sparse", "compact-dense")
+"""The encoder forms of the table (every form of ENCODER_FORMS)."""
 
 
 class DeployError(EntropiError, ValueError):
@@ -88,33 +91,45 @@ def _head_plan_bytes(cfg, feature_dim: int, classes: int) -> int | None:
     return int(plan.analytic_bytes + plan.reserve_bytes)
 
 
-def _float_file(encoder, info, form: str) -> tuple[Any, bytes]:
-    """The (folded, compacted when ``form`` is compact) module of a rung and its float32 TFLite
-    file (sparse storage where it pays)."""
+def _float_file(modules: dict[bool, Any], encoder, info, form: str) -> tuple[Any, bytes]:
+    """The module of ``form`` of a rung (folded; compacted for the compact forms, kept in
+    ``modules`` by whether it is compacted) and its float32 TFLite file, weights stored as the
+    form says."""
     import torch
 
     from entropi.export import compact_encoder, fold_batchnorm
-    from entropi.export.formats import FORMATS
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
 
-    folded = fold_batchnorm(encoder)
+    spec = ENCODER_FORMS[form]
     example = torch.zeros(1, *info.input_shape)
-    module = compact_encoder(folded, example)[0] if form == "compact" else folded
-    data, _ = FORMATS["tflite"].write(module, example, sparse=True, metadata={})
+    if False not in modules:
+        modules[False] = fold_batchnorm(encoder)
+    if spec.compact and True not in modules:
+        modules[True] = compact_encoder(modules[False], example)[0]
+    module = modules[spec.compact]
+    data, _ = FORMATS["tflite"].write(module, example, sparse=spec.sparse, metadata={})
     return module, data
 
 
-def _row(module, float_data: bytes, info, dtype: str, calibration: np.ndarray | None) -> dict:
+def _row(
+    module, float_data: bytes, info, form: str, dtype: str, calibration: np.ndarray | None
+) -> dict:
     """Measure what one (rung, form, dtype) file needs: the float32 file itself, or its int8
     form calibrated on ``calibration`` (uint8 images)."""
     from entropi.export import images_to_inputs
     from entropi.export.footprint import tflite_footprint, tflite_latency_ms
-    from entropi.export.formats import FORMATS
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
 
     data = float_data
     if dtype == "int8":
         cal = images_to_inputs(calibration, info.normalization)
         data, _, _ = FORMATS["tflite"].quantize(
-            module, data, cal, input_shape=info.input_shape, sparse=True, metadata={}
+            module,
+            data,
+            cal,
+            input_shape=info.input_shape,
+            sparse=ENCODER_FORMS[form].sparse,
+            metadata={},
         )
     fp = tflite_footprint(data)
     return {
@@ -168,22 +183,23 @@ def deployment_table(
         digests = {i: rung_hash(run, i) for i in range(n_rungs)}
         loaded: dict[int, Any] = {}
         built: dict[str, tuple[Any, bytes]] = {}  # form -> (module, float file) of that rung
+        modules: dict[bool, Any] = {}  # compacted? -> the folded module of that rung
         head_plans: dict[tuple[int, int], int | None] = {}  # (feature_dim, classes) -> bytes
         for i, form, dtype in todo:
             key = f"{digests[i][:16]}-{form}-{dtype}-{settings if dtype == 'int8' else ''}"
             measured = rows_cache.get(key)
             if measured is None:
                 if i not in loaded:  # one rung in memory at a time
-                    loaded, built = {i: load_rung(run, i)}, {}
+                    loaded, built, modules = {i: load_rung(run, i)}, {}, {}
                 encoder, info = loaded[i]
                 if form not in built:  # the float file of (rung, form), shared by its dtypes
-                    built[form] = _float_file(encoder, info, form)
+                    built[form] = _float_file(modules, encoder, info, form)
                 if dtype == "int8" and calibration is None:
                     calibration = calibration_images(
                         run_target(run).x_train, cfg.export, seed=cfg.seed
                     )
                 measured = {
-                    **_row(*built[form], info, dtype, calibration),
+                    **_row(*built[form], info, form, dtype, calibration),
                     "feature_dim": int(info.feature_dim or encoder.feature_dim),
                     "alpha": float(info.alpha),
                 }

@@ -93,10 +93,15 @@ def run_all(
         return {}  # rank 0 selects, exports, trains the head and writes the results
     results = select_rung_results(cfg, run)
     sel = results["selected_index"]
+    # with [deploy] limits, the device gets the form and dtype of the row that fits
+    pick = (results.get("deployment") or {}).get("pick") or {}
+    form, dtype = pick.get("form"), pick.get("dtype")
     if cfg.export.enabled:
-        results["export"] = export_summary(_timed(run, "export", stage_export, cfg, run, tgt, sel))
+        results["export"] = export_summary(
+            _timed(run, "export", stage_export, cfg, run, tgt, sel, form)
+        )
         if cfg.device_train.enabled:
-            report = _timed(run, "device", stage_device, cfg, run, tgt, sel)
+            report = _timed(run, "device", stage_device, cfg, run, tgt, sel, form, dtype)
             results["device"] = report.summary()
         results["stage_seconds"] = run.stage_seconds()
     results["report"] = write_report(cfg, run, results).name

@@ -556,13 +556,19 @@ def reuse_ladder(
     return new_cfg, new
 
 
-def stage_export(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int) -> dict[str, Any]:
-    """Export rung ``rung`` (verified against PyTorch, also on real target images); with
-    ``[export] quantize = "int8"`` also its int8 files, calibrated on a seeded draw of the
-    target training images, and what int8 costs the head (export.json ``downstream``)."""
+def stage_export(
+    cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int, form: str | None = None
+) -> dict[str, Any]:
+    """Export rung ``rung`` in the sparse form and ``form`` (default ``[export] form``), verified
+    against PyTorch, also on real target images; with ``[export] quantize = "int8"`` also its
+    int8 files, calibrated on a seeded draw of the target training images, and what int8 costs
+    the head (export.json ``downstream``)."""
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
+
     from .bundle import calibration_images, ensure_export, int8_downstream
 
     e = cfg.export
+    form = form or e.form
     images = tgt.x_test[: e.verify_images] if e.verify_images else None
     int8 = e.quantize != "none"
     if int8 and images is None:
@@ -571,15 +577,17 @@ def stage_export(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int) -> dic
         run.root,
         rung,
         formats=tuple(e.formats),
-        compact=e.form == "compact",
+        forms=("sparse", form),
         verify_images=images,
         quantize=e.quantize,
         calibration=calibration_images(tgt.x_train, e, seed=cfg.seed) if int8 else None,
         min_cosine=e.min_cosine,
     )
-    if int8 and not isinstance(info.get("downstream"), dict):
+    measured = info.get("downstream") if isinstance(info.get("downstream"), dict) else {}
+    wanted = [FORMATS[f].filename(ENCODER_FORMS[form].stem, e.quantize) for f in e.formats]
+    if int8 and not all(name in measured for name in wanted):
         info["downstream"] = int8_downstream(
-            export_dir, info, tgt, cfg.probe, form=e.form, formats=e.formats, seed=cfg.seed
+            export_dir, info, tgt, cfg.probe, form=form, formats=e.formats, seed=cfg.seed
         )
         run.write_json(export_dir / "export.json", info)
     worst = max(f.get("max_abs_diff", 0.0) for f in info["files"].values())
@@ -612,8 +620,16 @@ def export_summary(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def stage_device(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int):
-    """Bundle rung ``rung``'s encoder and train the head with the numpy device runtime."""
+def stage_device(
+    cfg: RunConfig,
+    run: RunDir,
+    tgt: TargetData,
+    rung: int,
+    form: str | None = None,
+    dtype: str | None = None,
+):
+    """Bundle rung ``rung``'s encoder (``form`` / ``dtype``, default ``[export] form`` /
+    ``quantize``) and train the head with the numpy device runtime."""
     from entropi.device.app import train_on_bundle
 
     from .bundle import bundle_rung
@@ -622,11 +638,11 @@ def stage_device(cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int):
         run.root,
         run.bundle,
         rung=rung,
-        form=cfg.export.form,
+        form=form or cfg.export.form,
         formats=tuple(cfg.export.formats),
         class_names=tgt.classes,
         overwrite=True,
-        dtype="float32" if cfg.export.quantize == "none" else cfg.export.quantize,
+        dtype=dtype or ("float32" if cfg.export.quantize == "none" else cfg.export.quantize),
     )
     data = write_target_npz(tgt, run.target_data)
     report = train_on_bundle(bundle, data, run.head, cfg.head_training)

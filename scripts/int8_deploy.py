@@ -125,7 +125,7 @@ def quickstart(run: Path, work: Path) -> dict:
         bundles[dtype] = bundle_rung(
             run, work / f"bundle-{dtype}", form="compact", dtype=dtype, overwrite=True
         )
-    export_dir, info = ensure_export(run, "selected", quantize="int8", compact=True)
+    export_dir, info = ensure_export(run, "selected", quantize="int8")
     if not isinstance(info.get("downstream"), dict):
         info["downstream"] = int8_downstream(export_dir, info, tgt, cfg.probe, seed=cfg.seed)
         rd.write_json(export_dir / "export.json", info)

@@ -699,7 +699,7 @@ def test_ensure_export_is_keyed_by_the_rung_file(tmp_path, monkeypatch):
     stale.mkdir()
     old = time.time() - 3600 * 24
     os.utime(stale, (old, old))
-    out, info = ensure_export(run, 1, formats=("onnx",), compact=False)
+    out, info = ensure_export(run, 1, formats=("onnx",), forms=("sparse",))
     assert not stale.exists()
     assert info["rung_sha256"] == rung_hash(run, 1) == sha256_file(run.rung(1))
     assert json.loads((out / "export.json").read_text())["rung_sha256"] == info["rung_sha256"]
@@ -709,15 +709,15 @@ def test_ensure_export_is_keyed_by_the_rung_file(tmp_path, monkeypatch):
     monkeypatch.setattr(
         host_bundle, "export_rung", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    assert ensure_export(run, 1, formats=("onnx",), compact=False) == (out, info)
+    assert ensure_export(run, 1, formats=("onnx",), forms=("sparse",)) == (out, info)
     assert calls == []
     # a replaced rung (another file at the same index) ships a fresh export
     shutil.copyfile(run.rung(0), run.rung(1))
-    _, info2 = ensure_export(run, 1, formats=("onnx",), compact=False)
+    _, info2 = ensure_export(run, 1, formats=("onnx",), forms=("sparse",))
     assert calls == [1] and info2["rung_sha256"] == sha256_file(run.rung(0))
     # an exported file changed under export.json is exported again
     (out / "encoder.onnx").write_bytes(b"tampered")
-    _, info3 = ensure_export(run, 1, formats=("onnx",), compact=False)
+    _, info3 = ensure_export(run, 1, formats=("onnx",), forms=("sparse",))
     assert (
         calls == [1, 1]
         and sha256_file(out / "encoder.onnx") == info3["files"]["encoder.onnx"]["sha256"]
@@ -726,7 +726,7 @@ def test_ensure_export_is_keyed_by_the_rung_file(tmp_path, monkeypatch):
     legacy = {**info3}
     del legacy["rung_sha256"]
     (out / "export.json").write_text(json.dumps(legacy))
-    ensure_export(run, 1, formats=("onnx",), compact=False)
+    ensure_export(run, 1, formats=("onnx",), forms=("sparse",))
     assert calls == [1, 1, 1]
 
 

@@ -191,7 +191,7 @@ def test_export_loops_over_the_registry(monkeypatch, tmp_path):
     assert prov["rung_index"] == 0 and prov["source_accuracy"] is None
     assert prov["arch"] == "smallnet" and prov["feature_dim"] == 256
     props = {p.key: p.value for p in onnx.load(tmp_path / "out" / "encoder.onnx").metadata_props}
-    assert props["entropi.form"] == "pruned" and props["entropi.onnx_opset"] == str(ONNX_OPSET)
+    assert props["entropi.form"] == "sparse" and props["entropi.onnx_opset"] == str(ONNX_OPSET)
 
 
 def test_export_rejects_bad_input(tmp_path):

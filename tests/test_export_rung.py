@@ -74,7 +74,9 @@ def exported(run, tmp_path_factory):
     torch.set_num_threads(1)
     images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     out = tmp_path_factory.mktemp("exp") / "export"
-    return out, export_rung(run, "selected", compact=True, out_dir=out, verify_images=images)
+    return out, export_rung(
+        run, "selected", forms=("sparse", "compact"), out_dir=out, verify_images=images
+    )
 
 
 def test_files_and_export_json(exported, run):
@@ -128,7 +130,7 @@ def test_provenance_inside_the_models(exported):
     assert json.loads(props["entropi.alpha"]) == result["provenance"]["alpha"]
     assert props["entropi.entropi_version"] == result["provenance"]["entropi_version"]
     meta = read_metadata(out / "encoder.tflite")
-    assert meta["nnz"] == result["nnz"] and meta["form"] == "pruned"
+    assert meta["nnz"] == result["nnz"] and meta["form"] == "sparse"
 
 
 def test_failed_verification_leaves_nothing(run, tmp_path):
@@ -251,6 +253,49 @@ def test_bad_rung_argument(run):
         list_rungs(run / "missing")
 
 
+def test_compact_dense_form_stores_the_compact_encoder_dense(exported, run, tmp_path):
+    """forms=("compact-dense",): the compact network with every weight stored dense (no sparse
+    tensor, no DENSIFY op in the TFLite graph, so nothing is rebuilt in RAM), the same
+    parameters as the compact form, and the same features as the compact file (LiteRT and
+    onnxruntime, against each other and PyTorch)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from entropi.export import run_onnx, run_tflite
+
+    compact_out, compact = exported
+    out = tmp_path / "export"
+    result = export_rung(run, "selected", forms=("compact-dense",), out_dir=out)
+    names = {"encoder_compact_dense.onnx", "encoder_compact_dense.tflite"}
+    assert set(result["files"]) == names and result["forms"] == ["compact-dense"]
+    assert compact["forms"] == ["sparse", "compact"]
+    for name in names:
+        dense, sparse = result["files"][name], compact["files"][name.replace("_dense", "")]
+        assert dense["sparse_tensors"] == 0 < sparse["sparse_tensors"]
+        assert dense["params"] == sparse["params"] == compact["compact"]["params_after"]
+        assert dense["bytes"] >= 4 * dense["params"] > sparse["bytes"]
+    ops = {
+        o["op_name"]
+        for o in Interpreter(str(out / "encoder_compact_dense.tflite"))._get_ops_details()
+    }
+    assert "DENSIFY" not in ops
+    assert "DENSIFY" in {
+        o["op_name"]
+        for o in Interpreter(str(compact_out / "encoder_compact.tflite"))._get_ops_details()
+    }
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ref = run_tflite(compact_out / "encoder_compact.tflite", x)
+    np.testing.assert_allclose(run_tflite(out / "encoder_compact_dense.tflite", x), ref, atol=1e-5)
+    np.testing.assert_allclose(run_onnx(out / "encoder_compact_dense.onnx", x), ref, atol=1e-4)
+    assert read_metadata(out / "encoder_compact_dense.tflite")["form"] == "compact-dense"
+    with pytest.raises(ExportError, match="unknown encoder form.*'dense'.*valid"):
+        export_rung(run, "selected", forms=("dense",), out_dir=tmp_path / "x")
+    with pytest.raises(ExportError, match="not both"):
+        from entropi.export import export_encoder
+
+        export_encoder(*load_rung(run, 1), tmp_path / "y", compact=True, forms=("compact",))
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     from entropi.device import load_bundle
     from entropi.host import bundle as host_bundle
@@ -258,7 +303,7 @@ def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     rundir = write_run(tmp_path / "run")
     run = RunDir(rundir)
     run.write_json(run.target_classes, ["cat", "dog"])
-    out, info = ensure_export(rundir, formats=("onnx",), compact=False)
+    out, info = ensure_export(rundir, formats=("onnx",), forms=("sparse",))
     assert out == run.export and set(info["files"]) == {"encoder.onnx"}
     assert info["provenance"]["rung_index"] == 1
 
@@ -266,7 +311,7 @@ def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
         raise AssertionError("exported again")
 
     monkeypatch.setattr(host_bundle, "export_rung", no_export)
-    assert ensure_export(run, 1, formats=["onnx"], compact=False) == (out, info)
+    assert ensure_export(run, 1, formats=["onnx"], forms=["sparse"]) == (out, info)
     path = bundle_rung(rundir, tmp_path / "bundle", form="sparse", formats=("onnx",))
     b = load_bundle(path, prefer=("onnx",))
     assert b.class_names == ["cat", "dog"] and b.feature_dim == 256
@@ -274,5 +319,12 @@ def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     assert b.manifest["provenance"]["export"] == {"encoder.onnx": info["files"]["encoder.onnx"]}
     with pytest.raises(ExportError, match="form must be one of"):
         bundle_rung(rundir, tmp_path / "b2", form="dense")
+    monkeypatch.undo()
+    # another form: exported again with the forms the export had, so both bundle from it
+    path = bundle_rung(rundir, tmp_path / "b4", form="compact-dense", formats=("onnx",))
+    assert set(load_bundle(path).manifest["encoders"]) == {"encoder_compact_dense.onnx"}
+    _, info = ensure_export(run, 1, formats=["onnx"], forms=["sparse"])
+    assert info["forms"] == ["sparse", "compact-dense"]
+    assert set(info["files"]) == {"encoder.onnx", "encoder_compact_dense.onnx"}
     with pytest.raises(ExportError, match="unknown export format"):
         bundle_rung(rundir, tmp_path / "b3", form="sparse", formats=("coreml",))

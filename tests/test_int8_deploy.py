@@ -475,7 +475,7 @@ def test_run_exports_and_bundles_int8(int8_run):
     assert "int8 mean cos" in report and "probe acc, int8 features" in report
 
 
-def test_select_fits_flash(int8_run, capsys):
+def test_select_fits_flash(int8_run, capsys, tmp_path):
     from entropi.host.cli import main
     from entropi.host.rundir import RunDir
     from entropi.host.stages import stage_select
@@ -490,15 +490,93 @@ def test_select_fits_flash(int8_run, capsys):
     dep = res["deployment"]
     assert dep["pick"]["flash_bytes"] <= limit and 0 not in dep["fitting_rungs"]
     assert res["selected_index"] == dep["pick"]["rung"] != 0
+    forms = ("compact", "sparse", "compact-dense")
     assert {(r["rung"], r["form"], r["dtype"]) for r in dep["table"]} == {
-        (i, f, d) for i in (0, 1) for f in ("compact", "sparse") for d in ("float32", "int8")
+        (i, f, d) for i in (0, 1) for f in forms for d in ("float32", "int8")
     }
     assert "## Deployment" in (out / "report.md").read_text()
+    # `entropi bundle` of the selected rung follows the picked row's form and dtype
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
+
+    pick = dep["pick"]
+    capsys.readouterr()
+    argv = ["bundle", "--run", str(out), "--format", "tflite", "--out", str(tmp_path / "b")]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    name = FORMATS["tflite"].filename(ENCODER_FORMS[pick["form"]].stem, pick["dtype"])
+    assert set(manifest["encoders"]) == {name}
+    assert manifest["provenance"]["form"] == pick["form"]
+    assert f"{pick['form']} {pick['dtype']} (the form and dtype that fit" in capsys.readouterr().out
+    assert main([*argv[:-1], str(tmp_path / "c"), "--form", "sparse", "--quantize", "none"]) == 0
+    assert set(json.loads((tmp_path / "c" / "manifest.json").read_text())["encoders"]) == {
+        "encoder.tflite"
+    }
     assert main(["select", str(out), "--flash", "1KB"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err  # the log lines of the run, then the one-line error
     assert "no rung fits flash 1.0 KB: the smallest flash need is" in err.strip().splitlines()[-1]
     assert main(["select", str(out), "--flash", "lots"]) == 2
+
+
+def test_compact_dense_rows_trade_flash_for_ram(int8_run):
+    """The compact-dense file of a pruned rung stores every weight: no DENSIFY, so its RAM is
+    the activations and the head plan alone, below the compact (sparse-stored) file's, for a
+    larger file; a RAM limit between the two fits the rung only in its compact-dense row."""
+    from entropi.host.deploy import fit_rule
+    from entropi.host.rundir import RunDir
+
+    cfg, out, _ = int8_run
+    rows = {(r["rung"], r["form"], r["dtype"]): r for r in _table(cfg, RunDir(out))}
+    for dtype in ("float32", "int8"):
+        dense, sparse = rows[1, "compact-dense", dtype], rows[1, "compact", dtype]
+        assert dense["densified_bytes"] == 0 < sparse["densified_bytes"]
+        assert dense["ram_bytes"] == (
+            dense["activation_peak_bytes"] + dense["head_train_bytes"]
+        )  # fmt: skip
+        assert (
+            dense["ram_bytes"] < sparse["ram_bytes"] and dense["file_bytes"] > sparse["file_bytes"]
+        )
+        assert dense["activation_peak_bytes"] == sparse["activation_peak_bytes"]
+    limit = rows[1, "compact-dense", "float32"]["ram_bytes"]
+    below = [r for r in rows.values() if r["rung"] == 1 and r["ram_bytes"] > limit]
+    assert {r["form"] for r in below} >= {"compact", "sparse"}
+    pick = fit_rule(list(rows.values()), [0.0, 1.0], ram=limit)  # the criterion rates rung 1 best
+    assert (pick["rung"], pick["form"]) == (1, "compact-dense") and pick["ram_bytes"] <= limit
+
+
+def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(int8_run, image_folder, tmp_path):
+    """`entropi run` with [deploy] ram at rung 1's compact-dense int8 need: the pick fits, and
+    the export and the device bundle hold that row's form and dtype, whatever [export] form
+    says."""
+    from test_pipeline import tiny_config
+
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
+    from entropi.host import pipeline
+    from entropi.host.rundir import RunDir
+
+    cfg, out, _ = int8_run
+    rows = _table(cfg, RunDir(out))
+    limit = next(
+        r["ram_bytes"]
+        for r in rows
+        if (r["rung"], r["form"], r["dtype"]) == (1, "compact-dense", "int8")
+    )
+    cfg2 = tiny_config(image_folder, alpha_min=0.5)
+    cfg2.export.formats, cfg2.export.quantize = ["tflite"], "int8"
+    cfg2.export.calibration_images, cfg2.deploy.ram = 8, str(limit)
+    cfg2.export.form = "sparse"
+    results = pipeline.run_all(cfg2, tmp_path / "r", argv=["entropi", "run"])
+    pick = results["deployment"]["pick"]
+    assert pick["ram_bytes"] <= limit and results["selected_index"] == pick["rung"]
+    assert all(
+        r["ram_bytes"] > limit
+        for r in rows
+        if r["rung"] not in results["deployment"]["fitting_rungs"]
+    )
+    name = FORMATS["tflite"].filename(ENCODER_FORMS[pick["form"]].stem, pick["dtype"])
+    manifest = json.loads((tmp_path / "r" / "bundle" / "manifest.json").read_text())
+    assert set(manifest["encoders"]) == {name} and name in results["export"]["files"]
+    assert results["device"]["peak_bytes"] <= results["device"]["budget_bytes"]
 
 
 def _table(cfg, run):
@@ -579,7 +657,12 @@ def test_an_int8_export_is_reused_only_for_the_same_calibration(tmp_path, monkey
     monkeypatch.setattr(
         host_bundle, "export_rung", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
-    kw = {"formats": ("onnx",), "compact": False, "quantize": "int8", "verify_images": pixels(8, 9)}
+    kw = {
+        "formats": ("onnx",),
+        "forms": ["sparse"],
+        "quantize": "int8",
+        "verify_images": pixels(8, 9),
+    }
     a, b = pixels(8, 1), pixels(8, 2)
     _, info = ensure_export(run, 1, calibration=a, min_cosine=0.9, **kw)
     assert info["quantization"]["calibration_sha256"] == calibration_digest(a)
