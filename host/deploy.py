@@ -282,6 +282,21 @@ def fit_rule(
             msg += f", the smallest RAM need {format_size(by_ram['ram_bytes'])} ({_label(by_ram)})"
         else:
             msg += "; no rung's head training fits the [device_train] budget"
+        if flash is not None and ram is not None:  # how far the other limit is, given one
+            in_ram = [r for r in with_ram if r["ram_bytes"] <= ram]
+            in_flash = [r for r in with_ram if r["flash_bytes"] <= flash]
+            if in_ram:
+                r = min(in_ram, key=lambda r: r["flash_bytes"])
+                msg += (
+                    f"; within RAM {format_size(ram)} the smallest flash need is "
+                    f"{format_size(r['flash_bytes'])} ({_label(r)})"
+                )
+            if in_flash:
+                r = min(in_flash, key=lambda r: r["ram_bytes"])
+                msg += (
+                    f"; within flash {format_size(flash)} the smallest RAM need is "
+                    f"{format_size(r['ram_bytes'])} ({_label(r)})"
+                )
         raise DeployError(msg)
     rungs = sorted({r["rung"] for r in fitting})
     v = np.array([values[i] for i in rungs], dtype=np.float64)

@@ -407,6 +407,18 @@ def test_fit_rule_names_the_smallest_need():
         fit_rule(TABLE, VALUES, ram=100)
     with pytest.raises(DeployError, match="no rung's head training fits"):
         fit_rule([row(0, 10, None)], [1.0])
+    # both limits: also the nearest row within each one (here the flash one alone is missed)
+    with pytest.raises(DeployError) as e:
+        fit_rule(TABLE, VALUES, flash=90, ram=260)
+    assert str(e.value).endswith(
+        "; within RAM 260 B the smallest flash need is 100 B (rung 2, compact int8)"
+    )
+    with pytest.raises(DeployError) as e:
+        fit_rule(TABLE, VALUES, flash=250, ram=240)
+    assert str(e.value).endswith(
+        "smallest RAM need 250 B (rung 2, compact int8); within flash 250 B the smallest RAM "
+        "need is 250 B (rung 2, compact int8)"
+    )
 
 
 @pytest.mark.parametrize("text", ["abc", "-1KB", "0", "12 parsecs", "5TB"])
