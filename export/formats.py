@@ -255,24 +255,14 @@ class EncoderForm:
     """Dead channels removed (:func:`~entropi.export.compact_encoder`)."""
     sparse: bool
     """Pruned weights stored sparse where that is smaller (else every weight dense)."""
-    summary: str
-    """One line for help texts."""
 
 
 ENCODER_FORMS: dict[str, EncoderForm] = {
     f.name: f
     for f in (
-        EncoderForm("sparse", "encoder", False, True, "pruned weights stored sparse"),
-        EncoderForm(
-            "compact", "encoder_compact", True, True, "dead channels removed, the rest sparse"
-        ),
-        EncoderForm(
-            "compact-dense",
-            "encoder_compact_dense",
-            True,
-            False,
-            "dead channels removed, weights dense: read in place, the least RAM",
-        ),
+        EncoderForm("sparse", "encoder", compact=False, sparse=True),
+        EncoderForm("compact", "encoder_compact", compact=True, sparse=True),
+        EncoderForm("compact-dense", "encoder_compact_dense", compact=True, sparse=False),
     )
 }
 

@@ -227,9 +227,10 @@ def ensure_export(
             and quant.get("calibration_sha256") == calibration_digest(calibration)
             and quant.get("min_cosine") == float(min_cosine)
         )
-        if same_int8 and _reusable(info, out, index, rung_hash(run, index), wanted):
+        digest = rung_hash(run, index)
+        if same_int8 and _reusable(info, out, index, digest, wanted):
             return out, info
-        if info.get("rung_sha256") == rung_hash(run, index) and isinstance(info.get("forms"), list):
+        if info.get("rung_sha256") == digest and isinstance(info.get("forms"), list):
             # the forms this rung's export has stay (a bundle of another form adds one)
             forms = [f for f in ENCODER_FORMS if f in forms or f in info["forms"]]
     info = export_rung(
