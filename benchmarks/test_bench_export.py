@@ -1,5 +1,6 @@
 """Exported-encoder inference: onnxruntime and LiteRT, batch 1, one thread, for the same pruned
-MobileNetV3-small (alpha = 0.01, half the channels dead) stored dense, sparse and compact.
+MobileNetV3-small (alpha = 0.01, half the channels dead) stored dense, sparse, compact (dead
+channels removed, the rest sparse) and compact-dense (dead channels removed, stored dense).
 
 Each benchmark asserts that the runtime's output matches the PyTorch encoder (tolerance
 ``1e-5 + 1e-4 * max|ref|``, as in entropi.export). ``python scripts/export_bench.py``
@@ -22,9 +23,10 @@ from entropi.export import (
     fold_batchnorm,
     sparsify_tflite,
 )
+from entropi.export.formats import ENCODER_FORMS
 from entropi.export.verify import compare_arrays, torch_features
 
-FORMS = ["dense", "sparse", "compact"]
+FORMS = ["dense", "sparse", "compact", "compact-dense"]
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +35,14 @@ def files(tmp_path_factory):
     torch.set_num_threads(1)
     encoder = synthetic_encoder("mobilenetv3_small", alpha=0.01, kill=0.5)
     out = tmp_path_factory.mktemp("bench_export")
-    export_encoder(encoder, fake_rung_meta(encoder, "mobilenetv3_small"), out, compact=True)
+    meta = fake_rung_meta(encoder, "mobilenetv3_small")
+    export_encoder(encoder, meta, out, forms=("sparse", "compact", "compact-dense"))
     folded, example = fold_batchnorm(encoder), torch.zeros(1, 3, 32, 32)
     (out / "dense.onnx").write_bytes(export_onnx(folded, example, sparse=False, metadata={})[0])
     dense_tflite = sparsify_tflite(convert_tflite(folded, example), sparse=False)[0]
     (out / "dense.tflite").write_bytes(dense_tflite)
     torch.set_num_threads(threads)
-    names = {"dense": "dense", "sparse": "encoder", "compact": "encoder_compact"}
+    names = {"dense": "dense", **{f.name: f.stem for f in ENCODER_FORMS.values()}}
     return encoder, {form: out / names[form] for form in FORMS}
 
 
