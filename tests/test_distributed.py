@@ -510,6 +510,21 @@ def test_the_launcher_reports_a_failed_job_in_one_line(tmp_path, ending, status,
         assert len(lines) == 1 and re.fullmatch(rf"entropi: error: {said} \(pid \d+\)", lines[0])
 
 
+def test_progress_bars_show_on_rank_0_only(monkeypatch):
+    """The ranks of a job share the terminal: a bar on rank 0 (or outside torchrun) only."""
+    from entropi.host.progress import progress
+
+    monkeypatch.delenv("ENTROPI_QUIET", raising=False)
+    for rank, shown in ((None, True), ("0", True), ("1", False), ("3", False)):
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+        else:
+            monkeypatch.setenv("RANK", rank)
+        bar = progress(total=1, desc="x")
+        assert bar.disable is not shown, rank
+        bar.close()
+
+
 def test_throughput_script_measures_a_train_call(tmp_path):
     """scripts/ddp_throughput.py's worker (one process here): the images/s of its timed calls."""
     import argparse
