@@ -21,6 +21,10 @@ Run: ``.venv/bin/python scripts/int8_deploy.py --run runs/quickstart`` (after
    Float and int8 processes
    alternate, ``--repeats`` times; the table gives medians and the int8 / float ratio (same
    machine, same run: the ratio is what to read on this shared, noisy host).
+3. ``forms``: the same measures for the compact form (remaining pruned weights stored sparse,
+   rebuilt by DENSIFY at load) against the compact-dense form (stored dense, read in place),
+   float32 and int8, for the quickstart rung and the synthetic ResNet18; their processes
+   alternate too (``compact_dense_over_compact``: the ratios).
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def quickstart(run: Path, work: Path) -> dict:
         bundles[dtype] = bundle_rung(
             run, work / f"bundle-{dtype}", form="compact", dtype=dtype, overwrite=True
         )
-    export_dir, info = ensure_export(run, "selected", quantize="int8")
+    export_dir, info = ensure_export(run, "selected", quantize="int8", forms=FORMS)
     if not isinstance(info.get("downstream"), dict):
         info["downstream"] = int8_downstream(export_dir, info, tgt, cfg.probe, seed=cfg.seed)
         rd.write_json(export_dir / "export.json", info)
@@ -166,8 +170,8 @@ def quickstart(run: Path, work: Path) -> dict:
 
 def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
     """``arch`` random init, batch norms randomized, global magnitude pruned to ``alpha``
-    (:func:`entropi.benchmarks.synthetic_models.synthetic_encoder`), exported compact (float +
-    int8 TFLite)."""
+    (:func:`entropi.benchmarks.synthetic_models.synthetic_encoder`), exported compact and
+    compact-dense (float + int8 TFLite)."""
     from entropi.benchmarks.synthetic_models import fake_rung_meta, synthetic_encoder
     from entropi.export import export_encoder
 
@@ -181,13 +185,37 @@ def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
         info,
         out,
         formats=["tflite"],
-        compact=True,
+        forms=FORMS,
         verify_images=pixels[:16],
         quantize="int8",
         calibration_images=pixels[16:],
         min_cosine=0.9,
     )
     return out
+
+
+FORMS = ("sparse", "compact", "compact-dense")
+
+
+def forms_rows(export: Path, n: int, repeats: int) -> dict:
+    """compact vs compact-dense of the export in ``export``, float32 and int8 (:func:`paired`:
+    the four processes alternate)."""
+    meta = json.loads((export / "export.json").read_text())
+    files, dim = meta["files"], meta["provenance"]["feature_dim"]
+    todo = {}
+    for stem, form in (("encoder_compact", "compact"), ("encoder_compact_dense", "compact-dense")):
+        todo[f"{form} float32"] = (export / f"{stem}.tflite", dim, None)
+        q = files[f"{stem}_int8.tflite"]["quantization"]
+        todo[f"{form} int8"] = (export / f"{stem}_int8.tflite", dim, q)
+    rows = paired(todo, n, repeats)
+    rows["compact_dense_over_compact"] = {
+        dtype: {
+            key: rows[f"compact-dense {dtype}"][key] / rows[f"compact {dtype}"][key]
+            for key in ("file_bytes", "latency_ms", "rss_delta_bytes")
+        }
+        for dtype in ("float32", "int8")
+    }
+    return rows
 
 
 def fixed_cost_file(work: Path) -> Path:
@@ -273,6 +301,9 @@ def main(argv=None) -> int:
             latency[arch]["int8_feature_error"] = meta["files"]["encoder_compact_int8.tflite"][
                 "feature_error"
             ]
+        forms = {"quickstart": forms_rows(export, a.images, a.repeats)}
+        if "resnet18" in a.archs and "refused" not in latency["resnet18"]:
+            forms["resnet18"] = forms_rows(work / "export-resnet18", a.images, a.repeats)
         fixed_path = fixed_cost_file(work)
         fixed_runs = [measure(fixed_path, 4, None, a.images) for _ in range(a.repeats)]
         fixed = int(statistics.median(r["rss_after"] - r["rss_before"] for r in fixed_runs))
@@ -287,6 +318,10 @@ def main(argv=None) -> int:
                 / max(1, row["float32"]["rss_delta_bytes"]),
                 "file": row["int8"]["file_bytes"] / row["float32"]["file_bytes"],
             }
+        for rows in forms.values():
+            for key, row in rows.items():
+                if key != "compact_dense_over_compact":
+                    row["ram_check"] = rss_check(row, fixed)
         qs.pop("bundles")
     result = {
         "command": "python scripts/int8_deploy.py " + " ".join(argv or sys.argv[1:]),
@@ -303,6 +338,7 @@ def main(argv=None) -> int:
         "seconds": time.time() - t0,
         "quickstart": qs,
         "latency_rss": latency,
+        "forms": forms,
         "interpreter_fixed_rss_bytes": fixed,
         "conventions": __doc__,
     }
@@ -318,6 +354,9 @@ def main(argv=None) -> int:
                 },
                 "ratios": {
                     k: v.get("int8_over_float", v.get("refused")) for k, v in latency.items()
+                },
+                "compact_dense_over_compact": {
+                    k: v["compact_dense_over_compact"] for k, v in forms.items()
                 },
             },
             indent=1,
