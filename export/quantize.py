@@ -13,6 +13,14 @@ What:
 - :func:`int8_feature_error`: the error measures of int8 features against float ones.
 - :func:`pruned_zeros_kept`: whether every pruned (exactly zero) float weight is an int8 zero.
 
+What litert-torch 0.10's quantizer leaves float, and what is done about it: residual adds and
+squeeze-excitation multiplies lose the source metadata its annotators match under torch 2.13
+(:func:`_restore_source_fns`); hardswish, clamps and the squeeze-excitation's global mean have
+no annotator (:func:`_quantizer` annotates them); hardsigmoid lowers to scalar float arithmetic
+(:func:`_hardsigmoid_into_conv` folds it into the conv before it). With these MobileNetV3-small
+is full-integer. An op TFLite has no int8 kernel for still stays float, and the file is refused
+with the float ops named.
+
 Why these libraries: they are the quantizers of the two runtimes the files are for, already
 dependencies of the ``tflite`` / ``export`` extras. litert-torch converts a torchao PT2E graph
 (``prepare_pt2e`` / ``convert_pt2e``, its own :class:`PT2EQuantizer`) straight to TFLite integer
@@ -159,6 +167,90 @@ def _restore_source_fns(graph) -> None:
             node.meta["source_fn_stack"] = [(torch_fn[0], fn)]
 
 
+def _hardsigmoid_into_conv(graph) -> int:
+    """Rewrite ``hardsigmoid(conv(x; W, b))`` as ``hardtanh(conv(x; W / 6, (b + 3) / 6), 0, 1)``
+    (the same function: hardsigmoid(y) = clamp(y / 6 + 1 / 2, 0, 1)); returns how many.
+
+    litert-torch 0.10 lowers ``hardsigmoid`` (MobileNetV3's squeeze-excitation gate) to a float
+    ADD and MUL with scalar constants that no annotation quantizes, so the file is not
+    full-integer; folded into the conv, what is left is a clamp, which quantizes like any
+    activation (:func:`_annotate_activations`). Only a conv whose output feeds the hardsigmoid
+    alone, with constant weight and bias, is rewritten (its parameters are replaced, not
+    changed in place: the graph shares them with the encoder); any other hardsigmoid stays, and
+    the full-integer check then names it."""
+    aten = torch.ops.aten
+    done = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target != aten.hardsigmoid.default:
+            continue
+        conv = node.args[0]
+        if not (
+            isinstance(conv, torch.fx.Node)
+            and conv.target == aten.conv2d.default
+            and len(conv.users) == 1
+            and len(conv.args) >= 3
+            and all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in conv.args[1:3])
+        ):
+            continue
+        for attr, fn in ((conv.args[1], lambda w: w / 6), (conv.args[2], lambda b: (b + 3) / 6)):
+            owner_name, _, name = attr.target.rpartition(".")
+            owner = graph.get_submodule(owner_name) if owner_name else graph
+            value = fn(getattr(owner, name).detach().clone())
+            setattr(owner, name, nn.Parameter(value, requires_grad=False))
+        with graph.graph.inserting_after(node):
+            clamp = graph.graph.call_function(aten.hardtanh.default, (conv, 0.0, 1.0))
+        clamp.meta = dict(node.meta)
+        node.replace_all_uses_with(clamp)
+        graph.graph.erase_node(node)
+        done += 1
+    if done:
+        graph.graph.lint()
+        graph.recompile()
+    return done
+
+
+_ACTIVATIONS = frozenset(
+    {torch.ops.aten.hardswish.default, torch.ops.aten.hardtanh.default, torch.ops.aten.mean.dim}
+)
+"""aten ops litert-torch 0.10's quantizer leaves unannotated (float) that TFLite runs in int8:
+HARD_SWISH, the clamp of :func:`_hardsigmoid_into_conv` (RELU_0_TO_1 / MINIMUM-MAXIMUM) and the
+squeeze-excitation's global mean (torch 2.13 records ``adaptive_avg_pool2d(x, 1)`` as
+``aten.mean.dim`` without the source metadata the quantizer's pooling annotator matches)."""
+
+
+def _quantizer(pt2e):
+    """litert-torch's :class:`PT2EQuantizer` (per-channel symmetric weights, static activations)
+    that also annotates :data:`_ACTIVATIONS`: each such node not annotated by the stock
+    annotators gets the config's input and output activation specs, so it is quantized between
+    observed int8 tensors like any other op."""
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    class _FullInteger(pt2e.PT2EQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            config = self.global_config
+            for node in model.graph.nodes:
+                if node.op != "call_function" or node.target not in _ACTIVATIONS:
+                    continue
+                done = node.meta.get("quantization_annotation")
+                if done is not None and done._annotated:
+                    continue
+                node.meta["quantization_annotation"] = QuantizationAnnotation(
+                    input_qspec_map={node.args[0]: get_input_act_qspec(config)},
+                    output_qspec=get_output_act_qspec(config),
+                    _annotated=True,
+                )
+            return model
+
+    return _FullInteger().set_global(
+        pt2e.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    )
+
+
 # --- TFLite ------------------------------------------------------------------------------------
 
 
@@ -192,12 +284,11 @@ def tflite_int8_bytes(
         raise ExportError(
             f"encoder does not run on inputs of input_shape {list(shape)} (C x H x W): {e}"
         ) from e
-    quantizer = pt2e.PT2EQuantizer().set_global(
-        pt2e.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    )
+    quantizer = _quantizer(pt2e)
     with quiet_converter():  # e.g. "converted in training mode": no BN is left
         graph = torch.export.export(model, (example,)).module()
         _restore_source_fns(graph)
+        _hardsigmoid_into_conv(graph)
         graph = torchao_pt2e.prepare_pt2e(graph, quantizer)
         t_cal = time.perf_counter()
         with torch.no_grad():

@@ -9,7 +9,9 @@ new constant tensor with
 which is CSR: ``array_segments`` [rows + 1] and ``array_indices`` [NNZ], each in the narrowest of
 uint8 / uint16 / int32 that holds its values) and one DENSIFY op that rebuilds the original dense
 tensor when the interpreter prepares the graph. The stock LiteRT interpreter runs such files
-(it densifies once at load; its DENSIFY kernel takes float32 and int8). An int8 sparse tensor
+(it densifies once at load; its DENSIFY kernel takes float32 and int8), except an int8
+FULLY_CONNECTED behind a DENSIFY, which its XNNPACK delegate fails to prepare: that weight
+stays dense. An int8 sparse tensor
 carries the dense tensor's quantization (per-channel scales, zero points 0), so a reader can
 dequantize it without the DENSIFY op. :func:`dense_weight` reads either form back. Provenance
 goes into the model's ``metadata`` list.
@@ -193,18 +195,22 @@ def sparsify_tflite(
         densify = _opcode_index(model, schema.BuiltinOperator.DENSIFY)
         refs = Counter(t.buffer for sg in model.subgraphs for t in sg.tensors)
         for sg in model.subgraphs:
-            weights = set()
+            weights: dict[int, str] = {}  # weight tensor -> the op that reads it
             for op in sg.operators:
                 code = model.operatorCodes[op.opcodeIndex]
                 name = op_names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
                 if name in _WEIGHT_OPS and len(op.inputs) > 1 and op.inputs[1] >= 0:
-                    weights.add(int(op.inputs[1]))
+                    weights[int(op.inputs[1])] = name
             new_ops = []
             for t_idx in sorted(weights):
                 tensor = sg.tensors[t_idx]
                 buf = model.buffers[tensor.buffer]
                 dtype = _SPARSE_TYPES.get(tensor.type)
                 if dtype is None or buf.data is None:
+                    continue
+                if weights[t_idx] == "FULLY_CONNECTED" and tensor.type == schema.TensorType.INT8:
+                    # LiteRT's XNNPACK delegate cannot prepare an int8 FULLY_CONNECTED whose
+                    # weights a DENSIFY op computes ("failed to prepare"): it stays dense
                     continue
                 if refs[tensor.buffer] > 1:  # a buffer shared with another tensor stays dense
                     continue

@@ -645,12 +645,80 @@ def test_residual_add_is_int8():
     assert info["input"]["dtype"] == info["output"]["dtype"] == "int8"
 
 
+class _Sin(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return torch.sin(self.conv(x))
+
+
 def test_not_full_integer_is_refused():
-    """Hardswish has no annotator in litert-torch 0.10's quantizer: it would stay float32."""
-    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Hardswish()).eval()
+    """An op TFLite has no int8 kernel for (SIN) stays float32: the file is refused, the op
+    named."""
     cal = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    with pytest.raises(ExportError, match="not full-integer: .*HARD_SWISH"):
-        tflite_int8_bytes(enc, cal, input_shape=(3, 8, 8))
+    with pytest.raises(ExportError, match="not full-integer: .*SIN x1"):
+        tflite_int8_bytes(_Sin().eval(), cal, input_shape=(3, 8, 8))
+
+
+class _SqueezeExcite(torch.nn.Module):
+    """MobileNetV3's gate: mean -> conv -> relu -> conv -> hardsigmoid, times the input."""
+
+    def __init__(self, ch: int = 8) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Conv2d(ch, 4, 1), torch.nn.Conv2d(4, ch, 1)
+
+    def forward(self, x):
+        s = torch.nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * torch.nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+def test_hardsigmoid_folds_into_its_conv_exactly():
+    """hardsigmoid(conv(x)) -> hardtanh(conv'(x), 0, 1) with conv' = (W / 6, (b + 3) / 6): the
+    same outputs (float32 rounding), the encoder's own parameters untouched; a hardsigmoid not
+    fed by a conv is left as it is."""
+    from entropi.export.quantize import _hardsigmoid_into_conv
+
+    torch.manual_seed(0)
+    se = _SqueezeExcite().eval()
+    with torch.no_grad():
+        se.fc2.bias.uniform_(-4, 4)  # both clamps and the linear part are reached
+    before = {k: v.clone() for k, v in se.state_dict().items()}
+    x = torch.randn(16, 8, 5, 5) * 3
+    graph = torch.export.export(se, (x[:1],)).module()
+    assert _hardsigmoid_into_conv(graph) == 1
+    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert "aten.hardsigmoid.default" not in targets and "aten.hardtanh.default" in targets
+    with torch.no_grad():
+        got = torch.cat([graph(x[i : i + 1]) for i in range(len(x))])  # exported at batch 1
+        torch.testing.assert_close(got, se(x), rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(v, before[k]) for k, v in se.state_dict().items())
+    free = torch.export.export(torch.nn.Hardsigmoid(), (x[:1],)).module()
+    assert _hardsigmoid_into_conv(free) == 0
+
+
+def test_mobilenetv3_is_full_integer_and_its_sparse_file_loads():
+    """MobileNetV3-small (hardswish, squeeze-excitation gates, a final linear) converts with no
+    float op left, its int8 features match the float encoder, and its sparse-stored file loads
+    in the interpreter (the int8 FULLY_CONNECTED weight stays dense: XNNPACK cannot prepare it
+    behind a DENSIFY) and gives the same features as the dense-stored one."""
+    from entropi.export.quantize import int8_feature_error, run_tflite_int8, tflite_float_ops
+
+    enc = synthetic_encoder("mobilenetv3_small", alpha=0.3, seed=0)
+    folded = fold_batchnorm(enc)
+    rng = np.random.default_rng(0)
+    cal = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    data, _ = tflite_int8_bytes(folded, cal, input_shape=(3, 32, 32))
+    assert tflite_float_ops(data) == {}
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        ref = folded(torch.from_numpy(x)).numpy()
+    err = int8_feature_error(ref, run_tflite_int8(data, x))
+    assert err["mean_cos"] >= 0.99, err
+    sparse, stats = sparsify_tflite(data)
+    assert stats.tensors > 0 and len(sparse) < len(data)
+    np.testing.assert_array_equal(run_tflite_int8(sparse, x), run_tflite_int8(data, x))
 
 
 def test_an_int8_export_is_reused_only_for_the_same_calibration(tmp_path, monkeypatch):
