@@ -23,7 +23,7 @@ Run: ``.venv/bin/python scripts/int8_deploy.py --run runs/quickstart`` (after
    machine, same run: the ratio is what to read on this shared, noisy host).
 3. ``forms``: the same measures for the compact form (remaining pruned weights stored sparse,
    rebuilt by DENSIFY at load) against the compact-dense form (stored dense, read in place),
-   float32 and int8, for the quickstart rung and the synthetic ResNet18; their processes
+   float32 and int8, for the quickstart rung and each synthetic encoder; their processes
    alternate too (``compact_dense_over_compact``: the ratios).
 """
 
@@ -302,8 +302,9 @@ def main(argv=None) -> int:
                 "feature_error"
             ]
         forms = {"quickstart": forms_rows(export, a.images, a.repeats)}
-        if "resnet18" in a.archs and "refused" not in latency["resnet18"]:
-            forms["resnet18"] = forms_rows(work / "export-resnet18", a.images, a.repeats)
+        for arch in a.archs:
+            if "refused" not in latency[arch]:
+                forms[arch] = forms_rows(work / f"export-{arch}", a.images, a.repeats)
         fixed_path = fixed_cost_file(work)
         fixed_runs = [measure(fixed_path, 4, None, a.images) for _ in range(a.repeats)]
         fixed = int(statistics.median(r["rss_after"] - r["rss_before"] for r in fixed_runs))
