@@ -557,9 +557,9 @@ def test_compact_dense_rows_trade_flash_for_ram(int8_run):
 
 
 def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(int8_run, image_folder, tmp_path):
-    """`entropi run` with [deploy] ram at rung 1's compact-dense int8 need: the pick fits, and
-    the export and the device bundle hold that row's form and dtype, whatever [export] form
-    says."""
+    """`entropi run` with [deploy] ram at rung 1's compact-dense need (float32 only, to keep it
+    short): the pick fits, and the export and the device bundle hold that row's form, whatever
+    [export] form says."""
     from test_pipeline import tiny_config
 
     from entropi.export.formats import ENCODER_FORMS, FORMATS
@@ -567,24 +567,17 @@ def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(int8_run, image_folder
     from entropi.host.rundir import RunDir
 
     cfg, out, _ = int8_run
-    rows = _table(cfg, RunDir(out))
-    limit = next(
-        r["ram_bytes"]
-        for r in rows
-        if (r["rung"], r["form"], r["dtype"]) == (1, "compact-dense", "int8")
-    )
-    cfg2 = tiny_config(image_folder, alpha_min=0.5)
-    cfg2.export.formats, cfg2.export.quantize = ["tflite"], "int8"
-    cfg2.export.calibration_images, cfg2.deploy.ram = 8, str(limit)
-    cfg2.export.form = "sparse"
+    rows = [r for r in _table(cfg, RunDir(out)) if r["dtype"] == "float32"]
+    limit = next(r["ram_bytes"] for r in rows if (r["rung"], r["form"]) == (1, "compact-dense"))
+    cfg2 = tiny_config(image_folder, alpha_min=0.5)  # the same ladder as int8_run's
+    cfg2.export.formats, cfg2.export.form, cfg2.deploy.ram = ["tflite"], "sparse", str(limit)
     results = pipeline.run_all(cfg2, tmp_path / "r", argv=["entropi", "run"])
-    pick = results["deployment"]["pick"]
+    dep = results["deployment"]
+    pick = dep["pick"]
     assert pick["ram_bytes"] <= limit and results["selected_index"] == pick["rung"]
-    assert all(
-        r["ram_bytes"] > limit
-        for r in rows
-        if r["rung"] not in results["deployment"]["fitting_rungs"]
-    )
+    assert all(r["ram_bytes"] > limit for r in rows if r["rung"] not in dep["fitting_rungs"])
+    assert dep["fitting_rungs"] == [0, 1]  # rung 1 fits only stored dense
+    assert pick["form"] == "compact-dense"  # its smallest fitting row; [export] form is sparse
     name = FORMATS["tflite"].filename(ENCODER_FORMS[pick["form"]].stem, pick["dtype"])
     manifest = json.loads((tmp_path / "r" / "bundle" / "manifest.json").read_text())
     assert set(manifest["encoders"]) == {name} and name in results["export"]["files"]
