@@ -174,8 +174,8 @@ def _hardsigmoid_into_conv(graph) -> int:
     litert-torch 0.10 lowers ``hardsigmoid`` (MobileNetV3's squeeze-excitation gate) to a float
     ADD and MUL with scalar constants that no annotation quantizes, so the file is not
     full-integer; folded into the conv, what is left is a clamp, which quantizes like any
-    activation (:func:`_annotate_activations`). Only a conv whose output feeds the hardsigmoid
-    alone, with constant weight and bias, is rewritten (its parameters are replaced, not
+    activation (:func:`_quantizer`). Only a conv whose output feeds the hardsigmoid alone, with
+    constant weight and bias that nothing else reads, is rewritten (its parameters are replaced, not
     changed in place: the graph shares them with the encoder); any other hardsigmoid stays, and
     the full-integer check then names it."""
     aten = torch.ops.aten
@@ -189,7 +189,10 @@ def _hardsigmoid_into_conv(graph) -> int:
             and conv.target == aten.conv2d.default
             and len(conv.users) == 1
             and len(conv.args) >= 3
-            and all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in conv.args[1:3])
+            and all(
+                isinstance(a, torch.fx.Node) and a.op == "get_attr" and len(a.users) == 1
+                for a in conv.args[1:3]
+            )
         ):
             continue
         for attr, fn in ((conv.args[1], lambda w: w / 6), (conv.args[2], lambda b: (b + 3) / 6)):
