@@ -323,8 +323,12 @@ def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     # another form: exported again with the forms the export had, so both bundle from it
     path = bundle_rung(rundir, tmp_path / "b4", form="compact-dense", formats=("onnx",))
     assert set(load_bundle(path).manifest["encoders"]) == {"encoder_compact_dense.onnx"}
-    _, info = ensure_export(run, 1, formats=["onnx"], forms=["sparse"])
+    _, info = ensure_export(run, 1, formats=["onnx"], forms=["sparse"])  # reused
     assert info["forms"] == ["sparse", "compact-dense"]
-    assert set(info["files"]) == {"encoder.onnx", "encoder_compact_dense.onnx"}
+    _, info = ensure_export(run, 1, formats=["onnx"], forms=["compact"])  # missing: re-exported
+    assert info["forms"] == ["sparse", "compact", "compact-dense"]  # with the forms it had
+    assert set(info["files"]) == {
+        "encoder.onnx", "encoder_compact.onnx", "encoder_compact_dense.onnx"
+    }  # fmt: skip
     with pytest.raises(ExportError, match="unknown export format"):
         bundle_rung(rundir, tmp_path / "b3", form="sparse", formats=("coreml",))
