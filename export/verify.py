@@ -114,9 +114,7 @@ def run_onnx(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
 def run_tflite(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     """Run a TFLite file (path or bytes) in the stock LiteRT interpreter, one sample at a time
     when the model's batch dimension is 1."""
-    interp_mod = require("ai_edge_litert.interpreter", "litert", "verifying a TFLite file")
-    interp = interp_mod.Interpreter(model_content=load_model_bytes(model))
-    interp.allocate_tensors()
+    interp = open_tflite(model, what="verifying")
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
     batch = int(inp["shape"][0]) or 1

@@ -47,7 +47,7 @@ __all__ = [
     "calibration_images",
     "run_calibration",
     "config_hash",
-    "deployed_pick",
+    "bundle_choice",
     "ensure_export",
     "export_rung",
     "int8_downstream",
@@ -109,11 +109,12 @@ def export_rung(
     quantize = resolve_quantize(quantize)
     index = resolve_rung(run, rung)
     digest = rung_hash(run, index)
-    if quantize != "none" and calibration is None:
-        calibration = run_calibration(run)
-    if quantize != "none" and verify_images is None:
-        cfg = _run_config(run)
-        verify_images = run_target(run).x_test[: cfg.export.verify_images or 64]
+    if quantize != "none" and (calibration is None or verify_images is None):
+        tgt = run_target(run)  # loaded once for both
+        if calibration is None:
+            calibration = run_calibration(run, target=tgt)
+        if verify_images is None:
+            verify_images = tgt.x_test[: _run_config(run).export.verify_images or 64]
     encoder, info = load_rung(run, index)
     return export_encoder(
         encoder,
@@ -176,12 +177,16 @@ def calibration_images(
     return np.ascontiguousarray(x_train[idx])
 
 
-def run_calibration(rundir: str | os.PathLike | RunDir, n: int | None = None) -> np.ndarray:
+def run_calibration(
+    rundir: str | os.PathLike | RunDir, n: int | None = None, *, target=None
+) -> np.ndarray:
     """The run's int8 calibration set: :func:`calibration_images` of its target training images
-    with its ``[export]`` count (or ``n``) and its seed."""
+    (``target``: the run's :func:`run_target`, when the caller has it) with its ``[export]``
+    count (or ``n``) and its seed."""
     run = _run(rundir)
     cfg = _run_config(run)
-    return calibration_images(run_target(run).x_train, cfg.export, n=n, seed=cfg.seed)
+    x_train = (target if target is not None else run_target(run)).x_train
+    return calibration_images(x_train, cfg.export, n=n, seed=cfg.seed)
 
 
 def ensure_export(
@@ -268,18 +273,29 @@ def _reusable(info: dict, out: Path, index: int, digest: str, wanted: set[str]) 
     return True
 
 
-def deployed_pick(rundir: str | os.PathLike | RunDir) -> dict[str, Any] | None:
-    """The row ``entropi select --flash/--ram`` picked for the selected rung (results.json
-    ``deployment.pick``: ``rung``, ``form``, ``dtype``, needs), or None without one."""
-    run = _run(rundir)
-    try:
-        results = run.read_json(run.results) or {}
-    except ValueError:
-        return None
-    pick = (results.get("deployment") or {}).get("pick") if isinstance(results, dict) else None
-    if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
-        return None
-    return pick
+def bundle_choice(
+    rundir: str | os.PathLike | RunDir,
+    rung: str | int = "selected",
+    form: str | None = None,
+    dtype: str | None = None,
+) -> tuple[str, str, bool]:
+    """The ``(form, dtype, picked)`` to bundle: ``form`` / ``dtype`` as given; for the one not
+    given, the row ``entropi select --flash/--ram`` picked for the selected rung (results.json
+    ``deployment.pick``) when ``rung`` is ``"selected"``, else ``compact`` / ``float32``.
+    ``picked``: whether the pick supplied one."""
+    pick = None
+    if rung == "selected" and (form is None or dtype is None):
+        run = _run(rundir)
+        try:
+            results = run.read_json(run.results) or {}
+        except ValueError:
+            results = {}
+        if isinstance(results, dict):
+            pick = (results.get("deployment") or {}).get("pick")
+        if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
+            pick = None
+    chosen = (pick or {}).get("form", "compact"), (pick or {}).get("dtype", "float32")
+    return form or chosen[0], dtype or chosen[1], pick is not None
 
 
 def bundle_rung(

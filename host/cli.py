@@ -449,16 +449,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_bundle(a: argparse.Namespace) -> int:
-    from .bundle import bundle_rung, deployed_pick
+    from .bundle import bundle_choice, bundle_rung
 
     formats = tuple(a.format or _formats())
-    # the selected rung after `entropi select --flash/--ram`: the form and dtype that fit
-    pick = deployed_pick(a.run) if a.rung == "selected" else None
-    form = a.form or (pick or {}).get("form", "compact")
-    if a.quantize is not None:
-        dtype = "float32" if a.quantize == "none" else a.quantize
-    else:
-        dtype = (pick or {}).get("dtype", "float32")
+    quantize = {None: None, "none": "float32"}.get(a.quantize, a.quantize)
+    form, dtype, pick = bundle_choice(a.run, a.rung, a.form, quantize)
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
             a.run, a.out, rung=a.rung, form=form, formats=formats, overwrite=a.overwrite,

@@ -195,6 +195,7 @@ def synthetic_export(arch: str, alpha: float, work: Path) -> Path:
 
 
 FORMS = ("sparse", "compact", "compact-dense")
+DTYPES = ("float32", "int8")
 
 
 def forms_rows(export: Path, n: int, repeats: int) -> dict:
@@ -202,18 +203,20 @@ def forms_rows(export: Path, n: int, repeats: int) -> dict:
     the four processes alternate)."""
     meta = json.loads((export / "export.json").read_text())
     files, dim = meta["files"], meta["provenance"]["feature_dim"]
+    from entropi.export.formats import ENCODER_FORMS, FORMATS
+
     todo = {}
-    for stem, form in (("encoder_compact", "compact"), ("encoder_compact_dense", "compact-dense")):
-        todo[f"{form} float32"] = (export / f"{stem}.tflite", dim, None)
-        q = files[f"{stem}_int8.tflite"]["quantization"]
-        todo[f"{form} int8"] = (export / f"{stem}_int8.tflite", dim, q)
+    for form in ("compact", "compact-dense"):
+        name = {d: FORMATS["tflite"].filename(ENCODER_FORMS[form].stem, d) for d in DTYPES}
+        todo[f"{form} float32"] = (export / name["float32"], dim, None)
+        todo[f"{form} int8"] = (export / name["int8"], dim, files[name["int8"]]["quantization"])
     rows = paired(todo, n, repeats)
     rows["compact_dense_over_compact"] = {
         dtype: {
             key: rows[f"compact-dense {dtype}"][key] / rows[f"compact {dtype}"][key]
             for key in ("file_bytes", "latency_ms", "rss_delta_bytes")
         }
-        for dtype in ("float32", "int8")
+        for dtype in DTYPES
     }
     return rows
 
