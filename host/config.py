@@ -103,8 +103,8 @@ def _is_kind(value: Any, kind: Any) -> bool:
             return number and math.isfinite(value)
         except OverflowError:
             return False
-    if kind is str:
-        return isinstance(value, str)
+    if kind is str:  # a lone surrogate (from a mis-decoded argv) is no text TOML can hold
+        return isinstance(value, str) and not any("\ud800" <= c <= "\udfff" for c in value)
     raise TypeError(f"config fields cannot be of type {kind!r}")  # a new field's type: add it
 
 
@@ -471,6 +471,9 @@ class RunConfig:
                 f"name must be a plain folder name (no '/', '\\' or leading '.'), got {self.name!r}"
             )
         _check_int("seed", self.seed, lo=0)
+        if self.seed > MAX_SEED:
+            # torch seeds are unsigned 64-bit, and rungs and probes use seed + their index
+            raise ConfigError(f"seed must be in [0, {MAX_SEED}] (2**63 - 1), got {self.seed}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
         _check_ladder(self.prune, self.pretrain.arch)
@@ -492,6 +495,10 @@ class RunConfig:
         """sha256 of the canonical TOML form (a stable config hash for provenance)."""
         return hashlib.sha256(config_to_toml(self).encode()).hexdigest()
 
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: torch takes unsigned 64-bit seeds, and a rung or probe repeat ``k`` is
+seeded with ``seed + k``, which must stay below 2**64."""
 
 MAX_RUNGS = 64
 """The most rungs a ladder may plan (prune.keep_per_round and prune.alpha_min): each is a
@@ -656,11 +663,37 @@ def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) 
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+_TOML_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+"""TOML basic-string escapes with a short form; other control characters are ``\\uXXXX``."""
+
+
+def _toml_string(s: str) -> str:
+    """``s`` as a TOML basic string: backslash, quote and every control character (U+0000 to
+    U+001F and U+007F, which TOML forbids raw) escaped, so that ``tomllib`` reads ``s`` back."""
+    out = []
+    for ch in s:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return _toml_string(v)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return repr(v)
