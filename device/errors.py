@@ -16,6 +16,7 @@ __all__ = [
     "DeviceError",
     "EntropiError",
     "FormatVersionError",
+    "LinkError",
     "ResumeError",
     "TrainConfigError",
     "one_line",
@@ -25,6 +26,11 @@ __all__ = [
 
 class EntropiError(Exception):
     """Root of every error entropi raises on bad input (a config, a path, data, a budget...)."""
+
+
+class LinkError(EntropiError):
+    """A path entropi would write (a folder, a lock file) is a symbolic link it did not create,
+    or not a real folder where one is needed: entropi never writes through a link."""
 
 
 class DeviceError(EntropiError, ValueError):

@@ -4,7 +4,11 @@ These are shared by every layer; they live here, in the lowest layer (numpy-free
 so that export and host use them without the device ever importing host code.
 
 Every file is written to a temp file in the target folder, fsynced and renamed over the target,
-so a failure leaves the previous file (or nothing), never a half-written one.
+so a failure leaves the previous file (or nothing), never a half-written one. Nothing is written
+through a link entropi did not create: a folder written into must be a real folder
+(:func:`ensure_real_dir`; a symbolic link there is refused with :class:`.errors.LinkError`), and
+a file is replaced by a rename, which replaces a link at its name rather than writing through
+it.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .errors import LinkError
 
 __all__ = [
     "atomic_dir",
@@ -25,6 +32,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "default_mode",
+    "ensure_real_dir",
     "package_version",
 ]
 
@@ -39,16 +47,43 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def ensure_real_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` (and its parents) or accept an existing one; ``path``.
+
+    :class:`.errors.LinkError` when ``path`` is a symbolic link (whatever it points to: entropi
+    writes into a folder, never through a link it did not create) or exists and is not a
+    folder. Links among the parents of ``path`` are the user's own layout and are followed.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass  # made meanwhile: checked below
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        raise LinkError(
+            f"{path} is a symbolic link; entropi writes only into real folders, never through "
+            "a link it did not create: remove the link, or choose another folder"
+        )
+    if not stat.S_ISDIR(mode):
+        raise LinkError(f"{path} exists and is not a folder; remove it, or choose another folder")
+    return path
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[BinaryIO], None], *, buffering: int = -1
 ) -> Path:
     """Call ``write(f)`` on a temp file next to ``path`` and rename it to ``path`` on success.
 
     ``buffering`` is passed to ``open`` (the default buffer is the file system's block size,
-    often 64 KB or more; the training loop asks for less).
+    often 64 KB or more; the training loop asks for less). The folder of ``path`` is made if
+    needed and must be a real folder (:func:`ensure_real_dir`); a link at ``path`` itself is
+    replaced, never written through.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_real_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())

@@ -26,11 +26,13 @@ locked. Standard library only: the device imports it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -195,7 +197,7 @@ def _flock(path: Path, folder: Path, what: str) -> int:
     ``path`` is dropped and taken again on the file that is."""
     for _ in range(100):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -214,3 +216,25 @@ def _flock(path: Path, folder: Path, what: str) -> int:
             pass
         os.close(fd)
     raise LockError(f"could not lock {what} {folder}: its lock file keeps being replaced")
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) the lock file ``path`` for writing without following a link: a planted
+    symbolic link (or a FIFO, a device...) would make the lock's JSON overwrite whatever it
+    points to, so anything but a regular file is refused with :class:`LockError`."""
+    why = "a symbolic link"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            return fd
+        os.close(fd)
+        why = "not a regular file"
+    raise LockError(
+        f"lock file {path} is {why}; entropi never writes through a link or into a special "
+        "file: remove it, or use another folder"
+    )
