@@ -274,7 +274,8 @@ def plan_memory(
                 reserve_bytes=RESERVE_BYTES,
                 buffers=buffers,
             )
-    _raise_budget(d, c, budget_bytes, momentum, dtype, _total(d, c, 1, 1, momentum, dtype, epochs))
+    minimum = _total(d, c, 1, 1, momentum, dtype, epochs)
+    _raise_budget(d, c, budget_bytes, momentum, dtype, minimum, epochs)
 
 
 def _plan_fused(d, c, budget_bytes, max_batch_size, dtype, epochs) -> MemoryPlan:
@@ -291,17 +292,30 @@ def _plan_fused(d, c, budget_bytes, max_batch_size, dtype, epochs) -> MemoryPlan
                 buffers=buffers,
                 fused_update=True,
             )
-    _raise_budget(d, c, budget_bytes, False, dtype, _total(d, c, 1, 0, False, dtype, epochs))
+    minimum = _total(d, c, 1, 0, False, dtype, epochs)
+    _raise_budget(d, c, budget_bytes, False, dtype, minimum, epochs)
 
 
-def _raise_budget(d, c, budget_bytes, momentum, dtype, minimum) -> None:
-    hint = " or train without momentum" if momentum else ""
+def _raise_budget(d, c, budget_bytes, momentum, dtype, minimum, epochs) -> None:
+    """:class:`BudgetError` stating the minimum and only the remedies that would fit: a larger
+    budget always; no momentum when the loop fits without its buffers; fewer epochs when the
+    per-epoch history is what does not fit."""
+    history = history_spec(epochs).nbytes
+    per_epoch = history_spec(1).nbytes
+    ways = [f"Raise the budget to at least {math.ceil(minimum / 1024)}KB"]
+    if momentum:
+        without = _total(d, c, 1, 1, False, dtype, epochs)
+        if without <= budget_bytes:
+            ways.append(f"train without momentum (momentum 0: minimum {format_size(without)})")
+    fit_epochs = (budget_bytes - (minimum - history)) // per_epoch
+    if 1 <= fit_epochs < epochs:
+        ways.append(f"train at most {fit_epochs} epochs")
     raise BudgetError(
         f"memory budget {format_size(budget_bytes)} ({budget_bytes} B) cannot hold the head "
         f"training loop for {d} features x {c} classes ({np.dtype(dtype).name}, "
-        f"momentum={'yes' if momentum else 'no'}): the minimum is {format_size(minimum)} "
-        f"({minimum} B, batch 1; weights alone take "
-        f"{format_size(d * c * np.dtype(dtype).itemsize)}). Raise the budget to at least "
-        f"{math.ceil(minimum / 1024)}KB{hint}.",
+        f"momentum={'yes' if momentum else 'no'}, {epochs} epochs): the minimum is "
+        f"{format_size(minimum)} ({minimum} B, batch 1; weights alone take "
+        f"{format_size(d * c * np.dtype(dtype).itemsize)}, the per-epoch history "
+        f"{format_size(history)}: {per_epoch} B an epoch). {', or '.join(ways)}.",
         minimum_bytes=minimum,
     )
