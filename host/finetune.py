@@ -54,6 +54,7 @@ from .criteria import CriterionError, nc1
 from .data import iterate_batches, normalize
 from .models import ARCHITECTURES, build_encoder, prunable_parameters
 from .prune import Masks, apply_masks, dense_masks
+from .train import TrainingDivergedError
 
 __all__ = [
     "FINETUNED_FORMAT",
@@ -513,7 +514,7 @@ def finetune(
             step += 1
         loss_val = float(loss.detach())
         if not math.isfinite(loss_val):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"finetune {mode.name}: loss became {loss_val}; lower the learning rate"
             )
     seconds = time.perf_counter() - t0

@@ -171,6 +171,12 @@ def load_init(encoder: nn.Module, arch: str, path: str | Path) -> str:
             f"{' ...' if len(unknown) > 5 else ''}, missing keys {missing[:5]}"
             f"{' ...' if len(missing) > 5 else ''}"
         )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {bad[0]} holds NaN or infinite values ({len(bad)} tensors do); training "
+            "from it would diverge: use a file with finite weights"
+        )
     skipped = [k for k in state if state[k].shape != own[k].shape]
     stem_only = layout == "torchvision ResNet18" and skipped == ["0.weight"]
     if skipped and not stem_only:

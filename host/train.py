@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from entropi.device.errors import EntropiError
+
 from . import distributed
 from .config import ConfigError, PretrainConfig
 from .data import iterate_batches
@@ -25,6 +27,7 @@ from .regularizers import regularized_loss, regularizer_views
 
 __all__ = [
     "DeviceUnavailableError",
+    "TrainingDivergedError",
     "TrainForward",
     "TrainStats",
     "evaluate",
@@ -37,6 +40,11 @@ __all__ = [
 class DeviceUnavailableError(ConfigError, RuntimeError):
     """The configured compute device is unknown or not present on this machine (a config error:
     :func:`~entropi.host.rundir.open_run` checks it before it creates anything)."""
+
+
+class TrainingDivergedError(EntropiError, FloatingPointError):
+    """The training loss became NaN or infinite (a learning rate too high, or weights that
+    started non-finite)."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -168,9 +176,11 @@ def train(
                     if step % 20 == 0 or step == total:
                         loss_val = distributed.mean(loss.detach())  # the same on every process
                         if not math.isfinite(loss_val):
-                            raise FloatingPointError(
-                                f"{desc}: loss became {loss_val} at step {step}; lower the "
-                                "learning rate"
+                            raise TrainingDivergedError(
+                                f"{desc}: the loss became {loss_val} at step {step} of {total} "
+                                f"(learning rate {lr:g}); lower the learning rate ([pretrain] lr "
+                                "for rung 0, [prune] lr for a retraining) or check that the "
+                                "starting weights ([pretrain] init, the previous rung) are finite"
                             )
                         bar.set_postfix(loss=f"{loss_val:.3f}")
                     bar.update(1)

@@ -57,3 +57,46 @@ def test_the_largest_seed_seeds_torch_for_every_rung():
 
     cfg = RunConfig(seed=2**63 - 1)
     torch.Generator().manual_seed(cfg.seed + 64)  # a rung's seed
+
+
+# --- D7: a diverging training is an EntropiError; an init file must be finite ----------------
+
+
+def _smallnet_with_nan():
+    import torch
+
+    from entropi.host.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("smallnet", 3)
+    with torch.no_grad():
+        next(iter(model.encoder.parameters())).view(-1)[0] = float("nan")
+    return model
+
+
+def test_a_nan_weight_makes_training_fail_with_an_entropi_error():
+    import torch
+
+    from entropi.device.errors import EntropiError
+    from entropi.host.config import PretrainConfig
+    from entropi.host.train import TrainingDivergedError, train
+
+    x = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    y = torch.arange(16) % 3
+    cfg = PretrainConfig(arch="smallnet", epochs=1, batch_size=8)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan .*lower the learning rate"):
+        train(_smallnet_with_nan(), x, y, cfg, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert issubclass(TrainingDivergedError, EntropiError)
+
+
+def test_an_init_file_with_nan_weights_is_refused(tmp_path):
+    import torch
+
+    from entropi.host.checkpoint import CheckpointError
+    from entropi.host.init import load_init
+    from entropi.host.models import build_encoder
+
+    path = tmp_path / "init.pt"
+    torch.save(_smallnet_with_nan().encoder.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"init.pt: 0.weight holds NaN or infinite values"):
+        load_init(build_encoder("smallnet"), "smallnet", path)
