@@ -184,7 +184,7 @@ def write_bundle(
         "provenance": provenance or {},
     }
     _validate(manifest, "the manifest to write")  # refuse now what load_bundle would refuse
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, foreign=_not_a_bundle) as tmp:
         files = {}
         for name, src in encoder_files.items():
             shutil.copyfile(src, tmp / name)
@@ -199,6 +199,25 @@ def write_bundle(
         manifest["files"] = files
         atomic_write_json(tmp / MANIFEST, manifest)
     return Path(out_dir)
+
+
+def _not_a_bundle(path: Path) -> str | None:
+    """None when the folder ``path`` is a bundle (a manifest that lists every other file in
+    it), which ``write_bundle(..., overwrite=True)`` may replace; otherwise why it is not."""
+    mpath = path / MANIFEST
+    if not mpath.is_file() or mpath.is_symlink():
+        return f"it has no {MANIFEST}, so it is not a bundle"
+    try:
+        with open(mpath, "rb") as f:
+            manifest = json.loads(f.read(MAX_MANIFEST_BYTES + 1).decode("utf-8"))
+        listed = set(manifest["files"]) | {MANIFEST}
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return f"its {MANIFEST} is not a bundle manifest"
+    others = sorted(p.name for p in path.iterdir() if p.name not in listed)
+    if others:
+        shown = ", ".join(repr(n) for n in others[:5]) + (", ..." if len(others) > 5 else "")
+        return f"it holds what its {MANIFEST} does not list ({shown})"
+    return None
 
 
 def _check_inputs(manifest: dict[str, Any]) -> np.ndarray:

@@ -17,6 +17,7 @@ __all__ = [
     "EntropiError",
     "FormatVersionError",
     "LinkError",
+    "OverwriteError",
     "ResumeError",
     "TrainConfigError",
     "one_line",
@@ -31,6 +32,11 @@ class EntropiError(Exception):
 class LinkError(EntropiError):
     """A path entropi would write (a folder, a lock file) is a symbolic link it did not create,
     or not a real folder where one is needed: entropi never writes through a link."""
+
+
+class OverwriteError(EntropiError, FileExistsError):
+    """An output path exists and entropi will not replace it (not empty without overwrite, not
+    a folder entropi wrote, the current folder); the message says why."""
 
 
 class DeviceError(EntropiError, ValueError):

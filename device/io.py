@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import LinkError
+from .errors import LinkError, OverwriteError
 
 __all__ = [
     "atomic_dir",
@@ -129,28 +129,83 @@ def default_mode(directory: bool = False) -> int:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    foreign: Callable[[Path], str | None] | None = None,
+) -> Iterator[Path]:
     """Yield a temp folder next to ``path``; rename it to ``path`` when the block succeeds.
 
-    On an exception the temp folder is removed and ``path`` is untouched. With ``overwrite`` an
-    existing ``path`` is replaced (moved aside first, then deleted); without it, an existing
-    non-empty ``path`` is an error.
+    On an exception the temp folder is removed and ``path`` is untouched. An existing empty
+    folder at ``path`` is replaced. An existing non-empty one is replaced (moved aside first,
+    then deleted) only with ``overwrite`` and only when ``foreign(path)`` is None: the caller's
+    test that entropi wrote that folder (a bundle: its manifest lists every file), returning
+    why it is not otherwise. Everything else is refused with :class:`.errors.OverwriteError`
+    before anything is made or moved: a non-empty folder without ``overwrite``, a folder entropi
+    did not write, the current folder or one of its parents, a file; a symbolic link at ``path``
+    or its folder is a :class:`.errors.LinkError`.
     """
-    path = Path(path)
-    if path.exists() and not overwrite and any(path.iterdir()):
-        raise FileExistsError(f"{path} exists and is not empty; choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(os.path.abspath(path))  # "." gets its real name (temporaries are named after it)
+    _check_replaceable(path, overwrite, foreign)
+    ensure_real_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_replaceable(
+    path: Path, overwrite: bool, foreign: Callable[[Path], str | None] | None
+) -> None:
+    """Refuse (module docstring of :func:`atomic_dir`) what may not be replaced by a folder."""
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink():
+        raise LinkError(
+            f"{path} is a symbolic link; entropi replaces only folders it wrote, never a link: "
+            "remove it, or choose another path"
+        )
+    if not path.is_dir():
+        raise OverwriteError(f"{path} exists and is not a folder; choose another path")
+    cwd = Path.cwd().resolve()
+    if path.resolve() == cwd or path.resolve() in cwd.parents:
+        raise OverwriteError(
+            f"{path} is the current folder or one of its parents; it cannot be replaced: "
+            "choose a new sub-folder as the output"
+        )
+    if not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise OverwriteError(f"{path} exists and is not empty; choose another path")
+    why = foreign(path) if foreign is not None else "nothing says entropi wrote it"
+    if why is not None:
+        raise OverwriteError(
+            f"{path} exists and will not be replaced: {why}; entropi overwrites only a folder "
+            "it wrote. Move it away, or choose another path"
+        )
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Rename the folder ``tmp`` to ``path``, an existing ``path`` moved aside first and then
+    deleted; if the rename fails, ``path`` is moved back and no temporary is left behind."""
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    try:
+        os.replace(path, old / "x")
+    except BaseException:
+        os.rmdir(old)
+        raise
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old / "x", path)
+        os.rmdir(old)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -6,7 +6,9 @@ differ from an uninterrupted run). :func:`lock_folder` takes an exclusive ``floc
 file before anything is read or written and keeps it until :meth:`FolderLock.release`, the end
 of the process, or the :class:`FolderLock` being garbage-collected (keep a reference). A second
 writer is refused with :class:`LockError` naming the holder (pid, host, start time, command),
-read from the lock file.
+read from the lock file. The lock file is opened without following a link
+(``O_NOFOLLOW``): a symbolic link or any other non-regular file planted at its name is refused
+with :class:`LockError`, so the lock never writes through it.
 
 The kernel drops an ``flock`` when its process dies, however it dies (SIGKILL included), so a
 stale lock file left by a dead process is simply taken over; nothing has to guess whether a pid
