@@ -59,5 +59,7 @@ def add_command(sub) -> dict:
         choices=("cpu", "cuda"),
         help="where the full fine-tuning step is measured (default: CUDA if present)",
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for bench.json, bench.md, bench.png"
+    )
     return {"bench": _cmd_bench}

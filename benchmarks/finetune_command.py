@@ -307,7 +307,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="override a key of the run's config for loading the target, e.g. "
         "data.target_train_per_class=100 (repeat)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to compute (default auto: CUDA if present)",
+    )
 
 
 def add_command(sub) -> dict:
@@ -319,7 +324,7 @@ def add_command(sub) -> dict:
         "NC1, trainable parameters, FLOPs and backprop memory per step (finetune.json/md)."
     )
     p = sub.add_parser("finetune", help=help_, description=help_)
-    p.add_argument("run", metavar="RUNDIR")
+    p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`")
     p.add_argument(
         "--rung", type=rung_arg, default="selected", help="'selected' (default) or an index"
     )
@@ -332,15 +337,27 @@ def add_command(sub) -> dict:
         "e.g. smallnet 0-3, 4-7, 8-11, 12-16; an unknown block lists them); repeat",
     )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--epochs", type=int, help="training epochs (default: FinetuneConfig's)")
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="training batch size (default: FinetuneConfig's)",
+    )
     p.add_argument("--lr", type=float, help="head learning rate (SGD)")
     p.add_argument("--encoder-lr", dest="encoder_lr", type=float, help="fine-tuned encoder lr")
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument(
+        "--weight-decay",
+        dest="weight_decay",
+        type=float,
+        help="L2 penalty of SGD on weights (default: FinetuneConfig's)",
+    )
     p.add_argument("--augment", action="store_true", default=None, help="crop + flip")
     p.add_argument("--no-models", action="store_true", help="do not save the fine-tuned models")
     _data_args(p)
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for finetune.json/md and models/"
+    )
 
     help_ = "Analyses of trained models: `cka A B` (layer-by-layer CKA heatmap, cka.json/png)."
     p = sub.add_parser("analyze", help=help_, description=help_)
@@ -350,12 +367,17 @@ def add_command(sub) -> dict:
         "fine-tuned model folder) on the same target images."
     )
     q = what.add_parser("cka", help=help_, description=help_)
-    q.add_argument("a", metavar="A")
-    q.add_argument("b", metavar="B")
-    q.add_argument("--split", choices=("test", "train"), default="test")
+    q.add_argument("a", metavar="A", help="first model: RUNDIR[:RUNG] or a fine-tuned model folder")
+    q.add_argument("b", metavar="B", help="second model, the same kinds as A")
+    q.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="target images to compare on (default test)",
+    )
     q.add_argument("--images", type=int, default=0, help="first N images (default 0 = all)")
     q.add_argument("--kernel", action="append", choices=("linear", "rbf"), help="repeat")
     q.add_argument("--batch", type=int, default=256, help="CKA minibatch size (default 256)")
     _data_args(q)
-    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder for cka.json and cka.png")
     return {"finetune": _cmd_finetune, "analyze": _cmd_analyze}

@@ -63,19 +63,26 @@ MAX_SIZE = 1024**4
 
 def parse_size(text: str | int) -> int:
     """``"256KB"`` -> 262144. Units B, KB, MB, GB (KB = 1024 B, MB = 1024 KB, GB = 1024 MB;
-    KiB, MiB, GiB too); a bare number is B. Fractions are exact (``"1.5KB"`` = 1536 B, rounded
-    down to whole bytes). :class:`.errors.TrainConfigError` for anything else, a size <= 0 bytes
-    or one above :data:`MAX_SIZE`."""
+    KiB, MiB, GiB too); a bare number is B and must be whole (``"1.5"`` is refused, not 1 B).
+    Fractions of a larger unit are exact (``"1.5KB"`` = 1536 B, rounded down to whole bytes).
+    :class:`.errors.TrainConfigError` for anything else, a size <= 0 bytes or one above
+    :data:`MAX_SIZE`."""
     if isinstance(text, int | np.integer) and not isinstance(text, bool):
         value, unit = Fraction(int(text)), ""
     else:
         m = _SIZE_RE.match(text) if isinstance(text, str) else None
+        if not m and isinstance(text, str) and _SIZE_RE.match(text.strip().lstrip("-")):
+            raise TrainConfigError(f"invalid size {text!r}: must be > 0 bytes")
         if not m or m.group(2).lower() not in _UNITS:
             raise TrainConfigError(
                 f"invalid size {text!r}: use a number followed by B, KB, MB or GB "
                 "(KB = 1024 B, MB = 1024 KB, GB = 1024 MB), e.g. 256KB"
             )
         value, unit = Fraction(m.group(1)), m.group(2).lower()
+        if _UNITS[unit] == 1 and value.denominator != 1:
+            raise TrainConfigError(
+                f"invalid size {text!r}: bytes must be a whole number (or give a unit: KB, MB, GB)"
+            )
     size = math.floor(value * _UNITS[unit])
     if size <= 0:
         raise TrainConfigError(f"invalid size {text!r}: must be > 0 bytes")

@@ -27,7 +27,13 @@ import typing
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["add_dataclass_arguments", "dataclass_from_args", "field_docs", "flag_name"]
+__all__ = [
+    "add_dataclass_arguments",
+    "attach_dash_values",
+    "dataclass_from_args",
+    "field_docs",
+    "flag_name",
+]
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -137,3 +143,19 @@ def dataclass_from_args(cls: type, namespace: argparse.Namespace, **overrides: A
         if f.init and hasattr(namespace, f.name)
     }
     return cls(**{**values, **overrides})
+
+
+def attach_dash_values(argv: Iterable[str]) -> list[str]:
+    """``argv`` with a value that starts with ``-`` and a digit or ``.`` joined to the long
+    option before it (``--flash -5KB`` -> ``--flash=-5KB``): argparse takes ``-5KB`` for an
+    option and says only "expected one argument", where the option's own check would name the
+    bad value (e.g. "must be > 0 bytes")."""
+    out: list[str] = []
+    for token in argv:
+        prev = out[-1] if out else ""
+        joinable = prev.startswith("--") and "=" not in prev and prev != "--"
+        if joinable and len(token) > 1 and token[0] == "-" and token[1] in "0123456789.":
+            out[-1] = f"{prev}={token}"
+        else:
+            out.append(token)
+    return out

@@ -474,12 +474,14 @@ def _add_quantize_arg(p: argparse.ArgumentParser, default: str | None = "none") 
     )
 
 
-def _add_config_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+def _add_config_args(
+    p: argparse.ArgumentParser, *, source: bool = True, example: str = "pretrain.epochs=2"
+) -> None:
     p.add_argument(
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
-        help="override a config key, validated like the file (repeat), e.g. pretrain.epochs=2",
+        help=f"override a config key, validated like the file (repeat), e.g. {example}",
     )
     if source:
         p.add_argument("--source", metavar="SPEC", help="source dataset (--set data.source=)")
@@ -509,11 +511,50 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`/`pretrain`")
 
 
+def _add_export_args(p: argparse.ArgumentParser, formats: LazyChoices, what: str) -> None:
+    """``--run``, ``--rung`` and ``--format`` of `entropi export` / `entropi bundle`."""
+    from .rundir import rung_arg
+
+    p.add_argument(
+        "--run", required=True, metavar="RUNDIR", help="run directory made by `entropi run`"
+    )
+    p.add_argument(
+        "--rung",
+        type=rung_arg,
+        default="selected",
+        help="'selected' (default: the rung `entropi select` picked) or a rung index",
+    )
+    p.add_argument(
+        "--format",
+        action="append",
+        choices=formats,
+        metavar="FORMAT",
+        help=f"{what}: onnx or tflite; repeat for several (default: every format)",
+    )
+
+
+def _add_int8_args(p: argparse.ArgumentParser) -> None:
+    """``--calibration-images`` and ``--min-cosine`` of an int8 export."""
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        metavar="N",
+        help="int8: target training images that calibrate the activations (default: the "
+        "run's [export] calibration_images)",
+    )
+    p.add_argument(
+        "--min-cosine",
+        type=float,
+        metavar="C",
+        help="int8: refuse a file whose features' mean cosine to float is below C (default: "
+        "the run's [export] min_cosine)",
+    )
+
+
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     from entropi.device.io import package_version
 
     from .config import EntropyConfig
-    from .rundir import rung_arg
 
     parser = argparse.ArgumentParser(
         prog="entropi",
@@ -527,7 +568,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         table[name] = fn
         return sub.add_parser(name, help=help, description=help)
 
-    p = add("run", _cmd_run, "Run the whole pipeline: pretrain, prune, score, select.")
+    p = add(
+        "run",
+        _cmd_run,
+        "Run the whole pipeline: pretrain, prune, score, select, then export the selected rung, "
+        "bundle it for the device and train the device head ([export] / [device_train] "
+        "enabled = false skip those).",
+    )
     p.add_argument(
         "config",
         nargs="?",
@@ -540,9 +587,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _add_config_args(p)
 
     p = add("pretrain", _cmd_pretrain, "Train the dense source model (rung 0).")
-    p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--out", metavar="RUNDIR", required=True)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "config",
+        metavar="CONFIG",
+        help="TOML config file or shipped config name (quickstart, paper, ...)",
+    )
+    p.add_argument("--out", metavar="RUNDIR", required=True, help="run directory to write")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted pretraining in --out"
+    )
     _add_config_args(p)
 
     _add_run_args(add("prune", _cmd_prune, "Build the pruning ladder of a pretrained run."))
@@ -554,7 +607,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     _add_run_args(p)
     p.add_argument("--out", metavar="DIR", help="new run folder for scores on another target")
-    _add_config_args(p, source=False)
+    _add_config_args(p, source=False, example="probe.epochs=10")
     p = add(
         "select",
         _cmd_select,
@@ -585,17 +638,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         _cmd_export,
         "Export a rung to ONNX / TFLite (pruned weights stored sparse), verified.",
     )
-    p.add_argument("--run", required=True, metavar="RUNDIR")
-    p.add_argument(
-        "--rung", type=rung_arg, default="selected", help="'selected' (default) or a rung index"
-    )
-    p.add_argument(
-        "--format",
-        action="append",
-        choices=formats,
-        metavar="FORMAT",
-        help="onnx or tflite; repeat for several (default: every format)",
-    )
+    _add_export_args(p, formats, "format to export")
     p.add_argument(
         "--compact",
         action="store_true",
@@ -610,24 +653,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "(the sparse form is always written)",
     )
     _add_quantize_arg(p)
-    p.add_argument(
-        "--calibration-images",
-        type=int,
-        metavar="N",
-        help="int8: target training images that calibrate the activations (default: the "
-        "run's [export] calibration_images)",
-    )
-    p.add_argument(
-        "--min-cosine",
-        type=float,
-        metavar="C",
-        help="int8: refuse a file whose features' mean cosine to float is below C (default 0.99)",
-    )
-    p.add_argument("--out", required=True, metavar="DIR")
+    _add_int8_args(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
 
-    p = add("bundle", _cmd_bundle, "Package an exported encoder for the device runtime.")
-    p.add_argument("--run", required=True, metavar="RUNDIR")
-    p.add_argument("--rung", type=rung_arg, default="selected")
+    p = add(
+        "bundle",
+        _cmd_bundle,
+        "Package a rung's encoder (exported into RUNDIR/export if needed) for the device runtime.",
+    )
+    _add_export_args(p, formats, "format to put in the bundle")
     p.add_argument(
         "--form",
         choices=LazyChoices(_forms),
@@ -636,10 +670,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "compact-dense (weights stored dense: the least RAM); default: the form `entropi "
         "select --flash/--ram` picked, else compact",
     )
-    p.add_argument("--format", action="append", choices=formats, metavar="FORMAT")
     _add_quantize_arg(p, default=None)
+    _add_int8_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    p.add_argument("--out", required=True, metavar="BUNDLE")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
 
     p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
     p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")
@@ -694,8 +728,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 def main(argv: list[str] | None = None) -> int:
     from entropi.device.errors import EntropiError, one_line, report_bug, say
 
+    from entropi.device.cliargs import attach_dash_values
+
     parser, table = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
     try:
         return table[args.command](args)
     except KeyboardInterrupt:
