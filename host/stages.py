@@ -11,6 +11,7 @@ that was interrupted continues from its last completed rung.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from functools import partial
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from entropi.device.errors import DataError
 from entropi.device.io import package_version
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
 
@@ -45,6 +47,8 @@ from .selection import (
 from .train import evaluate, extract_features, train
 
 __all__ = [
+    "cached_features",
+    "cached_labels",
     "confidence_from_cache",
     "stage_device",
     "stage_export",
@@ -271,26 +275,33 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
 
     def plan() -> list[int]:
         """Rank 0: reuse (or re-criteria) what is cached; the rungs left to score."""
-        rungs.extend(run.rung_files())
+        rungs.extend(run.rung_files())  # indices 0..N-1, no gap
         if not rungs:
             raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
-        if run.feature_labels.is_file():
-            labels = run.read_array(run.feature_labels)  # the rows the cached features belong to
+        labels = tgt.y_train.astype(np.int64)
+        if os.path.lexists(run.feature_labels):  # the rows the cached features belong to
+            cached = cached_labels(run)
+            if not np.array_equal(cached, labels):
+                raise DataError(
+                    f"{run.feature_labels} ({len(cached)} labels) are not the target's training "
+                    f"labels ({len(labels)}): the cached scores and features belong to another "
+                    f"target; delete {run.features_dir} and {run.score(0).parent} to rescore "
+                    "every rung on this one"
+                )
         else:
-            labels = tgt.y_train.astype(np.int64)
             run.write_array(run.feature_labels, labels)
         todo = []
         for index in range(len(rungs)):
             spath = run.score(index)
-            if not (spath.is_file() and run.features(index).is_file()):
+            if not (os.path.lexists(spath) and os.path.lexists(run.features(index))):
                 todo.append(index)
                 continue
-            score = run.read_json(spath)
+            score = run.read_score(index)
             if score.get("criteria_version") != CRITERIA_VERSION or set(
                 score.get("criteria", {})
             ) != set(CRITERIA):
                 # criteria changed since these scores: recompute them from the cached features
-                feats = run.read_array(run.features(index))
+                feats = cached_features(run, index, len(labels))
                 score = {
                     k: v for k, v in score.items() if k not in ("criteria", "criteria_undefined")
                 }
@@ -332,17 +343,39 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
     return [scores[i] for i in sorted(scores)]
 
 
-def confidence_from_cache(cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str):
-    """:func:`selection_confidence` from the cached features, or None when they are gone."""
+def cached_labels(run: RunDir, n: int | None = None) -> np.ndarray:
+    """features/labels.npy, checked: integer labels >= 0, ``n`` of them when given (the
+    target samples the rungs were scored on)."""
+    labels = run.read_array(run.feature_labels, kind="i", ndim=1, rows=n)
+    if len(labels) and int(labels.min()) < 0:
+        raise DataError(
+            f"{run.feature_labels} holds a negative label ({int(labels.min())}); delete it and "
+            "run `entropi run --resume` to remake it"
+        )
+    return labels.astype(np.int64)
+
+
+def cached_features(run: RunDir, index: int, rows: int) -> np.ndarray:
+    """features/rung_NNN.npy, checked: finite float, one row per cached label."""
+    return run.read_array(run.features(index), kind="f", ndim=2, rows=rows)
+
+
+def confidence_from_cache(
+    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str, n: int | None = None
+):
+    """:func:`selection_confidence` from the cached features, or None when they are gone.
+
+    ``n``: the target samples the rungs were scored on (their ``n``); the cached labels must
+    be as many."""
     if cfg.select.resamples == 0:
         return None
     paths = [run.features(i) for i in range(n_rungs)]
-    if not run.feature_labels.is_file() or not all(p.is_file() for p in paths):
+    if not os.path.lexists(run.feature_labels) or not all(os.path.lexists(p) for p in paths):
         run.log("select: no cached features (RUNDIR/features/); selection confidence skipped")
         return None
-    labels = run.read_array(run.feature_labels)
+    labels = cached_labels(run, n)
     return selection_confidence(
-        lambda i: run.read_array(paths[i]).astype(np.float64),
+        lambda i: cached_features(run, i, len(labels)).astype(np.float64),
         labels,
         n_rungs,
         criterion,
@@ -372,10 +405,12 @@ def select(
     whose encoder file plus head fit (host/deploy.py), and results.json gets ``deployment``."""
     from .plot import plot_entropy_vs_alpha
 
-    n_rungs = len(run.rung_files())
-    rungs = [run.read_json(run.score(i)) for i in range(n_rungs) if run.score(i).is_file()]
-    if not rungs:
+    n_rungs = len(run.rung_files())  # rungs 0..N-1: a gap is an error naming it
+    if not n_rungs:
+        raise CheckpointError(f"{run.root} has no pruning ladder; run `entropi run` first")
+    if not any(os.path.lexists(run.score(i)) for i in range(n_rungs)):
         raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
+    rungs = [run.read_score(i) for i in range(n_rungs)]  # a missing one: named, never skipped
     criterion = criterion or cfg.select.criterion
     sel = select_rung(rungs, criterion)
     limits = cfg.deploy.limits()
@@ -389,7 +424,8 @@ def select(
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
     summary = criteria_summary(rungs)
-    conf = confidence_from_cache(cfg, run, len(rungs), criterion)
+    conf = confidence_from_cache(cfg, run, len(rungs), criterion, _scored_n(run, rungs))
+    undefined = undefined_criteria(rungs)
     results = {
         "package_version": package_version(),
         "config_sha256": cfg.digest(),
@@ -414,6 +450,7 @@ def select(
         ),
         "selection_resamples": conf,
         "criteria_summary": summary,
+        "criteria_undefined": undefined,
         "saturated_rungs": saturated,
         "selected_alpha": rungs[sel]["alpha"],
         "best_probe_index": best,
@@ -423,6 +460,7 @@ def select(
         "probe_spread": float(np.mean([r.get("probe_accuracy_std", 0.0) for r in rungs])),
         "probe_se": _mean_or_none([r.get("probe_accuracy_se") for r in rungs]),
         "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
+        "regret_units": "fraction of the test images (x 100 = probe points, as printed)",
         "deployment": deployment,
         "stage_seconds": run.stage_seconds(),
     }
@@ -440,24 +478,67 @@ def select(
             f"{100 * c:.0f}% of {conf['resamples']} bootstrap resamples of the target (wins per "
             f"rung {conf['wins']}); more target data would make the pick firmer"
         )
+    for line in undefined_notes(undefined, criterion, len(rungs)):
+        run.log(f"select: note: {line}")
     plot_entropy_vs_alpha(results, run.plot)
     value = stored_value(rungs[sel], criterion)
-    value = float("nan") if value is None else value  # every rung undefined: the dense one
+    value = "undefined" if value is None else f"{value:.4g}"  # every rung undefined: rung 0
     run.log(
-        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion} {value:.4f}, probe "
+        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion} {value}, probe "
         f"{rungs[sel]['probe_accuracy']:.4f}); best probe rung {best} "
-        f"({rungs[best]['probe_accuracy']:.4f}); regret {results['regret']:.4f}"
+        f"({rungs[best]['probe_accuracy']:.4f}); regret {100 * results['regret']:.2f} points"
         + (f"; confidence {c:.2f}" if c is not None else "")
     )
     return results
+
+
+def _scored_n(run: RunDir, rungs: list[dict]) -> int | None:
+    """The number of target samples every rung was scored on (their ``n``); rungs that
+    disagree were scored on different targets: a :class:`CheckpointError`."""
+    ns = sorted({r["n"] for r in rungs})
+    if len(ns) > 1:
+        raise CheckpointError(
+            f"the score files of {run.root} were computed on different targets (n = "
+            f"{', '.join(map(str, ns))} samples); delete {run.score(0).parent} and "
+            f"{run.features_dir} and run `entropi probe {run.root}` to rescore every rung"
+        )
+    return ns[0] if ns else None
+
+
+def undefined_criteria(rungs: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per criterion undefined (None) on some rung: those rungs and the first reason stored."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rungs:
+        for name, value in r.get("criteria", {}).items():
+            if value is None:
+                entry = out.setdefault(name, {"rungs": [], "reason": None})
+                entry["rungs"].append(r["index"])
+                entry["reason"] = entry["reason"] or r.get("criteria_undefined", {}).get(name)
+    return out
+
+
+def undefined_notes(undefined: dict[str, dict[str, Any]], criterion: str, n_rungs: int):
+    """Lines for the log and the report: which criteria the pick could not use, and where."""
+    for name, entry in undefined.items():
+        where = "every rung" if len(entry["rungs"]) == n_rungs else f"rungs {entry['rungs']}"
+        why = f" ({entry['reason']})" if entry["reason"] else ""
+        if name != criterion:
+            yield f"{name} is undefined on {where}{why}; its pick ignores those rungs"
+        elif len(entry["rungs"]) == n_rungs:
+            yield (
+                f"{name}, the selection criterion, is undefined on every rung{why}: it cannot "
+                "pick, so the pick is the dense rung 0; choose another criterion "
+                "(`entropi select RUNDIR --criterion NAME`)"
+            )
+        else:
+            yield f"{name}, the selection criterion, is undefined on {where}{why}: not picked"
 
 
 def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -> dict:
     """The deployment table of every rung and the fit rule's pick (host/deploy.py)."""
     from .deploy import deployment_table, fit_rule
 
-    dtypes = ("float32",) if cfg.export.quantize == "none" else ("float32", cfg.export.quantize)
-    rows = deployment_table(cfg, run, dtypes=dtypes)
+    rows = deployment_table(cfg, run)  # every dtype (int8 calibrated on demand), every form
     values = criterion_values(rungs, criterion)
     pick = fit_rule(rows, list(values), flash=flash, ram=ram)
     run.log(
@@ -510,7 +591,6 @@ def reuse_ladder(
     scoring settings). Overrides that would change what made the ladder (its source, seed,
     [pretrain] or [prune]) are refused; setting one to the value it already has is allowed. With
     ``resume``, a folder made by an earlier call with the same overrides is continued."""
-    import os
     import shutil
 
     from .config import ConfigError, apply_overrides, config_from_dict
@@ -543,10 +623,10 @@ def reuse_ladder(
     if not rungs:
         raise CheckpointError(f"{run.root} has no pruning ladder to reuse; run `entropi prune`")
     new_cfg, new = open_run(new_cfg, out, resume=resume)
-    new.rungs_dir.mkdir(parents=True, exist_ok=True)
+    new.folder(new.rungs_dir)  # a real folder, not a link planted there
     for path in rungs:
         dest = new.rungs_dir / path.name
-        if not dest.exists():
+        if not os.path.lexists(dest):
             try:
                 os.link(path, dest)
             except OSError:

@@ -211,7 +211,7 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
 
     cfg, run = open_on_main(partial(_open_ladder, study, ladder, root), root)
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
-    if distributed.from_main(lambda: len(run.rung_files()) < want):
+    if distributed.from_main(lambda: not all(run.rung(i).is_file() for i in range(want))):
         device = distributed.local_device(pick_device(cfg.device))
         t0 = time.perf_counter()
         src = distributed.main_first(partial(load_source, cfg, device))

@@ -100,3 +100,142 @@ def test_an_init_file_with_nan_weights_is_refused(tmp_path):
     torch.save(_smallnet_with_nan().encoder.state_dict(), path)
     with pytest.raises(CheckpointError, match=r"init.pt: 0.weight holds NaN or infinite values"):
         load_init(build_encoder("smallnet"), "smallnet", path)
+
+
+# --- a run folder made without training: rung files, scores, features, as stage_score writes --
+
+
+def fake_run(root, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed: int = 0, **cfg_extra):
+    """A scored run folder with ``n_rungs`` rungs (untrained smallnet records) and random
+    features of ``n`` samples x ``dim``, scored by :func:`selection.score_rung`; returns
+    ``(cfg, run)`` with the folder's lock released."""
+    import numpy as np
+    import torch
+
+    from entropi.export.rung import Rung, RungInfo, save_rung
+    from entropi.host.models import build_model
+    from entropi.host.prune import dense_masks
+    from entropi.host.rundir import open_run
+    from entropi.host.selection import score_rung
+
+    raw = {
+        "name": "fake",
+        "device": "cpu",
+        "seed": seed,
+        "data": {"source": "npz:/no/src.npz", "target": "npz:/no/tgt.npz"},
+        "pretrain": {"arch": "smallnet"},
+        "prune": {"keep_per_round": 0.5, "alpha_min": 0.5 ** (n_rungs - 1)},
+        "select": {"resamples": 4},
+        **cfg_extra,
+    }
+    cfg, run = open_run(config_from_dict(raw), root, argv=["entropi", "run"])
+    run.lock.release()
+    torch.manual_seed(seed)
+    model = build_model("smallnet", 2)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    run.write_array(run.feature_labels, labels.astype(np.int64))
+    for i in range(n_rungs):
+        info = RungInfo(
+            arch="smallnet", feature_dim=256, input_shape=(3, 32, 32),
+            normalization={"mean": [0.5] * 3, "std": [0.25] * 3}, alpha=0.5**i, nnz=100 >> i,
+            n_prunable=100, source_classes=["a", "b"], num_source_classes=2,
+            source_accuracy=0.5,
+        )  # fmt: skip
+        masks = dense_masks(model.encoder)
+        save_rung(run.rung(i), Rung(info, model.encoder.state_dict(), model.head.state_dict(), masks))
+        feats = (rng.normal(size=(n, dim)) + labels[:, None] * (i + 1)).astype(np.float32)
+        run.write_array(run.features(i), feats)
+        score = {"index": i, "alpha": 0.5**i, "nnz": 100 >> i, "source_accuracy": 0.5}
+        score |= score_rung(feats, labels, cfg)
+        acc = [0.6, 0.8, 0.7, 0.5, 0.4][i % 5]
+        score |= {"probe_accuracy": acc, "probe_accuracy_std": 0.01, "criteria_version": 2}
+        run.write_json(run.score(i), score)
+    return cfg, run
+
+
+def _select(capsys, root, *extra) -> tuple[int, str]:
+    from entropi.host.cli import main
+
+    rc = main(["select", str(root), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err[-1] if err else ""
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    return fake_run(tmp_path / "run")
+
+
+def test_the_fake_run_selects(run_folder, capsys):
+    cfg, run = run_folder
+    rc, last = _select(capsys, run.root)
+    assert rc == 0 and "select: rung" in last and "points" in last
+
+
+# --- D12: rungs are identified by their index; a gap is named, never the wrong rung ----------
+
+
+def test_select_with_a_missing_score_file_names_the_rung(run_folder, capsys):
+    import json
+
+    _, run = run_folder
+    run.score(1).unlink()
+    rc, line = _select(capsys, run.root, "--criterion", "nc1")
+    assert rc == 2 and line.startswith("entropi: error: rung 1 has no scores")
+    assert "rescores it" in line and not run.results.exists()
+    assert not (run.root / "export").exists()
+    # the rung is rescored on --resume: with its scores back, the pick is by index
+    run.write_json(run.score(1), json.loads(json.dumps({**_score_of(run, 2), "index": 1})))
+    assert _select(capsys, run.root)[0] == 0
+
+
+def _score_of(run, i):
+    import json
+
+    return json.loads(run.score(i).read_text())
+
+
+def test_a_gap_in_the_ladder_is_named_by_select_export_and_probe(run_folder, capsys):
+    from entropi.host.checkpoint import CheckpointError, resolve_rung
+
+    cfg, run = run_folder
+    run.rung(1).unlink()
+    rc, line = _select(capsys, run.root)
+    assert rc == 2 and "ladder has a gap: rung file(s) rungs/rung_001.pt are missing" in line
+    assert "present: rungs 0, 2" in line
+    with pytest.raises(CheckpointError, match="rung_001.pt are missing"):
+        resolve_rung(run.root, 2)
+
+
+def test_a_score_file_of_another_rung_is_refused(run_folder, capsys):
+    _, run = run_folder
+    run.score(2).write_text(run.score(1).read_text())  # rung 1's scores under rung 2's name
+    rc, line = _select(capsys, run.root)
+    assert rc == 2 and "rung_002.json: its index is 1, not 2" in line
+
+
+# --- D13: a hand-edited config.toml is refused on --resume ------------------------------------
+
+
+def test_a_hand_edited_config_is_refused_on_resume(run_folder):
+    from entropi.host.rundir import open_run
+
+    _, run = run_folder
+    text = run.config.read_text()
+    run.config.write_text(text.replace("keep_per_round = 0.5", "keep_per_round = 0.49"))
+    with pytest.raises(ConfigError, match="config.toml is not the config this run was made with"):
+        open_run(None, run.root, resume=True)
+    run.config.write_text(text)  # undone: resumes
+    open_run(None, run.root, resume=True)[1].lock.release()
+
+
+def test_a_config_with_no_run_json_resumes_only_before_any_rung(tmp_path):
+    from entropi.host.rundir import open_run
+
+    cfg, run = fake_run(tmp_path / "run", 1)
+    run.info.unlink()
+    with pytest.raises(ConfigError, match="run.json records no config_sha256"):
+        open_run(None, run.root, resume=True)
+    run.rung(0).unlink()
+    open_run(None, run.root, resume=True)[1].lock.release()
