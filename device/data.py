@@ -10,10 +10,16 @@ colour mode are converted to the encoder's input chunk by chunk (:func:`.imagepr
 the function the host uses too).
 
 Image folders: files with a suffix in :data:`IMAGE_SUFFIXES` (any case); classes are the sorted
-sub-folder names. A corrupt or non-image file with such a suffix is refused with a
+names of the visible sub-folders (hidden ones, ``.git``, ``.ipynb_checkpoints``, any ``.*``, are
+skipped). A corrupt or non-image file with such a suffix is refused with a
 :class:`.errors.DataError` naming it (when its chunk is decoded), never skipped. A folder holding
-any of ``train``/``val``/``test`` uses the split layout; a split it lacks is an error. Inside the
-folder, symbolic links and entries with an image suffix that are not regular files are refused
+any of ``train``/``val``/``test`` uses the split layout; a split it lacks is an error. In the split
+layout the classes are the ``train`` split's, matched by name: a ``test`` (or ``val``) split
+holding a subset of them gets the train split's labels, and a class the train split lacks is an
+error naming it (:func:`list_split`). A class folder whose images are only in sub-folders is an
+error naming it, and so is an empty class folder in a training split (train, or a folder without
+splits); an empty class folder in a ``test``/``val`` split is a class with no test images. Inside
+the folder, symbolic links and entries with an image suffix that are not regular files are refused
 (:func:`list_image_files`, the host's rule too), and an image's header is checked against
 :data:`.imageprep.MAX_IMAGE_PIXELS` before it is decoded.
 
@@ -51,9 +57,12 @@ __all__ = [
     "as_image_source",
     "check_image_size",
     "has_split",
+    "list_classes",
     "list_image_files",
+    "list_split",
     "list_subfolders",
     "load_images",
+    "require_images",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -242,11 +251,14 @@ def _refuse_link(p: Path) -> None:
 
 
 def list_subfolders(folder: str | os.PathLike) -> list[str]:
-    """Sorted names of the sub-folders of ``folder``; a symbolic link among them (to a folder
-    or not) raises :class:`.errors.DataError`, so that nothing outside ``folder`` is read."""
+    """Sorted names of the visible sub-folders of ``folder`` (a hidden one, named ``.*``, such as
+    ``.git`` or ``.ipynb_checkpoints``, is skipped); a symbolic link to a folder among them
+    raises :class:`.errors.DataError`, so that nothing outside ``folder`` is read."""
     folder = Path(folder)
     names = []
     for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
         kind = _entry_kind(p)
         if kind == "link" and p.is_dir():
             _refuse_link(p)
@@ -279,33 +291,109 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda f: f.name)
 
 
-def _scan_folder(path: Path, split: str) -> tuple[Path, list[str], list[str], np.ndarray, bool]:
-    """(root, classes, files, labels, split layout) of an image folder, from its listing only."""
-    split_layout = _split_layout(path)
-    root = path / split if split_layout else path
-    if split_layout and not root.is_dir():
-        have = [s for s in SPLIT_NAMES if (path / s).is_dir()]
-        raise DataError(f"{path} has no {split!r} split (it has {', '.join(have)})")
-    if split_layout and _entry_kind(root) == "link":
-        _refuse_link(root)
-    classes = list_subfolders(root)
-    if not classes:
+def _class_files(folder: Path, required: bool) -> list[Path]:
+    """The images of class folder ``folder``; :class:`.errors.DataError` when it holds none
+    itself but has sub-folders (images are read from ``<class>/`` only), or when it is empty
+    and ``required``."""
+    files = list_image_files(folder)
+    if files:
+        return files
+    subs = list_subfolders(folder)
+    if subs:
         raise DataError(
-            f"{root} has no class folders: expected <root>/<class>/<image> or "
-            f"<root>/<split>/<class>/<image>"
+            f"class folder {folder} holds no images itself, only the sub-folder(s) "
+            f"{', '.join(subs)}: images must sit directly in <class>/ (move them up, or make "
+            "each sub-folder a class folder)"
         )
-    files: list[str] = []
+    if required:
+        raise DataError(
+            f"class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}): add images "
+            "to it or remove it"
+        )
+    return files
+
+
+def list_classes(
+    root: str | os.PathLike, reference: list[str] | None = None, *, required: bool = True
+) -> tuple[list[str], list[Path], np.ndarray]:
+    """``(classes, files, labels)`` of ``root/<class>/<image>`` from its listing only.
+
+    ``reference`` None: the classes are the sorted class folders. Otherwise (the train split's
+    classes) ``root``'s class folders are matched to it by name: ``classes`` is ``reference``,
+    labels index it, and a class folder it lacks raises :class:`.errors.DataError` naming it.
+    ``required``: an empty class folder is an error (a training split); otherwise it is a class
+    with no images. Images only in sub-folders of a class folder are always an error.
+    """
+    root = Path(root)
+    names = list_subfolders(root)
+    if not names:
+        raise DataError(
+            f"{root} holds no images: it has no class folders (expected <root>/<class>/<image> "
+            "or <root>/<split>/<class>/<image>)"
+        )
+    classes = names if reference is None else list(reference)
+    extra = [n for n in names if n not in classes]
+    if extra:
+        raise DataError(
+            f"{root} has class folder(s) {', '.join(extra)} that the train split lacks (its "
+            f"classes: {', '.join(classes)}); classes are matched by name, so every class of "
+            "a split must be a train class"
+        )
+    index = {n: i for i, n in enumerate(classes)}
+    files: list[Path] = []
     labels: list[int] = []
-    for ci, name in enumerate(classes):
-        found = list_image_files(root / name)
-        files += [os.fspath(f) for f in found]
-        labels += [ci] * len(found)
+    for name in names:
+        found = _class_files(root / name, required)
+        files += found
+        labels += [index[name]] * len(found)
     if not files:
         raise DataError(
             f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders "
-            f"{', '.join(classes)}"
+            f"{', '.join(names)}"
         )
-    return root, classes, files, np.asarray(labels, np.int64), split_layout
+    return classes, files, np.asarray(labels, np.int64)
+
+
+def list_split(base: str | os.PathLike, split: str) -> tuple[list[str], list[Path], np.ndarray]:
+    """``(classes, files, labels)`` of ``base/<split>/<class>/<image>`` (:func:`list_classes`):
+    the classes of any split are those of ``base/train`` when it exists, matched by name, and an
+    empty class folder is an error in ``train`` only. The one rule of the device and the host.
+    A symbolic link as the split folder raises :class:`.errors.DataError`."""
+    base = Path(base)
+    for name in dict.fromkeys((split, "train")):
+        if _entry_kind_or_none(base / name) == "link":
+            _refuse_link(base / name)
+    reference = None
+    if split != "train" and (base / "train").is_dir():
+        reference = list_subfolders(base / "train")
+    return list_classes(base / split, reference, required=split == "train")
+
+
+def _entry_kind_or_none(p: Path) -> str | None:
+    try:
+        return _entry_kind(p)
+    except FileNotFoundError:
+        return None
+
+
+def require_images(n: int, where: str) -> None:
+    """:class:`.errors.DataError` unless ``where`` (a split, named in the message) holds images:
+    a split of zero images is refused, never trained on or scored."""
+    if n == 0:
+        raise DataError(f"{where} holds no images (0 rows); every split used needs images")
+
+
+def _scan_folder(path: Path, split: str) -> tuple[list[str], list[str], np.ndarray, bool]:
+    """(classes, files, labels, split layout) of an image folder, from its listing only."""
+    split_layout = _split_layout(path)
+    if split_layout and not (path / split).is_dir():
+        have = [s for s in SPLIT_NAMES if (path / s).is_dir()]
+        raise DataError(f"{path} has no {split!r} split (it has {', '.join(have)})")
+    if split_layout:
+        classes, files, labels = list_split(path, split)
+    else:
+        classes, files, labels = list_classes(path)
+    return classes, [os.fspath(f) for f in files], labels, split_layout
 
 
 def _split_layout(path: Path) -> bool:
@@ -340,7 +428,13 @@ def _read_labels(path: Path, key: str, n: int) -> np.ndarray:
             f"{path}:{key} must be an integer array of class indices, got dtype {info.dtype}; "
             "store the labels as integers (e.g. y.astype(np.int64))"
         )
-    y = read_member(path, key).astype(np.int64)
+    y = read_member(path, key)
+    if len(y) and y.dtype.kind == "u" and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(
+            f"{path}:{key} holds label {int(y.max())}, too large for a class index; labels are "
+            "class indices 0, 1, ..."
+        )
+    y = y.astype(np.int64)
     if len(y) and int(y.min()) < 0:
         raise DataError(f"{path}:{key} holds a negative label ({int(y.min())})")
     return y
@@ -376,7 +470,7 @@ def load_images(
     None), converted with ``prep`` (the bundle's :attr:`.bundle.Bundle.preprocess`) when given.
 
     Nothing is decoded here except an ``.npz``'s labels (and one image file): the source is read
-    chunk by chunk by its consumer.
+    chunk by chunk by its consumer. A split of zero images is refused (:func:`require_images`).
     """
     path = Path(path)
     if not path.exists():
@@ -389,6 +483,7 @@ def load_images(
         if xk not in members:
             raise DataError(f"{path} has no {xk!r}; it holds {sorted(members)}")
         x = NpzImages(path, xk, prep)
+        require_images(len(x), f"{path}:{xk}")
         y = _read_labels(path, yk, len(x)) if yk in members else None
         names = _read_class_names(path) if "class_names" in members else None
         if y is not None and names is not None and len(y) and int(y.max()) >= len(names):
@@ -398,7 +493,7 @@ def load_images(
             )
         return ImageSet(x, y, names, split)
     if path.is_dir():
-        _, classes, files, labels, split_layout = _scan_folder(path, split)
+        classes, files, labels, split_layout = _scan_folder(path, split)
         return ImageSet(FolderImages(files, prep), labels, classes, split if split_layout else None)
     raise DataError(
         f"{path}: expected an .npz, an image folder or an image file ({', '.join(IMAGE_SUFFIXES)})"

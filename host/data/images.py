@@ -5,9 +5,11 @@ extracted once (safely, see :func:`extract_tar`) into ``<cache_dir>/extracted/<s
 the images are decoded once with PIL (a plain loop: about 60 us per 32x32 JPEG) into the uint8
 array cache, so later loads read one ``.npz`` and never touch the images.
 
-Folders follow the device's rules (:func:`entropi.device.data.list_image_files`, one listing
-for both): a symbolic link, or an entry with an image suffix that is not a regular file, is
-refused naming it, and so is a PACS ``index.csv`` path leading outside its folder; an image is
+Folders follow the device's rules (:func:`entropi.device.data.list_split`, one listing for
+both): hidden folders are skipped, classes are the train split's matched by name in every split,
+a class folder without images of its own is refused naming it (an empty one in ``train`` only),
+a symbolic link, or an entry with an image suffix that is not a regular file, is refused naming
+it, and so is a PACS ``index.csv`` path leading outside its folder; an image is
 checked against :data:`entropi.device.imageprep.MAX_IMAGE_PIXELS` from its header before it is
 decoded.
 """
@@ -23,7 +25,7 @@ import numpy as np
 
 from entropi.device.data import (  # one rule: host and device read the same files
     IMAGE_SUFFIXES,
-    list_image_files,
+    list_split,
     list_subfolders,
 )
 from entropi.device.errors import DataError as DeviceDataError
@@ -125,21 +127,14 @@ def decode_images(paths: Sequence[Path], prep: Preprocess | None = None) -> np.n
     return out if out is not None else np.empty((0, 32, 32, 3), dtype=np.uint8)
 
 
-def _scan_split(split_dir: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """(image files, labels, classes) of ``split_dir/<class>/*`` by the device's listing rule."""
+def _scan_split(base: Path, split: str) -> tuple[list[Path], np.ndarray, list[str]]:
+    """(image files, labels, classes) of ``base/split/<class>/*`` by the device's listing rule
+    (:func:`entropi.device.data.list_split`: classes matched by name to ``base/train``'s)."""
     try:
-        if split_dir.is_symlink():
-            raise DeviceDataError(f"{split_dir} is a symbolic link; copy the folder in instead")
-        classes = list_subfolders(split_dir)
-        paths: list[Path] = []
-        labels: list[int] = []
-        for k, c in enumerate(classes):
-            files = list_image_files(split_dir / c)
-            paths += files
-            labels += [k] * len(files)
+        classes, paths, labels = list_split(base, split)
     except DeviceDataError as e:
         raise DataError(str(e)) from e
-    return paths, np.asarray(labels, dtype=np.int64), classes
+    return paths, labels, classes
 
 
 def _inside(root: Path, rel: str, index: Path) -> Path:
@@ -160,7 +155,7 @@ def _folder_root(base: Path, split: str) -> Path:
     """``base`` if it holds ``split/``, else its single sub-folder that does (archive layout)."""
     if (base / split).is_dir():
         return base
-    subs = [d for d in base.iterdir() if d.is_dir()] if base.is_dir() else []
+    subs = [base / n for n in list_subfolders(base)] if base.is_dir() else []
     if len(subs) == 1 and (subs[0] / split).is_dir():
         return subs[0]
     return base
@@ -174,7 +169,10 @@ def read_image_folder(
     cache_dir: str | os.PathLike | None = None,
     prep: Preprocess | None = None,
 ) -> Dataset:
-    """Read ``<source>/<split>/<class>/*.{jpg,jpeg,png,bmp}``; classes are the sorted folder names.
+    """Read ``<source>/<split>/<class>/*.{jpg,jpeg,png,bmp}``; classes are the sorted folder
+    names of the ``train`` split (when there is one), matched by name in every split: a test
+    split holding a subset of them gets train's labels, an extra class is a :class:`DataError`
+    naming it (the device's rule, :func:`entropi.device.data.list_split`).
 
     ``prep``: convert every image to the encoder input (see :func:`decode_images`); None keeps
     the files' size, which must then be one.
@@ -190,26 +188,24 @@ def read_image_folder(
             f"{split}/<class>/*.jpg|png, or a .tar.gz of one)"
         )
 
-    def folder() -> Path:
-        base = extracted(source, cache) if is_archive(source) else source
-        root = _folder_root(base, split)
-        if not (root / split).is_dir():
-            have = sorted(d.name for d in root.iterdir() if d.is_dir())
-            raise DatasetNotFoundError(
-                f"{source} has no split folder {split!r} (found folders {have}); expected "
-                f"{split}/<class>/*.jpg|png"
-            )
-        return root / split
+    base = extracted(source, cache) if is_archive(source) else source
+    root = _folder_root(base, split)
+    if not (root / split).is_dir():
+        raise DatasetNotFoundError(
+            f"{source} has no split folder {split!r} (found folders {list_subfolders(root)}); "
+            f"expected {split}/<class>/*.jpg|png"
+        )
+    paths, labels, classes = _scan_split(root, split)  # the listing only: cheap
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
-        paths, y, classes = _scan_split(folder())
-        if not paths:
-            raise DatasetNotFoundError(f"no .jpg/.png images under {folder()}/<class>/")
-        return decode_images(paths, prep), y, classes
+        return decode_images(paths, prep), labels, classes
 
-    # An archive is keyed by its own stat (cheap); a folder by the stat of every file in it.
+    # An archive is keyed by its own stat (cheap); a folder by the stat of every file in it. A
+    # split whose labels are the train split's (its own classes differ) keys those classes too.
     extra = f"{name}|{split}" + (f"|{prep}" if prep is not None else "")
-    key = source_key(source if is_archive(source) else folder(), extra=extra)
+    if classes != list_subfolders(root / split):
+        extra += f"|classes={classes}"
+    key = source_key(source if is_archive(source) else root / split, extra=extra)
     x, y, classes, cache_file = cached_arrays(cache, f"{name}-{split}", key, build)
     return Dataset(
         x=x,

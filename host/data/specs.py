@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.device.data import list_image_files, list_subfolders
+from entropi.device.data import ImageSet, has_split, list_classes, list_subfolders, load_images
 from entropi.device.imageprep import Preprocess, convert_image
 
 from .base import (
@@ -334,34 +334,40 @@ def _check_classes(ds_classes: list[str], where) -> None:
 
 
 def _class_dirs(base: Path) -> list[Path]:
-    """The class folders of ``base`` by the device's listing rule (a linked folder is refused)."""
-    return [base / n for n in list_subfolders(base) if not n.startswith(".")]
+    """The class folders of ``base`` by the device's listing rule (hidden folders skipped, a
+    linked folder refused)."""
+    return [base / n for n in list_subfolders(base)]
 
 
-def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
+def _imagefolder_base(ref: DatasetRef, cache: Path) -> Path:
+    """The folder of an ``imagefolder:`` spec holding its classes or splits (an archive is
+    extracted; a single top folder of it is entered)."""
     path = ref.path
     base = extracted(path, cache) if is_archive(path) else path
     subs = _class_dirs(base)
     while len(subs) == 1 and not any(f.is_file() for f in base.iterdir()) and _class_dirs(subs[0]):
         base, subs = subs[0], _class_dirs(subs[0])  # an archive's single top folder
-    if any(d.name in _SPLIT_DIRS for d in subs):
+    return base
+
+
+def _has_splits(base: Path) -> bool:
+    return any(d.name in _SPLIT_DIRS for d in _class_dirs(base))
+
+
+def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
+    path = ref.path
+    base = _imagefolder_base(ref, cache)
+    if _has_splits(base):
         ds = read_image_folder(base, split, name="imagefolder", cache_dir=cache, prep=prep)
         _check_classes(ds.classes, base / split)
         return ds
-    classes = [d.name for d in subs]
-    paths, labels = [], []
-    for k, d in enumerate(subs):
-        files = list_image_files(d)  # links and non-files with an image suffix are refused
-        paths += files
-        labels += [k] * len(files)
-    if not paths:
+    if not _class_dirs(base):
         raise DataError(
             f"{path} holds no images: expected {path}/<class>/*.jpg|png or "
             f"{path}/<split>/<class>/*.jpg|png"
         )
-    classes_with = sorted({classes[k] for k in labels})
-    _check_classes(classes_with, path)
-    y_all = np.asarray(labels, dtype=np.int64)
+    classes, paths, y_all = list_classes(base)  # the device's rule (its DataError)
+    _check_classes(classes, path)
     idx = _split_indices(y_all, split, test_fraction, seed, path)
     chosen = [paths[i] for i in idx]
 
@@ -376,47 +382,45 @@ def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
     return Dataset(x, y, classes, "imagefolder", split, info)
 
 
+def _npz_split(path: Path, split: str, prep: Preprocess) -> ImageSet:
+    """Split ``split`` of an ``.npz`` through the device's checked reader
+    (:func:`entropi.device.data.load_images`: member headers checked before anything is
+    allocated, labels and ``class_names`` validated, a split of zero images refused)."""
+    imgs = load_images(path, split, prep)
+    if imgs.labels is None:
+        raise DataError(f"{path} has x_{split} but no y_{split} (its labels)")
+    return imgs
+
+
+def _npz_array(imgs: ImageSet) -> np.ndarray:
+    """The images of ``imgs`` (converted chunk by chunk) as one uint8 NHWC array."""
+    out = np.empty(imgs.images.shape, np.uint8)
+    for start, chunk in imgs.images.chunks(4096):
+        out[start : start + len(chunk)] = chunk
+    return out
+
+
 def _load_npz(ref, split, seed, test_fraction, prep) -> Dataset:
     path = ref.path
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path} as an .npz: {e}") from e
-    if "x_train" not in arrays or "y_train" not in arrays:
-        raise DataError(f"{path} must hold x_train and y_train (has {sorted(arrays)})")
-    has_test = "x_test" in arrays and "y_test" in arrays
     if split not in ("train", "test"):
         raise DataError(f"{path} has splits 'train' and 'test', not {split!r}")
-    x = arrays[f"x_{split}"] if has_test else arrays["x_train"]
-    y = arrays[f"y_{split}"] if has_test else arrays["y_train"]
-    if x.dtype != np.uint8 or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[3] not in (1, 3, 4)):
-        raise DataError(
-            f"{path}: images must be uint8 (N, H, W), (N, H, W, 1|3|4), got {x.dtype} {x.shape}"
-        )
-    if not np.issubdtype(y.dtype, np.integer) or y.shape != (x.shape[0],):
-        raise DataError(f"{path}: labels must be {x.shape[0]} integers, got {y.dtype} {y.shape}")
-    y = y.astype(np.int64)
-    all_y = np.concatenate([arrays["y_train"].astype(np.int64), y]) if has_test else y
-    if len(all_y) and all_y.min() < 0:
-        raise DataError(f"{path}: labels must be >= 0, got {all_y.min()}")
-    if "class_names" in arrays:
-        classes = [str(c) for c in arrays["class_names"]]
-    else:
-        classes = [str(k) for k in range(int(all_y.max()) + 1 if len(all_y) else 0)]
-    if len(all_y) and all_y.max() >= len(classes):
-        raise DataError(f"{path}: label {all_y.max()} but only {len(classes)} class_names")
-    _check_classes(classes, path)
-    if not has_test:
-        idx = _split_indices(y, split, test_fraction, seed, path)
-        x, y = x[idx], y[idx]
-    if x.ndim == 4 and x.shape[3] == 3 and tuple(x.shape[1:3]) == tuple(prep.size):
-        out = np.ascontiguousarray(x)
-    else:
-        out = np.empty((len(x), *prep.size, 3), np.uint8)
-        for i, im in enumerate(x):
-            out[i] = convert_image(im[..., 0] if im.ndim == 3 and im.shape[2] == 1 else im, prep)
-    return Dataset(out, y, classes, "npz", split, {"source": str(path), "format": "npz"})
+    if path.suffix != ".npz":
+        raise DataError(f"npz:{path} must name a .npz file (x_train, y_train, ...)")
+    if not has_split(path, "train"):
+        raise DataError(f"{path} must hold x_train and y_train")
+    train = _npz_split(path, "train", prep)
+    test = _npz_split(path, "test", prep) if has_split(path, "test") else None
+    names = train.class_names
+    if names is None:
+        top = max(int(t.labels.max()) for t in (train, test) if t is not None)
+        names = [str(k) for k in range(top + 1)]
+    _check_classes(names, path)
+    info = {"source": str(path), "format": "npz"}
+    if test is not None:
+        chosen = test if split == "test" else train
+        return Dataset(_npz_array(chosen), chosen.labels, names, "npz", split, info)
+    idx = _split_indices(train.labels, split, test_fraction, seed, path)
+    return Dataset(_npz_array(train)[idx], train.labels[idx], names, "npz", split, info)
 
 
 def load_spec(
