@@ -35,18 +35,17 @@ import numpy as np
 from ._errors import ExportError, require
 from .verify import ModelSource, load_model_bytes, open_tflite
 
-__all__ = ["tflite_footprint", "tflite_latency_ms"]
+__all__ = ["tflite_footprint", "tflite_latency_ms", "tflite_op_names"]
 
 # TensorType -> bytes per element (schema_generated.h enum order)
 _ITEMSIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 16: 4}
 
 
-def tflite_footprint(model: ModelSource) -> dict[str, Any]:
-    """``{"file_bytes", "activation_peak_bytes", "peak_op", "densified_bytes",
-    "constant_bytes", "ops"}`` of a TFLite file (path or bytes); see the module docstring."""
+def _read_graph(data: bytes):
+    """``(model object, {builtin code: op name}, first subgraph, its operators)`` of a TFLite
+    file's bytes, or :class:`ExportError` when it is not a readable TFLite file."""
     schema = require("ai_edge_litert.schema_py_generated", "litert", "reading a TFLite graph")
     fb = require("ai_edge_litert.tools.flatbuffer_utils", "litert", "reading a TFLite graph")
-    data = load_model_bytes(model)
     try:
         obj = fb.read_model_from_bytearray(bytearray(data))
     except Exception as e:  # flatbuffers raises struct / index errors on garbage
@@ -55,7 +54,29 @@ def tflite_footprint(model: ModelSource) -> dict[str, Any]:
     if not obj.subgraphs:
         raise ExportError("the TFLite file has no subgraph")
     sg = obj.subgraphs[0]
-    ops = list(sg.operators or [])
+    return obj, names, sg, list(sg.operators or [])
+
+
+def tflite_op_names(model: ModelSource) -> list[str]:
+    """The builtin op name of every operator of a TFLite file (path or bytes), in graph order
+    (``"CUSTOM:<name>"`` for a custom op)."""
+    obj, names, _, ops = _read_graph(load_model_bytes(model))
+    out = []
+    for op in ops:
+        code = obj.operatorCodes[op.opcodeIndex]
+        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "UNKNOWN")
+        if name == "CUSTOM":
+            custom = code.customCode
+            name = "CUSTOM:" + (custom.decode() if isinstance(custom, bytes) else str(custom))
+        out.append(name)
+    return out
+
+
+def tflite_footprint(model: ModelSource) -> dict[str, Any]:
+    """``{"file_bytes", "activation_peak_bytes", "peak_op", "densified_bytes",
+    "constant_bytes", "ops"}`` of a TFLite file (path or bytes); see the module docstring."""
+    data = load_model_bytes(model)
+    obj, names, sg, ops = _read_graph(data)
 
     def nbytes(t) -> int:
         shape = [max(int(s), 1) for s in (t.shape if t.shape is not None else [])]
