@@ -23,6 +23,7 @@ from .report import write_report
 from .rundata import load_source, load_target
 from .rundir import RunDir, RunExistsError, open_run
 from .stages import (
+    completed_results,
     export_summary,
     stage_device,
     stage_export,
@@ -81,6 +82,16 @@ def run_all(
         + (f", {world} processes" if world > 1 else "")
         + ")"
     )
+    done = distributed.from_main(lambda: completed_results(cfg, run) if resume else None)
+    if done is not None:  # a finished run: nothing asks for new work
+        run.log(
+            f"run: {run.root} is already complete (every rung scored, selected"
+            + (", exported" if "export" in done else "")
+            + (", head trained" if "device" in done else "")
+            + "); nothing to redo. `entropi select` re-selects; delete results.json to redo "
+            "select, export and device"
+        )
+        return done if distributed.is_main() else {}
     src = _timed(run, "load_source", distributed.main_first, partial(load_source, cfg, device))
     _timed(run, "pretrain", stage_pretrain, cfg, run, src, device)
     _timed(run, "prune", stage_prune, cfg, run, src, device)

@@ -1,10 +1,13 @@
-"""``RUNDIR/report.md``: the page a person reads first after ``entropi run``.
+"""``RUNDIR/report.md``: the page a person reads first after ``entropi run`` (or ``probe``).
 
-What ran (config, versions, seed, command lines, wall time per stage), the rung table with every
-selection criterion and the probe, the plot, the selected encoder's files (size of every form and
-format against the dense size and the sparse floor), and the device result (accuracy, peak memory
-against the budget). Everything is read from the run folder's own artifacts, so the report can be
-rebuilt from a finished run at any time (:func:`write_report`).
+The answer first: the pick, its size against the dense encoder, its probe accuracy, how sure the
+pick is and what to run next, and the target's sizes. Then what ran (config, versions, seed,
+command lines, wall time per stage), the rung table with every selection criterion (undefined
+ones shown as n/a) and the probe, the plot, the selected encoder's files (size of every form and
+format against the dense size and the sparse floor), and the device result (accuracy, peak
+memory against the budget). Regret is in probe points everywhere. Everything is read from the
+run folder's own artifacts, so the report can be rebuilt from a finished run at any time
+(:func:`write_report`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,24 @@ from .config import RunConfig
 from .criteria import CRITERIA
 from .rundir import RunDir
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["num", "render_report", "write_report"]
 
 
 def _kib(n: float) -> str:
     return f"{n / 1024:,.1f} KiB"
+
+
+def num(v: float | None) -> str:
+    """A criterion value for a person: 4 significant digits, thousands as integers, tiny or
+    huge values in scientific notation, None (undefined on that rung) as ``n/a``."""
+    if v is None:
+        return "n/a"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e7 or a < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:,.0f}" if a >= 1000 else f"{v:.4g}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -28,10 +44,106 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _title(cfg: RunConfig, run: RunDir) -> str:
+    """``entropi run NAME``, or for a folder that probes another run's ladder on a target
+    (``entropi probe``, ladder.json), what it probed."""
+    ladder = run.read_json(run.root / "ladder.json")
+    if ladder is not None and isinstance(ladder.get("from"), str):
+        return f"# entropi probe: `{cfg.data.target}` on the ladder of `{ladder['from']}`"
+    return f"# entropi run `{cfg.name}`"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
+    """The pick, its size against dense, its accuracy, its confidence and what to run next."""
+    rungs = {r["index"]: r for r in results["rungs"]}
+    sel, dense = rungs[results["selected_index"]], rungs[0]
+    crit = results.get("criterion", "entropy")
+    size = (
+        f"{sel['nnz']:,} of the dense encoder's {dense['nnz']:,} weights "
+        f"({_pct(sel['nnz'] / dense['nnz']) if dense['nnz'] else 'n/a'}, alpha {sel['alpha']:.4g})"
+    )
+    export = run.read_json(run.export / "export.json") if "export" in results else None
+    if export and export.get("files"):
+        name, f = min(export["files"].items(), key=lambda kv: kv[1]["bytes"])
+        size += f"; smallest file `{name}` {_kib(f['bytes'])} vs {_kib(export['dense_bytes'])} dense"
+    conf = results.get("selection_confidence")
+    res = results.get("selection_resamples") or {}
+    sure = (
+        f"picked on {_pct(conf)} of {res.get('resamples')} bootstrap resamples of the target"
+        if conf is not None
+        else "confidence not measured"
+    )
+    lines = [
+        "",
+        f"**Pick: rung {sel['index']}** by `{crit}`: {size}. Probe accuracy "
+        f"**{_pct(sel['probe_accuracy'])}** against {_pct(dense['probe_accuracy'])} for the "
+        f"dense rung; the best in hindsight, rung {results['best_probe_index']}, has "
+        f"{_pct(results['best_probe_accuracy'])} (regret **{100 * results['regret']:.2f} "
+        f"points**). Confidence: {sure}.",
+    ]
+    undefined = results.get("criteria_undefined") or {}
+    if undefined:
+        from .stages import undefined_notes
+
+        lines += ["", "Criteria it could not use everywhere:", ""]
+        lines += [f"- {n}" for n in undefined_notes(undefined, crit, len(rungs))]
+    lines += ["", "**Next:** " + " ".join(_next_steps(run, results))]
+    target = _target_sizes(cfg, run, results)
+    if target:
+        lines += ["", target]
+    return lines
+
+
+def _next_steps(run: RunDir, results: dict[str, Any]) -> list[str]:
+    steps = []
+    conf = results.get("selection_confidence")
+    if conf is not None and conf < 0.5:
+        steps.append("the pick is uncertain (under half of the resamples agree): more target "
+                     "images would make it firmer.")  # fmt: skip
+    if results.get("device"):
+        steps.append(
+            f"the device bundle is in [`bundle/`](bundle/) and its head in [`head/`](head/); on "
+            f"the device: `entropi-device train --bundle BUNDLE --data YOUR_IMAGES --out HEAD`."
+        )
+    else:
+        steps.append(
+            f"`entropi bundle --run {run.root} --out BUNDLE` bundles rung "
+            f"{results['selected_index']} for the device."
+        )
+    if not results.get("deployment"):
+        steps.append(
+            f"To pick for a device's memory: `entropi select {run.root} --flash SIZE --ram SIZE`."
+        )
+    return steps
+
+
+def _target_sizes(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
+    """The target's sizes as the rungs were scored: training images (criteria and probe), test
+    images (probe accuracy), classes."""
+    first = results["rungs"][0]
+    if "n" not in first:
+        return ""
+    classes = run.read_json(run.target_classes)
+    k = f", {len(classes)} classes" if isinstance(classes, list) else ""
+    folds = first.get("probe_folds") or 0
+    test = first.get("probe_test_n")
+    test = (
+        f"; the probe is {folds}-fold cross-validated over {test} images pooled"
+        if folds and test
+        else (f", {test:,} test images (probe accuracy)" if test else "")
+    )
+    return f"Target `{cfg.data.target}`: {first['n']:,} training images (criteria and probe){test}{k}."
+
+
 def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     info = run.read_json(run.info, {})
     lines = [
-        f"# entropi run `{cfg.name}`",
+        "",
+        "## What ran",
         "",
         f"{cfg.data.source} -> {cfg.data.target}, {cfg.pretrain.arch}, seed {cfg.seed}; "
         f"entropi {info.get('package_version', '?')}, python {info.get('python', '?')}, "
@@ -70,7 +182,7 @@ def _rungs(results: dict[str, Any]) -> list[str]:
                 f"{r['alpha']:.5f}",
                 str(r["nnz"]),
                 f"{r['source_accuracy']:.4f}",
-                *(f"{vals[k]:.4g}" for k in names),
+                *(num(vals.get(k)) for k in names),
                 str(r["distinct_states"]),
                 f"{r['probe_accuracy']:.4f} ({r.get('probe_accuracy_std', 0.0):.4f})",
             ]
@@ -85,8 +197,9 @@ def _rungs(results: dict[str, Any]) -> list[str]:
         f"Selected rung {results['selected_index']} (alpha {results['selected_alpha']:.5f}): "
         f"probe accuracy {results['selected_probe_accuracy']:.4f}; best in hindsight rung "
         f"{results['best_probe_index']} ({results['best_probe_accuracy']:.4f}); regret "
-        f"{results['regret']:.4f} (mean probe sd over seeds {results.get('probe_spread', 0):.4f});"
-        f" dense {results['dense_probe_accuracy']:.4f}.",
+        f"{100 * results['regret']:.2f} points (mean probe sd over seeds "
+        f"{100 * results.get('probe_spread', 0):.2f} points); dense "
+        f"{results['dense_probe_accuracy']:.4f}. Criteria undefined on a rung show n/a.",
     ]
     if conf is not None:
         lines += [
@@ -216,7 +329,8 @@ def _device(results: dict[str, Any]) -> list[str]:
 
 
 def render_report(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
-    lines = [*_what_ran(cfg, run, results), *_rungs(results)]
+    lines = [_title(cfg, run), *_answer(cfg, run, results)]
+    lines += [*_what_ran(cfg, run, results), *_rungs(results)]
     lines += _deployment(results)
     if "export" in results:
         lines += _export(run)

@@ -142,6 +142,8 @@ class RunDir:
         import numpy as np
 
         fix = "delete it and run `entropi run --resume` (or `entropi probe RUNDIR`) to remake it"
+        if not path.is_file():  # a FIFO would block the reader, /dev/zero would never end
+            raise DataError(f"{path} is not a regular file; {fix}")
         try:
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError, SyntaxError, OverflowError, TypeError) as e:

@@ -49,6 +49,7 @@ from .train import evaluate, extract_features, train
 __all__ = [
     "cached_features",
     "cached_labels",
+    "completed_results",
     "confidence_from_cache",
     "stage_device",
     "stage_export",
@@ -278,6 +279,9 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
         rungs.extend(run.rung_files())  # indices 0..N-1, no gap
         if not rungs:
             raise CheckpointError(f"{run.root} has no pruning ladder to score; run `entropi prune`")
+        # the class names the scores are of: a bundle made from this folder names its classes
+        # (a probe folder, which run_all never writes, had none: class_names null)
+        run.write_json(run.target_classes, list(tgt.classes))
         labels = tgt.y_train.astype(np.int64)
         if os.path.lexists(run.feature_labels):  # the rows the cached features belong to
             cached = cached_labels(run)
@@ -532,6 +536,31 @@ def undefined_notes(undefined: dict[str, dict[str, Any]], criterion: str, n_rung
             )
         else:
             yield f"{name}, the selection criterion, is undefined on {where}{why}: not picked"
+
+
+def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
+    """The saved results of a run that has nothing left to do, else None: every planned rung
+    scored with the current criteria (features cached), results.json of this config, and the
+    export and head the config asks for, with the report. ``entropi run --resume`` on such a
+    run says so instead of redoing select, export and device."""
+    n = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
+    if len(run.rung_files()) != n or not run.results.is_file():
+        return None
+    for i in range(n):
+        if not (run.score(i).is_file() and run.features(i).is_file()):
+            return None
+        if run.read_score(i).get("criteria_version") != CRITERIA_VERSION:
+            return None
+    results = run.read_json(run.results)
+    wanted = [
+        (cfg.export.enabled, "export", run.export / "export.json"),
+        (cfg.export.enabled and cfg.device_train.enabled, "device", run.head / "train.json"),
+    ]
+    if results.get("config_sha256") != cfg.digest() or not run.report.is_file():
+        return None
+    if any(want and (key not in results or not path.is_file()) for want, key, path in wanted):
+        return None
+    return results
 
 
 def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -> dict:

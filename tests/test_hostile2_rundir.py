@@ -239,3 +239,134 @@ def test_a_config_with_no_run_json_resumes_only_before_any_rung(tmp_path):
         open_run(None, run.root, resume=True)
     run.rung(0).unlink()
     open_run(None, run.root, resume=True)[1].lock.release()
+
+
+# --- D11: every damaged file of a run folder is one line from `entropi select` ----------------
+
+
+def _npy_bytes(array, allow_pickle=False) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+def _damage(run, case: str) -> str:
+    """Damage one file of ``run`` as ``case`` says; return what the error line must say."""
+    import json
+    import os
+
+    import numpy as np
+
+    feats = run.features(1)
+    table = {
+        "score not json": (run.score(1), b"{", "rung_001.json is not valid JSON"),
+        "score a list": (run.score(1), b"[]", "rung_001.json holds a JSON list"),
+        "score probe a string": (
+            run.score(1),
+            json.dumps({**_score_of(run, 1), "probe_accuracy": "high"}).encode(),
+            "probe_accuracy is 'high', not a finite number",
+        ),
+        "score accuracy 7": (
+            run.score(1),
+            json.dumps({**_score_of(run, 1), "probe_accuracy": 7}).encode(),
+            "probe_accuracy is 7, outside [0, 1]",
+        ),
+        "score criteria a list": (
+            run.score(1),
+            json.dumps({**_score_of(run, 1), "criteria": [1]}).encode(),
+            "criteria are not a table",
+        ),
+        "score n differs": (
+            run.score(1),
+            json.dumps({**_score_of(run, 1), "n": 5}).encode(),
+            "computed on different targets (n = 5, 24 samples)",
+        ),
+        "features garbage": (feats, b"\x93NUMPY garbage", "rung_001.npy is not a readable .npy"),
+        "features empty": (feats, b"", "rung_001.npy is not a readable .npy"),
+        "features 1-D": (feats, _npy_bytes(np.zeros(24, np.float32)), "has shape (24,)"),
+        "features wrong rows": (feats, _npy_bytes(np.zeros((5, 8), np.float32)), "(5, 8)"),
+        "features object": (
+            feats,
+            _npy_bytes(np.array([{"a": 1}] * 24, dtype=object), allow_pickle=True),
+            "rung_001.npy is not a readable .npy",
+        ),
+        "features strings": (feats, _npy_bytes(np.array(["x"] * 24)), "not float numbers"),
+        "features nan": (
+            feats,
+            _npy_bytes(np.full((24, 8), np.nan, np.float32)),
+            "holds NaN or infinite values",
+        ),
+        "features truncated": (
+            feats,
+            _npy_bytes(np.zeros((24, 8), np.float32))[:200],
+            "rung_001.npy is not a readable .npy",
+        ),
+        "labels too short": (
+            run.feature_labels,
+            _npy_bytes(np.arange(20) % 3),
+            "labels.npy has shape (20,), expected (24,)",
+        ),
+        "labels float": (run.feature_labels, _npy_bytes(np.zeros(24)), "not integer numbers"),
+        "labels negative": (
+            run.feature_labels,
+            _npy_bytes(-np.ones(24, np.int64)),
+            "holds a negative label",
+        ),
+        "timings a list": (run.timings, b"[1]", "timings.json holds a JSON list"),
+        "timings a string": (
+            run.timings,
+            b'{"score": "x"}',
+            "stage 'score' has 'x', not a number of seconds",
+        ),
+        "run.json not json": (run.info, b"\xff{", "run.json is not valid JSON"),
+        "run.json no invocations": (
+            run.info,
+            json.dumps({**json.loads(run.info.read_text()), "invocations": 3}).encode(),
+            "no list of invocations",
+        ),
+        "config garbage": (run.config, b"[[[", "config.toml does not validate"),
+    }
+    if case == "features fifo":
+        feats.unlink()
+        os.mkfifo(feats)
+        return "rung_001.npy is not a regular file"
+    path, data, message = table[case]
+    path.write_bytes(data)
+    return message
+
+
+DAMAGE = [
+    "score not json", "score a list", "score probe a string", "score accuracy 7",
+    "score criteria a list", "score n differs", "features garbage", "features empty",
+    "features 1-D", "features wrong rows", "features object", "features strings",
+    "features nan", "features truncated", "features fifo", "labels too short", "labels float",
+    "labels negative", "timings a list", "timings a string", "run.json not json",
+    "run.json no invocations", "config garbage",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_a_damaged_run_folder_file_is_one_line_from_select(run_folder, capsys, case):
+    _, run = run_folder
+    (run.root / "timings.json").write_text('{"score": 1.0}')
+    message = _damage(run, case)
+    rc, line = _select(capsys, run.root)
+    assert rc == 2 and line.startswith("entropi: error: ") and message in line, line
+    assert not run.results.exists()
+
+
+def test_labels_of_the_wrong_length_never_give_a_confidence(run_folder):
+    """The case of the campaign: a shorter labels.npy gave confidence 1.0 with no error."""
+    import numpy as np
+
+    from entropi.device.errors import DataError
+    from entropi.host.stages import select
+
+    cfg, run = run_folder
+    run.write_array(run.feature_labels, np.arange(23) % 3)
+    with pytest.raises(DataError, match="labels.npy has shape"):
+        select(cfg, run)
