@@ -136,7 +136,9 @@ def _check_types(cls: type, values: dict[str, Any], prefix: str) -> None:
 class DataConfig:
     roots: list[str] = field(default_factory=lambda: ["../shared/datasets"])
     """folders searched for named datasets, after $ENTROPI_DATA and before the data home
-    ($XDG_DATA_HOME/entropi or ~/.local/share/entropi); relative to the working directory."""
+    ($XDG_DATA_HOME/entropi or ~/.local/share/entropi); a relative one is relative to the
+    config file's folder (a shipped config's: to the source checkout and the working
+    directory; a --set one: to the working directory), made absolute when the config loads."""
     source: str = "cifar10"
     """source (pre-training) dataset spec: cifar10, cifar100[:coarse], pacs[:DOMAIN,...],
     imagefolder:PATH or npz:PATH."""
@@ -145,11 +147,15 @@ class DataConfig:
     test_fraction: float = 0.2
     """test share of each class for an imagefolder/npz without a test split (seeded by seed)."""
     source_per_class: int = 0
-    """source training images per class (0 = all)."""
+    """source training images per class (0 = all). Like the target caps, it belongs to its
+    spec: --source / --set data.source=... drops it unless set along."""
     target_train_per_class: int = 0
-    """target training images per class used for entropy and the probe (0 = all)."""
+    """target training images per class used for entropy and the probe (0 = all). It belongs
+    to the target it was set with: --target / --set data.target=... (another target) drops it
+    unless set along, so your own folder is used whole unless you ask for a cap."""
     target_test_per_class: int = 0
-    """target test images per class for the probe accuracy (0 = all)."""
+    """target test images per class for the probe accuracy (0 = all); dropped with a new
+    target like target_train_per_class."""
     target_fraction: float = 1.0
     """share of each class of the target training split kept (in (0, 1]; 1 = all): the
     low-data regime, e.g. 0.01 = "1% of the target". A seeded (by seed) stratified draw, the
@@ -614,11 +620,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
+_SPEC_CAPS = {
+    "source": ("source_per_class",),
+    "target": ("target_train_per_class", "target_test_per_class"),
+}
+"""The per-class caps of each data spec: they were chosen for that spec."""
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """A copy of the raw config dict with each ``SECTION.KEY=VALUE`` of ``overrides`` set."""
+    """A copy of the raw config dict with each ``SECTION.KEY=VALUE`` of ``overrides`` set.
+
+    An override that changes ``data.source`` / ``data.target`` drops the raw config's per-class
+    caps of it (:data:`_SPEC_CAPS`) unless it sets them too: caps chosen for the quickstart's
+    CIFAR do not silently subsample ``--target imagefolder:MINE``."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    before = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
+    changed: set[tuple[str, ...]] = set()
     for text in overrides:
         path, value = parse_override(text)
+        changed.add(tuple(path))
         if len(path) == 1:
             if path[0] in _SECTIONS:
                 raise ConfigError(f"--set {text!r}: [{path[0]}] is a section; set one of its keys")
@@ -630,6 +650,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 f"--set {text!r}: unknown section [{section}]; sections: {sorted(_SECTIONS)}"
             )
         raw.setdefault(section, {})[key] = value
+    for spec, caps in _SPEC_CAPS.items():
+        if ("data", spec) in changed and raw["data"][spec] != before.get(spec):
+            for cap in caps:
+                if ("data", cap) not in changed:
+                    raw["data"].pop(cap, None)
     return raw
 
 
@@ -660,7 +685,15 @@ def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) 
         raise ConfigError(f"{path} is not a config: its values are nested too deeply") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    return config_from_dict(apply_overrides(raw, overrides))
+    from .data import absolute_roots, absolute_spec, config_file_bases, resolve_data_paths
+
+    if isinstance(raw.get("data"), dict):  # the file's relative data paths: from its folder
+        raw["data"] = resolve_data_paths(raw["data"], config_file_bases(path))
+    cfg = config_from_dict(apply_overrides(raw, overrides))
+    data, cwd = cfg.data, Path.cwd()  # --set ones and defaults: from the working directory
+    data.roots = absolute_roots(data.roots, [cwd])
+    data.source, data.target = absolute_spec(data.source, cwd), absolute_spec(data.target, cwd)
+    return cfg
 
 
 _TOML_ESCAPES = {

@@ -20,7 +20,7 @@ from entropi.device.io import package_version
 from . import distributed
 from .config import RunConfig, config_from_dict, config_to_toml
 from .report import write_report
-from .rundata import load_source, load_target
+from .rundata import check_data, describe_sizes, load_source, load_target
 from .rundir import RunDir, RunExistsError, open_run
 from .stages import (
     completed_results,
@@ -74,6 +74,8 @@ def run_all(
     and score rungs, rank 0 alone writes, selects, exports and returns the results; the others
     return an empty dict after the score stage."""
     distributed.init()  # under torchrun: join the job; otherwise one process, as always
+    if cfg is not None and not resume:  # a bad data spec fails before the run folder is made
+        distributed.main_first(partial(check_data, cfg))
     cfg, run = open_on_main(partial(open_run, cfg, rundir, resume=resume, argv=argv), rundir)
     device = distributed.local_device(pick_device(cfg.device))
     world = distributed.world_size()
@@ -92,11 +94,17 @@ def run_all(
             "select, export and device"
         )
         return done if distributed.is_main() else {}
+    if resume:  # every data spec checked (listed, not loaded) before the first stage
+        distributed.main_first(partial(check_data, cfg))
     src = _timed(run, "load_source", distributed.main_first, partial(load_source, cfg, device))
+    run.log(describe_sizes("source", src.sizes))
+    sizes = {"source": src.sizes}
     _timed(run, "pretrain", stage_pretrain, cfg, run, src, device)
     _timed(run, "prune", stage_prune, cfg, run, src, device)
     del src
     tgt = _timed(run, "load_target", distributed.main_first, partial(load_target, cfg))
+    run.log(describe_sizes("target", tgt.sizes))
+    sizes["target"] = tgt.sizes
     if distributed.is_main():
         run.write_json(run.target_classes, tgt.classes)
     _timed(run, "score", stage_score, cfg, run, tgt, device)
@@ -115,6 +123,7 @@ def run_all(
             report = _timed(run, "device", stage_device, cfg, run, tgt, sel, form, dtype)
             results["device"] = report.summary()
         results["stage_seconds"] = run.stage_seconds()
+    results["data_sizes"] = sizes  # the images each spec held and those the run used
     results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results

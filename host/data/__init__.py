@@ -25,7 +25,8 @@ bad data is an :class:`~entropi.device.errors.EntropiError` (:class:`DataError`,
 
 Submodules (this package re-exports their public names):
 
-- ``specs``: dataset specs, the search places, :func:`load_spec`.
+- ``specs``: dataset specs, the search places, :func:`load_spec`, :func:`check_spec` (a spec's
+  splits listed, not loaded: a run checks every spec before its first stage).
 - ``base``: the :class:`Dataset` type, the data errors, MD5 checks and the uint8 array cache.
 - ``archive``: safe tar extraction and checksum-verified, atomic downloads.
 - ``cifar``: reader for the official CIFAR-10/100 python files.
@@ -70,9 +71,14 @@ from .specs import (
     PACS_DOMAINS,
     SPEC_FORMS,
     DatasetRef,
+    absolute_roots,
+    absolute_spec,
+    check_spec,
+    config_file_bases,
     data_home,
     load_spec,
     parse_spec,
+    resolve_data_paths,
     search_places,
     select_classes,
     spec_test_split,
@@ -85,9 +91,14 @@ __all__ = [
     "DatasetRef",
     "PACS_DOMAINS",
     "SPEC_FORMS",
+    "absolute_roots",
+    "absolute_spec",
+    "check_spec",
+    "config_file_bases",
     "data_home",
     "load_spec",
     "parse_spec",
+    "resolve_data_paths",
     "search_places",
     "select_classes",
     "spec_test_split",

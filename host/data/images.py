@@ -48,6 +48,7 @@ __all__ = [
     "decode_images",
     "extracted",
     "is_archive",
+    "list_image_folder",
     "read_image",
     "read_image_folder",
     "read_pacs",
@@ -161,6 +162,27 @@ def _folder_root(base: Path, split: str) -> Path:
     return base
 
 
+def list_image_folder(
+    source: Path, split: str, cache: Path
+) -> tuple[Path, list[Path], np.ndarray, list[str]]:
+    """``(root, image files, labels, classes)`` of ``source/<split>/<class>/*`` (``root`` holds
+    the split folders) from the listing only, nothing decoded (an archive is extracted once)."""
+    if not (source.is_dir() or is_archive(source)):
+        raise DatasetNotFoundError(
+            f"image folder source {source} does not exist (expected a folder holding "
+            f"{split}/<class>/*.jpg|png, or a .tar.gz of one)"
+        )
+    base = extracted(source, cache) if is_archive(source) else source
+    root = _folder_root(base, split)
+    if not (root / split).is_dir():
+        raise DatasetNotFoundError(
+            f"{source} has no split folder {split!r} (found folders {list_subfolders(root)}); "
+            f"expected {split}/<class>/*.jpg|png"
+        )
+    paths, labels, classes = _scan_split(root, split)
+    return root, paths, labels, classes
+
+
 def read_image_folder(
     source: str | os.PathLike,
     split: str,
@@ -182,20 +204,7 @@ def read_image_folder(
     """
     source = Path(source).expanduser()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if not (source.is_dir() or is_archive(source)):
-        raise DatasetNotFoundError(
-            f"image folder source {source} does not exist (expected a folder holding "
-            f"{split}/<class>/*.jpg|png, or a .tar.gz of one)"
-        )
-
-    base = extracted(source, cache) if is_archive(source) else source
-    root = _folder_root(base, split)
-    if not (root / split).is_dir():
-        raise DatasetNotFoundError(
-            f"{source} has no split folder {split!r} (found folders {list_subfolders(root)}); "
-            f"expected {split}/<class>/*.jpg|png"
-        )
-    paths, labels, classes = _scan_split(root, split)  # the listing only: cheap
+    root, paths, labels, classes = list_image_folder(source, split, cache)
 
     def build() -> tuple[np.ndarray, np.ndarray, list[str]]:
         return decode_images(paths, prep), labels, classes

@@ -26,6 +26,7 @@ import numpy as np
 from entropi.device.data import ImageSet, has_split, list_classes, list_subfolders, load_images
 from entropi.device.imageprep import Preprocess, convert_image
 
+from .archive import DownloadError
 from .base import (
     DataError,
     Dataset,
@@ -35,17 +36,22 @@ from .base import (
     source_key,
 )
 from .cifar import CIFAR, read_cifar
-from .images import decode_images, extracted, is_archive, read_image_folder
+from .images import decode_images, extracted, is_archive, list_image_folder, read_image_folder
 from .subset import stratified_split
 
 __all__ = [
     "DATA_ENV",
+    "absolute_roots",
+    "absolute_spec",
+    "check_spec",
+    "config_file_bases",
     "DatasetRef",
     "PACS_DOMAINS",
     "SPEC_FORMS",
     "data_home",
     "load_spec",
     "parse_spec",
+    "resolve_data_paths",
     "search_places",
     "select_classes",
     "spec_test_split",
@@ -227,9 +233,64 @@ def data_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "entropi"
 
 
+def config_file_bases(config_file: str | os.PathLike) -> list[Path]:
+    """The folders the relative data paths of ``config_file`` are relative to: its own folder;
+    for a config shipped in a source checkout (``<checkout>/host/configs/``), the checkout's
+    root (``../shared/datasets`` is then the datasets folder beside the clone, found from any
+    working directory) and the working directory (as before: an installed package has no
+    checkout)."""
+    folder = Path(os.path.abspath(config_file)).parent
+    shipped = Path(__file__).resolve().parents[1] / "configs"
+    if folder.resolve() != shipped:
+        return [folder]
+    checkout = shipped.parents[1]
+    return [checkout, Path.cwd()] if (checkout / "pyproject.toml").is_file() else [Path.cwd()]
+
+
+def absolute_roots(roots: Sequence[str], bases: Sequence[Path]) -> list[str]:
+    """``roots`` with each relative one made absolute against every one of ``bases`` (in
+    order, duplicates dropped); absolute ones (``~`` expanded) are kept as written."""
+    out: list[str] = []
+    for r in roots:
+        p = Path(r).expanduser()
+        found = [r] if p.is_absolute() else [os.path.abspath(b / p) for b in bases]
+        out += [f for f in found if f not in out]
+    return out
+
+
+def absolute_spec(spec: str, base: Path) -> str:
+    """``spec`` with a relative ``imagefolder:`` / ``npz:`` path made absolute against ``base``
+    (every other spec, and a spec that does not parse, unchanged)."""
+    try:
+        ref = parse_spec(spec, must_exist=False)
+    except DataError:
+        return spec  # validation says what is wrong with it
+    if ref.path is None or Path(spec.partition(":")[2].strip()).is_absolute():
+        return spec
+    return f"{ref.name}:{os.path.abspath(base / ref.path)}"
+
+
+def resolve_data_paths(data: dict, bases: Sequence[Path]) -> dict:
+    """A copy of a raw ``[data]`` table whose relative paths are made absolute: ``roots`` (and
+    the deprecated ``root``) against each of ``bases``, the ``source`` / ``target`` spec paths
+    against the first (values of the wrong type are left to validation)."""
+    data = dict(data)
+    roots = data.get("roots")
+    if isinstance(roots, list) and all(isinstance(r, str) and r.strip() for r in roots):
+        data["roots"] = absolute_roots(roots, bases)
+    if isinstance(data.get("root"), str) and data["root"]:
+        data["root"] = absolute_roots([data["root"]], bases[:1])[0]
+    for key in ("source", "target"):
+        if isinstance(data.get(key), str):
+            data[key] = absolute_spec(data[key], bases[0])
+    return data
+
+
 def search_places(roots: Sequence[str | os.PathLike]) -> list[tuple[str, Path | None]]:
     """``(label, folder)`` in search order: ``$ENTROPI_DATA`` (folder None when unset), each of
-    ``roots`` (relative to the working directory), the data home."""
+    ``roots`` (a relative one: relative to the working directory; :func:`load_config
+    <entropi.host.config.load_config>` makes a config file's roots absolute, relative to the
+    file, see :func:`config_file_bases`), the data home."""
     env = os.environ.get(DATA_ENV)
     places: list[tuple[str, Path | None]] = [
         (f"${DATA_ENV}", Path(env).expanduser() if env else None)
@@ -284,10 +345,6 @@ def _locate(ref: DatasetRef, split: str, roots, download: bool) -> Path | None:
             return folder
     if download and ref.name in CIFAR:
         return None  # the caller downloads into the data home
-    lines = []
-    for label, folder in places:
-        where = f"{folder.resolve()}" if folder is not None else "(not set)"
-        lines.append(f"{label} {where}")
     what = " or ".join(d for _, d in _layouts(ref.name, split))
     how = (
         f"; or allow downloads (data.download = true / download=True) to fetch "
@@ -296,7 +353,7 @@ def _locate(ref: DatasetRef, split: str, roots, download: bool) -> Path | None:
         else "; PACS has no automatic download"
     )
     raise DatasetNotFoundError(
-        f"{ref} {split} not found. Searched, in order: {'; '.join(lines)}. Put {what} in one "
+        f"{ref} {split} not found. Searched, in order: {_places_text(roots)}. Put {what} in one "
         f"of these folders (or set ${DATA_ENV} to a folder holding it){how}"
     )
 
@@ -354,13 +411,9 @@ def _has_splits(base: Path) -> bool:
     return any(d.name in _SPLIT_DIRS for d in _class_dirs(base))
 
 
-def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
+def _flat_listing(ref: DatasetRef, base: Path) -> tuple[list[str], list[Path], np.ndarray]:
+    """``(classes, files, labels)`` of an ``imagefolder:`` without split folders (listing only)."""
     path = ref.path
-    base = _imagefolder_base(ref, cache)
-    if _has_splits(base):
-        ds = read_image_folder(base, split, name="imagefolder", cache_dir=cache, prep=prep)
-        _check_classes(ds.classes, base / split)
-        return ds
     if not _class_dirs(base):
         raise DataError(
             f"{path} holds no images: expected {path}/<class>/*.jpg|png or "
@@ -368,6 +421,17 @@ def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
         )
     classes, paths, y_all = list_classes(base)  # the device's rule (its DataError)
     _check_classes(classes, path)
+    return classes, paths, y_all
+
+
+def _load_imagefolder(ref, split, cache, seed, test_fraction, prep) -> Dataset:
+    path = ref.path
+    base = _imagefolder_base(ref, cache)
+    if _has_splits(base):
+        ds = read_image_folder(base, split, name="imagefolder", cache_dir=cache, prep=prep)
+        _check_classes(ds.classes, base / split)
+        return ds
+    classes, paths, y_all = _flat_listing(ref, base)
     idx = _split_indices(y_all, split, test_fraction, seed, path)
     chosen = [paths[i] for i in idx]
 
@@ -400,10 +464,15 @@ def _npz_array(imgs: ImageSet) -> np.ndarray:
     return out
 
 
-def _load_npz(ref, split, seed, test_fraction, prep) -> Dataset:
-    path = ref.path
+def _check_npz_split(path: Path, split: str) -> None:
     if split not in ("train", "test"):
         raise DataError(f"{path} has splits 'train' and 'test', not {split!r}")
+
+
+def _npz_parts(ref: DatasetRef, prep: Preprocess) -> tuple[ImageSet, ImageSet | None, list[str]]:
+    """The train split, the test split (None: the file has none) and the class names of an
+    ``npz:`` spec: headers and labels read and checked, no image read yet."""
+    path = ref.path
     if path.suffix != ".npz":
         raise DataError(f"npz:{path} must name a .npz file (x_train, y_train, ...)")
     if not has_split(path, "train"):
@@ -415,12 +484,92 @@ def _load_npz(ref, split, seed, test_fraction, prep) -> Dataset:
         top = max(int(t.labels.max()) for t in (train, test) if t is not None)
         names = [str(k) for k in range(top + 1)]
     _check_classes(names, path)
+    return train, test, names
+
+
+def _load_npz(ref, split, seed, test_fraction, prep) -> Dataset:
+    path = ref.path
+    _check_npz_split(path, split)
+    train, test, names = _npz_parts(ref, prep)
     info = {"source": str(path), "format": "npz"}
     if test is not None:
         chosen = test if split == "test" else train
         return Dataset(_npz_array(chosen), chosen.labels, names, "npz", split, info)
     idx = _split_indices(train.labels, split, test_fraction, seed, path)
     return Dataset(_npz_array(train)[idx], train.labels[idx], names, "npz", split, info)
+
+
+def _places_text(roots) -> str:
+    """Every place :func:`search_places` looks in, resolved, for an error message."""
+    lines = []
+    for label, folder in search_places(roots):
+        lines.append(f"{label} {folder.resolve() if folder is not None else '(not set)'}")
+    return "; ".join(lines)
+
+
+def _download(ref: DatasetRef, split: str, roots, cache: Path, progress: bool) -> Dataset:
+    """Split ``split`` of a CIFAR found nowhere, downloaded into :func:`data_home`; a failed
+    download names every place the data was looked for first."""
+    try:
+        return read_cifar(
+            ref.name,
+            split,
+            data_home(),
+            download=True,
+            cache_dir=cache,
+            progress=progress,
+            labels="coarse" if ref.option == "coarse" else "fine",
+        )
+    except DownloadError as e:
+        raise DownloadError(
+            f"{e}. {ref} {split} was looked for first in: {_places_text(roots)}; put it in one "
+            f"of these folders (or set ${DATA_ENV} to a folder holding it)"
+        ) from e
+
+
+def check_spec(
+    spec_or_ref: str | DatasetRef,
+    splits: Sequence[str],
+    roots: Sequence[str | os.PathLike],
+    *,
+    download: bool,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    prep: Preprocess | None = None,
+    progress: bool = True,
+) -> None:
+    """Check that :func:`load_spec` can load each of ``splits`` of a spec, cheaply: a named
+    dataset is located (a CIFAR found nowhere is downloaded now when ``download``), an image
+    folder is listed (classes matched by name across splits, every class with images), an
+    ``.npz``'s headers and labels are read; no image is decoded. Raises what :func:`load_spec`
+    would (a :class:`DataError`, :class:`DatasetNotFoundError`, ...): a run checks every spec
+    this way before its first stage."""
+    ref = spec_or_ref if isinstance(spec_or_ref, DatasetRef) else parse_spec(spec_or_ref)
+    prep = prep if prep is not None else Preprocess()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if ref.name in ("imagefolder", "npz") and (ref.path is None or not ref.path.exists()):
+        raise DatasetNotFoundError(f"{ref}: {ref.path} does not exist")
+    if ref.name == "npz":
+        for split in splits:
+            _check_npz_split(ref.path, split)
+        train, test, _ = _npz_parts(ref, prep)
+        for split in splits if test is None else ():
+            _split_indices(train.labels, split, test_fraction, seed, ref.path)
+    elif ref.name == "imagefolder":
+        base = _imagefolder_base(ref, cache)
+        if _has_splits(base):
+            for split in splits:
+                _, _, _, classes = list_image_folder(base, split, cache)
+                _check_classes(classes, base / split)
+        else:
+            _, _, y = _flat_listing(ref, base)
+            for split in splits:
+                _split_indices(y, split, test_fraction, seed, ref.path)
+    else:
+        for split in splits:
+            if _locate(ref, split, roots, download) is None:
+                _download(ref, split, roots, cache, progress)
 
 
 def load_spec(
@@ -458,16 +607,7 @@ def load_spec(
 
     folder = _locate(ref, split, roots, download)
     if folder is None:  # CIFAR found nowhere, downloads allowed
-        home = data_home()
-        ds = read_cifar(
-            ref.name,
-            split,
-            home,
-            download=True,
-            cache_dir=cache,
-            progress=progress,
-            labels="coarse" if ref.option == "coarse" else "fine",
-        )
+        ds = _download(ref, split, roots, cache, progress)
     elif ref.option == "coarse":
         ds = read_cifar("cifar100", split, folder, cache_dir=cache, labels="coarse")
     else:
