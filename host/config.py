@@ -632,7 +632,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
 
     An override that changes ``data.source`` / ``data.target`` drops the raw config's per-class
     caps of it (:data:`_SPEC_CAPS`) unless it sets them too: caps chosen for the quickstart's
-    CIFAR do not silently subsample ``--target imagefolder:MINE``."""
+    CIFAR do not silently subsample ``--target imagefolder:MINE``. Relative data paths left in
+    ``[data]`` (an override's) are made absolute against the working directory."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     before = dict(raw["data"]) if isinstance(raw.get("data"), dict) else {}
     changed: set[tuple[str, ...]] = set()
@@ -655,6 +656,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             for cap in caps:
                 if ("data", cap) not in changed:
                     raw["data"].pop(cap, None)
+    if isinstance(raw.get("data"), dict):
+        from .data import resolve_data_paths
+
+        raw["data"] = resolve_data_paths(raw["data"], [Path.cwd()])
     return raw
 
 
@@ -685,14 +690,12 @@ def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) 
         raise ConfigError(f"{path} is not a config: its values are nested too deeply") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
-    from .data import absolute_roots, absolute_spec, config_file_bases, resolve_data_paths
+    from .data import absolute_roots, config_file_bases, resolve_data_paths
 
     if isinstance(raw.get("data"), dict):  # the file's relative data paths: from its folder
         raw["data"] = resolve_data_paths(raw["data"], config_file_bases(path))
     cfg = config_from_dict(apply_overrides(raw, overrides))
-    data, cwd = cfg.data, Path.cwd()  # --set ones and defaults: from the working directory
-    data.roots = absolute_roots(data.roots, [cwd])
-    data.source, data.target = absolute_spec(data.source, cwd), absolute_spec(data.target, cwd)
+    cfg.data.roots = absolute_roots(cfg.data.roots, [Path.cwd()])  # the default's
     return cfg
 
 

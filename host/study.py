@@ -242,6 +242,22 @@ def _quiet(message: str) -> None:
     """The log of processes other than rank 0 (rank 0 logs)."""
 
 
+def _check_study_data(study: StudyConfig) -> None:
+    """Every data spec of every ladder x target pair checked (listed, not loaded; each distinct
+    one once) before the first ladder is built: a bad target fails now, not after the ladders."""
+    from .rundata import check_data
+
+    seen = set()
+    for ladder in study.ladders:
+        for target in study.targets:
+            cfg = _target_config(study, ladder, target)
+            d = cfg.data
+            key = (d.source, d.target, tuple(d.roots), d.download, d.test_fraction, cfg.seed)
+            if (key, cfg.pretrain.input_size) not in seen:
+                seen.add((key, cfg.pretrain.input_size))
+                distributed.main_first(partial(check_data, cfg))
+
+
 def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
     from .pipeline import open_on_main
     from .rundata import load_target
@@ -249,6 +265,7 @@ def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
     from .train import pick_device
 
     t_start = time.perf_counter()
+    _check_study_data(study)
     pairs, runs = [], []  # filled on rank 0
     for ladder in study.ladders:
         cfg, run = _build_ladder(study, ladder, out / "ladders" / ladder.name, log)

@@ -181,6 +181,9 @@ def test_relative_roots_and_paths_are_the_config_files(tmp_path, monkeypatch):
     assert cfg.data.roots == [str(proj / "data"), "/abs/elsewhere"]
     assert cfg.data.target == f"imagefolder:{proj / 'photos'}"
     assert cfg.data.source == f"npz:{away / 'here.npz'}"  # a --set path: the working directory
+    # probe --target on a run folder's config (apply_overrides alone) resolves it the same way
+    probed = apply_overrides(config_to_toml_dict(cfg), ["data.target=imagefolder:new"])
+    assert probed["data"]["target"] == f"imagefolder:{away / 'new'}"
     # the resolved config (a run folder's config.toml) reads back the same from anywhere
     saved = tmp_path / "runfolder" / "config.toml"
     saved.parent.mkdir()
@@ -188,6 +191,12 @@ def test_relative_roots_and_paths_are_the_config_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     again = load_config(saved)
     assert (again.data.roots, again.data.target) == (cfg.data.roots, cfg.data.target)
+
+
+def config_to_toml_dict(cfg) -> dict:
+    import tomllib
+
+    return tomllib.loads(config_to_toml(cfg))
 
 
 def test_the_shipped_configs_find_the_datasets_beside_the_checkout_from_anywhere(
@@ -221,3 +230,19 @@ def test_a_failed_download_names_every_place_searched(tmp_path, monkeypatch):
         assert "offline" in msg and "\n" not in msg
         for place in ("r1", "r2", "xdg/entropi"):
             assert str(tmp_path / place) in msg
+
+
+def test_a_study_checks_every_target_before_building_a_ladder(tmp_path, folders, capsys):
+    src, _ = folders
+    base = tmp_path / "base.toml"
+    base.write_text(config_to_toml(_config(f"imagefolder:{src}", f"imagefolder:{src}")))
+    study = tmp_path / "s.toml"
+    study.write_text(
+        f'base = "{base}"\n[[ladder]]\nname = "l"\n'
+        f'[[target]]\nname = "ok"\nspec = "imagefolder:{src}"\n'
+        '[[target]]\nname = "gone"\nspec = "imagefolder:/no/such/path"\n'
+    )
+    out = tmp_path / "out"
+    assert cli.main(["study", str(study), "--out", str(out)]) == 2
+    assert "/no/such/path" in capsys.readouterr().err
+    assert not (out / "ladders").exists()
