@@ -122,8 +122,27 @@ class Checkpoint:
             raise ResumeError(
                 f"checkpoint {self.path} is unreadable ({e}); delete it to start over"
             ) from e
+        _check_state(self.path, self.arrays, meta)
         for k, v in meta.items():
             setattr(state, k, v)
+
+
+def _check_state(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """:class:`.errors.ResumeError` unless the restored state is one a run can reach: finite
+    weights, bias and momentum, no NaN in the best loss (inf: none yet), whole non-negative
+    counts (best_epoch: -1 for none)."""
+    bad = [k for k, a in arrays.items() if k != "history" and not np.isfinite(a).all()]
+    bad += [k for k in ("best",) if math.isnan(meta[k])]
+    bad += [
+        k
+        for k, least in (("step", 0), ("bad", 0), ("best_epoch", -1))
+        if not (isinstance(meta[k], int) and meta[k] >= least)
+    ]
+    if bad:
+        raise ResumeError(
+            f"checkpoint {path} holds an impossible state (NaN, inf or a bad count in "
+            f"{', '.join(bad)}); delete it to start over"
+        )
 
 
 def _reason(e: Exception) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .data import ArrayImages, FolderImages, NpzImages, as_image_source, check_image_size
 from .errors import DataError
+from .io import ensure_real_dir
 
 __all__ = ["extract_features", "preprocess", "stream_features"]
 
@@ -60,10 +61,12 @@ def stream_features(
 
 
 def _write_store(path: Path, chunks, dest: np.ndarray | None, n: int, dim: int) -> None:
-    """Write an ``.npy`` (n, dim) float32 whose row ``dest[i]`` (or ``i``) is feature row ``i``."""
+    """Write a new ``.npy`` (n, dim) float32 whose row ``dest[i]`` (or ``i``) is feature row
+    ``i``. ``path`` is created (``O_EXCL | O_NOFOLLOW``: never a file or link already there)."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False}
     row = dim * 4
-    with open(path, "wb", buffering=0) as f:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with open(os.open(path, flags, 0o666), "wb", buffering=0) as f:
         np.lib.format.write_array_header_1_0(f, {**header, "shape": (n, dim)})
         offset = f.tell()
         f.truncate(offset + n * row)
@@ -111,8 +114,9 @@ def extract_features(
             feats[rows] = f
     else:
         out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_real_dir(out_path.parent)  # never a planted link to elsewhere
         tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")  # one per writer
+        tmp.unlink(missing_ok=True)  # a killed writer's of the same pid (or a link: not followed)
         try:
             _write_store(tmp, chunks, dest, n, feature_dim)
             os.replace(tmp, out_path)

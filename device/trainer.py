@@ -44,7 +44,8 @@ from .blas import NO_TRANS, ROW_MAJOR, TRANS, find_gemm
 from .budget import UFUNC_BUFSIZE, MemoryPlan, history_spec, loop_buffers, plan_memory
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, TrainState, data_digest, run_fingerprint
 from .config import TrainConfig, TrainResult
-from .errors import DataError
+from .errors import DataError, DeviceError
+from .io import ensure_real_dir
 from .schedule import epoch_order, learning_rate
 from .store import StoreReader, validate_training_data
 
@@ -310,7 +311,7 @@ def train_head(
     if workdir is None and (config.checkpoint_every or resume):
         raise ValueError("checkpoint_every and resume need a workdir")
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
+        ensure_real_dir(workdir)  # checkpoints never go through a planted link
         warm_up()
     old_bufsize = np.setbufsize(UFUNC_BUFSIZE)
     old_err = np.seterr(over="ignore")  # an overflowing unshifted exp is detected and redone
@@ -410,8 +411,10 @@ class _Run:
         val_loss = val_acc = None
         if self.n_val:
             val_loss, val_acc = loop.evaluate(self.n_train, self.n)
+            val_loss = _finite(val_loss)
         seconds = time.perf_counter() - self.t0
         peak = tracemalloc.get_traced_memory()[1] - base_bytes if base_bytes is not None else None
+        _check_finite(loop.W, loop.bias, config)  # after the peak: its test allocates
         if config.checkpoint_every:
             self.ckpt.save(state)
         steps = state.step - start_step
@@ -433,10 +436,26 @@ class _Run:
             val_loss=val_loss,
             val_accuracy=val_acc,
             history=[
-                {"epoch": e, "val_loss": float(hist[0, e]), "val_accuracy": float(hist[1, e])}
+                {"epoch": e, "val_loss": _finite(hist[0, e]), "val_accuracy": float(hist[1, e])}
                 for e in range(config.epochs)
                 if not np.isnan(hist[0, e])
             ],
+        )
+
+
+def _finite(x) -> float | None:
+    """``x`` as a float, None when it is NaN or inf (JSON has no such numbers)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _check_finite(weights: np.ndarray, bias: np.ndarray, config: TrainConfig) -> None:
+    """:class:`.errors.DeviceError` when training ended with NaN or inf in the head (diverged):
+    such a head must never be written."""
+    if not (np.isfinite(weights).all() and np.isfinite(bias).all()):
+        raise DeviceError(
+            f"training diverged: the head holds NaN or inf after {config.epochs} epochs at lr "
+            f"{config.lr:g}; lower the learning rate (--lr) or check the features"
         )
 
 
