@@ -4,7 +4,15 @@
 trains the head within the budget (:func:`.trainer.train_head`), scores it on the test split
 when there is one, and writes ``head.npz`` and ``train.json`` (:class:`TrainReport`);
 :func:`evaluate` and :func:`predict` use a trained head. The CLI (:mod:`.cli`) and the host
-pipeline call these functions; nothing here parses arguments or prints.
+pipeline call these functions; nothing here parses arguments or prints (what a user should know
+but that does not stop the call is a :class:`DeviceWarning`).
+
+A head records the names of its classes (those of its training data) and the sha256 of the
+bundle's encoder files. :func:`evaluate` and :func:`predict` refuse a head with another bundle's
+encoder, and :func:`evaluate` (and the test split of :func:`train_on_bundle`) matches the data's
+classes to the head's by name: the same images as an ``.npz`` or as a folder (classes sorted by
+name) score the same; a class the head does not know is refused. A head or data without names
+is matched by index, with a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +30,31 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle, load_bundle
+from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
-from .data import check_image_size, has_split, load_images
+from .data import (
+    IMAGE_SUFFIXES,
+    FolderImages,
+    ImageSet,
+    check_image_size,
+    has_split,
+    list_image_files,
+    list_subfolders,
+    load_images,
+)
 from .errors import DataError, DeviceError
 from .features import extract_features, stream_features
-from .head import Head, load_head, save_head
-from .io import atomic_write_json
+from .head import HEAD_FILE, Head, load_head, save_head
+from .io import atomic_write_text, ensure_real_dir
 from .lock import lock_folder
-from .trainer import train_head
+from .trainer import BEST_NAME, train_head
 
 __all__ = [
+    "CACHE_DIR",
     "SUMMARY_KEYS",
     "TRAIN_JSON",
+    "WORK_DIR",
+    "DeviceWarning",
     "TrainReport",
     "evaluate",
     "predict",
@@ -41,6 +63,22 @@ __all__ = [
 
 TRAIN_JSON = "train.json"
 """The report :func:`train_on_bundle` writes next to ``head.npz``."""
+
+CACHE_DIR = ".cache"
+"""Sub-folder of a head folder holding the feature store while training (removed after)."""
+
+WORK_DIR = ".work"
+"""Sub-folder of a head folder holding the checkpoint and the best head (kept to resume)."""
+
+
+class DeviceWarning(UserWarning):
+    """Something the user should know that does not stop the call (the CLI prints it as one
+    ``warning:`` line): classes matched by index, a resume that starts from scratch."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, DeviceWarning, stacklevel=3)
+
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -106,7 +144,7 @@ class TrainReport:
     """Per epoch: epoch, val_loss, val_accuracy."""
     memory_measured_with: str
     encoder: dict
-    """The encoder file and its format."""
+    """The encoder file, its format and sha256."""
     bundle: str
     """Absolute path of the bundle."""
     data: str
@@ -119,6 +157,8 @@ class TrainReport:
     """Loss on the test split (None: no labelled test split; not written then)."""
     wall_seconds: float = 0.0
     """Wall time of the whole call."""
+    class_names: list[str] | None = None
+    """The head's classes (None: its training data named none; classes are indices)."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     """Keys of a read train.json this class does not know (kept, written back last)."""
 
@@ -209,26 +249,92 @@ def _check_labels(labels: np.ndarray, n_cls: int, where: str) -> None:
         )
 
 
-def _test_split(data, b: Bundle, n_cls: int):
-    """The labelled ``test`` split of ``data``, checked before training (image size, labels in
-    ``[0, n_cls)``); None when ``data`` has no test split or it has no labels. A test split that
-    is there but unusable raises :class:`.errors.DataError` (it is never silently dropped)."""
+def _names(names: list[str], most: int = 10) -> str:
+    """``'a', 'b', ... (N in all)``: names quoted (control characters escaped), at most
+    ``most`` of them."""
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
+def _head_labels(
+    head_names: list[str] | None, imgs: ImageSet, n_cls: int, where: str, head: str
+) -> np.ndarray:
+    """The labels of ``imgs`` as indices of the head's classes (``n_cls`` of them, named
+    ``head_names``). Mapped by name when both the head and the data name their classes: a class
+    with images that the head was not trained on is a :class:`.errors.DataError` naming it. By
+    index (checked to lie in ``[0, n_cls)``) when either names none, with a warning when only
+    one does. ``where`` names the data, ``head`` the head, in messages."""
+    labels, names = imgs.labels, imgs.class_names
+    if head_names is None or names is None:
+        if names is not None:
+            _warn(
+                f"{head} records no class names (trained on data without names, or by an older "
+                f"entropi): the classes of {where} ({_names(names)}) are matched by index"
+            )
+        elif head_names is not None:
+            _warn(
+                f"{where} names no classes: its labels are taken as indices of {head}'s classes "
+                f"({_names(head_names)})"
+            )
+        _check_labels(labels, n_cls, f"{where}:")
+        return labels
+    _check_labels(labels, len(names), f"{where}:")
+    index = {n: i for i, n in enumerate(head_names)}
+    unknown = [names[k] for k in np.unique(labels).tolist() if names[k] not in index]
+    if unknown:
+        raise DataError(
+            f"{where} has images of classes {head} was not trained on: {_names(unknown)}; its "
+            f"classes are {_names(head_names)}"
+        )
+    table = np.asarray([index.get(n, -1) for n in names], np.int64)
+    return table[labels]
+
+
+def _test_split(data, b: Bundle, names: list[str] | None, n_cls: int):
+    """The labelled ``test`` split of ``data`` and its labels as indices of the training classes
+    ``names`` (by name, :func:`_head_labels`), checked before training (image size, classes);
+    None when ``data`` has no test split or it has no labels. A test split that is there but
+    unusable raises :class:`.errors.DataError` (it is never silently dropped)."""
     if not has_split(data, "test"):
         return None
     test = load_images(data, "test", b.preprocess)
     if test.labels is None:
         return None
     check_image_size(test.images, b.input_shape)
-    _check_labels(test.labels, n_cls, f"{data} test split:")
-    return test
+    labels = _head_labels(names, test, n_cls, f"{data} test split", "the head being trained")
+    return test, labels
+
+
+def _encoder_digests(b: Bundle) -> list[str]:
+    """sha256 of every encoder file of ``b`` (its formats of one encoder), sorted."""
+    files = b.manifest["files"]
+    return sorted({files[name]["sha256"] for name in b.manifest["encoders"]})
+
+
+def _encoder_sha256(b: Bundle) -> str:
+    """sha256 of the encoder file this runtime uses from ``b``."""
+    return b.manifest["files"][b.encoder_file.name]["sha256"]
 
 
 def _check_head(b: Bundle, h: Head, head) -> None:
-    """:class:`.errors.DataError` unless ``h`` takes the bundle's features."""
+    """:class:`.errors.DataError` unless ``h`` takes ``b``'s features and was trained with its
+    encoder (the sha256 it records); a head that records no encoder is used with a warning."""
     if h.weights.shape[0] != b.feature_dim:
         raise DataError(
             f"head {head} takes {h.weights.shape[0]} features but the bundle's encoder gives "
             f"{b.feature_dim}; use the head trained on this bundle"
+        )
+    if h.encoder_sha256 is None:
+        _warn(
+            f"head {head} does not record the encoder it was trained with (written by an older "
+            f"entropi): it cannot be checked against bundle {b.path}"
+        )
+    elif _encoder_sha256(b) not in h.encoder_sha256:
+        raise DataError(
+            f"head {head} was trained with another bundle's encoder (sha256 "
+            f"{h.encoder_sha256[0][:12]}...), not with {b.path}'s {b.encoder_file.name} (sha256 "
+            f"{_encoder_sha256(b)[:12]}...); use the bundle it was trained with, or train a head "
+            "on this one"
         )
 
 
@@ -239,42 +345,97 @@ def train_on_bundle(
     cfg: TrainConfig,
     *,
     resume: bool = False,
+    overwrite: bool = True,
 ) -> TrainReport:
     """Train a head on the ``train`` split of ``data`` with the encoder of ``bundle``, within
     ``cfg.budget``; write ``out``/head.npz and ``out``/train.json (atomically).
 
-    The feature store goes to ``out``/.cache/train.npy (shuffled with ``cfg.seed``), checkpoints
-    and the best head to ``out``/.work (``resume`` continues from its checkpoint). The head is
-    scored on the ``test`` split of ``data`` when it has labels (an image folder without
-    ``train``/``test`` sub-folders has no test split). Images of any size and colour mode are
-    converted with the bundle's :attr:`.bundle.Bundle.preprocess`, chunk by chunk.
+    The feature store goes to ``out``/.cache/train.npy (shuffled with ``cfg.seed``; removed when
+    the call ends), checkpoints and the best head to ``out``/.work (``resume`` continues from its
+    checkpoint; a failed call that saved none leaves no .work). Neither folder, nor ``out``, may
+    be a symbolic link (:func:`.io.ensure_real_dir`). ``overwrite=False`` refuses an ``out`` that
+    already holds a head (unless ``resume``). The head is scored on the ``test`` split of
+    ``data`` when it has labels (an image folder without ``train``/``test`` sub-folders has no
+    test split), its classes matched to the training classes by name. Images of any size and
+    colour mode are converted with the bundle's :attr:`.bundle.Bundle.preprocess`, chunk by
+    chunk.
     """
+    out = Path(out)
+    if os.path.lexists(out):
+        ensure_real_dir(out)  # an existing --out must be a real folder, not a link
     # one writer per head folder: a second `train --out` of it is refused, naming this one
     with lock_folder(out, what="head folder"):
-        return _train_on_bundle(bundle, data, Path(out), cfg, resume=resume)
+        if not (overwrite or resume):
+            _refuse_existing_head(out)
+        ok = False
+        try:
+            report = _train_on_bundle(bundle, data, out, cfg, resume=resume)
+            ok = True
+            return report
+        finally:
+            _remove_scratch(out, failed=not ok)
+
+
+def _refuse_existing_head(out: Path) -> None:
+    found = [n for n in (HEAD_FILE, TRAIN_JSON) if os.path.lexists(out / n)]
+    if found:
+        raise DeviceError(
+            f"head folder {out} already holds {' and '.join(found)}: pass --overwrite to replace "
+            "the head, --resume to continue its training, or choose another --out"
+        )
+
+
+def _remove_scratch(out: Path, *, failed: bool) -> None:
+    """Remove the feature store (``.cache``) and, after a failure that saved no checkpoint, the
+    work folder's best head: what is left can be resumed, or is the result. Links are removed,
+    never followed; folders that hold anything else are kept."""
+    scratch = [(out / CACHE_DIR, ("train.npy",))]
+    if failed and not os.path.lexists(out / WORK_DIR / CHECKPOINT_NAME):
+        scratch.append((out / WORK_DIR, (BEST_NAME,)))
+    for folder, names in scratch:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for name in names:
+            try:
+                (folder / name).unlink(missing_ok=True)
+            except OSError:
+                pass
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty: not only ours
 
 
 def _train_on_bundle(bundle, data, out: Path, cfg: TrainConfig, *, resume: bool) -> TrainReport:
     t0 = time.perf_counter()
+    work = out / WORK_DIR
+    if resume and not os.path.lexists(work / CHECKPOINT_NAME):
+        hint = (
+            " (checkpoint_every 0, the default, saves none: set --checkpoint-every N to be able "
+            "to resume)"
+            if cfg.checkpoint_every == 0
+            else ""
+        )
+        _warn(f"no checkpoint at {work / CHECKPOINT_NAME}{hint}; training starts from scratch")
     b = load_bundle(bundle)
     imgs = load_images(data, "train", b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels for training")
-    if imgs.class_names is not None and len(imgs.class_names) < 2:
-        raise DataError(
-            f"{data} has a single class ({imgs.class_names[0]!r}); training needs at least two"
-        )
-    names = imgs.class_names or b.class_names
+    names = imgs.class_names
+    if names is not None and len(names) < 2:
+        raise DataError(f"{data} has a single class ({names[0]!r}); training needs at least two")
+    if names is not None and len(set(names)) != len(names):
+        raise DataError(f"{data} names a class twice: {_names(names)}")
     n_cls = len(names) if names else None
     top = int(imgs.labels.max()) + 1 if len(imgs.labels) else 0
-    test = _test_split(data, b, n_cls if n_cls is not None else top)
+    test = _test_split(data, b, names, n_cls if n_cls is not None else top)
     t_feat = time.perf_counter()
     feats, labels = _features(
-        b, imgs.images, imgs.labels, out_path=out / ".cache" / "train.npy", seed=cfg.seed
+        b, imgs.images, imgs.labels, out_path=out / CACHE_DIR / "train.npy", seed=cfg.seed
     )
     feat_seconds = time.perf_counter() - t_feat
-    res = train_head(feats, labels, cfg, num_classes=n_cls, workdir=out / ".work", resume=resume)
-    head = Head(res.weights.copy(), res.bias.copy(), names)
+    res = train_head(feats, labels, cfg, num_classes=n_cls, workdir=work, resume=resume)
+    head = Head(res.weights.copy(), res.bias.copy(), names, _encoder_digests(b))
     report = TrainReport(
         accuracy=res.val_accuracy,
         accuracy_split="held-out",
@@ -300,18 +461,31 @@ def _train_on_bundle(bundle, data, out: Path, cfg: TrainConfig, *, resume: bool)
         config=json.loads(json.dumps(cfg.to_dict())),
         history=res.history,
         memory_measured_with=MEMORY_MEASURED_WITH,
-        encoder={"file": b.encoder_file.name, "format": b.encoder_format},
+        encoder={
+            "file": b.encoder_file.name,
+            "format": b.encoder_format,
+            "sha256": _encoder_sha256(b),
+        },
         bundle=str(Path(bundle).resolve()),
         data=str(Path(data).resolve()),
         argv=list(sys.argv),
+        class_names=names,
     )
     if test is not None:
-        metrics = _metrics(b, head, test.images, test.labels)
+        metrics = _metrics(b, head, test[0].images, test[1])
         report.accuracy, report.accuracy_split = metrics["accuracy"], "test"
         report.test_accuracy, report.test_loss = metrics["accuracy"], metrics["loss"]
     save_head(out, head)
+    if names is None:  # said once the head exists: a failed call prints its error alone
+        _warn(
+            f"{data} names no classes (no class_names): the head's classes are the label "
+            "indices, and eval / predict will match them by index"
+            + (" (the bundle's class names are not assumed)" if b.class_names else "")
+        )
     report.wall_seconds = time.perf_counter() - t0
-    atomic_write_json(out / TRAIN_JSON, report.to_dict())
+    # strict JSON: a NaN or inf here is a bug (every measure is finite or None), never written
+    text = json.dumps(report.to_dict(), indent=2, allow_nan=False)
+    atomic_write_text(out / TRAIN_JSON, text + "\n")
     return report
 
 
@@ -322,15 +496,33 @@ def evaluate(
     *,
     split: str = "test",
 ) -> dict[str, float]:
-    """Accuracy, mean loss and sample count of a trained head on ``split`` of ``data``."""
+    """Accuracy, mean loss and sample count of a trained head on ``split`` of ``data``, its
+    classes matched to the head's by name (:func:`_head_labels`)."""
     b = load_bundle(bundle)
     h = load_head(head)
     _check_head(b, h, head)
     imgs = load_images(data, split, b.preprocess)
     if imgs.labels is None:
         raise DeviceError(f"{data} has no labels to evaluate against")
-    _check_labels(imgs.labels, h.weights.shape[1], f"{data} {split} split:")
-    return _metrics(b, h, imgs.images, imgs.labels)
+    n_cls = h.weights.shape[1]
+    labels = _head_labels(h.class_names, imgs, n_cls, f"{data} {split} split", f"head {head}")
+    return _metrics(b, h, imgs.images, labels)
+
+
+def _predict_images(data: str | os.PathLike, split: str, prep) -> ImageSet:
+    """What :func:`predict` reads: :func:`.data.load_images`, or the images of a flat folder
+    (no class sub-folders: unlabelled images, what predict is for)."""
+    path = Path(data)
+    if path.is_dir() and not path.is_symlink() and not list_subfolders(path):
+        files = list_image_files(path)
+        if not files:
+            raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return ImageSet(FolderImages(files, prep), None, None)
+    return load_images(data, split, prep)
+
+
+def _probability(p: float) -> float | None:
+    return float(p) if np.isfinite(p) else None
 
 
 def predict(
@@ -341,24 +533,39 @@ def predict(
     split: str = "test",
     top: int = 1,
 ) -> list[dict[str, Any]]:
-    """Predicted class (index, name, probability, the ``top`` classes) of each image (a
-    non-finite probability, from overflowing logits, is None: the result stays valid JSON)."""
+    """Per image of ``data`` (an image file, a flat folder of images, a class folder or an
+    ``.npz``'s ``split``): its ``file`` (the image file; for an ``.npz``, the ``.npz``) and
+    ``index`` (its position in ``data``), the predicted ``class`` (index), ``name`` (None when
+    the head names no classes) and ``probability``, and the ``top`` classes, each with its
+    class, name and probability. A non-finite probability (overflowing logits) is None: the
+    result stays valid JSON."""
     if top < 1:
         raise DataError(f"top must be >= 1, got {top}")
     b = load_bundle(bundle)
     h = load_head(head)
     _check_head(b, h, head)
-    imgs = load_images(data, split, b.preprocess)
+    imgs = _predict_images(data, split, b.preprocess)
+    src = imgs.images
+    files = src.paths if isinstance(src, FolderImages) else None
+    names = h.class_names
     out = []
-    probs = (p for _, f in _stream(b, imgs.images) for p in h.probabilities(f))
-    for p in probs:
-        best = np.argsort(-p)[:top]
+    probs = (p for _, f in _stream(b, src) for p in h.probabilities(f))
+    for i, p in enumerate(probs):
+        best = np.argsort(-p, kind="stable")[:top]
+        ranked = [
+            {
+                "class": int(k),
+                "name": names[k] if names else None,
+                "probability": _probability(p[k]),
+            }
+            for k in best
+        ]
         out.append(
             {
-                "class": int(best[0]),
-                "name": h.class_names[best[0]] if h.class_names else None,
-                "probability": float(p[best[0]]) if np.isfinite(p[best[0]]) else None,
-                "top": [int(i) for i in best],
+                "file": files[i] if files is not None else str(data),
+                "index": i,
+                **ranked[0],
+                "top": ranked,
             }
         )
     return out

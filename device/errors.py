@@ -8,6 +8,9 @@ Both CLIs print any ``EntropiError`` as one line and exit non-zero. Device error
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 __all__ = [
     "BudgetError",
     "BundleError",
@@ -19,9 +22,11 @@ __all__ = [
     "LinkError",
     "OverwriteError",
     "ResumeError",
+    "Terminated",
     "TrainConfigError",
     "one_line",
     "report_bug",
+    "sigterm_raises",
 ]
 
 
@@ -108,3 +113,29 @@ def report_bug(prog: str) -> None:
         f"{prog}: internal error (a bug in entropi {package_version()}, not in your input); "
         "please report it with the traceback above and the command you ran"
     )
+
+class Terminated(BaseException):
+    """SIGTERM arrived while a CLI ran (raised by the handler :func:`sigterm_raises` installs):
+    like ``KeyboardInterrupt`` on Ctrl-C, it unwinds the command, so that locks are released and
+    temporaries removed, and the CLI prints one line and exits 143 (128 + SIGTERM)."""
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While the block runs (in the main thread), SIGTERM raises :class:`Terminated` instead of
+    killing the process at once; the previous handler is restored after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

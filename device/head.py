@@ -1,14 +1,18 @@
-"""The trained head on disk: ``head.npz`` (weights, bias, class_names), no pickle.
+"""The trained head on disk: ``head.npz`` (weights, bias, class_names, encoder_sha256), no
+pickle.
 
 :func:`load_head` treats the file as untrusted: every member is read through :mod:`._npz` (headers
 checked before allocating, CRC-checked), and the arrays must make a usable head: ``weights`` a
 finite 2-D float array (D, C), ``bias`` a finite float array (C,), ``class_names`` (optional) C
-strings. Anything else is a :class:`.errors.DataError` naming the file and the member.
+distinct strings, ``encoder_sha256`` (optional) the sha256 hex digests of the encoder files of
+the bundle the head was trained with. Anything else is a :class:`.errors.DataError` naming the
+file and the member. Heads written before names and digests were recorded load with None there.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +32,14 @@ _MAX_HEAD_BYTES = 1 << 30
 
 @dataclass
 class Head:
-    """A softmax-regression head: ``weights`` (D, C), ``bias`` (C,)."""
+    """A softmax-regression head: ``weights`` (D, C), ``bias`` (C,), the names of its C classes
+    and the sha256 of the encoder files it was trained on (None: not recorded)."""
 
     weights: np.ndarray
     bias: np.ndarray
     class_names: list[str] | None = None
+    encoder_sha256: list[str] | None = None
+    """Digests of every encoder file of the training bundle (its formats of one encoder)."""
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         return predict_proba(logits(features, self.weights, self.bias))
@@ -52,6 +59,8 @@ def save_head(headdir: str | os.PathLike, head: Head) -> Path:
     arrays = {"weights": head.weights, "bias": head.bias}
     if head.class_names is not None:
         arrays["class_names"] = np.asarray(head.class_names, dtype=str)
+    if head.encoder_sha256 is not None:
+        arrays["encoder_sha256"] = np.asarray(head.encoder_sha256, dtype=str)
     return save_npz(Path(headdir) / HEAD_FILE, arrays)
 
 
@@ -82,7 +91,7 @@ def load_head(headdir: str | os.PathLike) -> Head:
             f"{path} {kind}: weights {weights.shape} and bias {bias.shape} do not make a head "
             "(weights (D, C) with D, C >= 1, bias (C,))"
         )
-    names = None
+    names = digests = None
     if "class_names" in data:
         arr = data["class_names"]
         if arr.ndim != 1 or arr.dtype.kind != "U" or len(arr) != c:
@@ -91,4 +100,17 @@ def load_head(headdir: str | os.PathLike) -> Head:
                 f"{arr.dtype} {arr.shape}"
             )
         names = [str(s) for s in arr.tolist()]
-    return Head(weights, bias, names)
+        if len(set(names)) != c:
+            raise DataError(f"{path} {kind}: class_names holds a name twice")
+    if "encoder_sha256" in data:
+        arr = data["encoder_sha256"]
+        digests = [str(s) for s in arr.tolist()] if arr.ndim == 1 and arr.dtype.kind == "U" else []
+        if not digests or not all(_SHA256.fullmatch(s) for s in digests):
+            raise DataError(
+                f"{path} {kind}: encoder_sha256 must be sha256 hex digests, got "
+                f"{arr.dtype} {arr.shape}"
+            )
+    return Head(weights, bias, names, digests)
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")

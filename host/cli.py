@@ -152,7 +152,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if cfg is None and not (a.resume and a.out):
         raise ConfigError("a CONFIG is needed unless --resume continues an existing --out RUNDIR")
     if cfg is None and _overrides(a):
-        raise ConfigError("--set/--source/--target need a CONFIG (a resumed run keeps its own)")
+        raise ConfigError(
+            "--set/--source/--target need a CONFIG (a resumed run keeps its own); to deploy a "
+            f"finished run as int8, `entropi select {a.out} --flash SIZE --ram SIZE` considers "
+            f"int8 rows and `entropi bundle --run {a.out} --out BUNDLE` bundles the pick "
+            "(or `--quantize int8`)"
+        )
     out = a.out or f"runs/{cfg.name}"
     # torchrun restarted the workers (--max-restarts): continue the run their first try began
     resume = a.resume or distributed.restart_count() > 0
@@ -412,12 +417,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     from .bundle import export_rung
 
     formats = tuple(a.format or _formats())
-    extra = {} if a.min_cosine is None else {"min_cosine": a.min_cosine}
-    calibration = None
-    if a.quantize == "int8" and a.calibration_images is not None:
-        from .bundle import run_calibration
-
-        calibration = run_calibration(a.run, n=a.calibration_images)
+    extra = _int8_kwargs(a, a.quantize == "int8")
     with _run_lock(a.run):
         info = export_rung(
             a.run,
@@ -426,7 +426,6 @@ def _cmd_export(a: argparse.Namespace) -> int:
             forms=("sparse", "compact")[: 1 + a.compact] + tuple(a.form or ()),
             out_dir=a.out,
             quantize=a.quantize,
-            calibration=calibration,
             **extra,
         )
     for name, f in info["files"].items():
@@ -448,20 +447,52 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
+    """``calibration`` / ``min_cosine`` of an int8 export from ``--calibration-images`` /
+    ``--min-cosine`` (each left to the run's ``[export]`` settings when not given); a flag that
+    has nothing to act on is refused rather than ignored."""
+    from entropi.export import ExportError
+
+    given = [f for f, v in (("--calibration-images", a.calibration_images),
+                            ("--min-cosine", a.min_cosine)) if v is not None]  # fmt: skip
+    if given and not int8:
+        verb = "acts" if len(given) == 1 else "act"
+        raise ExportError(f"{' and '.join(given)} {verb} on int8 files only; add --quantize int8")
+    kwargs: dict[str, Any] = {}
+    if a.min_cosine is not None:
+        kwargs["min_cosine"] = a.min_cosine
+    if a.calibration_images is not None:
+        from .bundle import run_calibration
+
+        kwargs["calibration"] = run_calibration(a.run, n=a.calibration_images)
+    return kwargs
+
+
 def _cmd_bundle(a: argparse.Namespace) -> int:
     from .bundle import bundle_choice, bundle_rung
 
-    formats = tuple(a.format or _formats())
     quantize = {None: None, "none": "float32"}.get(a.quantize, a.quantize)
-    form, dtype, pick = bundle_choice(a.run, a.rung, a.form, quantize)
+    c = bundle_choice(a.run, a.rung, a.form, quantize, a.format)
+    extra = _int8_kwargs(a, c.dtype == "int8")
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
-            a.run, a.out, rung=a.rung, form=form, formats=formats, overwrite=a.overwrite,
-            dtype=dtype,
+            a.run, a.out, rung=a.rung, form=c.form, formats=c.formats, overwrite=a.overwrite,
+            dtype=c.dtype, export_kwargs=extra,
         )  # fmt: skip
-    fit = " (the form and dtype that fit the device, from `entropi select`)" if pick else ""
-    print(f"bundle written to {path}: {form} {dtype}{fit}")
+    print(f"bundle written to {path}: {c.form} {c.dtype}, {', '.join(c.formats)}{_why(c)}")
     return 0
+
+
+def _why(c) -> str:
+    """Where a bundle's form, dtype and formats came from, when `entropi select` chose any."""
+    picked = [k for k in ("form", "dtype") if k in c.picked]
+    if not picked:
+        return ""
+    what = " and ".join(picked)
+    fit = f" (the {what} that fit the device, from `entropi select`"
+    if "formats" in c.picked:
+        fit += f"; {', '.join(c.formats)} only: the format the fit was measured in, --format adds"
+    return fit + ")"
 
 
 def _add_quantize_arg(p: argparse.ArgumentParser, default: str | None = "none") -> None:
@@ -726,17 +757,27 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from entropi.device.errors import EntropiError, one_line, report_bug, say
-
     from entropi.device.cliargs import attach_dash_values
+    from entropi.device.errors import (
+        EntropiError,
+        Terminated,
+        one_line,
+        report_bug,
+        say,
+        sigterm_raises,
+    )
 
     parser, table = _build_parser()
     args = parser.parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
     try:
-        return table[args.command](args)
+        with sigterm_raises():
+            return table[args.command](args)
     except KeyboardInterrupt:
         say("\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`")
         return 130
+    except Terminated:
+        say(f"entropi {args.command}: terminated (SIGTERM)")
+        return 143
     except (EntropiError, OSError) as e:
         say(f"entropi: error: {one_line(e)}")
         return 2

@@ -27,10 +27,11 @@ def export_onnx(path, *, batch=None, seed=0):
     return enc
 
 
-def smallnet_bundle(folder, **manifest):
-    """A smallnet ONNX encoder (32 x 32 input, 256 features) bundled in ``folder/bundle``, with
-    ``manifest`` (class_names, alpha, ...) passed to write_bundle; (bundle path, encoder)."""
-    enc = export_onnx(folder / "enc.onnx")
+def smallnet_bundle(folder, *, seed=0, **manifest):
+    """A smallnet ONNX encoder (32 x 32 input, 256 features, weights drawn with ``seed``)
+    bundled in ``folder/bundle``, with ``manifest`` (class_names, alpha, ...) passed to
+    write_bundle; (bundle path, encoder)."""
+    enc = export_onnx(folder / "enc.onnx", seed=seed)
     bundle = write_bundle(
         folder / "bundle",
         encoder_files={"encoder.onnx": folder / "enc.onnx"},
@@ -185,7 +186,7 @@ def test_write_bundle_is_atomic_and_validates(onnx_bundle, tmp_path):
             feature_dim=8,
         )
     (tmp_path / "x.onnx").write_bytes(b"123")
-    with pytest.raises(BundleError, match="x.onnx could not be loaded by onnxruntime"):
+    with pytest.raises(BundleError, match="x.onnx is not a valid ONNX model"):
         write_bundle(
             tmp_path / "b",
             encoder_files={"encoder.onnx": tmp_path / "x.onnx"},
