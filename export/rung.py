@@ -143,7 +143,127 @@ class Rung:
             info = RungInfo(**values, index=index)
         except TypeError as e:  # pragma: no cover - guarded by the key checks above
             raise CheckpointError(f"checkpoint {where}: {e}") from e
-        return cls(info, *(payload[k] for k in _TENSORS))
+        rung = cls(info, *(payload[k] for k in _TENSORS))
+        _check_info(info, where)
+        _check_tensors(rung, where)
+        return rung
+
+
+MAX_FEATURE_DIM = 1 << 16
+"""Widest encoder output a rung may claim (entropi's architectures: 256 to 1024)."""
+MAX_SIDE = 4096
+"""Largest image side a rung may claim."""
+
+
+def _is_int(v: Any, lo: int = 0, hi: float = math.inf) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_real(v: Any, lo: float = -math.inf, hi: float = math.inf) -> bool:
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    return ok and math.isfinite(v) and lo <= v <= hi
+
+
+def _check_info(info: RungInfo, where: str) -> None:
+    """Every field of the record in its type and range (a record from elsewhere must not make
+    the host allocate a terabyte or index past a tensor); :class:`CheckpointError` naming it."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"checkpoint {where}: {what}; the rung file is damaged")
+
+    need(isinstance(info.arch, str) and bool(info.arch), f"arch is {info.arch!r}")
+    need(
+        _is_int(info.feature_dim, 1, MAX_FEATURE_DIM),
+        f"feature_dim is {info.feature_dim!r}, not in [1, {MAX_FEATURE_DIM}]",
+    )
+    shape = info.input_shape
+    need(
+        len(shape) == 3 and 1 <= shape[0] <= 4 and all(1 <= s <= MAX_SIDE for s in shape[1:]),
+        f"input_shape is {list(shape)}, not [C, H, W] with C in 1..4, H and W in 1..{MAX_SIDE}",
+    )
+    norm = info.normalization
+    need(
+        isinstance(norm, dict)
+        and all(
+            isinstance(norm.get(k), list)
+            and len(norm[k]) == shape[0]
+            and all(_is_real(v) for v in norm[k])
+            for k in ("mean", "std")
+        )
+        and all(v > 0 for v in norm["std"]),
+        f"normalization must hold {shape[0]} finite means and positive stds, got {norm!r}",
+    )
+    need(_is_real(info.alpha, 0.0, 1.0), f"alpha is {info.alpha!r}, not in [0, 1]")
+    need(_is_int(info.n_prunable), f"n_prunable is {info.n_prunable!r}, not a count")
+    need(
+        _is_int(info.nnz, 0, info.n_prunable),
+        f"nnz is {info.nnz!r}, not a count of at most n_prunable = {info.n_prunable}",
+    )
+    need(
+        info.alpha_target is None or _is_real(info.alpha_target, 0.0, 1.0),
+        f"alpha_target is {info.alpha_target!r}, not in [0, 1]",
+    )
+    need(
+        info.source_dataset is None or isinstance(info.source_dataset, str),
+        f"source_dataset is {info.source_dataset!r}, not a string",
+    )
+    classes = info.source_classes
+    need(
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes),
+        "source_classes is not a list of names",
+    )
+    need(
+        _is_int(info.num_source_classes, 0)
+        and (not classes or len(classes) == info.num_source_classes),
+        f"num_source_classes is {info.num_source_classes!r} for {len(classes)} source_classes",
+    )
+    acc = info.source_accuracy  # None or NaN: not measured
+    need(
+        acc is None or _is_real(acc, 0.0, 1.0) or (isinstance(acc, float) and math.isnan(acc)),
+        f"source_accuracy is {info.source_accuracy!r}, not in [0, 1]",
+    )
+    need(_is_real(info.train_seconds, 0.0), f"train_seconds is {info.train_seconds!r}")
+
+
+def _check_tensors(rung: Rung, where: str) -> None:
+    """Tensors only, finite weights; the source head a ``num_source_classes x feature_dim``
+    linear layer; a bool mask per encoder weight of that weight's shape. So a mask of the wrong
+    shape, or a head of 10**9 classes, is refused before any module is built."""
+    import torch
+
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {where}: {what}; the rung file is damaged")
+
+    for key in _TENSORS:
+        state = getattr(rung, key)
+        bad = [k for k, v in state.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+        if bad:
+            raise fail(f"{key} holds {bad[0]!r}, which is not a named tensor")
+    for key in ("encoder", "head"):
+        state = getattr(rung, key)
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            raise fail(f"{key} tensor {bad[0]!r} holds NaN or infinite values")
+    info = rung.info
+    want = {
+        "weight": (info.num_source_classes, info.feature_dim),
+        "bias": (info.num_source_classes,),
+    }
+    got = {k: tuple(v.shape) for k, v in rung.head.items()}
+    if got != want:
+        raise fail(
+            f"the source head is {got}, but num_source_classes = {info.num_source_classes} and "
+            f"feature_dim = {info.feature_dim} make it {want}"
+        )
+    for name, mask in rung.masks.items():
+        if name not in rung.encoder:
+            continue  # the encoder does not match its architecture: the host names that
+        if mask.dtype != torch.bool or mask.shape != rung.encoder[name].shape:
+            raise fail(
+                f"mask {name!r} is {mask.dtype} {tuple(mask.shape)}, the weight it masks is "
+                f"{tuple(rung.encoder[name].shape)} (a bool mask of that shape is needed)"
+            )
 
 
 def save_rung(path: str | os.PathLike, rung: Rung) -> Path:

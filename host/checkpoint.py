@@ -16,7 +16,7 @@ import torch
 
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file
 
-from .models import ARCHITECTURES, Classifier, build_encoder
+from .models import ARCHITECTURES, Classifier, build_encoder, prunable_parameters
 from .rundir import RunDir
 
 __all__ = [
@@ -94,6 +94,13 @@ def classifier_from_rung(rung: Rung) -> Classifier:
     model = Classifier(encoder, encoder.feature_dim, info.num_source_classes)
     _load_state(model.encoder, rung.encoder, "encoder", info, where)
     _load_state(model.head, rung.head, "head", info, where)
+    prunable = {k for k, _ in prunable_parameters(model.encoder)}
+    stray = [k for k in rung.masks if k not in prunable]
+    if stray:
+        raise CheckpointError(
+            f"checkpoint {where or '(in memory)'}: mask {stray[0]!r} masks no weight of arch "
+            f"{info.arch!r}; the rung file is damaged"
+        )
     return model
 
 
@@ -102,6 +109,12 @@ def _build_encoder(info: RungInfo, where) -> torch.nn.Module:
         raise CheckpointError(
             f"checkpoint {where or '(in memory)'} has architecture {info.arch!r}, which this "
             f"entropi does not know (known: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    if ARCHITECTURES[info.arch].feature_dim != info.feature_dim:
+        raise CheckpointError(
+            f"checkpoint {where or '(in memory)'}: feature_dim {info.feature_dim} is not the "
+            f"{ARCHITECTURES[info.arch].feature_dim} of arch {info.arch!r}; the rung file is "
+            "damaged"
         )
     return build_encoder(info.arch)
 

@@ -122,8 +122,15 @@ def _next_steps(run: RunDir, results: dict[str, Any]) -> list[str]:
 
 
 def _target_sizes(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
-    """The target's sizes as the rungs were scored: training images (criteria and probe), test
-    images (probe accuracy), classes."""
+    """The data's sizes: the images each spec held and those the run used (results.json
+    ``data_sizes``, host/rundata.py), else the target's as the rungs were scored: training
+    images (criteria and probe), test images (probe accuracy), classes."""
+    sizes = results.get("data_sizes") or {}
+    if sizes.get("target"):
+        from .rundata import describe_sizes
+
+        lines = [describe_sizes(k, sizes[k]) for k in ("target", "source") if sizes.get(k)]
+        return "Data: " + "; ".join(lines) + "."
     first = results["rungs"][0]
     if "n" not in first:
         return ""

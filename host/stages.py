@@ -540,8 +540,8 @@ def undefined_notes(undefined: dict[str, dict[str, Any]], criterion: str, n_rung
 
 def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
     """The saved results of a run that has nothing left to do, else None: every planned rung
-    scored with the current criteria (features cached), results.json of this config, and the
-    export and head the config asks for, with the report. ``entropi run --resume`` on such a
+    scored with the current criteria (features cached), results.json, and the export and head
+    the config asks for, with the report. ``entropi run --resume`` on such a
     run says so instead of redoing select, export and device."""
     n = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
     if len(run.rung_files()) != n or not run.results.is_file():
@@ -556,7 +556,7 @@ def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
         (cfg.export.enabled, "export", run.export / "export.json"),
         (cfg.export.enabled and cfg.device_train.enabled, "device", run.head / "train.json"),
     ]
-    if results.get("config_sha256") != cfg.digest() or not run.report.is_file():
+    if not run.report.is_file():  # (the config cannot have changed: open_run refuses that)
         return None
     if any(want and (key not in results or not path.is_file()) for want, key, path in wanted):
         return None
@@ -603,6 +603,9 @@ def stage_select(
     from .report import write_report
 
     results = select(cfg, run, criterion, flash=flash, ram=ram)
+    before = run.read_json(run.results, {})
+    if before.get("data_sizes"):  # what the run loaded: the same for any selection
+        results["data_sizes"] = before["data_sizes"]
     results["report"] = write_report(cfg, run, results).name
     run.write_json(run.results, results)
     return results

@@ -31,7 +31,7 @@ def test_toml_string_round_trips_any_text(s):
 
 
 def test_a_name_with_a_newline_reads_back_from_the_resolved_config(tmp_path):
-    cfg = config_from_dict({"name": "mini\nline", "data": {"roots": ['a"\\\x00\x7fb']}})
+    cfg = config_from_dict({"name": "mini\nline", "data": {"roots": ['/a"\\\x00\x7fb']}})
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(cfg))
     back = load_config(path)
@@ -370,3 +370,70 @@ def test_labels_of_the_wrong_length_never_give_a_confidence(run_folder):
     run.write_array(run.feature_labels, np.arange(23) % 3)
     with pytest.raises(DataError, match="labels.npy has shape"):
         select(cfg, run)
+
+
+# --- D5: rung records are checked against their architecture before anything is built ---------
+
+
+def _payload(run, i=0):
+    import torch
+
+    return torch.load(run.rung(i), weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"num_source_classes": 10**9}, "num_source_classes is 1000000000 for 2 source_classes"),
+        ({"num_source_classes": 10**9, "source_classes": []}, "the source head is"),
+        ({"feature_dim": 10**12}, "feature_dim is 1000000000000, not in"),
+        ({"input_shape": [3, 8192, 8192]}, "input_shape is [3, 8192, 8192]"),
+        ({"nnz": 10**6}, "nnz is 1000000, not a count of at most n_prunable = 100"),
+        ({"alpha": float("nan")}, "alpha is nan"),
+        ({"normalization": {"mean": [0.5], "std": [0.2]}}, "normalization must hold 3"),
+        ({"normalization": {"mean": [0.5] * 3, "std": [0.0] * 3}}, "positive stds"),
+        ({"arch": 7}, "arch is 7"),
+        ({"source_accuracy": 2.0}, "source_accuracy is 2.0"),
+    ],
+)
+def test_a_rung_record_out_of_range_is_refused(run_folder, change, message):
+    import torch
+
+    from entropi.export.rung import CheckpointError, load_rung_file
+
+    _, run = run_folder
+    torch.save({**_payload(run), **change}, run.rung(0))
+    with pytest.raises(CheckpointError) as e:
+        load_rung_file(run.rung(0), 0)
+    assert "rung_000.pt: " in str(e.value) and message in str(e.value)
+
+
+def test_rung_tensors_of_the_wrong_shape_or_nan_are_refused(run_folder):
+    import torch
+
+    from entropi.export.rung import CheckpointError, load_rung_file
+    from entropi.host.checkpoint import classifier_from_rung
+
+    _, run = run_folder
+    good = _payload(run)
+    name = next(iter(good["masks"]))
+    cases = [
+        ({"masks": {**good["masks"], name: torch.ones(3, dtype=torch.bool)}}, "mask '0.weight' is"),
+        ({"masks": {**good["masks"], name: good["masks"][name].float()}}, "torch.float32"),
+        ({"encoder": {**good["encoder"], name: good["encoder"][name] * float("nan")}}, "NaN"),
+        ({"head": {"weight": torch.zeros(2, 256)}}, "the source head is"),
+        ({"masks": {**good["masks"], name: "x"}}, "masks holds '0.weight', which is not a"),
+    ]
+    for change, message in cases:
+        torch.save({**good, **change}, run.rung(0))
+        with pytest.raises(CheckpointError, match=message):
+            load_rung_file(run.rung(0), 0)
+    bad = load_rung_file(run.rung(1), 1)
+    bad.masks["head.weight"] = torch.ones(2, 256, dtype=torch.bool)
+    bad.encoder["head.weight"] = torch.zeros(2, 256)
+    with pytest.raises(CheckpointError, match="encoder does not match"):
+        classifier_from_rung(bad)
+    ok = load_rung_file(run.rung(1), 1)
+    ok.masks["1.weight"] = torch.ones_like(ok.encoder["1.weight"], dtype=torch.bool)  # a BN
+    with pytest.raises(CheckpointError, match="mask '1.weight' masks no weight"):
+        classifier_from_rung(ok)

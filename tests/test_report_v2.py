@@ -122,3 +122,18 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path):
     run.score(2).unlink()  # new work: a rung to rescore, so the run goes on (and needs data)
     with pytest.raises(Exception, match="npz does not exist"):
         run_all(None, run.root, resume=True)
+
+
+def test_the_data_sizes_of_the_run_are_in_the_report_and_survive_a_reselect(tmp_path):
+    cfg, run = fake_run(tmp_path / "run")
+    sizes = {
+        "spec": "npz:/no/tgt.npz", "classes": 3, "train_images": 24, "test_images": 6,
+        "train_available": 3000, "test_available": 600, "train_per_class": 8,
+        "test_per_class": 2,
+    }  # fmt: skip
+    run.write_json(run.results, {"data_sizes": {"target": sizes}})
+    stage_select(cfg, run)
+    report = run.report.read_text()
+    assert "Data: target npz:/no/tgt.npz: 24 train / 6 test images, 3 classes" in report
+    assert "of 3000 / 600" in report
+    assert json.loads(run.results.read_text())["data_sizes"]["target"] == sizes
