@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from ._npz import npy_member, npz_names, read_member, save_npz
+from .encoder import inspect_encoder
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
 from .io import atomic_dir, atomic_write_json
@@ -152,8 +153,10 @@ def write_bundle(
         fmt = _FORMATS.get(Path(name).suffix)
         if fmt is None or Path(name).name != name:
             raise BundleError(f"encoder file name {name!r} must be a plain *.tflite or *.onnx name")
-        if not Path(src).is_file():
+        if not os.path.lexists(src):
             raise BundleError(f"encoder file {src} does not exist")
+        if not Path(src).is_file():
+            raise BundleError(f"encoder file {src} is not a regular file")
         encoders[name] = {"format": fmt, "dtype": "float32"}
         if name in quantization:
             q = quantization[name]
@@ -250,6 +253,7 @@ def _record_check(
             manifest["feature_dim"],
             label=label,
             quantization=meta.get("quantization"),
+            input_shape=tuple(manifest["input"]["shape"]),
         )
         try:
             out = runner(inputs)
@@ -284,8 +288,13 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     mpath = path / MANIFEST
-    if not mpath.is_file():
+    if not os.path.lexists(mpath):
         raise BundleError(f"{path} has no {MANIFEST}; is it a bundle written by `entropi bundle`?")
+    if not mpath.is_file():
+        raise BundleError(
+            f"{path} has no {MANIFEST} file: {mpath} is not a regular file (a folder, FIFO, "
+            "device or dangling link)"
+        )
     try:
         with open(mpath, "rb") as f:
             raw = f.read(MAX_MANIFEST_BYTES + 1)
@@ -403,6 +412,12 @@ class Bundle:
         """``check.npz`` when the bundle has one (checksummed with the other files)."""
         return self.path / CHECK if CHECK in self.manifest["files"] else None
 
+    @property
+    def data_files(self) -> frozenset[str]:
+        """The files an encoder may read external data from: the others the manifest lists
+        (and :func:`load_bundle` has hashed)."""
+        return frozenset(self.manifest["files"]) - {self.encoder_file.name}
+
     def encoder(self, *, num_threads: int = 1):
         """An :class:`.encoder.EncoderRunner` for the chosen encoder file, which has reproduced
         its recorded check outputs (see the module docstring; :class:`.errors.BundleError`
@@ -415,6 +430,8 @@ class Bundle:
             self.feature_dim,
             num_threads=num_threads,
             quantization=self.manifest["encoders"][self.encoder_file.name].get("quantization"),
+            input_shape=self.input_shape,
+            data_files=self.data_files,
         )
         self._check_encoder(runner)
         return runner
@@ -483,16 +500,24 @@ def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite",
     The manifest is checked by :func:`read_manifest`, then the size and sha256 of every file it
     lists (before anything opens the file). Raises :class:`.errors.FormatVersionError` for a
     newer format, :class:`.errors.ChecksumError` naming the first file whose size or sha256
-    differs, :class:`.errors.BundleError` otherwise. The encoder itself is opened (and checked
-    against ``check.npz``) by :meth:`Bundle.encoder`.
+    differs, :class:`.errors.BundleError` otherwise. The chosen encoder file is then inspected
+    before any interpreter allocates anything (:func:`.encoder.inspect_encoder`: its input
+    shape is the manifest's, its operators an export's, its ONNX external data only in files
+    the manifest lists and hashes); it is opened (and checked against ``check.npz``) by
+    :meth:`Bundle.encoder`.
     """
     path = Path(path)
     manifest = read_manifest(path)
     files, encoders = manifest["files"], manifest["encoders"]
     for name, meta in files.items():
         fpath = path / name
-        if Path(name).name != name or not fpath.is_file():
+        if Path(name).name != name or not os.path.lexists(fpath):
             raise BundleError(f"bundle file {name!r} listed in {MANIFEST} is missing from {path}")
+        if not fpath.is_file():
+            raise BundleError(
+                f"bundle file {name!r} in {path} is not a regular file (a folder, FIFO, device "
+                "or dangling link); copy the bundle again"
+            )
         try:
             size = fpath.stat().st_size
             if size != meta["bytes"]:
@@ -515,7 +540,14 @@ def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite",
             continue
         for name, meta in encoders.items():
             if meta["format"] == fmt:
-                return Bundle(path, manifest, path / name, fmt)
+                bundle = Bundle(path, manifest, path / name, fmt)
+                inspect_encoder(
+                    bundle.encoder_file,
+                    fmt,
+                    input_shape=bundle.input_shape,
+                    data_files=bundle.data_files,
+                )
+                return bundle
     have = sorted({m["format"] for m in encoders.values()})
     raise BundleError(
         f"no interpreter for the encoder formats in {path} ({', '.join(have)}): install "

@@ -13,19 +13,26 @@ file computes in int8 but keeps float32 I/O; its quantization entries are float3
 
 An encoder file may be damaged or hostile: any error of the interpreter while loading or running
 it (and a missing interpreter) is raised as :class:`.errors.BundleError` naming the file, never
-as the interpreter's own exception.
+as the interpreter's own exception. Before an interpreter is given the file (before it
+allocates anything), :func:`inspect_encoder` checks what an entropi export can be: one input
+of rank 4 with a fixed [C, H, W] (the manifest's ``input.shape``, when given), only the
+operators the exporters write (:data:`ONNX_OPS`, :data:`TFLITE_OPS`; a ``Loop`` whose trip
+count is 10^15 would hang the device, and onnxruntime ignores SIGINT), no ONNX sub-graphs or
+local functions, and ONNX external data only in the files the caller names (a bundle's
+hashed files).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError, DataError
+from .errors import BundleError, DataError, escape_controls
 
-__all__ = ["EncoderRunner"]
+__all__ = ["ONNX_OPS", "TFLITE_OPS", "EncoderRunner", "inspect_encoder", "refused_ops"]
 
 _RUNTIMES = {"tflite": "the LiteRT interpreter", "onnx": "onnxruntime"}
 _INSTALL = {
@@ -34,15 +41,45 @@ _INSTALL = {
 }
 
 
+ONNX_OPS = frozenset(
+    ("", op)
+    for op in (
+        # the export of every architecture (smallnet, resnet18, mobilenetv3_small) in every
+        # encoder form (sparse, compact, compact-dense), float32 and its int8 QDQ form
+        "Add", "Conv", "DequantizeLinear", "Gemm", "HardSigmoid", "HardSwish", "MaxPool",
+        "Mul", "QuantizeLinear", "ReduceMean", "Relu", "Reshape",
+        # a linear layer as other exporters write it
+        "Flatten", "MatMul",
+    )
+)  # fmt: skip
+"""The (domain, op_type) pairs an entropi ONNX export writes (export/onnx_export.py and its int8
+QDQ form); any other operator (``Loop``, ``If``, ``Scan``, a custom domain's) is refused. An
+architecture whose export needs another adds it here (``export.verify`` refuses to write a file
+the device would refuse)."""
+TFLITE_OPS = frozenset(
+    (
+        # the export of every architecture in every form, float32 and full-integer int8
+        "ADD", "CONV_2D", "DENSIFY", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
+        "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RELU_0_TO_1", "TRANSPOSE",
+        # a linear layer or activation on its own, the int8 I/O conversions
+        "RELU", "RESHAPE", "QUANTIZE", "DEQUANTIZE",
+    )
+)  # fmt: skip
+"""The builtin operators an entropi TFLite export writes; any other (``WHILE``, ``IF``, a custom
+op) is refused."""
+
+
 def _one_line(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = escape_controls(" ".join(str(e).split())) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class EncoderRunner:
     """One loaded encoder file; ``runner(x)`` returns features.
 
-    ``label`` names the file in error messages (default: its path).
+    ``label`` names the file in error messages (default: its path). The file is checked by
+    :func:`inspect_encoder` (against ``input_shape``, the manifest's [C, H, W], when given;
+    ONNX external data only in ``data_files``) before the interpreter allocates anything.
     """
 
     def __init__(
@@ -54,6 +91,8 @@ class EncoderRunner:
         num_threads: int = 1,
         label: str | None = None,
         quantization: dict | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+        data_files: Collection[str] = (),
     ) -> None:
         self.path, self.format, self.feature_dim = Path(path), fmt, int(feature_dim)
         self.label = str(self.path) if label is None else label
@@ -62,7 +101,9 @@ class EncoderRunner:
         if fmt not in _RUNTIMES:
             raise BundleError(f"unknown encoder format {fmt!r}; known: tflite, onnx")
         try:
-            self._open(num_threads)
+            self._open(num_threads, input_shape, data_files)
+        except BundleError:
+            raise
         except ImportError as e:
             raise BundleError(
                 f"no interpreter for encoder {self.label}: install {_INSTALL[fmt]} ({e})"
@@ -127,27 +168,24 @@ class EncoderRunner:
                 raise BundleError(f"encoder file {self.label} has a {dtype} {side} without scale")
             setattr(self, "_q_in" if side == "input" else "_q_out", (scale, zero_point, dtype))
 
-    def _open(self, num_threads: int) -> None:
+    def _open(self, num_threads: int, input_shape, data_files) -> None:
         if self.format == "tflite":
-            from ai_edge_litert.interpreter import Interpreter
-
-            self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            self._interp = _tflite_interpreter(self.path, num_threads)
+            _check_input_shape(_inspect_tflite(self._interp, self.label), input_shape, self.label)
             self._interp.allocate_tensors()
-            inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
-            if len(inputs) != 1 or len(outputs) < 1:
-                raise ValueError(f"{len(inputs)} inputs and {len(outputs)} outputs (want 1 and 1)")
-            inp = inputs[0]
+            inp = self._interp.get_input_details()[0]
             self._in_index = inp["index"]
-            self._out_index = outputs[0]["index"]
+            self._out_index = self._interp.get_output_details()[0]["index"]
             sig = inp.get("shape_signature", inp["shape"])
-            if len(inp["shape"]) != 4:
-                raise ValueError(f"input of rank {len(inp['shape'])}, want 4 (N, C, H, W)")
             self.input_shape = tuple(int(s) for s in inp["shape"][1:])
             self.batch_size = None if int(sig[0]) == -1 else int(inp["shape"][0])
             self._resized_to = int(inp["shape"][0])
         else:
             import onnxruntime as ort
 
+            inspect_encoder(
+                self.path, "onnx", input_shape=input_shape, data_files=data_files, label=self.label
+            )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
@@ -220,3 +258,137 @@ class EncoderRunner:
                 f"{self.feature_dim}"
             )
         return out
+
+
+def inspect_encoder(
+    path: str | os.PathLike,
+    fmt: str,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    data_files: Collection[str] = (),
+    label: str | None = None,
+) -> tuple:
+    """Check the encoder file ``path`` before any interpreter allocates or runs anything (module
+    docstring) and return its input's [C, H, W] (-1: not fixed). ``input_shape`` (the
+    manifest's) must be the file's own; ONNX external data may come only from the files named
+    in ``data_files`` (plain names in the file's folder). :class:`.errors.BundleError` naming
+    the file (``label``, default its path) otherwise."""
+    path = Path(path)
+    label = str(path) if label is None else label
+    if fmt == "onnx":
+        shape = _inspect_onnx(path, data_files, label)
+    elif fmt == "tflite":
+        try:
+            interp = _tflite_interpreter(path, 1)
+        except ImportError as e:
+            raise BundleError(f"no interpreter for encoder {label}: install {_INSTALL[fmt]}") from e
+        except Exception as e:  # the interpreter's own errors on a damaged file
+            raise BundleError(
+                f"encoder file {label} could not be loaded by {_RUNTIMES[fmt]}: "
+                f"{type(e).__name__}: {_one_line(e)}"
+            ) from e
+        shape = _inspect_tflite(interp, label)
+    else:
+        raise BundleError(f"unknown encoder format {fmt!r}; known: tflite, onnx")
+    _check_input_shape(shape, input_shape, label)
+    return shape
+
+
+def _check_input_shape(shape: tuple, input_shape, label: str) -> None:
+    """The file's input [C, H, W] must be fixed and the manifest's ``input_shape``."""
+    if input_shape is None:
+        return
+    want = [int(d) for d in input_shape]
+    if list(shape) != want:
+        raise BundleError(
+            f"encoder file {label} takes inputs of shape [C, H, W] = {list(shape)} (-1: not "
+            f"fixed); the manifest's input.shape is {want}. The manifest does not describe "
+            "this encoder; copy the bundle again or re-bundle it"
+        )
+
+
+def _inspect_onnx(path: Path, data_files: Collection[str], label: str) -> tuple:
+    from ._onnx import summarize_onnx
+
+    try:
+        summary = summarize_onnx(path.read_bytes())
+    except OSError as e:
+        raise BundleError(f"cannot read encoder file {label}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise BundleError(f"encoder file {label} is not a valid ONNX model ({e})") from e
+    unknown = _refused_onnx(summary.ops)
+    if unknown:
+        raise BundleError(
+            f"encoder file {label} uses operators an entropi export never writes: "
+            f"{', '.join(repr(o) for o in unknown[:8])}; refused"
+        )
+    if summary.functions or summary.subgraphs:
+        raise BundleError(
+            f"encoder file {label} has {summary.functions} local functions and "
+            f"{summary.subgraphs} sub-graphs; an entropi export has none; refused"
+        )
+    foreign = sorted(summary.external - set(data_files))
+    if foreign:
+        raise BundleError(
+            f"encoder file {label} reads external data from "
+            f"{', '.join(repr(f) for f in foreign[:8])}, not a file listed and hashed in the "
+            "bundle's manifest; refused"
+        )
+    if len(summary.inputs) != 1 or len(summary.inputs[0][1]) != 4:
+        raise BundleError(
+            f"encoder file {label} has inputs {[list(d) for _, d in summary.inputs][:4]}; an "
+            "encoder takes one input of rank 4 (N, C, H, W)"
+        )
+    return tuple(d if isinstance(d, int) and d > 0 else -1 for d in summary.inputs[0][1][1:])
+
+
+def refused_ops(model: bytes, fmt: str) -> list[str]:
+    """The operators of the encoder file ``model`` (its bytes; ``fmt`` "onnx" or "tflite")
+    that :func:`inspect_encoder` refuses (ONNX: ``domain::op`` outside the default domain):
+    what an exporter checks so that it never writes a file the device will not load."""
+    if fmt == "onnx":
+        from ._onnx import summarize_onnx
+
+        return _refused_onnx(summarize_onnx(model).ops)
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=model)
+    return sorted({d["op_name"] for d in interp._get_ops_details()} - TFLITE_OPS)
+
+
+def _refused_onnx(ops: set[tuple[str, str]]) -> list[str]:
+    ops = {("" if d == "ai.onnx" else d, o) for d, o in ops}
+    return sorted(f"{d}::{o}" if d else o for d, o in ops - ONNX_OPS)
+
+
+def _tflite_interpreter(path: Path, num_threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter(model_path=str(path), num_threads=num_threads)
+
+
+def _inspect_tflite(interp, label: str) -> tuple:
+    """Operators and input of a TFLite interpreter whose tensors are not allocated yet."""
+    try:
+        ops = {d["op_name"] for d in interp._get_ops_details()}
+        inputs, outputs = interp.get_input_details(), interp.get_output_details()
+    except Exception as e:  # the interpreter's own errors on a damaged file
+        raise BundleError(
+            f"encoder file {label} could not be read by {_RUNTIMES['tflite']}: "
+            f"{type(e).__name__}: {_one_line(e)}"
+        ) from e
+    unknown = sorted(ops - TFLITE_OPS)
+    if unknown:
+        raise BundleError(
+            f"encoder file {label} uses operators an entropi export never writes: "
+            f"{', '.join(repr(o) for o in unknown[:8])}; refused"
+        )
+    if len(inputs) != 1 or len(outputs) < 1 or len(inputs[0]["shape"]) != 4:
+        raise BundleError(
+            f"encoder file {label} has {len(inputs)} inputs and {len(outputs)} outputs; an "
+            "encoder takes one input of rank 4 (N, C, H, W) and returns features"
+        )
+    inp = inputs[0]
+    sig = inp.get("shape_signature", inp["shape"])
+    dims = zip(inp["shape"][1:], sig[1:], strict=True)
+    return tuple(int(d) if int(s) > 0 else -1 for d, s in dims)

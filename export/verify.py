@@ -27,6 +27,7 @@ __all__ = [
     "compare_arrays",
     "compare_onnx_torch",
     "compare_tflite_torch",
+    "device_ops_check",
     "run_onnx",
     "run_tflite",
     "torch_features",
@@ -101,9 +102,27 @@ def open_tflite(model: ModelSource, *, num_threads: int | None = None, what: str
     return interp
 
 
+def device_ops_check(model: ModelSource, fmt: str) -> None:
+    """Refuse (:class:`~entropi.export.ExportError`) an exported file whose operators the device
+    runtime would refuse when it loads the bundle (:data:`entropi.device.encoder.ONNX_OPS` /
+    ``TFLITE_OPS``): an export that adds an operator must add it there too, or every bundle of
+    it would be unusable."""
+    from entropi.device.encoder import refused_ops
+
+    unknown = refused_ops(load_model_bytes(model), fmt)
+    if unknown:
+        raise ExportError(
+            f"the exported {fmt} file {_label(model)} uses operators the device runtime refuses: "
+            f"{', '.join(unknown)}; add them to entropi.device.encoder.{fmt.upper()}_OPS if the "
+            "device may run them"
+        )
+
+
 def run_onnx(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
-    """Run an ONNX file (path or bytes) in onnxruntime on one float32 NCHW batch."""
+    """Run an ONNX file (path or bytes) in onnxruntime on one float32 NCHW batch, after
+    :func:`device_ops_check`."""
     ort = require("onnxruntime", "export", "verifying an ONNX file")
+    device_ops_check(model, "onnx")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(load_model_bytes(model), opts, providers=["CPUExecutionProvider"])
@@ -113,7 +132,8 @@ def run_onnx(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
 
 def run_tflite(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
     """Run a TFLite file (path or bytes) in the stock LiteRT interpreter, one sample at a time
-    when the model's batch dimension is 1."""
+    when the model's batch dimension is 1, after :func:`device_ops_check`."""
+    device_ops_check(model, "tflite")
     interp = open_tflite(model, what="verifying")
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
