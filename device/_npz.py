@@ -22,6 +22,7 @@ import dataclasses
 import io
 import math
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -95,10 +96,7 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
 @contextmanager
 def _open_zip(path: str | os.PathLike) -> Iterator[tuple[object, zipfile.ZipFile]]:
     """``(raw file, ZipFile)`` of ``path``; :class:`DataError` when it is not a readable zip."""
-    try:
-        raw = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
-    except IsADirectoryError as e:
-        raise DataError(f"{path} is a directory, not an .npz file") from e
+    raw = _open_regular(path)
     try:
         try:
             zf = zipfile.ZipFile(raw)
@@ -110,6 +108,24 @@ def _open_zip(path: str | os.PathLike) -> Iterator[tuple[object, zipfile.ZipFile
             yield raw, zf
     finally:
         raw.close()
+
+
+def _open_regular(path: str | os.PathLike):
+    """``path`` opened for unbuffered binary reading; :class:`DataError` unless it is a
+    regular file (a FIFO would block the reader, a device such as ``/dev/zero`` never ends)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError as e:
+        raise DataError(f"{path} is a directory, not an .npz file") from e
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{path} is not a regular file (a FIFO, device or socket); not an .npz")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def npz_names(path: str | os.PathLike) -> list[str]:

@@ -24,6 +24,7 @@ __all__ = [
     "ResumeError",
     "Terminated",
     "TrainConfigError",
+    "escape_controls",
     "one_line",
     "report_bug",
     "sigterm_raises",
@@ -83,21 +84,32 @@ class TrainConfigError(DeviceError):
 
 def one_line(e: BaseException) -> str:
     """The message of ``e`` on one line, as both CLIs print it (an OSError: its text and the path
-    it concerns)."""
+    it concerns), control characters escaped (:func:`escape_controls`)."""
     if isinstance(e, OSError) and e.strerror:
         text = f"{e.strerror}: {e.filename}" if e.filename else e.strerror
     else:
         text = str(e) or type(e).__name__
-    return " ".join(text.split())
+    return escape_controls(" ".join(text.split()))
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character but those in ``keep`` written as its Python
+    escape (ESC as ``\\x1b``, BEL, NUL, DEL, the C1 controls, format characters such as
+    U+202E, a lone surrogate of an undecodable file name): a file name in an error line cannot
+    then move the cursor, recolour the terminal or hide what follows it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
 def say(line: str) -> None:
     """Write ``line`` and its newline to stderr in one write, flushed: processes that share the
     pipe (the ranks of a torchrun job) then never splice each other's lines, as ``print``'s
-    separate writes of text and newline can."""
+    separate writes of text and newline can. Control characters but newlines are escaped
+    (:func:`escape_controls`)."""
     import sys
 
-    sys.stderr.write(line + "\n")
+    sys.stderr.write(escape_controls(line, keep="\n") + "\n")
     sys.stderr.flush()
 
 
@@ -108,11 +120,12 @@ def report_bug(prog: str) -> None:
 
     from .io import package_version
 
-    traceback.print_exc()
+    say(traceback.format_exc().rstrip("\n"))  # escaped: a file name in it cannot drive the tty
     say(
         f"{prog}: internal error (a bug in entropi {package_version()}, not in your input); "
         "please report it with the traceback above and the command you ran"
     )
+
 
 class Terminated(BaseException):
     """SIGTERM arrived while a CLI ran (raised by the handler :func:`sigterm_raises` installs):

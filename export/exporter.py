@@ -219,8 +219,7 @@ def export_encoder(
     if not isinstance(n_random, int) or n_random < 1:
         raise ExportError(f"n_random must be >= 1 (random verification inputs), got {n_random}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    _check_out_dir(out_dir)  # before any work
     tol = {
         "atol": DEFAULT_ATOL if atol is None else atol,
         "rtol": DEFAULT_RTOL if rtol is None else rtol,
@@ -431,7 +430,8 @@ def _check_int8(fmt, module, path: Path, real, reference, min_cosine, sparse, io
             f"int8 {fmt.label} model {path.name}: mean cosine of its features to the float "
             f"encoder's on {error['n']} real images is {error['mean_cos']:.4f} < min_cosine "
             f"{min_cosine} (max relative error {error['max_rel']:.3g}); calibrate on more "
-            "images or keep the float export"
+            "images (--calibration-images), accept it (--min-cosine), leave the format out "
+            "(--format), or keep the float export"
         )
     zeros = pruned_zeros_kept(module, path)
     if not zeros["all_kept"]:
@@ -479,14 +479,22 @@ def _move_into_place(tmp: Path, out_dir: Path, names: list[str]) -> None:
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
-    if not out_dir.exists():
+    if not os.path.lexists(out_dir):
         os.replace(tmp, out_dir)
         return
-    if not out_dir.is_dir():
-        raise ExportError(f"output path {out_dir} exists and is not a directory")
+    _check_out_dir(out_dir)
     for name in names:  # export.json last: it describes the files already in place
         os.replace(tmp / name, out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """An existing ``out_dir`` must be a real folder: files are never renamed through a link."""
+    if os.path.lexists(out_dir) and (out_dir.is_symlink() or not out_dir.is_dir()):
+        raise ExportError(
+            f"output path {out_dir} exists and is not a directory (a file, or a symbolic link "
+            "entropi did not create); remove it, or choose another path"
+        )
 
 
 def _param_count(module: nn.Module) -> int:
