@@ -27,9 +27,21 @@ dependencies of the ``tflite`` / ``export`` extras. litert-torch converts a torc
 kernels; onnxruntime's ``quantize_static`` writes the QDQ form that its own optimizer fuses.
 
 Scheme (both formats): weights int8 per output channel, symmetric (zero point 0, range
-[-127, 127]: ``q = round(w / s_c)``, ``s_c = max|w_c| / 127``); activations int8 per tensor,
-affine, their ranges calibrated over the N calibration images fed one at a time (TFLite: the
-PT2E histogram observer; ONNX: MinMax); biases int32 (scale = input scale * weight scale).
+[-127, 127]: ``q = round(w / s_c)``, ``s_c = max|w_c| / 127``; ONNX: 7 bits, [-64, 64], below);
+activations int8 per tensor, affine, their ranges calibrated over the N calibration images fed
+one at a time (TFLite: the PT2E histogram observer; ONNX: MinMax); biases int32 (scale = input
+scale * weight scale).
+
+Why the ONNX weights have 7 bits (``reduce_range``): on x86 onnxruntime turns int8 QDQ
+activations into uint8 and runs the convolutions with the U8S8 kernels; on a CPU without VNNI
+(AVX2 or AVX-512 alone) these sum two ``uint8 x int8`` products in int16 (``VPMADDUBSW``), which
+saturates once ``2 x 255 x |q_w|`` exceeds 32767: full-range per-channel weights lose
+accuracy there and not on a VNNI machine (the quickstart's rung 0 was reported at a mean cosine
+of 0.9644 on one host; a VNNI host measures 0.99996 for it). With ``|q_w| <= 64`` the sum stays
+below 32767 on every kernel, for a measured cost of ~1e-4 in mean cosine (quickstart rung 0,
+VNNI host: 0.99996 -> 0.99989 on 200 CIFAR-100 test images). MinMax stays the activation
+calibration: entropy calibration gave the same cosine there, percentile (99.99 / 99.999) a lower
+one and a larger max_rel, and the distribution method broke the features (0.38).
 Because weights are symmetric, ``round(0 / s) = 0``: a pruned weight stays exactly zero, and a
 surviving weight rounds to zero only when ``|w| < s_c / 2`` (:func:`pruned_zeros_kept` counts
 both). The device quantizes a float input with ``q = clip(round(x / s) + z, -128, 127)`` and
@@ -545,6 +557,7 @@ def onnx_qdq_bytes(
                 _Reader(),
                 quant_format=quant.QuantFormat.QDQ,
                 per_channel=True,
+                reduce_range=True,  # 7-bit weights: no int16 saturation (module docstring)
                 activation_type=quant.QuantType.QInt8,
                 weight_type=quant.QuantType.QInt8,
                 calibrate_method=quant.CalibrationMethod.MinMax,
@@ -573,10 +586,11 @@ def quantize_onnx_qdq(
 ) -> dict[str, Any]:
     """Write the int8 QDQ form of the float ONNX file ``onnx_float_path`` at ``path``
     (atomically): ``quant_pre_process`` (shape inference, ORT graph optimization), then
-    ``quantize_static`` (QDQ, per-channel symmetric int8 weights, int8 per-tensor activations,
-    MinMax over the calibration images, one at a time). Sparse initializers are densified first;
-    ``metadata_props`` are kept. I/O stays float32, so ``input`` / ``output`` of the returned
-    dict (keys as :func:`quantize_tflite_int8`'s) have scale and zero point None.
+    ``quantize_static`` (QDQ, per-channel symmetric 7-bit weights in int8, int8 per-tensor
+    activations, MinMax over the calibration images, one at a time; module docstring). Sparse
+    initializers are densified first; ``metadata_props`` are kept. I/O stays float32, so
+    ``input`` / ``output`` of the returned dict (keys as :func:`quantize_tflite_int8`'s) have
+    scale and zero point None.
     """
     data, info = onnx_qdq_bytes(onnx_float_path, calibration)
     atomic_write_bytes(path, data)

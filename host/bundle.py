@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from .checkpoint import load_rung, resolve_rung
 from .rundir import RunDir
 
 __all__ = [
+    "BundleChoice",
     "bundle_rung",
     "calibration_images",
     "run_calibration",
@@ -89,13 +91,14 @@ def export_rung(
     rtol: float | None = None,
     quantize: str = "none",
     calibration: np.ndarray | None = None,
-    min_cosine: float = DEFAULT_MIN_COSINE,
+    min_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Export rung ``rung`` (``"selected"`` or an index) of the run in ``rundir``.
 
     With ``quantize="int8"`` the int8 files are calibrated on ``calibration`` (uint8 images;
     default :func:`calibration_images` of the run) and checked on ``verify_images`` (default:
-    the run's target test images) against the float encoder.
+    the run's target test images) against the float encoder: refused below ``min_cosine``
+    (default: the run's ``[export] min_cosine``).
 
     Writes to ``out_dir`` (default ``RUNDIR/export``) and returns export.json's content (see
     :func:`entropi.export.export_encoder` for the rest of the arguments). Raises
@@ -115,6 +118,9 @@ def export_rung(
             calibration = run_calibration(run, target=tgt)
         if verify_images is None:
             verify_images = tgt.x_test[: _run_config(run).export.verify_images or 64]
+    if min_cosine is None:
+        int8 = quantize != "none"
+        min_cosine = _run_config(run).export.min_cosine if int8 else DEFAULT_MIN_COSINE
     encoder, info = load_rung(run, index)
     return export_encoder(
         encoder,
@@ -198,7 +204,7 @@ def ensure_export(
     verify_images=None,
     quantize: str = "none",
     calibration: np.ndarray | None = None,
-    min_cosine: float = DEFAULT_MIN_COSINE,
+    min_cosine: float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Export ``rung`` into RUNDIR/export unless an export of that rung with those files exists.
 
@@ -206,8 +212,9 @@ def ensure_export(
     rung file as it is now (``rung_sha256``; an export without it, from an older entropi, is
     redone), and every wanted file is there with the sha256 export.json records; with
     ``quantize``, also the same calibration set (``calibration_sha256``; default: the run's
-    :func:`calibration_images`) and ``min_cosine``. A new export of the same rung also writes
-    the forms the old one had. Returns the export folder and export.json's content.
+    :func:`calibration_images`) and ``min_cosine`` (default: the run's ``[export]
+    min_cosine``). A new export of the same rung also writes the forms the old one had. Returns
+    the export folder and export.json's content.
     """
     from entropi.export.exporter import calibration_digest
 
@@ -219,6 +226,8 @@ def ensure_export(
     index = resolve_rung(run, rung)
     if quantize != "none" and calibration is None:
         calibration = run_calibration(run)
+    if quantize != "none" and min_cosine is None:
+        min_cosine = _run_config(run).export.min_cosine
     out = run.export
     try:
         info = run.read_json(out / "export.json")
@@ -273,29 +282,64 @@ def _reusable(info: dict, out: Path, index: int, digest: str, wanted: set[str]) 
     return True
 
 
+@dataclass(frozen=True)
+class BundleChoice:
+    """What `entropi bundle` packages (:func:`bundle_choice`)."""
+
+    form: str
+    dtype: str
+    formats: tuple[str, ...]
+    picked: tuple[str, ...]
+    """Which of ``form``, ``dtype``, ``formats`` the row ``entropi select --flash/--ram`` picked
+    supplied (the others were asked for, or are the defaults)."""
+
+
 def bundle_choice(
     rundir: str | os.PathLike | RunDir,
     rung: str | int = "selected",
     form: str | None = None,
     dtype: str | None = None,
-) -> tuple[str, str, bool]:
-    """The ``(form, dtype, picked)`` to bundle: ``form`` / ``dtype`` as given; for the one not
-    given, the row ``entropi select --flash/--ram`` picked for the selected rung (results.json
-    ``deployment.pick``) when ``rung`` is ``"selected"``, else ``compact`` / ``float32``.
-    ``picked``: whether the pick supplied one."""
-    pick = None
-    if rung == "selected" and (form is None or dtype is None):
-        run = _run(rundir)
-        try:
-            results = run.read_json(run.results) or {}
-        except ValueError:
-            results = {}
-        if isinstance(results, dict):
-            pick = (results.get("deployment") or {}).get("pick")
-        if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
-            pick = None
-    chosen = (pick or {}).get("form", "compact"), (pick or {}).get("dtype", "float32")
-    return form or chosen[0], dtype or chosen[1], pick is not None
+    formats: Sequence[str] | None = None,
+) -> BundleChoice:
+    """The form, dtype and formats to bundle: each as given; for one not given, the row
+    ``entropi select --flash/--ram`` picked for the selected rung (results.json
+    ``deployment.pick``) when ``rung`` is ``"selected"`` and there is a pick (its formats: the
+    one format the fit was measured in, the one the device runs), else ``compact``, ``float32``
+    and every format."""
+    pick: dict = {}
+    if rung == "selected" and (form is None or dtype is None or formats is None):
+        pick = _deploy_pick(_run(rundir))
+    given = {"form": form, "dtype": dtype, "formats": tuple(formats) if formats else None}
+    picked = tuple(k for k, v in given.items() if v is None and k in pick)
+    if pick and formats is None and ("form" in picked or "dtype" in picked):
+        given["formats"] = pick["formats"]
+        picked += ("formats",)
+    return BundleChoice(
+        form=given["form"] or pick.get("form", "compact"),
+        dtype=given["dtype"] or pick.get("dtype", "float32"),
+        formats=given["formats"] or FORMAT_NAMES,
+        picked=tuple(k for k in given if k in picked),
+    )
+
+
+def _deploy_pick(run: RunDir) -> dict:
+    """``{"form", "dtype", "formats"}`` of the deployment pick of the selected rung in
+    results.json; empty when there is none (or it names no known form, dtype or format)."""
+    try:
+        results = run.read_json(run.results) or {}
+    except ValueError:
+        return {}
+    if not isinstance(results, dict):
+        return {}
+    pick = (results.get("deployment") or {}).get("pick")
+    if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
+        return {}
+    form, dtype, fmt = pick.get("form"), pick.get("dtype"), pick.get("format", "tflite")
+    if not all(isinstance(v, str) for v in (form, dtype, fmt)):
+        return {}
+    if form not in ENCODER_FORMS or dtype not in ("float32", "int8") or fmt not in FORMATS:
+        return {}
+    return {"form": form, "dtype": dtype, "formats": (fmt,)}
 
 
 def bundle_rung(

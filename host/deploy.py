@@ -2,10 +2,10 @@
 
 For every rung of a run, every encoder form (:data:`~entropi.export.formats.ENCODER_FORMS`:
 ``compact``, dead channels removed; ``sparse``, pruned weights stored sparse; ``compact-dense``,
-dead channels removed and weights stored dense) and every dtype (float32; int8 when asked),
+dead channels removed and weights stored dense) and every dtype a bundle can hold
+(:data:`DTYPES`: float32 and int8, whatever the run's ``[export] quantize`` says),
 :func:`deployment_table` builds the TFLite file the device would run (the exporter's own
-writers, in memory: the same bytes ``entropi export`` writes, without its verification) and
-records
+writers, in memory: the same bytes ``entropi export`` writes) and records
 
 - ``flash_bytes`` = the encoder file + the head (``(feature_dim + 1) x classes`` float32);
 - ``ram_bytes`` = the inference activation peak from the graph
@@ -15,7 +15,18 @@ records
   device budget planner (:func:`~entropi.device.budget.plan_memory` for the run's
   ``[device_train]`` settings: buffers + reserve);
 - ``latency_ms``: the median of one-image invocations in the LiteRT interpreter on this host
-  (relative: a device is slower), and ``accuracy``: the rung's probe accuracy (float features).
+  (relative: a device is slower), and ``accuracy``: the rung's probe accuracy (float features);
+- int8 rows, ``int8_mean_cos``: the mean cosine of the int8 file's features to the float
+  file's on the run's verification images (``[export] verify_images`` target test images), the
+  measure ``entropi export`` checks.
+
+int8 rows are calibrated on demand, on the run's own calibration set
+(:func:`~entropi.host.bundle.run_calibration`: a seeded draw of its target training images,
+``[export] calibration_images``); the compact and compact-dense rows of a rung share one
+quantization (they differ only in how the weights are stored). A row that cannot be built (no
+int8 quantizer installed, the run's target not loadable, an op without an int8 kernel) or whose
+int8 features fall below ``[export] min_cosine`` (so that ``entropi export`` would refuse the
+file) is left out of the table, and :func:`deployment_table` logs each one with its reason.
 
 The table is cached in RUNDIR/deploy/table.json, keyed by each rung file's sha256 and the
 settings, so a second ``entropi select --flash`` reads it. :func:`fit_rule` is the selection:
@@ -38,6 +49,7 @@ from .rundir import RunDir
 
 __all__ = [
     "DEPLOY_VERSION",
+    "DTYPES",
     "DeployError",
     "deployment_table",
     "fit_rule",
@@ -45,8 +57,10 @@ __all__ = [
     "table_markdown",
 ]
 
-DEPLOY_VERSION = 2
+DEPLOY_VERSION = 3
 """Version of RUNDIR/deploy/table.json's rows (a change recomputes them)."""
+DTYPES = ("float32", "int8")
+"""The dtypes of the table: every dtype a device bundle can hold."""
 FORMS = ("compact", "sparse", "compact-dense")
 """The encoder forms of the table (every form of ENCODER_FORMS)."""
 
@@ -111,26 +125,25 @@ def _float_file(modules: dict[bool, Any], encoder, info, form: str) -> tuple[Any
     return module, data
 
 
-def _row(
-    module, float_data: bytes, info, form: str, dtype: str, calibration: np.ndarray | None
-) -> dict:
-    """Measure what one (rung, form, dtype) file needs: the float32 file itself, or its int8
-    form calibrated on ``calibration`` (uint8 images)."""
+def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibration) -> bytes:
+    """The int8 TFLite file of ``form``, quantized once per module (``quantized``, keyed by
+    whether it is compacted: compact and compact-dense share it) and stored as the form says."""
     from entropi.export import images_to_inputs
-    from entropi.export.footprint import tflite_footprint, tflite_latency_ms
-    from entropi.export.formats import ENCODER_FORMS, FORMATS
+    from entropi.export.formats import ENCODER_FORMS
+    from entropi.export.quantize import tflite_int8_bytes
+    from entropi.export.tflite_export import sparsify_tflite
 
-    data = float_data
-    if dtype == "int8":
+    spec = ENCODER_FORMS[form]
+    if spec.compact not in quantized:
         cal = images_to_inputs(calibration, info.normalization)
-        data, _, _ = FORMATS["tflite"].quantize(
-            module,
-            data,
-            cal,
-            input_shape=info.input_shape,
-            sparse=ENCODER_FORMS[form].sparse,
-            metadata={},
-        )
+        quantized[spec.compact] = tflite_int8_bytes(module, cal, input_shape=info.input_shape)[0]
+    return sparsify_tflite(quantized[spec.compact], sparse=spec.sparse, metadata={})[0]
+
+
+def _measure(data: bytes) -> dict:
+    """What one TFLite file needs: its bytes, activation peak, densified weights, latency."""
+    from entropi.export.footprint import tflite_footprint, tflite_latency_ms
+
     fp = tflite_footprint(data)
     return {
         "file_bytes": len(data),
@@ -140,25 +153,64 @@ def _row(
     }
 
 
+def _int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray) -> float:
+    """Mean cosine of the int8 file's features to the float file's on ``images`` (uint8)."""
+    from entropi.export import images_to_inputs
+    from entropi.export.formats import FORMATS
+    from entropi.export.quantize import int8_feature_error
+
+    x = images_to_inputs(images, info.normalization)
+    tfl = FORMATS["tflite"]
+    return int8_feature_error(tfl.run(float_data, x), tfl.run_quantized(int8_data, x))["mean_cos"]
+
+
+class _Int8Inputs:
+    """The run's int8 calibration and verification images, loaded on the first int8 row (or
+    the reason they cannot be: then every int8 row is left out with it)."""
+
+    def __init__(self, cfg, run: RunDir, calibration: np.ndarray | None) -> None:
+        self.cfg, self.run, self.calibration = cfg, run, calibration
+        self.verify: np.ndarray | None = None
+        self.error: str | None = None
+
+    def load(self) -> bool:
+        if self.verify is not None or self.error is not None:
+            return self.error is None
+        from .bundle import run_calibration, run_target
+
+        try:
+            tgt = run_target(self.run)
+            if self.calibration is None:
+                self.calibration = run_calibration(self.run, target=tgt)
+            self.verify = tgt.x_test[: self.cfg.export.verify_images or 64]
+            if len(self.verify) == 0:
+                self.verify = self.calibration[:64]
+        except (EntropiError, OSError) as e:
+            self.error = f"the run's target images (int8 calibration) cannot be loaded: {e}"
+        return self.error is None
+
+
 def deployment_table(
     cfg,
     run: RunDir,
     *,
-    dtypes: Sequence[str] = ("float32",),
+    dtypes: Sequence[str] | None = None,
     forms: Sequence[str] = FORMS,
     calibration: np.ndarray | None = None,
     num_classes: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every (rung, form, dtype) row of the run (module docstring), cached in
-    RUNDIR/deploy/table.json. ``calibration``: uint8 target images for the int8 rows (default:
-    :func:`~entropi.host.bundle.calibration_images` of the run's target)."""
-    from .bundle import calibration_images, run_target, rung_hash
+    RUNDIR/deploy/table.json. ``dtypes`` default to :data:`DTYPES`; ``calibration``: uint8
+    target images for the int8 rows (default: :func:`~entropi.host.bundle.run_calibration`).
+    Rows left out (module docstring) are logged with their reason."""
+    from .bundle import rung_hash
     from .checkpoint import load_rung
     from .progress import progress
 
-    bad = [d for d in dtypes if d not in ("float32", "int8")]
+    dtypes = tuple(DTYPES if dtypes is None else dtypes)
+    bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
-        raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: ['float32', 'int8']")
+        raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: {list(DTYPES)}")
     bad = [f for f in forms if f not in FORMS]
     if bad or not forms:
         raise DeployError(f"unknown form(s) {bad or list(forms)}; valid: {list(FORMS)}")
@@ -175,71 +227,97 @@ def deployment_table(
     n_rungs = len(run.rung_files())
     if n_rungs == 0:
         raise DeployError(f"{run.root} has no rungs; run `entropi run` or `entropi prune` first")
-    settings = f"cal{cfg.export.calibration_images}-seed{cfg.seed}"
+    e = cfg.export
+    settings = f"cal{e.calibration_images}-seed{cfg.seed}-verify{e.verify_images}"
     todo = [(i, form, dtype) for i in range(n_rungs) for form in forms for dtype in dtypes]
-    rows, fresh = [], 0
+    rows, left_out, fresh = [], [], 0
+    int8_inputs = _Int8Inputs(cfg, run, calibration)
     bar = progress(total=len(todo), desc="deploy table", unit="file")
     try:
         digests = {i: rung_hash(run, i) for i in range(n_rungs)}
         loaded: dict[int, Any] = {}
         built: dict[str, tuple[Any, bytes]] = {}  # form -> (module, float file) of that rung
         modules: dict[bool, Any] = {}  # compacted? -> the folded module of that rung
+        quantized: dict[bool, bytes] = {}  # compacted? -> the dense int8 file of that rung
         head_plans: dict[tuple[int, int], int | None] = {}  # (feature_dim, classes) -> bytes
         for i, form, dtype in todo:
+            bar.update(1)
             key = f"{digests[i][:16]}-{form}-{dtype}-{settings if dtype == 'int8' else ''}"
             measured = rows_cache.get(key)
             if measured is None:
+                if dtype == "int8" and not int8_inputs.load():
+                    left_out.append((i, form, dtype, int8_inputs.error))
+                    continue
                 if i not in loaded:  # one rung in memory at a time
-                    loaded, built, modules = {i: load_rung(run, i)}, {}, {}
+                    loaded, built, modules, quantized = {i: load_rung(run, i)}, {}, {}, {}
                 encoder, info = loaded[i]
                 if form not in built:  # the float file of (rung, form), shared by its dtypes
                     built[form] = _float_file(modules, encoder, info, form)
-                if dtype == "int8" and calibration is None:
-                    calibration = calibration_images(
-                        run_target(run).x_train, cfg.export, seed=cfg.seed
-                    )
+                module, data = built[form]
+                extra = {}
+                if dtype == "int8":
+                    try:
+                        int8 = _int8_file(quantized, module, info, form, int8_inputs.calibration)
+                        extra["int8_mean_cos"] = _int8_cos(data, int8, info, int8_inputs.verify)
+                    except EntropiError as err:
+                        left_out.append((i, form, dtype, str(err)))
+                        continue
+                    data = int8
                 measured = {
-                    **_row(*built[form], info, form, dtype, calibration),
+                    **_measure(data),
+                    **extra,
                     "feature_dim": int(info.feature_dim or encoder.feature_dim),
                     "alpha": float(info.alpha),
                 }
                 rows_cache[key] = measured
                 fresh += 1
-            score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
-            d = measured["feature_dim"]
-            c = classes or 2
-            if (d, c) not in head_plans:
-                head_plans[d, c] = _head_plan_bytes(cfg, d, c)
-            head_plan = head_plans[d, c]
-            ram = (
-                None
-                if head_plan is None
-                else measured["activation_peak_bytes"] + measured["densified_bytes"] + head_plan
-            )
-            rows.append(
-                {
-                    "rung": i,
-                    "alpha": measured["alpha"],
-                    "form": form,
-                    "dtype": dtype,
-                    "format": "tflite",
-                    "file_bytes": measured["file_bytes"],
-                    "head_bytes": _head_bytes(d, c),
-                    "flash_bytes": measured["file_bytes"] + _head_bytes(d, c),
-                    "activation_peak_bytes": measured["activation_peak_bytes"],
-                    "densified_bytes": measured["densified_bytes"],
-                    "head_train_bytes": head_plan,
-                    "ram_bytes": ram,
-                    "latency_ms": measured["latency_ms"],
-                    "accuracy": score.get("probe_accuracy"),
-                }
-            )
-            bar.update(1)
+            cos = measured.get("int8_mean_cos")
+            if cos is not None and not cos >= e.min_cosine:
+                left_out.append(
+                    (i, form, dtype, f"int8 features' mean cosine {cos:.4f} < [export] "
+                     f"min_cosine {e.min_cosine}, so `entropi export` would refuse the file")
+                )  # fmt: skip
+                continue
+            rows.append(_table_row(cfg, run, i, form, dtype, measured, classes, head_plans))
     finally:
         bar.close()
     if fresh:
         run.write_json(cache_path, {"version": DEPLOY_VERSION, "rows": rows_cache})
+    for i, form, dtype, why in left_out:
+        run.log(f"select: deploy: left out rung {i} {form} {dtype}: {why}")
     return rows
+
+
+def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) -> dict:
+    """One row of the table: a measured file plus the head's flash and training RAM."""
+    score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
+    d = measured["feature_dim"]
+    c = classes or 2
+    if (d, c) not in head_plans:
+        head_plans[d, c] = _head_plan_bytes(cfg, d, c)
+    head_plan = head_plans[d, c]
+    ram = (
+        None
+        if head_plan is None
+        else measured["activation_peak_bytes"] + measured["densified_bytes"] + head_plan
+    )
+    return {
+        "rung": i,
+        "alpha": measured["alpha"],
+        "form": form,
+        "dtype": dtype,
+        "format": "tflite",
+        "file_bytes": measured["file_bytes"],
+        "head_bytes": _head_bytes(d, c),
+        "flash_bytes": measured["file_bytes"] + _head_bytes(d, c),
+        "activation_peak_bytes": measured["activation_peak_bytes"],
+        "densified_bytes": measured["densified_bytes"],
+        "head_train_bytes": head_plan,
+        "ram_bytes": ram,
+        "latency_ms": measured["latency_ms"],
+        "accuracy": score.get("probe_accuracy"),
+        **({"int8_mean_cos": measured["int8_mean_cos"]} if dtype == "int8" else {}),
+    }
 
 
 def fit_rule(
@@ -315,8 +393,8 @@ def _label(r: dict) -> str:
 def table_markdown(rows: Sequence[dict], pick: dict | None = None) -> str:
     """The deployment table as markdown (the report's section)."""
     lines = [
-        "| rung | alpha | form | dtype | flash | RAM | latency (ms) | probe acc |",
-        "|---:|---:|---|---|---:|---:|---:|---:|",
+        "| rung | alpha | form | dtype | flash | RAM | latency (ms) | probe acc | int8 cos |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mark = (
@@ -327,8 +405,9 @@ def table_markdown(rows: Sequence[dict], pick: dict | None = None) -> str:
         )
         ram = "-" if r["ram_bytes"] is None else format_size(r["ram_bytes"])
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}"
+        cos = "-" if r.get("int8_mean_cos") is None else f"{r['int8_mean_cos']:.4f}"
         lines.append(
             f"| {r['rung']} | {r['alpha']:.4f} | {r['form']} | {r['dtype']}{mark} | "
-            f"{format_size(r['flash_bytes'])} | {ram} | {r['latency_ms']:.2f} | {acc} |"
+            f"{format_size(r['flash_bytes'])} | {ram} | {r['latency_ms']:.2f} | {acc} | {cos} |"
         )
     return "\n".join(lines) + "\n"
