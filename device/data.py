@@ -11,7 +11,7 @@ the function the host uses too).
 
 Image folders: files with a suffix in :data:`IMAGE_SUFFIXES` (any case); classes are the sorted
 names of the visible sub-folders (hidden ones, ``.git``, ``.ipynb_checkpoints``, any ``.*``, are
-skipped). A corrupt or non-image file with such a suffix is refused with a
+skipped, and so are hidden files). A corrupt or non-image file with such a suffix is refused with a
 :class:`.errors.DataError` naming it (when its chunk is decoded), never skipped. A folder holding
 any of ``train``/``val``/``test`` uses the split layout; a split it lacks is an error. In the split
 layout the classes are the ``train`` split's, matched by name: a ``test`` (or ``val``) split
@@ -271,14 +271,15 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """Sorted image files of ``folder`` (suffix in :data:`IMAGE_SUFFIXES`, any case): the one
     listing rule of the device and the host.
 
-    Files with other suffixes are ignored. An entry with an image suffix that is a symbolic link
+    Files with other suffixes are ignored, and so are hidden ones (``._x.jpg``, the resource
+    forks a macOS copy leaves, ``.x.png``). An entry with an image suffix that is a symbolic link
     (wherever it points) or not a regular file (a folder named ``x.png``, a device, a pipe)
     raises :class:`.errors.DataError` naming it: nothing outside ``folder`` is ever opened.
     """
     folder = Path(folder)
     files = []
     for p in folder.iterdir():
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):
             continue
         kind = _entry_kind(p)
         if kind == "link":

@@ -136,3 +136,16 @@ def test_a_uint64_label_over_2_63_is_too_large_not_negative(tmp_path):
     ):
         with pytest.raises(EntropiError, match=r"holds label 9223372036854775808, too large"):
             load()
+
+
+def test_hidden_files_are_skipped_and_an_empty_computed_split_is_refused(tmp_path):
+    """The same classes: ``._x.png`` (a macOS resource fork, not an image) is hidden, not a
+    corrupt image; a test share that leaves no training image is refused, not trained on."""
+    flat = tmp_path / "flat"
+    _pngs(flat, "ab", 2)
+    (flat / "a" / "._000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    x, y, _ = _device(flat, "train")
+    assert len(x) == 4
+    assert len(_host(flat, "test")) == 2
+    with pytest.raises(EntropiError, match=r"flat train split \(a 0\.9 test share.*holds no images"):
+        load_spec(f"imagefolder:{flat}", "train", [], download=False, prep=P8, test_fraction=0.9)

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.device.data import ImageSet, has_split, list_classes, list_subfolders, load_images
+from entropi.device.data import (
+    ImageSet,
+    has_split,
+    list_classes,
+    list_subfolders,
+    load_images,
+    require_images,
+)
 from entropi.device.imageprep import Preprocess, convert_image
 
 from .archive import DownloadError
@@ -379,7 +386,11 @@ def _split_indices(y: np.ndarray, split: str, test_fraction: float, seed: int, w
             f"into train and test"
         )
     test, train = stratified_split(y, fraction=test_fraction, seed=seed)
-    return test if split == "test" else train
+    idx = test if split == "test" else train
+    require_images(
+        len(idx), f"{where} {split} split (a {test_fraction:g} test share of each class)"
+    )
+    return idx
 
 
 def _check_classes(ds_classes: list[str], where) -> None:
