@@ -74,7 +74,8 @@ def run_all(
     and score rungs, rank 0 alone writes, selects, exports and returns the results; the others
     return an empty dict after the score stage."""
     distributed.init()  # under torchrun: join the job; otherwise one process, as always
-    if cfg is not None and not resume:  # a bad data spec fails before the run folder is made
+    if cfg is not None and not resume:  # a bad device or data spec fails before the folder is made
+        pick_device(cfg.device)
         distributed.main_first(partial(check_data, cfg))
     cfg, run = open_on_main(partial(open_run, cfg, rundir, resume=resume, argv=argv), rundir)
     device = distributed.local_device(pick_device(cfg.device))
