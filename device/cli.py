@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from .app import WORK_DIR, DeviceWarning, evaluate, predict, train_on_bundle
 from .budget import format_size
 from .checkpoint import CHECKPOINT_NAME
-from .cliargs import add_dataclass_arguments, dataclass_from_args
+from .cliargs import add_dataclass_arguments, attach_dash_values, dataclass_from_args
 from .config import TrainConfig
 from .errors import EntropiError, Terminated, one_line, report_bug, say, sigterm_raises
 from .io import package_version
@@ -134,7 +135,7 @@ def _show_warning(show: Callable, command: str) -> Callable:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; prints JSON; exit status 2 on bad input (one line on stderr), 130
     on Ctrl-C, 143 on SIGTERM (one line each)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
     prog = f"entropi-device {args.command}"
     try:
         with sigterm_raises(), warnings.catch_warnings():

@@ -94,3 +94,13 @@ def test_dash_values_join_only_after_a_long_option():
     assert attach_dash_values(["--flash=1KB", "-5"]) == ["--flash=1KB", "-5"]
     assert attach_dash_values(["--", "-5KB"]) == ["--", "-5KB"]
     assert attach_dash_values(["--resume", "-h"]) == ["--resume", "-h"]
+
+
+def test_device_budget_with_a_dash_is_one_clear_line(tmp_path, capsys):
+    """The device CLI's sizes go through the same check: `--budget -5KB` names the size."""
+    from entropi.device.cli import main as device_main
+
+    argv = ["train", "--bundle", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path)]
+    assert device_main([*argv, "--budget", "-5KB"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid size '-5KB': must be > 0 bytes" in err, err
