@@ -193,17 +193,22 @@ class TrainReport:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> TrainReport:
-        """Read ``path`` (a train.json, or the head folder holding one)."""
+        """Read ``path`` (a train.json, or the head folder holding one); strict JSON (a bare
+        ``NaN`` or ``Infinity``, which JSON does not have, is refused)."""
         path = Path(path)
         if path.is_dir():
             path = path / TRAIN_JSON
         try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            d = json.loads(path.read_text(), parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError) as e:
             raise DeviceError(f"{path} is not valid JSON ({e})") from e
         if not isinstance(d, dict):
             raise DeviceError(f"{path} is not a train.json report")
         return cls.from_dict(d)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _features(bundle: Bundle, images, labels, *, out_path=None, seed=None):

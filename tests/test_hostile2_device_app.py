@@ -271,3 +271,11 @@ def test_device_version_and_help_without_markup(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "``" not in capsys.readouterr().out
+
+
+def test_a_train_json_with_a_bare_nan_is_refused(tmp_path):
+    from entropi.device import TrainReport
+
+    (tmp_path / "train.json").write_text('{"accuracy": NaN}')
+    with pytest.raises(DeviceError, match="NaN is not a JSON number"):
+        TrainReport.read(tmp_path)
