@@ -27,11 +27,10 @@ def export_onnx(path, *, batch=None, seed=0):
     return enc
 
 
-def smallnet_bundle(folder, *, seed=0, **manifest):
-    """A smallnet ONNX encoder (32 x 32 input, 256 features, weights drawn with ``seed``)
-    bundled in ``folder/bundle``, with ``manifest`` (class_names, alpha, ...) passed to
-    write_bundle; (bundle path, encoder)."""
-    enc = export_onnx(folder / "enc.onnx", seed=seed)
+def smallnet_bundle(folder, **manifest):
+    """A smallnet ONNX encoder (32 x 32 input, 256 features) bundled in ``folder/bundle``, with
+    ``manifest`` (class_names, alpha, ...) passed to write_bundle; (bundle path, encoder)."""
+    enc = export_onnx(folder / "enc.onnx")
     bundle = write_bundle(
         folder / "bundle",
         encoder_files={"encoder.onnx": folder / "enc.onnx"},

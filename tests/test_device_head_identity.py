@@ -14,6 +14,7 @@ from test_device_bundle import smallnet_bundle
 
 from entropi.device import DataError, TrainConfig, evaluate, load_head, predict, train_on_bundle
 from entropi.device.app import DeviceWarning
+from entropi.device.bundle import write_bundle
 from entropi.device.cli import main
 from entropi.device.head import save_head
 
@@ -34,6 +35,22 @@ def _as_folder(root, x, y, names):
     return root
 
 
+def _another_encoder(bundle, out):
+    """``bundle`` with its encoder's first weight scaled: a bundle of another encoder (made
+    without a second export)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(bundle / "encoder.onnx")
+    w = model.graph.initializer[0]
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 1.5, w.name))
+    onnx.save(model, out.with_suffix(".onnx"))
+    m = json.loads((bundle / "manifest.json").read_text())
+    kw = {"input_shape": m["input"]["shape"], "feature_dim": m["feature_dim"]}
+    kw["normalization"] = {k: m["input"][k] for k in ("mean", "std")}
+    return write_bundle(out, encoder_files={"encoder.onnx": out.with_suffix(".onnx")}, **kw)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A bundle, a head trained on an npz whose class_names are not sorted, the npz, the same
@@ -48,8 +65,7 @@ def trained(tmp_path_factory):
     argv = ["train", "--bundle", str(bundle), "--data", str(d / "d.npz"), "--out", str(head)]
     flags = ["--epochs", "40", "--lr", "20", "--momentum", "0", "--weight-decay", "0"]
     assert main([*argv, *flags, "--budget", "64KB", "--patience", "40"]) == 0
-    (d / "other").mkdir()
-    other, _ = smallnet_bundle(d / "other", seed=1)
+    other = _another_encoder(bundle, d / "other")
     folder = _as_folder(d / "folder", xte, yte, NAMES)
     return {"d": d, "bundle": bundle, "head": head, "other": other, "folder": folder}
 
