@@ -48,7 +48,11 @@ def _cmd_predict(a: argparse.Namespace) -> Any:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, help="bundle folder (manifest.json + encoder)")
-    p.add_argument("--data", required=True, help=".npz (x_train/y_train) or image folder")
+    p.add_argument(
+        "--data",
+        required=True,
+        help=".npz (x_train, y_train, class_names) or image folder (a sub-folder per class)",
+    )
     p.add_argument("--out", required=True, help="head folder: head.npz, train.json")
     p.add_argument(
         "--resume",
