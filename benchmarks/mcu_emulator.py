@@ -12,10 +12,9 @@ address space; a build whose image does not fit the SRAM fails the link with
 
 Measured: flash and static RAM from the ELF sections (:class:`Image`), the stack's high-water
 mark (the free SRAM is painted before the run and the touched bytes counted), and instructions
-per training step (:meth:`Emulator.count_instructions`: a block hook that counts each
-translated block's Thumb instructions once; :meth:`Emulator.count_instructions_exact` is the
-per-instruction code hook it is tested against). The time per step at a clock is an estimate
-(instructions / clock at about one instruction per cycle), not a measurement.
+per training step (:meth:`Emulator.count_instructions`: a unicorn code hook on a short run).
+The time per step at a clock is an estimate (instructions / clock at about one instruction per
+cycle), not a measurement.
 
 The emulator packages are imported only when used; the device runtime never imports this module.
 """
@@ -193,29 +192,44 @@ class Emulator:
     _fault: list = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
-        from unicorn import UC_ARCH_ARM, UC_HOOK_MEM_INVALID, UC_MODE_MCLASS, UC_MODE_THUMB, Uc
+        from unicorn import (
+            UC_ARCH_ARM,
+            UC_HOOK_MEM_INVALID,
+            UC_HOOK_MEM_READ,
+            UC_HOOK_MEM_WRITE,
+            UC_MODE_MCLASS,
+            UC_MODE_THUMB,
+            Uc,
+        )
         from unicorn import arm_const as arm
 
-        if self.sram_bytes % _PAGE or self.flash_bytes % _PAGE:
-            raise McuError(f"SRAM and flash must be whole 4 KB pages, got {self.sram_bytes} B SRAM")
+        if self.flash_bytes % _PAGE or self.sram_bytes < 1:
+            raise McuError(f"flash must be whole 4 KB pages, got {self.flash_bytes} B")
         uc = Uc(UC_ARCH_ARM, UC_MODE_THUMB | UC_MODE_MCLASS)
         uc.ctl_set_cpu_model(arm.UC_CPU_ARM_CORTEX_M4)
         uc.mem_map(FLASH_ORIGIN, self.flash_bytes)
-        uc.mem_map(SRAM_ORIGIN, self.sram_bytes)
+        # unicorn maps whole 4 KB pages: the tail of the last page past the budget is watched
+        # and any access to it is a fault, as an unmapped address is
+        pages = -(-self.sram_bytes // _PAGE) * _PAGE
+        uc.mem_map(SRAM_ORIGIN, pages)
+        self.top = SRAM_ORIGIN + self.sram_bytes
+        if pages > self.sram_bytes:
+            hooks = UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE
+            uc.hook_add(hooks, self._on_past_sram, begin=self.top, end=SRAM_ORIGIN + pages - 1)
         self.uc = uc
-        try:
-            for addr, data, memsz in self.image.segments:
-                uc.mem_write(addr, data + bytes(memsz - len(data)))
-        except Exception as e:  # unicorn's UcError: a segment outside the mapped memory
-            raise McuError(
-                f"{self.image.path.name} does not load into {self.flash_bytes} B of flash and "
-                f"{self.sram_bytes} B of SRAM: {e}"
-            ) from None
+        for addr, data, memsz in self.image.segments:
+            inside = [(FLASH_ORIGIN, FLASH_ORIGIN + self.flash_bytes), (SRAM_ORIGIN, self.top)]
+            if not any(lo <= addr and addr + memsz <= hi for lo, hi in inside):
+                raise McuError(
+                    f"{self.image.path.name} does not load into {self.flash_bytes} B of flash and "
+                    f"{self.sram_bytes} B of SRAM: a segment spans 0x{addr:08x}-"
+                    f"0x{addr + memsz:08x}"
+                )
+            uc.mem_write(addr, data + bytes(memsz - len(data)))
         self.halt = FLASH_ORIGIN + self.flash_bytes - 4
         uc.mem_write(self.halt, b"\xfe\xe7\xfe\xe7")  # b . (never run: the emulation stops here)
         uc.reg_write(arm.UC_ARM_REG_FPEXC, 0x40000000)  # FPU on
         uc.hook_add(UC_HOOK_MEM_INVALID, self._on_invalid)
-        self.top = SRAM_ORIGIN + self.sram_bytes
         self.free_start = self.image.static_end
         uc.mem_write(self.free_start, _PAINT * (self.top - self.free_start))
 
@@ -224,6 +238,12 @@ class Emulator:
 
         self._fault.append((access, address, size, uc.reg_read(arm.UC_ARM_REG_PC)))
         return False
+
+    def _on_past_sram(self, uc, access, address, size, value, user_data) -> None:
+        from unicorn import arm_const as arm
+
+        self._fault.append((access, address, size, uc.reg_read(arm.UC_ARM_REG_PC)))
+        uc.emu_stop()
 
     def symbol(self, name: str) -> int:
         try:
@@ -247,12 +267,14 @@ class Emulator:
             uc.emu_start(self.symbol(name) | 1, self.halt, timeout=int(self.timeout_s * 1e6))
         except UcError as e:
             raise self._fault_error(name, e) from None
+        if self._fault:  # an access to the tail of the last SRAM page, past the budget
+            raise self._fault_error(name, None)
         pc = uc.reg_read(arm.UC_ARM_REG_PC)
         if pc != self.halt:
             raise McuFault(f"{name} did not return within {self.timeout_s:g} s (pc 0x{pc:08x})")
         return uc.reg_read(arm.UC_ARM_REG_R0)
 
-    def _fault_error(self, name: str, e: Exception) -> McuFault:
+    def _fault_error(self, name: str, e: Exception | None) -> McuFault:
         mapped = (
             f"flash 0x{FLASH_ORIGIN:08x}+{self.flash_bytes} B, SRAM 0x{SRAM_ORIGIN:08x}+"
             f"{self.sram_bytes} B"
@@ -265,14 +287,13 @@ class Emulator:
             )
         return McuFault(f"{name} faulted ({e}); mapped: {mapped}")
 
-    def write(self, name_or_addr: str | int, array: np.ndarray) -> int:
-        addr = self.symbol(name_or_addr) if isinstance(name_or_addr, str) else name_or_addr
+    def write(self, addr: int, array: np.ndarray) -> int:
         self.uc.mem_write(addr, np.ascontiguousarray(array).tobytes())
         return addr
 
-    def read(self, name: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    def read(self, addr: int, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        return np.frombuffer(bytes(self.uc.mem_read(self.symbol(name), n)), dtype).reshape(shape)
+        return np.frombuffer(bytes(self.uc.mem_read(addr, n)), dtype).reshape(shape)
 
     @property
     def stack_high_water(self) -> int:
@@ -282,29 +303,9 @@ class Emulator:
         return len(free) - untouched
 
     def count_instructions(self, run: Callable[[], object]) -> int:
-        """Thumb instructions executed by ``run()``: a block hook adds each executed block's
-        instruction count (decoded once per block: a 32-bit encoding's first halfword starts
-        0b11101, 0b11110 or 0b11111)."""
-        from unicorn import UC_HOOK_BLOCK
-
-        sizes: dict[tuple[int, int], int] = {}
-        total = [0]
-
-        def on_block(uc, address, size, user_data):
-            n = sizes.get((address, size))
-            if n is None:
-                n = sizes[(address, size)] = _thumb_count(bytes(uc.mem_read(address, size)))
-            total[0] += n
-
-        h = self.uc.hook_add(UC_HOOK_BLOCK, on_block)
-        try:
-            run()
-        finally:
-            self.uc.hook_del(h)
-        return total[0]
-
-    def count_instructions_exact(self, run: Callable[[], object]) -> int:
-        """Instructions executed by ``run()`` counted by a per-instruction code hook (slow)."""
+        """Instructions executed by ``run()``, counted by a code hook (called once per executed
+        instruction: exact, and slow, about a million instructions a second; a block hook would
+        overcount the blocks left early from an IT block's conditional return)."""
         from unicorn import UC_HOOK_CODE
 
         total = [0]
@@ -320,15 +321,6 @@ class Emulator:
         return total[0]
 
 
-def _thumb_count(code: bytes) -> int:
-    n = i = 0
-    while i + 1 < len(code):
-        hw = code[i] | code[i + 1] << 8
-        i += 4 if (hw >> 11) in (0b11101, 0b11110, 0b11111) else 2
-        n += 1
-    return n
-
-
 @dataclass
 class TrainerOnMcu:
     """The trainer of one folder, built and loaded: :meth:`train_step`, :meth:`predict`,
@@ -336,6 +328,12 @@ class TrainerOnMcu:
 
     trainer: McuTrainer
     emu: Emulator
+    buffers: dict[str, int] = field(init=False)
+    """The addresses of the trainer's buffers, as its accessor functions return them."""
+
+    def __post_init__(self) -> None:
+        calls = ("features_buffer", "labels_buffer", "weights", "bias")
+        self.buffers = {name: self.emu.call(f"eh_{name}") for name in calls}
 
     @classmethod
     def load(cls, trainer: McuTrainer, elf: str | os.PathLike, sram_bytes: int | None = None):
@@ -348,8 +346,8 @@ class TrainerOnMcu:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> None:
         """One step on a batch written into the trainer's own batch buffers in SRAM."""
-        fb = self.emu.write("features_batch", np.asarray(x, np.float32))
-        lb = self.emu.write("labels_batch", np.asarray(y, np.int32))
+        fb = self.emu.write(self.buffers["features_buffer"], np.asarray(x, np.float32))
+        lb = self.emu.write(self.buffers["labels_buffer"], np.asarray(y, np.int32))
         if self.emu.call("eh_train_step", fb, lb) != 0:
             raise McuError("eh_train_step refused the batch: a label out of range")
 
@@ -359,16 +357,16 @@ class TrainerOnMcu:
         out = np.empty(len(x), np.int32)
         for r0 in range(0, len(x), b):
             m = min(b, len(x) - r0)
-            fb = self.emu.write("features_batch", np.asarray(x[r0 : r0 + m], np.float32))
-            lb = self.emu.symbol("labels_batch")
+            fb = self.emu.write(self.buffers["features_buffer"], x[r0 : r0 + m].astype(np.float32))
+            lb = self.buffers["labels_buffer"]
             self.emu.call("eh_predict", fb, m, lb)
-            out[r0 : r0 + m] = self.emu.read("labels_batch", (m,), np.int32)
+            out[r0 : r0 + m] = self.emu.read(lb, (m,), np.int32)
         return out
 
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         t = self.trainer
-        w = self.emu.read("weights", (t.feature_dim, t.num_classes)).copy()
-        return w, self.emu.read("bias", (t.num_classes,)).copy()
+        w = self.emu.read(self.buffers["weights"], (t.feature_dim, t.num_classes)).copy()
+        return w, self.emu.read(self.buffers["bias"], (t.num_classes,)).copy()
 
 
 def emulate_training(

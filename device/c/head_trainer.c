@@ -390,3 +390,31 @@ int32_t *eh_labels_buffer(void)
 {
     return labels_batch;
 }
+
+const float *eh_weights(void)
+{
+    return weights;
+}
+
+const float *eh_bias(void)
+{
+    return bias;
+}
+
+const float *eh_momentum_weights(void)
+{
+#if EH_MOMENTUM_BUFFERS
+    return momentum_weights;
+#else
+    return 0;
+#endif
+}
+
+const float *eh_momentum_bias(void)
+{
+#if EH_MOMENTUM_BUFFERS
+    return momentum_bias;
+#else
+    return 0;
+#endif
+}

@@ -45,6 +45,13 @@ void eh_set_momentum(const float *weights, const float *bias);
 uint32_t eh_get_step(void);
 void eh_set_step(uint32_t step);
 
+/* The trainer's own head and momentum buffers, read-only (0 when there is no momentum): save
+ * them to flash without a copy (there is no RAM for one within the budget). */
+const float *eh_weights(void);
+const float *eh_bias(void);
+const float *eh_momentum_weights(void);
+const float *eh_momentum_bias(void);
+
 /* The static batch buffers (EH_BATCH rows): write a batch here to avoid a copy. */
 float *eh_features_buffer(void);
 int32_t *eh_labels_buffer(void);
