@@ -489,3 +489,12 @@ def test_tflite_op_and_input_shape_are_checked_before_allocation(tmp_path):
             write_bundle(tmp_path / "b", encoder_files={"e.tflite": tmp_path / "s.tflite"},
                          input_shape=[3, 64, 64], **args)  # fmt: skip
     assert not (tmp_path / "b").exists()
+
+
+def test_export_verification_refuses_a_file_the_device_would_refuse(tiny_enc):
+    from entropi.export import ExportError
+    from entropi.export.verify import device_ops_check
+
+    device_ops_check(tiny_enc, "onnx")  # an encoder's operators: accepted
+    with pytest.raises(ExportError, match=r"the device runtime refuses: Loop; add them to "):
+        device_ops_check(_loop_model().SerializeToString(), "onnx")
