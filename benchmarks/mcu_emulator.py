@@ -12,7 +12,8 @@ address space; a build whose image does not fit the SRAM fails the link with
 
 Measured: flash and static RAM from the ELF sections (:class:`Image`), the stack's high-water
 mark (the free SRAM is painted before the run and the touched bytes counted), and instructions
-per training step (:meth:`Emulator.count_instructions`: a unicorn code hook on a short run).
+per training step (:meth:`Emulator.count_instructions`: a unicorn code hook on a short run;
+:meth:`Emulator.count_instructions_fast`, a block hook, bounds it from above within 0.1%).
 The time per step at a clock is an estimate (instructions / clock at about one instruction per
 cycle), not a measurement.
 
@@ -302,6 +303,29 @@ class Emulator:
         untouched = len(free) - len(free.lstrip(_PAINT))
         return len(free) - untouched
 
+    def count_instructions_fast(self, run: Callable[[], object]) -> int:
+        """An upper bound on :meth:`count_instructions`, about 15 times faster: a block hook adds
+        each executed block's Thumb instructions (decoded once per block: a 32-bit encoding's
+        first halfword starts 0b11101, 0b11110 or 0b11111). A block left early (a conditional
+        return inside an IT block) is counted whole: 0.05% over on the trainer here."""
+        from unicorn import UC_HOOK_BLOCK
+
+        sizes: dict[tuple[int, int], int] = {}
+        total = [0]
+
+        def on_block(uc, address, size, user_data):
+            n = sizes.get((address, size))
+            if n is None:
+                n = sizes[(address, size)] = _thumb_count(bytes(uc.mem_read(address, size)))
+            total[0] += n
+
+        h = self.uc.hook_add(UC_HOOK_BLOCK, on_block)
+        try:
+            run()
+        finally:
+            self.uc.hook_del(h)
+        return total[0]
+
     def count_instructions(self, run: Callable[[], object]) -> int:
         """Instructions executed by ``run()``, counted by a code hook (called once per executed
         instruction: exact, and slow, about a million instructions a second; a block hook would
@@ -319,6 +343,15 @@ class Emulator:
         finally:
             self.uc.hook_del(h)
         return total[0]
+
+
+def _thumb_count(code: bytes) -> int:
+    """Thumb instructions in ``code`` (16- and 32-bit encodings)."""
+    n = i = 0
+    while i + 1 < len(code):
+        i += 4 if (code[i + 1] >> 3) in (0b11101, 0b11110, 0b11111) else 2
+        n += 1
+    return n
 
 
 @dataclass

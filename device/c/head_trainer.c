@@ -155,7 +155,24 @@ static void eh_logits(const float *x, uint32_t m)
     for (k = 0; k < m; ++k) {
         const float *xk = x + k * EH_FEATURES;
         float *zk = logits_batch + k * EH_CLASSES;
-        for (j = 0; j < EH_CLASSES; ++j) {
+        /* four classes at a time (one load of x[i] for four products); each logit is still
+         * summed over i in order */
+        for (j = 0; j + 4u <= EH_CLASSES; j += 4u) {
+            const float *w = weights + j;
+            float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+            for (i = 0; i < EH_FEATURES; ++i, w += EH_CLASSES) {
+                const float xi = xk[i];
+                a0 = a0 + xi * w[0];
+                a1 = a1 + xi * w[1];
+                a2 = a2 + xi * w[2];
+                a3 = a3 + xi * w[3];
+            }
+            zk[j] = a0 + bias[j];
+            zk[j + 1u] = a1 + bias[j + 1u];
+            zk[j + 2u] = a2 + bias[j + 2u];
+            zk[j + 3u] = a3 + bias[j + 3u];
+        }
+        for (; j < EH_CLASSES; ++j) {
             const float *w = weights + j;
             float acc = 0.0f;
             for (i = 0; i < EH_FEATURES; ++i) {
@@ -194,6 +211,49 @@ static int eh_exp_rows(int shift)
     }
     return ok;
 }
+
+#if !EH_FUSED_UPDATE
+/* out[0..n) = (x^T z)[i][j..j+n) for n <= 4: each summed over the batch's rows in order, four
+ * columns at a time so that x[k][i] is loaded once for four products */
+static void eh_xt_z(uint32_t i, uint32_t j, uint32_t n, float *out)
+{
+    const float *x = features_batch + i;
+    const float *z = logits_batch + j;
+    uint32_t k;
+    if (n == 4u) {
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        for (k = 0; k < EH_BATCH; ++k, x += EH_FEATURES, z += EH_CLASSES) {
+            const float xk = *x;
+            a0 = a0 + xk * z[0];
+            a1 = a1 + xk * z[1];
+            a2 = a2 + xk * z[2];
+            a3 = a3 + xk * z[3];
+        }
+        out[0] = a0;
+        out[1] = a1;
+        out[2] = a2;
+        out[3] = a3;
+        return;
+    }
+    while (n-- > 0u) {
+        float acc = 0.0f;
+        const float *xc = x, *zc = z + n;
+        for (k = 0; k < EH_BATCH; ++k, xc += EH_FEATURES, zc += EH_CLASSES) {
+            acc = acc + *xc * *zc;
+        }
+        out[n] = acc;
+    }
+}
+
+/* row i of x^T z into g (EH_CLASSES floats) */
+static void eh_xt_z_row(uint32_t i, float *g)
+{
+    uint32_t j;
+    for (j = 0; j < EH_CLASSES; j += 4u) {
+        eh_xt_z(i, j, EH_CLASSES - j < 4u ? EH_CLASSES - j : 4u, g + j);
+    }
+}
+#endif
 
 #if EH_MOMENTUM_BUFFERS
 /* torch's SGD on n parameters p with momentum buffer v and gradient g:
@@ -259,22 +319,8 @@ int32_t eh_train_step(const float *features, const int32_t *labels)
         uint32_t r0;
         for (r0 = 0; r0 < EH_FEATURES; r0 += EH_BLOCK_ROWS) {
             uint32_t r1 = r0 + EH_BLOCK_ROWS < EH_FEATURES ? r0 + EH_BLOCK_ROWS : EH_FEATURES;
-            for (k = 0; k < EH_BATCH; ++k) {
-                const float *xk = features_batch + k * EH_FEATURES;
-                const float *zk = logits_batch + k * EH_CLASSES;
-                for (i = r0; i < r1; ++i) {
-                    float xi = xk[i];
-                    float *g = grad_block + (i - r0) * EH_CLASSES;
-                    if (k == 0u) {
-                        for (j = 0; j < EH_CLASSES; ++j) {
-                            g[j] = xi * zk[j];
-                        }
-                    } else {
-                        for (j = 0; j < EH_CLASSES; ++j) {
-                            g[j] = g[j] + xi * zk[j];
-                        }
-                    }
-                }
+            for (i = r0; i < r1; ++i) {
+                eh_xt_z_row(i, grad_block + (i - r0) * EH_CLASSES);
             }
             eh_momentum_update(weights + r0 * EH_CLASSES, momentum_weights + r0 * EH_CLASSES,
                                grad_block, (r1 - r0) * EH_CLASSES, lr);
