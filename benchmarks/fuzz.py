@@ -16,6 +16,11 @@ Targets (:data:`TARGETS`), each a valid input the fuzzer mutates with hypothesis
 - ``config``: the quickstart run config (a value anywhere replaced by arbitrary TOML-able data,
   or a key added), then :func:`~entropi.host.config.config_from_dict`; and its TOML text with
   bytes flipped, then :func:`~entropi.host.config.load_config`.
+- ``rundir``: a scored run folder (:func:`scored_run`) with one file mutated: a score file or
+  run.json or timings.json (a JSON value replaced, or bytes), a feature array or the labels (a
+  ``.npy`` header claiming any shape and dtype, or bytes), a rung record (an info value or a
+  tensor replaced, or bytes), config.toml (bytes); then the folder reopened as ``--resume``
+  does, selected and reported as ``entropi select`` does, and the rung rebuilt.
 
 The property is the same for all: the input is accepted, or refused with an
 :class:`~entropi.device.errors.EntropiError` (what both CLIs print as one line), within the
@@ -42,7 +47,7 @@ import numpy as np
 
 from entropi.device.errors import EntropiError
 
-__all__ = ["TARGETS", "fuzz", "main"]
+__all__ = ["TARGETS", "fuzz", "main", "scored_run"]
 
 
 def _strategies():
@@ -127,16 +132,14 @@ class _Target:
 
 
 def _tiny_onnx(path: Path) -> None:
-    """An encoder (N, 3, 8, 8) -> (N, 3): global average pooling, written with onnx.helper."""
+    """An encoder (N, 3, 8, 8) -> (N, 3): the spatial mean (ReduceMean, an operator entropi's
+    exports write, so the device accepts it), written with onnx.helper."""
     import onnx
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
     y = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])
-    nodes = [
-        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-        helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
-    ]
+    nodes = [helper.make_node("ReduceMean", ["input"], ["features"], axes=[2, 3], keepdims=0)]
     graph = helper.make_graph(nodes, "tiny", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -284,11 +287,139 @@ class ConfigTarget(_Target):
             load_config(self.path)
 
 
+def scored_run(root: Path, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed: int = 0, **cfg):
+    """A scored run folder made without training, as the stages write it: ``n_rungs`` rung
+    records (one untrained smallnet, dense masks), random features of ``n`` samples x ``dim``
+    per rung scored by :func:`~entropi.host.selection.score_rung`, made-up probe accuracies.
+    ``cfg``: config sections to set. Returns ``(cfg, run)``, the folder's lock released."""
+    import torch
+
+    from entropi.export.rung import Rung, RungInfo, save_rung
+    from entropi.host.config import config_from_dict
+    from entropi.host.models import build_model
+    from entropi.host.prune import dense_masks
+    from entropi.host.rundir import open_run
+    from entropi.host.selection import score_rung
+
+    raw = {
+        "name": "fake",
+        "device": "cpu",
+        "seed": seed,
+        "data": {"source": "npz:/no/src.npz", "target": "npz:/no/tgt.npz"},
+        "pretrain": {"arch": "smallnet"},
+        "prune": {"keep_per_round": 0.5, "alpha_min": 0.5 ** (n_rungs - 1)},
+        "select": {"resamples": 4},
+        **cfg,
+    }
+    config, run = open_run(config_from_dict(raw), root, argv=["entropi", "run"])
+    run.lock.release()
+    torch.manual_seed(seed)
+    model = build_model("smallnet", 2)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    run.write_array(run.feature_labels, labels.astype(np.int64))
+    for i in range(n_rungs):
+        info = RungInfo(
+            arch="smallnet", feature_dim=256, input_shape=(3, 32, 32),
+            normalization={"mean": [0.5] * 3, "std": [0.25] * 3}, alpha=0.5**i, nnz=100 >> i,
+            n_prunable=100, source_classes=["a", "b"], num_source_classes=2,
+            source_accuracy=0.5,
+        )  # fmt: skip
+        state = (model.encoder.state_dict(), model.head.state_dict(), dense_masks(model.encoder))
+        save_rung(run.rung(i), Rung(info, *state))
+        feats = (rng.normal(size=(n, dim)) + labels[:, None] * (i + 1)).astype(np.float32)
+        run.write_array(run.features(i), feats)
+        score = {"index": i, "alpha": 0.5**i, "nnz": 100 >> i, "source_accuracy": 0.5}
+        score |= score_rung(feats, labels, config)
+        acc = [0.6, 0.8, 0.7, 0.5, 0.4][i % 5]
+        score |= {"probe_accuracy": acc, "probe_accuracy_std": 0.01, "criteria_version": 2}
+        run.write_json(run.score(i), score)
+    run.write_json(run.timings, {"score": 1.0})
+    return config, run
+
+
+class RunFolderTarget(_Target):
+    """A file of a scored run folder mutated (a score file, a feature array, the labels, a rung
+    record, run.json, config.toml, timings.json), then the folder reopened (``--resume``'s
+    checks), selected and reported as ``entropi select`` does (no plot), and the rung rebuilt."""
+
+    def setup(self, folder: Path) -> None:
+        super().setup(folder)
+        self.cfg, self.run = scored_run(folder / "run", 2, select={"resamples": 2})
+        r = self.run
+        self.files = [
+            r.score(1), r.features(1), r.feature_labels, r.rung(1), r.info, r.config, r.timings
+        ]  # fmt: skip
+        self.saved = {p: p.read_bytes() for p in self.files}
+
+    def _mutated(self, data, path: Path) -> bytes:
+        st, json_values = _strategies()
+        raw = self.saved[path]
+        how = data.draw(st.sampled_from(["bytes", "value"]))
+        if how == "bytes":
+            return _mutate_bytes(data, raw)
+        if path.suffix == ".json":
+            return json.dumps(_mutate_json(data, json.loads(raw), json_values)).encode()
+        if path.suffix == ".npy":
+            shape = data.draw(st.lists(st.integers(0, 2**40), max_size=3))
+            descr = data.draw(st.sampled_from(["<f4", "<f8", "<i8", "|u1", "<U1", "|O", "|b1"]))
+            body = raw[128:] if data.draw(st.booleans()) else data.draw(st.binary(max_size=256))
+            return _npy_header(shape, descr, data.draw(st.booleans())) + body
+        if path.suffix == ".pt":
+            return self._mutated_rung(data, json_values)
+        return _mutate_bytes(data, raw)
+
+    def _mutated_rung(self, data, json_values) -> bytes:
+        import torch
+
+        st, _ = _strategies()
+        payload = torch.load(io.BytesIO(self.saved[self.run.rung(1)]), weights_only=True)
+        keys = sorted(payload)
+        key = data.draw(st.sampled_from(keys))
+        if key in ("encoder", "head", "masks") and data.draw(st.booleans()):
+            state = dict(payload[key])
+            name = data.draw(st.sampled_from(sorted(state)))
+            shape = data.draw(st.lists(st.integers(0, 4), max_size=3))
+            dtype = data.draw(st.sampled_from([torch.float32, torch.bool, torch.int64]))
+            state[name] = torch.zeros(shape, dtype=dtype)
+            if data.draw(st.booleans()) and dtype == torch.float32 and state[name].numel():
+                state[name].view(-1)[0] = float("nan")
+            payload[key] = state
+        else:
+            value = data.draw(json_values)
+            payload[key] = tuple(value) if isinstance(value, list) and data.draw(st.booleans()) else value
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    def case(self, data) -> None:
+        from entropi.export.rung import load_rung_file
+        from entropi.host.checkpoint import classifier_from_rung
+        from entropi.host.report import render_report
+        from entropi.host.rundir import open_run
+        from entropi.host.stages import select
+
+        st, _ = _strategies()
+        path = data.draw(st.sampled_from(self.files))
+        path.write_bytes(self._mutated(data, path))
+        try:  # the reader of that file (each is also read by the others)
+            if path in (self.run.config, self.run.info):
+                _, run = open_run(None, self.run.root, resume=True, argv=["fuzz"])
+                run.lock.release()
+            elif path == self.run.rung(1):
+                classifier_from_rung(load_rung_file(path, 1))
+            else:
+                render_report(self.cfg, self.run, select(self.cfg, self.run, plot=False))
+        finally:
+            path.write_bytes(self.saved[path])
+
+
 TARGETS: dict[str, Callable[[], _Target]] = {
     "manifest": ManifestTarget,
     "npz": NpzTarget,
     "image": ImageTarget,
     "config": ConfigTarget,
+    "rundir": RunFolderTarget,
 }
 
 

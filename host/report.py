@@ -53,6 +53,11 @@ def _title(cfg: RunConfig, run: RunDir) -> str:
     return f"# entropi run `{cfg.name}`"
 
 
+def _acc(x: float | None) -> str:
+    """An accuracy to 4 decimals; not measured (None, NaN) as n/a."""
+    return "n/a" if x is None or x != x else f"{x:.4f}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -188,7 +193,7 @@ def _rungs(results: dict[str, Any]) -> list[str]:
                 f"{r['index']}{mark}",
                 f"{r['alpha']:.5f}",
                 str(r["nnz"]),
-                f"{r['source_accuracy']:.4f}",
+                _acc(r.get("source_accuracy")),
                 *(num(vals.get(k)) for k in names),
                 str(r["distinct_states"]),
                 f"{r['probe_accuracy']:.4f} ({r.get('probe_accuracy_std', 0.0):.4f})",

@@ -146,8 +146,9 @@ class RunDir:
             raise DataError(f"{path} is not a regular file; {fix}")
         try:
             mm = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError, SyntaxError, OverflowError, TypeError) as e:
-            why = " ".join(str(e).split())
+        except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError,
+            # SyntaxError, tokenize.TokenError, OverflowError, MemoryError...: all mean "corrupt"
+            why = " ".join(str(e).split())[:200]
             raise DataError(f"{path} is not a readable .npy array ({why}); {fix}") from None
         want = {"f": "float", "i": "integer"}[kind]
         ok_kind = mm.dtype.kind == kind or (kind == "i" and mm.dtype.kind == "u")
@@ -354,14 +355,14 @@ def _ranges(indices: list[int]) -> str:
 _SCORE_FIELDS = {
     "alpha": "number",
     "nnz": "int",
+    "source_accuracy": "number?",
     "entropy": "number",
     "distinct_states": "int",
     "n": "int",
     "probe_accuracy": "number",
 }
-"""Fields every score file has, and their kinds."""
+"""Fields every score file has, and their kinds (``?``: None, or NaN, when not measured)."""
 _SCORE_OPTIONAL = {
-    "source_accuracy": "number?",
     "per_unit_bound": "number?",
     "probe_accuracy_std": "number",
     "probe_accuracy_se": "number?",
@@ -386,7 +387,7 @@ def check_score(score: dict[str, Any], index: int, path: Path | str) -> None:
                 raise fail(f"it lacks {key!r}")
             continue
         v = score[key]
-        if v is None and kind.endswith("?"):
+        if kind.endswith("?") and (v is None or (isinstance(v, float) and math.isnan(v))):
             continue
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0 if kind == "int" else (
             _is_number(v)
@@ -395,7 +396,7 @@ def check_score(score: dict[str, Any], index: int, path: Path | str) -> None:
             raise fail(f"{key} is {v!r}, not a {'count' if kind == 'int' else 'finite number'}")
     for key in ("probe_accuracy", "source_accuracy", "alpha"):
         v = score.get(key)
-        if v is not None and not 0.0 <= v <= 1.0:
+        if _is_number(v) and not 0.0 <= v <= 1.0:
             raise fail(f"{key} is {v!r}, outside [0, 1]")
     criteria = score.get("criteria", {})
     if not isinstance(criteria, dict) or not all(
@@ -436,11 +437,7 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
     try:
         cfg = _checked_config(run, cfg, resume)
         info = run.read_json(run.info, {"invocations": []})
-        if not isinstance(info.get("invocations"), list):
-            raise CheckpointError(
-                f"{run.info} has no list of invocations; the run folder is damaged: "
-                f"{_REMAKE['run.json']}"
-            )
+        _check_invocations(run, info.get("invocations"))
     except BaseException:
         run.lock.release()  # and removes the folder again if it made it and it is still empty
         raise
@@ -494,6 +491,22 @@ def _checked_config(run: RunDir, cfg, resume: bool):
         raise NotARunError(f"{run.root} is not a run directory (no config.toml)")
     pick_device(cfg.device)  # device = "cuda" without one: a ConfigError before anything is written
     return cfg
+
+
+def _check_invocations(run: RunDir, invocations: Any) -> None:
+    """run.json's ``invocations``: a list of ``{"argv": str, "started": str, "resume": bool}``."""
+    ok = isinstance(invocations, list) and all(
+        isinstance(i, dict)
+        and isinstance(i.get("argv"), str)
+        and isinstance(i.get("started"), str)
+        and isinstance(i.get("resume"), bool)
+        for i in invocations
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{run.info} has no list of invocations (argv, started, resume); the run folder is "
+            f"damaged: {_REMAKE['run.json']}"
+        )
 
 
 def _check_unedited(run: RunDir) -> None:

@@ -401,9 +401,11 @@ def select(
     *,
     flash: int | None = None,
     ram: int | None = None,
+    plot: bool = True,
 ) -> dict[str, Any]:
     """Pick the rung by ``criterion`` (default: the config's) from the stored scores, summarize
-    every criterion's pick, measure the pick's confidence, write the plot; return the results.
+    every criterion's pick, measure the pick's confidence, write the plot (unless ``plot`` is
+    false); return the results.
 
     With a ``flash`` / ``ram`` limit in bytes (default: ``[deploy]``), the pick is the best rung
     whose encoder file plus head fit (host/deploy.py), and results.json gets ``deployment``."""
@@ -484,7 +486,8 @@ def select(
         )
     for line in undefined_notes(undefined, criterion, len(rungs)):
         run.log(f"select: note: {line}")
-    plot_entropy_vs_alpha(results, run.plot)
+    if plot:
+        plot_entropy_vs_alpha(results, run.plot)
     value = stored_value(rungs[sel], criterion)
     value = "undefined" if value is None else f"{value:.4g}"  # every rung undefined: rung 0
     run.log(

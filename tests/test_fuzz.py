@@ -3,6 +3,7 @@ time), the regression cases they found, and a check that the runner does catch a
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from entropi.benchmarks import fuzz
@@ -69,3 +70,113 @@ def test_npz_of_an_unsupported_zip_version_is_a_data_error(tmp_path):
     (tmp_path / "v64.npz").write_bytes(bytes(raw))
     with pytest.raises(DataError, match="not a valid .npz .* zip file version 6.4"):
         load_images(tmp_path / "v64.npz", "train")
+
+
+# --- a link planted where entropi writes in a run folder is refused, never written through -------
+
+
+def _planted(tmp_path, name: str):
+    """A scored run folder whose ``name`` (a folder or file entropi writes) is a symbolic link to
+    a folder outside it; ``(cfg, run, outside)``."""
+    import shutil
+
+    from entropi.benchmarks.fuzz import scored_run
+
+    cfg, run = scored_run(tmp_path / "run", 2, probe={"epochs": 1, "repeats": 1})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("mine")
+    shutil.copy(run.rung(0), tmp_path / "rung_000.pt")
+    if name == "ladder.json":
+        return cfg, run, outside
+    target = run.root / name
+    if target.is_dir():
+        shutil.rmtree(target)
+    elif target.exists():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(outside / "notes.txt" if name == "progress.log" else outside)
+    return cfg, run, outside
+
+
+def _score(cfg, run, tmp_path):
+    from entropi.host.rundata import TargetData
+    from entropi.host.stages import stage_score
+
+    y = np.arange(24) % 3  # the labels the scored run's features belong to
+    x = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    for i in range(2):
+        run.score(i).unlink(missing_ok=True)
+    stage_score(cfg, run, TargetData(x, y, x, y, ["a", "b", "c"]), "cpu")
+
+
+def _tiny_bundle(folder):
+    from entropi.benchmarks.fuzz import _tiny_onnx
+    from entropi.device.bundle import write_bundle
+
+    _tiny_onnx(folder / "enc.onnx")
+    return write_bundle(
+        folder / "tiny_bundle",
+        encoder_files={"encoder.onnx": folder / "enc.onnx"},
+        input_shape=[3, 8, 8],
+        normalization={"mean": [0.5] * 3, "std": [0.25] * 3},
+        feature_dim=3,
+        class_names=["a", "b"],
+    )
+
+
+def _train_head(cfg, run, tmp_path):
+    from entropi.device.app import train_on_bundle
+    from entropi.device.config import TrainConfig
+
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x_train=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+             y_train=np.arange(8) % 2)  # fmt: skip
+    train_on_bundle(_tiny_bundle(tmp_path), data, run.head, TrainConfig(epochs=1, budget="1MB"))
+
+
+def _save_rung(cfg, run, tmp_path):
+    """stage_prune's write of a rung."""
+    from entropi.export.rung import load_rung_file, save_rung
+
+    save_rung(run.rung(0), load_rung_file(tmp_path / "rung_000.pt", 0))
+
+
+def _reuse(cfg, run, tmp_path):
+    """`entropi probe RUNDIR --out DIR`: the ladder hard-linked into DIR/rungs."""
+    from entropi.host.stages import reuse_ladder
+
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "rungs").symlink_to(tmp_path / "outside")
+    reuse_ladder(cfg, run, tmp_path / "probe", ["probe.repeats=2"])
+
+
+def _export(cfg, run, tmp_path):
+    from entropi.host.bundle import ensure_export
+
+    ensure_export(run.root, 0, formats=("onnx",), forms=("sparse",))
+
+
+PLANTED = {
+    "export": _export,
+    "scores": _score,
+    "features": _score,
+    "rungs": _save_rung,
+    "ladder.json": _reuse,  # (planted: nothing; the probe folder's rungs/ is the link)
+    "progress.log": lambda cfg, run, tmp: run.log("a line"),
+    "head": _train_head,
+    "head/.cache": _train_head,
+    "head/.work": _train_head,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED))
+def test_a_link_planted_in_a_run_folder_is_refused(tmp_path, name):
+    from entropi.device.errors import EntropiError
+
+    cfg, run, outside = _planted(tmp_path, name)
+    with pytest.raises(EntropiError, match="symbolic link"):
+        PLANTED[name](cfg, run, tmp_path)
+    assert sorted(p.name for p in outside.iterdir()) == ["notes.txt"]
+    assert (outside / "notes.txt").read_text() == "mine"

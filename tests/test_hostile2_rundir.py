@@ -105,53 +105,12 @@ def test_an_init_file_with_nan_weights_is_refused(tmp_path):
 # --- a run folder made without training: rung files, scores, features, as stage_score writes --
 
 
-def fake_run(root, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed: int = 0, **cfg_extra):
-    """A scored run folder with ``n_rungs`` rungs (untrained smallnet records) and random
-    features of ``n`` samples x ``dim``, scored by :func:`selection.score_rung`; returns
-    ``(cfg, run)`` with the folder's lock released."""
-    import numpy as np
-    import torch
+def fake_run(root, n_rungs: int = 3, **kwargs):
+    """A scored run folder made without training (:func:`fuzz.scored_run`: random features of
+    24 samples, rungs of an untrained smallnet); ``(cfg, run)``, the lock released."""
+    from entropi.benchmarks.fuzz import scored_run
 
-    from entropi.export.rung import Rung, RungInfo, save_rung
-    from entropi.host.models import build_model
-    from entropi.host.prune import dense_masks
-    from entropi.host.rundir import open_run
-    from entropi.host.selection import score_rung
-
-    raw = {
-        "name": "fake",
-        "device": "cpu",
-        "seed": seed,
-        "data": {"source": "npz:/no/src.npz", "target": "npz:/no/tgt.npz"},
-        "pretrain": {"arch": "smallnet"},
-        "prune": {"keep_per_round": 0.5, "alpha_min": 0.5 ** (n_rungs - 1)},
-        "select": {"resamples": 4},
-        **cfg_extra,
-    }
-    cfg, run = open_run(config_from_dict(raw), root, argv=["entropi", "run"])
-    run.lock.release()
-    torch.manual_seed(seed)
-    model = build_model("smallnet", 2)
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 3
-    run.write_array(run.feature_labels, labels.astype(np.int64))
-    for i in range(n_rungs):
-        info = RungInfo(
-            arch="smallnet", feature_dim=256, input_shape=(3, 32, 32),
-            normalization={"mean": [0.5] * 3, "std": [0.25] * 3}, alpha=0.5**i, nnz=100 >> i,
-            n_prunable=100, source_classes=["a", "b"], num_source_classes=2,
-            source_accuracy=0.5,
-        )  # fmt: skip
-        masks = dense_masks(model.encoder)
-        save_rung(run.rung(i), Rung(info, model.encoder.state_dict(), model.head.state_dict(), masks))
-        feats = (rng.normal(size=(n, dim)) + labels[:, None] * (i + 1)).astype(np.float32)
-        run.write_array(run.features(i), feats)
-        score = {"index": i, "alpha": 0.5**i, "nnz": 100 >> i, "source_accuracy": 0.5}
-        score |= score_rung(feats, labels, cfg)
-        acc = [0.6, 0.8, 0.7, 0.5, 0.4][i % 5]
-        score |= {"probe_accuracy": acc, "probe_accuracy_std": 0.01, "criteria_version": 2}
-        run.write_json(run.score(i), score)
-    return cfg, run
+    return scored_run(root, n_rungs, **kwargs)
 
 
 def _select(capsys, root, *extra) -> tuple[int, str]:
@@ -162,9 +121,21 @@ def _select(capsys, root, *extra) -> tuple[int, str]:
     return rc, err[-1] if err else ""
 
 
+@pytest.fixture(scope="module")
+def _scored(tmp_path_factory):
+    return fake_run(tmp_path_factory.mktemp("scored") / "run")
+
+
 @pytest.fixture
-def run_folder(tmp_path):
-    return fake_run(tmp_path / "run")
+def run_folder(_scored, tmp_path):
+    """A copy of the module's scored run folder: ``(cfg, run)``."""
+    import shutil
+
+    from entropi.host.rundir import RunDir
+
+    cfg, run = _scored
+    shutil.copytree(run.root, tmp_path / "run")
+    return cfg, RunDir(tmp_path / "run")
 
 
 def test_the_fake_run_selects(run_folder, capsys):
