@@ -51,11 +51,19 @@ import torch
 from torch import nn
 
 from entropi.device.io import default_mode, package_version
+from entropi.device.lock import LOCK_NAME
 
 from ._errors import ExportError, VerificationError
 from .compact import compact_encoder
 from .fold import fold_batchnorm
-from .formats import FORMAT_NAMES, resolve_formats, resolve_forms, resolve_quantize
+from .formats import (
+    ENCODER_FORMS,
+    FORMAT_NAMES,
+    FORMATS,
+    resolve_formats,
+    resolve_forms,
+    resolve_quantize,
+)
 from .onnx_export import ONNX_OPSET
 from .quantize import int8_feature_error, pruned_zeros_kept
 from .rung import RungInfo
@@ -489,11 +497,31 @@ def _move_into_place(tmp: Path, out_dir: Path, names: list[str]) -> None:
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    """An existing ``out_dir`` must be a real folder: files are never renamed through a link."""
-    if os.path.lexists(out_dir) and (out_dir.is_symlink() or not out_dir.is_dir()):
+    """An existing ``out_dir`` must be a real folder (files are never renamed through a link)
+    that an export wrote: empty, with an ``export.json``, or holding only an export's file
+    names (an export killed before its ``export.json`` was moved into place). Another folder
+    is refused: its files of an export's names would be replaced."""
+    if not os.path.lexists(out_dir):
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
         raise ExportError(
             f"output path {out_dir} exists and is not a directory (a file, or a symbolic link "
             "entropi did not create); remove it, or choose another path"
+        )
+    if (out_dir / "export.json").is_file():
+        return
+    ours = {"export.json", LOCK_NAME} | {
+        fmt.filename(form.stem, dtype)
+        for fmt in FORMATS.values()
+        for form in ENCODER_FORMS.values()
+        for dtype in ("float32", "int8")
+    }
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in ours)
+    if others:
+        raise ExportError(
+            f"output path {out_dir} is a folder an export did not write (it holds "
+            f"{', '.join(repr(n) for n in others[:5])}{', ...' if len(others) > 5 else ''} and "
+            "no export.json); choose an empty or new folder"
         )
 
 

@@ -449,6 +449,19 @@ def test_device_cli_error_line_is_escaped(good_bundle, tmp_path, capsys):
 # --- the class: other folders written through a planted link ------------------------------------
 
 
+def test_export_into_a_folder_an_export_did_not_write_is_refused(tmp_path):
+    from synthetic import fake_rung_meta, synthetic_encoder
+
+    from entropi.export import ExportError, export_encoder
+
+    out = _user_folder(tmp_path / "DIR")
+    (out / "encoder.onnx").write_bytes(b"my own model")  # would be replaced
+    enc = synthetic_encoder("smallnet", alpha=0.5, seed=0)
+    with pytest.raises(ExportError, match=r"an export did not write \(it holds 'sub', 'thesis"):
+        export_encoder(enc, fake_rung_meta(enc, "smallnet"), out, formats="onnx")
+    assert _survived(out) and (out / "encoder.onnx").read_bytes() == b"my own model"
+
+
 def test_export_into_a_planted_link_is_refused_before_any_work(tmp_path):
     from synthetic import fake_rung_meta, synthetic_encoder
 
