@@ -320,10 +320,12 @@ class Emulator:
             total[0] += n
 
         h = self.uc.hook_add(UC_HOOK_BLOCK, on_block)
+        self.uc.ctl_flush_tb()  # blocks translated before the hook would not call it
         try:
             run()
         finally:
             self.uc.hook_del(h)
+            self.uc.ctl_flush_tb()
         return total[0]
 
     def count_instructions(self, run: Callable[[], object]) -> int:
@@ -338,10 +340,12 @@ class Emulator:
             total[0] += 1
 
         h = self.uc.hook_add(UC_HOOK_CODE, on_code)
+        self.uc.ctl_flush_tb()  # blocks translated before the hook would not call it
         try:
             run()
         finally:
             self.uc.hook_del(h)
+            self.uc.ctl_flush_tb()
         return total[0]
 
 

@@ -86,6 +86,8 @@ def test_measured_footprint_and_instruction_count(small):
     x, y = _data()
     b = t.plan.batch_size
     run.init(10, 10)
+    run.train_step(x[b : 2 * b], y[b : 2 * b])  # translated before the hook is added
+    run.init(10, 10)
     count = run.emu.count_instructions(lambda: run.train_step(x[:b], y[:b]))
     assert run.emu.count_instructions(lambda: None) == 0
     macs = 2 * b * D * C  # logits and gradient
@@ -154,3 +156,15 @@ def test_a_missing_cross_compiler_is_a_clear_error(small, tmp_path, monkeypatch)
     monkeypatch.setitem(os.environ, "ZIG_GLOBAL_CACHE_DIR", str(tmp_path))
     with pytest.raises(McuBuildError, match="cross-compiling"):
         build_elf(folder, tmp_path / "x.elf")
+
+
+def test_the_bench_scripts_must_show_on_a_small_run(tmp_path):
+    """scripts/mcu_head_bench.py's accuracy check, on a few steps (the full run is minutes)."""
+    from scripts_loader import load_script
+
+    shown = load_script("mcu_head_bench").must_show(
+        tmp_path, train_per_class=2, test_per_class=1, epochs=1
+    )
+    assert shown["sram_mapped_bytes"] == 256 * 1024 and shown["steps"] >= 10
+    assert shown["predictions_equal"] == 1.0 and shown["within_half_a_point"]
+    assert shown["max_abs_weight_difference"] <= 1e-5 * shown["max_abs_weight"]

@@ -305,3 +305,23 @@ def test_the_plan_header_and_folder(tmp_path):
     assert (foreign / "notes.txt").read_text() == "x"
     with pytest.raises(DataError, match="num_classes"):
         write_mcu_trainer(tmp_path / "x", TrainConfig(), feature_dim=8)
+
+
+def test_a_bundle_gives_the_head_shape_and_the_folder_goes_beside_it(tmp_path, monkeypatch):
+    from entropi.device import mcu_trainer
+
+    bundle = tmp_path / "run" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    manifest = {"feature_dim": 16, "class_names": ["a", "b", "c"]}
+    monkeypatch.setattr(mcu_trainer, "read_manifest", lambda path: manifest)
+    out = write_mcu_trainer(bundle, TrainConfig(budget="64KB"))
+    assert out == (tmp_path / "run" / "mcu").resolve()
+    header = (out / "head_plan.h").read_text()
+    assert "#define EH_FEATURES 16\n" in header and "#define EH_CLASSES 3\n" in header
+    assert [p.name for p in bundle.iterdir()] == ["manifest.json"]  # the bundle stays as it was
+    manifest["class_names"] = None
+    with pytest.raises(DataError, match="pass num_classes"):
+        write_mcu_trainer(bundle, TrainConfig(budget="64KB"), out=tmp_path / "m2")
+    out = write_mcu_trainer(bundle, TrainConfig(budget="64KB"), num_classes=5, out=tmp_path / "m2")
+    assert "#define EH_CLASSES 5\n" in (out / "head_plan.h").read_text()
