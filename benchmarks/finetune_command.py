@@ -116,7 +116,7 @@ def run_finetune(
         result = {
             "target": run_cfg.data.target,
             **result,
-            "conventions": {"flops": FLOP_CONVENTIONS, "memory": " ".join(cost_doc.split())},
+            "conventions": {"flops": FLOP_CONVENTIONS, "memory": _plain(cost_doc)},
             **_provenance(),
             "seconds": round(time.perf_counter() - t0, 1),
         }
@@ -125,6 +125,14 @@ def run_finetune(
     finally:
         lock.release()
     return result
+
+
+def _plain(doc: str) -> str:
+    """A docstring as one line of Markdown: Sphinx roles (``:mod:`.flops```) as code spans."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"`\1`", " ".join(doc.split()))
+    return text.replace("``", "`")
 
 
 def _pct(v) -> str:

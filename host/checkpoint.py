@@ -55,10 +55,12 @@ def resolve_rung(rundir: str | os.PathLike | RunDir, rung: str | int = "selected
                 f"{run.results} does not exist, so no rung is selected yet; run `entropi select` "
                 "or pass a rung index"
             )
-        try:
-            index = int(run.read_json(run.results)["selected_index"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{run.results} names no selected rung ({e})") from e
+        index = run.read_json(run.results).get("selected_index")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CheckpointError(
+                f"{run.results} names no selected rung (selected_index is {index!r}); run "
+                f"`entropi select {run.root}` or pass a rung index"
+            )
     else:
         if isinstance(rung, bool):
             raise CheckpointError(f"rung must be 'selected' or an integer, got {rung!r}")

@@ -713,6 +713,11 @@ def load_run_target(run: str | Path, target: str | None = None, overrides: Seque
     return cfg, load_target(cfg)
 
 
+
+def _g(v: float | None) -> str:
+    """NC1 for a person: 3 significant digits (None: undefined)."""
+    return "n/a" if v is None else f"{v:.3g}"
+
 def finetune_rung(
     loaded: LoadedModel,
     modes: Sequence[str],
@@ -753,7 +758,8 @@ def finetune_rung(
             if log:
                 log(
                     f"finetune {loaded.label} {mode.name} seed {seed}: test "
-                    f"{r.test_accuracy:.4f}, NC1 {r.nc1_before} -> {r.nc1_after}, {r.seconds:.1f}s"
+                    f"{r.test_accuracy:.4f}, NC1 {_g(r.nc1_before)} -> {_g(r.nc1_after)}, "
+                    f"{r.seconds:.1f}s"
                 )
     info = loaded.info
     result = {

@@ -408,3 +408,15 @@ def test_rung_tensors_of_the_wrong_shape_or_nan_are_refused(run_folder):
     ok.masks["1.weight"] = torch.ones_like(ok.encoder["1.weight"], dtype=torch.bool)  # a BN
     with pytest.raises(CheckpointError, match="mask '1.weight' masks no weight"):
         classifier_from_rung(ok)
+
+
+@pytest.mark.parametrize("value", [1.7, True, "1", None, [1]])
+def test_a_selected_index_that_is_no_integer_names_no_rung(run_folder, value):
+    from entropi.host.checkpoint import CheckpointError, resolve_rung
+
+    _, run = run_folder
+    run.write_json(run.results, {"selected_index": value})
+    with pytest.raises(CheckpointError, match="names no selected rung"):
+        resolve_rung(run.root, "selected")
+    run.write_json(run.results, {"selected_index": 2})
+    assert resolve_rung(run.root, "selected") == 2
