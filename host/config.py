@@ -309,6 +309,10 @@ class SelectConfig:
 
         _check_name("select.criterion", self.criterion, sorted(CRITERIA), "selection criterion")
         _check_int("select.resamples", self.resamples, lo=0)
+        if self.resamples > MAX_RESAMPLES:  # each resample scores every rung again
+            raise ConfigError(
+                f"select.resamples must be in [0, {MAX_RESAMPLES}], got {self.resamples}"
+            )
 
 
 @dataclass
@@ -330,6 +334,8 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         _check_int("probe.repeats", self.repeats, lo=1)
+        if self.repeats > MAX_REPEATS:  # each is a probe training per rung, seeded seed + k
+            raise ConfigError(f"probe.repeats must be in [1, {MAX_REPEATS}], got {self.repeats}")
         _check_int("probe.folds", self.folds, lo=0)
         if self.folds == 1:
             raise ConfigError("probe.folds must be 0 (the test split) or at least 2, got 1")
@@ -501,6 +507,12 @@ class RunConfig:
         """sha256 of the canonical TOML form (a stable config hash for provenance)."""
         return hashlib.sha256(config_to_toml(self).encode()).hexdigest()
 
+
+MAX_RESAMPLES = 10_000
+"""Most bootstrap resamples of the selection confidence (they are drawn as one resamples x n
+index array; the shipped configs use 100)."""
+MAX_REPEATS = 1000
+"""Most probe repeats per rung (the shipped configs use 1 to 3)."""
 
 MAX_SEED = 2**63 - 1
 """The largest seed: torch takes unsigned 64-bit seeds, and a rung or probe repeat ``k`` is

@@ -420,3 +420,13 @@ def test_a_selected_index_that_is_no_integer_names_no_rung(run_folder, value):
         resolve_rung(run.root, "selected")
     run.write_json(run.results, {"selected_index": 2})
     assert resolve_rung(run.root, "selected") == 2
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [({"select": {"resamples": 10**12}}, r"select.resamples must be in \[0, 10000\]"),
+     ({"probe": {"repeats": 10**9}}, r"probe.repeats must be in \[1, 1000\]")],
+)  # fmt: skip
+def test_counts_that_would_exhaust_memory_or_time_are_refused_at_load(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
