@@ -68,7 +68,9 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     sel, dense = rungs[results["selected_index"]], rungs[0]
     crit = results.get("criterion", "entropy")
     size = (
-        f"{sel['nnz']:,} of the dense encoder's {dense['nnz']:,} weights "
+        f"the dense encoder itself ({dense['nnz']:,} weights)"
+        if sel is dense
+        else f"{sel['nnz']:,} of the dense encoder's {dense['nnz']:,} weights "
         f"({_pct(sel['nnz'] / dense['nnz']) if dense['nnz'] else 'n/a'}, alpha {sel['alpha']:.4g})"
     )
     export = run.read_json(run.export / "export.json") if "export" in results else None
@@ -85,8 +87,9 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"**Pick: rung {sel['index']}** by `{crit}`: {size}. Probe accuracy "
-        f"**{_pct(sel['probe_accuracy'])}** against {_pct(dense['probe_accuracy'])} for the "
-        f"dense rung; the best in hindsight, rung {results['best_probe_index']}, has "
+        f"**{_pct(sel['probe_accuracy'])}**"
+        + ("" if sel is dense else f" against {_pct(dense['probe_accuracy'])} for the dense rung")
+        + f"; the best in hindsight, rung {results['best_probe_index']}, has "
         f"{_pct(results['best_probe_accuracy'])} (regret **{100 * results['regret']:.2f} "
         f"points**). Confidence: {sure}.",
     ]
