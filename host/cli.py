@@ -479,20 +479,20 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
             a.run, a.out, rung=a.rung, form=c.form, formats=c.formats, overwrite=a.overwrite,
             dtype=c.dtype, export_kwargs=extra,
         )  # fmt: skip
-    print(f"bundle written to {path}: {c.form} {c.dtype}, {', '.join(c.formats)}{_why(c)}")
+    print(f"bundle written to {path}: {c.form} {c.dtype}{_why(c)}")
     return 0
 
 
 def _why(c) -> str:
-    """Where a bundle's form, dtype and formats came from, when `entropi select` chose any."""
+    """The bundle's formats, and which of its form and dtype `entropi select` chose."""
     picked = [k for k in ("form", "dtype") if k in c.picked]
+    formats = ", ".join(c.formats)
     if not picked:
-        return ""
-    what = " and ".join(picked)
-    fit = f" (the {what} that fit the device, from `entropi select`"
+        return f" ({formats})"
+    fit = f" (the {' and '.join(picked)} that fit the device, from `entropi select`"
     if "formats" in c.picked:
-        fit += f"; {', '.join(c.formats)} only: the format the fit was measured in, --format adds"
-    return fit + ")"
+        return f"{fit}; {formats} only: the format the fit was measured in, --format adds others)"
+    return f"{fit}; {formats})"
 
 
 def _add_quantize_arg(p: argparse.ArgumentParser, default: str | None = "none") -> None:

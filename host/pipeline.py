@@ -118,7 +118,7 @@ def run_all(
     form, dtype = pick.get("form"), pick.get("dtype")
     if cfg.export.enabled:
         results["export"] = export_summary(
-            _timed(run, "export", stage_export, cfg, run, tgt, sel, form)
+            _timed(run, "export", stage_export, cfg, run, tgt, sel, form, dtype)
         )
         if cfg.device_train.enabled:
             report = _timed(run, "device", stage_device, cfg, run, tgt, sel, form, dtype)

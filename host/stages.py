@@ -672,20 +672,26 @@ def reuse_ladder(
 
 
 def stage_export(
-    cfg: RunConfig, run: RunDir, tgt: TargetData, rung: int, form: str | None = None
+    cfg: RunConfig,
+    run: RunDir,
+    tgt: TargetData,
+    rung: int,
+    form: str | None = None,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Export rung ``rung`` in the sparse form and ``form`` (default ``[export] form``), verified
-    against PyTorch, also on real target images; with ``[export] quantize = "int8"`` also its
-    int8 files, calibrated on a seeded draw of the target training images, and what int8 costs
-    the head (export.json ``downstream``)."""
+    against PyTorch, also on real target images; with ``[export] quantize = "int8"`` (or
+    ``dtype`` int8: the deployment pick's) also its int8 files, calibrated on a seeded draw of
+    the target training images, and what int8 costs the head (export.json ``downstream``)."""
     from entropi.export.formats import ENCODER_FORMS, FORMATS
 
     from .bundle import calibration_images, ensure_export, int8_downstream
 
     e = cfg.export
     form = form or e.form
+    quantize = "int8" if dtype == "int8" else e.quantize
     images = tgt.x_test[: e.verify_images] if e.verify_images else None
-    int8 = e.quantize != "none"
+    int8 = quantize != "none"
     if int8 and images is None:
         images = tgt.x_test[:64]
     export_dir, info = ensure_export(
@@ -694,12 +700,12 @@ def stage_export(
         formats=tuple(e.formats),
         forms=("sparse", form),
         verify_images=images,
-        quantize=e.quantize,
+        quantize=quantize,
         calibration=calibration_images(tgt.x_train, e, seed=cfg.seed) if int8 else None,
         min_cosine=e.min_cosine,
     )
     measured = info.get("downstream") if isinstance(info.get("downstream"), dict) else {}
-    wanted = [FORMATS[f].filename(ENCODER_FORMS[form].stem, e.quantize) for f in e.formats]
+    wanted = [FORMATS[f].filename(ENCODER_FORMS[form].stem, quantize) for f in e.formats]
     if int8 and not all(name in measured for name in wanted):
         info["downstream"] = int8_downstream(
             export_dir, info, tgt, cfg.probe, form=form, formats=e.formats, seed=cfg.seed

@@ -556,10 +556,12 @@ def test_compact_dense_rows_trade_flash_for_ram(int8_run):
     assert (pick["rung"], pick["form"]) == (1, "compact-dense") and pick["ram_bytes"] <= limit
 
 
-def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(int8_run, image_folder, tmp_path):
-    """`entropi run` with [deploy] ram at rung 1's compact-dense need (float32 only, to keep it
-    short): the pick fits, and the export and the device bundle hold that row's form, whatever
-    [export] form says."""
+def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(
+    int8_run, image_folder, tmp_path, monkeypatch
+):
+    """`entropi run` with [deploy] ram at rung 1's compact-dense need (float32 rows only, to
+    keep it short): the pick fits, and the export and the device bundle hold that row's form,
+    whatever [export] form says."""
     from test_pipeline import tiny_config
 
     from entropi.export.formats import ENCODER_FORMS, FORMATS
@@ -569,6 +571,7 @@ def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(int8_run, image_folder
     cfg, out, _ = int8_run
     rows = [r for r in _table(cfg, RunDir(out)) if r["dtype"] == "float32"]
     limit = next(r["ram_bytes"] for r in rows if (r["rung"], r["form"]) == (1, "compact-dense"))
+    monkeypatch.setattr("entropi.host.deploy.DTYPES", ("float32",))  # the run's table
     cfg2 = tiny_config(image_folder, alpha_min=0.5)  # the same ladder as int8_run's
     cfg2.export.formats, cfg2.export.form, cfg2.deploy.ram = ["tflite"], "sparse", str(limit)
     results = pipeline.run_all(cfg2, tmp_path / "r", argv=["entropi", "run"])

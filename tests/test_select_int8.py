@@ -37,6 +37,7 @@ def float_run(image_folder, tmp_path_factory):
     return cfg, out
 
 
+@pytest.mark.slow
 def test_only_an_int8_row_fits_and_select_picks_it(float_run, tmp_path, capsys):
     from entropi.export.formats import ENCODER_FORMS, FORMATS
     from entropi.host.deploy import deployment_table
@@ -67,6 +68,8 @@ def test_only_an_int8_row_fits_and_select_picks_it(float_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "(the form that fit the device, from `entropi select`" in printed
     assert "dtype that fit" not in printed
+    quant = json.loads((out / "export" / "export.json").read_text())["quantization"]
+    assert (quant["calibration_images"], quant["min_cosine"]) == (4, 0.5)  # the flags were used
 
 
 def test_int8_rows_left_out_say_why(float_run, monkeypatch, capsys):
@@ -94,6 +97,24 @@ def test_int8_rows_left_out_say_why(float_run, monkeypatch, capsys):
     rows = deployment_table(strict, RunDir(out), forms=("compact",))  # cached int8 rows
     assert {r["dtype"] for r in rows} == {"float32"}
     assert "< [export] min_cosine 1.0, so `entropi export` would refuse" in capsys.readouterr().err
+
+
+def test_the_run_exports_the_picked_int8_row(float_run):
+    """A run whose deployment pick is int8 exports that row's int8 files in its export stage
+    (with their downstream cost), whatever [export] quantize says; the ONNX int8 weights have 7
+    bits, so onnxruntime's U8S8 kernels cannot saturate int16 on a CPU without VNNI."""
+    from entropi.export.quantize import onnx_int8_weights
+    from entropi.host.bundle import run_target
+    from entropi.host.stages import stage_export
+
+    cfg, out = float_run
+    run = RunDir(out)
+    info = stage_export(cfg, run, run_target(run), 1, "compact", "int8")
+    name = "encoder_compact_int8.onnx"  # tiny_config exports ONNX
+    assert name in info["files"] and name in info["downstream"]
+    assert info["files"][name]["feature_error"]["mean_cos"] >= cfg.export.min_cosine
+    weights = onnx_int8_weights(run.export / name)
+    assert weights and max(int(abs(w["q"].astype(int)).max()) for w in weights) <= 64
 
 
 def test_resume_with_a_new_quantize_points_to_select(float_run, capsys):
