@@ -44,8 +44,8 @@ _INSTALL = {
 ONNX_OPS = frozenset(
     ("", op)
     for op in (
-        # the export of every architecture (smallnet, resnet18, mobilenetv3_small) in every
-        # encoder form (sparse, compact, compact-dense), float32 and its int8 QDQ form
+        # the export of every architecture (smallnet, resnet18, resnet18_imagenet,
+        # mobilenetv3_small) in every encoder form (sparse, compact, compact-dense), float32 and its int8 QDQ form
         "Add", "Conv", "DequantizeLinear", "Gemm", "HardSigmoid", "HardSwish", "MaxPool",
         "Mul", "QuantizeLinear", "ReduceMean", "Relu", "Reshape",
         # a linear layer as other exporters write it
@@ -60,7 +60,7 @@ TFLITE_OPS = frozenset(
     (
         # the export of every architecture in every form, float32 and full-integer int8
         "ADD", "CONV_2D", "DENSIFY", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "HARD_SWISH",
-        "MAX_POOL_2D", "MEAN", "MUL", "PAD", "RELU_0_TO_1", "TRANSPOSE",
+        "MAX_POOL_2D", "MEAN", "MUL", "PAD", "PADV2", "RELU_0_TO_1", "SUM", "TRANSPOSE",
         # a linear layer or activation on its own, the int8 I/O conversions
         "RELU", "RESHAPE", "QUANTIZE", "DEQUANTIZE",
     )
