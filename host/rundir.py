@@ -327,12 +327,12 @@ def _remake(path: Path) -> str:
     return _REMAKE.get(path.name, "delete it and rerun the step that wrote it")
 
 
-def _link_error(path: Path) -> EntropiError:
+def _link_error(path: Path, what: str = "real files of a run folder") -> EntropiError:
     from entropi.device.errors import LinkError
 
     return LinkError(
-        f"{path} is a symbolic link; entropi writes only real files of a run folder, never "
-        "through a link it did not create: remove the link"
+        f"{path} is a symbolic link; entropi writes only {what}, never through a link it did "
+        "not create: remove the link, or choose another folder"
     )
 
 
@@ -431,6 +431,8 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
     from .config import config_to_toml
 
     run = RunDir(root)
+    if os.path.islink(run.root):  # the lock file, config and rungs would land where it points
+        raise _link_error(run.root, "a run folder")
     # one writer per run folder, taken before the checks below (two fresh runs started together
     # must not both find the folder empty); held until the process ends or the RunDir goes
     run.lock = lock_folder(run.root, what="run folder")

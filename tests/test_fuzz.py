@@ -87,7 +87,7 @@ def _planted(tmp_path, name: str):
     outside.mkdir()
     (outside / "notes.txt").write_text("mine")
     shutil.copy(run.rung(0), tmp_path / "rung_000.pt")
-    if name == "ladder.json":
+    if name in ("ladder.json", "config.toml"):
         return cfg, run, outside
     target = run.root / name
     if target.is_dir():
@@ -158,7 +158,16 @@ def _export(cfg, run, tmp_path):
     ensure_export(run.root, 0, formats=("onnx",), forms=("sparse",))
 
 
+def _open_run(cfg, run, tmp_path):
+    """`entropi run --out LINK`: the run folder itself a link."""
+    from entropi.host.rundir import open_run
+
+    (tmp_path / "linked").symlink_to(tmp_path / "outside")
+    open_run(cfg, tmp_path / "linked")
+
+
 PLANTED = {
+    "config.toml": _open_run,  # (planted: nothing; the run folder itself is the link)
     "export": _export,
     "scores": _score,
     "features": _score,
