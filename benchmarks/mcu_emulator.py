@@ -273,20 +273,32 @@ class Emulator:
         pc = uc.reg_read(arm.UC_ARM_REG_PC)
         if pc != self.halt:
             raise McuFault(f"{name} did not return within {self.timeout_s:g} s (pc 0x{pc:08x})")
+        if self._stack_overflowed():
+            raise McuFault(f"{name} {self._overflow_text()}")
         return uc.reg_read(arm.UC_ARM_REG_R0)
+
+    def _stack_overflowed(self) -> bool:
+        return bytes(self.uc.mem_read(self.free_start, 4)) != _PAINT * 4
+
+    def _overflow_text(self) -> str:
+        return (
+            f"overflowed the stack: it used all {self.top - self.free_start} B of SRAM above the "
+            f"static data (0x{self.free_start:08x}) and ran into it"
+        )
 
     def _fault_error(self, name: str, e: Exception | None) -> McuFault:
         mapped = (
             f"flash 0x{FLASH_ORIGIN:08x}+{self.flash_bytes} B, SRAM 0x{SRAM_ORIGIN:08x}+"
             f"{self.sram_bytes} B"
         )
+        first = f"{name} {self._overflow_text()}; then it " if self._stack_overflowed() else name
         if self._fault:
             _, address, size, pc = self._fault[0]
             return McuFault(
-                f"{name} faulted: a {size}-byte access to 0x{address:08x}, outside the mapped "
+                f"{first} faulted: a {size}-byte access to 0x{address:08x}, outside the mapped "
                 f"memory ({mapped}), at pc 0x{pc:08x}"
             )
-        return McuFault(f"{name} faulted ({e}); mapped: {mapped}")
+        return McuFault(f"{first} faulted ({e}); mapped: {mapped}")
 
     def write(self, addr: int, array: np.ndarray) -> int:
         self.uc.mem_write(addr, np.ascontiguousarray(array).tobytes())

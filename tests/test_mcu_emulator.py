@@ -150,6 +150,20 @@ def test_an_sram_smaller_than_the_image_is_refused_at_load(small):
         TrainerOnMcu.load(t, elf, sram_bytes=4 * 1024)
 
 
+def test_a_stack_that_runs_into_the_static_data_is_a_fault(small):
+    """Loaded into an SRAM with 64 B above the static data, the stack (about 170 B) overflows."""
+    t, _, elf = small
+    run = TrainerOnMcu.load(t, elf)
+    tight = run.emu.image.static_end - SRAM_ORIGIN + 64
+    run = TrainerOnMcu.load(t, elf, sram_bytes=tight)  # the accessors' calls need no stack
+    x, y = _data()
+    b = t.plan.batch_size
+    run.init(10, 10)
+    # the overflow corrupts the static data: the run faults or returns, named either way
+    with pytest.raises(McuFault, match="eh_train_step overflowed the stack: it used all 64 B"):
+        run.train_step(x[:b], y[:b])
+
+
 def test_a_missing_cross_compiler_is_a_clear_error(small, tmp_path, monkeypatch):
     _, folder, _ = small
     monkeypatch.setattr("sys.executable", shutil.which("false") or "/bin/false")
