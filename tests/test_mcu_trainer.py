@@ -144,6 +144,7 @@ def test_a_label_out_of_range_changes_nothing(built):
         assert bt.host.train_step(x[: bt.b], yb) == -1
     after = bt.host.head()
     assert np.array_equal(before[0], after[0]) and bt.host.lib.eh_get_step() == 1
+    assert bt.host.init(0, 1) == -1 and bt.host.init(1, 0) == -1  # no schedule of 0 steps
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
