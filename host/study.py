@@ -553,8 +553,10 @@ def render_study(doc: dict[str, Any]) -> str:
         "",
         "## Pairs",
         "",
+        "Regret and probe spread in probe points.",
+        "",
         "| ladder | target | n | best rung | probe sd | probe se (test n) | "
-        + " | ".join(f"{n} pick/regret" for n in ("entropy", s["recommended"] or "entropy"))
+        + " | ".join(f"{n} pick / regret" for n in ("entropy", s["recommended"] or "entropy"))
         + f" | {s['recommended']} confidence |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
