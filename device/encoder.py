@@ -15,15 +15,16 @@ An encoder file may be damaged or hostile: any error of the interpreter while lo
 it (and a missing interpreter) is raised as :class:`.errors.BundleError` naming the file, never
 as the interpreter's own exception. Before an interpreter is given the file (before it
 allocates anything), :func:`inspect_encoder` checks what an entropi export can be: one input
-of rank 4 with a fixed [C, H, W] (the manifest's ``input.shape``, when given), only the
-operators the exporters write (:data:`ONNX_OPS`, :data:`TFLITE_OPS`; a ``Loop`` whose trip
-count is 10^15 would hang the device, and onnxruntime ignores SIGINT), no ONNX sub-graphs or
-local functions, and ONNX external data only in the files the caller names (a bundle's
-hashed files).
+of rank 4 whose [C, H, W] is the manifest's ``input.shape`` when given (a size the file leaves
+variable: at most :data:`MAX_VARIABLE_INPUT` values), only the operators the exporters write
+(:data:`ONNX_OPS`, :data:`TFLITE_OPS`; a ``Loop`` whose trip count is 10^15 would hang the
+device, and onnxruntime ignores SIGINT), no ONNX sub-graphs or local functions, and ONNX
+external data only in the files the caller names (a bundle's hashed files).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -32,7 +33,14 @@ import numpy as np
 
 from .errors import BundleError, DataError, escape_controls
 
-__all__ = ["ONNX_OPS", "TFLITE_OPS", "EncoderRunner", "inspect_encoder", "refused_ops"]
+__all__ = [
+    "MAX_VARIABLE_INPUT",
+    "ONNX_OPS",
+    "TFLITE_OPS",
+    "EncoderRunner",
+    "inspect_encoder",
+    "refused_ops",
+]
 
 _RUNTIMES = {"tflite": "the LiteRT interpreter", "onnx": "onnxruntime"}
 _INSTALL = {
@@ -45,7 +53,8 @@ ONNX_OPS = frozenset(
     ("", op)
     for op in (
         # the export of every architecture (smallnet, resnet18, resnet18_imagenet,
-        # mobilenetv3_small) in every encoder form (sparse, compact, compact-dense), float32 and its int8 QDQ form
+        # mobilenetv3_small) in every encoder form (sparse, compact, compact-dense),
+        # float32 and its int8 QDQ form
         "Add", "Conv", "DequantizeLinear", "Gemm", "HardSigmoid", "HardSwish", "MaxPool",
         "Mul", "QuantizeLinear", "ReduceMean", "Relu", "Reshape",
         # a linear layer as other exporters write it
@@ -67,6 +76,11 @@ TFLITE_OPS = frozenset(
 )  # fmt: skip
 """The builtin operators an entropi TFLite export writes; any other (``WHILE``, ``IF``, a custom
 op) is refused."""
+
+
+MAX_VARIABLE_INPUT = 1 << 22
+"""The most values (C x H x W) of one input the manifest may ask of an encoder whose file leaves
+its input size variable (an entropi export fixes it): 16 MB of float32 an image."""
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -295,15 +309,22 @@ def inspect_encoder(
 
 
 def _check_input_shape(shape: tuple, input_shape, label: str) -> None:
-    """The file's input [C, H, W] must be fixed and the manifest's ``input_shape``."""
+    """The file's input [C, H, W] must be the manifest's ``input_shape`` (a dimension the file
+    leaves variable takes the manifest's, up to :data:`MAX_VARIABLE_INPUT` values an image)."""
     if input_shape is None:
         return
     want = [int(d) for d in input_shape]
-    if list(shape) != want:
+    if len(shape) != len(want) or any(s not in (-1, w) for s, w in zip(shape, want, strict=True)):
         raise BundleError(
             f"encoder file {label} takes inputs of shape [C, H, W] = {list(shape)} (-1: not "
             f"fixed); the manifest's input.shape is {want}. The manifest does not describe "
             "this encoder; copy the bundle again or re-bundle it"
+        )
+    if -1 in shape and math.prod(want) > MAX_VARIABLE_INPUT:
+        raise BundleError(
+            f"encoder file {label} takes inputs of a variable size and the manifest's "
+            f"input.shape {want} has {math.prod(want)} values an image, more than the "
+            f"{MAX_VARIABLE_INPUT} this runtime accepts for such an encoder"
         )
 
 

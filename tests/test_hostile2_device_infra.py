@@ -511,3 +511,17 @@ def test_export_verification_refuses_a_file_the_device_would_refuse(tiny_enc):
     device_ops_check(tiny_enc, "onnx")  # an encoder's operators: accepted
     with pytest.raises(ExportError, match=r"the device runtime refuses: Loop; add them to "):
         device_ops_check(_loop_model().SerializeToString(), "onnx")
+
+
+def test_an_encoder_of_variable_input_size_takes_a_bounded_manifest_size(tmp_path):
+    from entropi.device.encoder import MAX_VARIABLE_INPUT, inspect_encoder
+
+    model = onnx.load(str(tiny_onnx(tmp_path / "fixed.onnx")))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "h", "w"  # [n, 3, h, w]
+    onnx.save(model, str(tmp_path / "any.onnx"))
+    assert inspect_encoder(tmp_path / "any.onnx", "onnx", input_shape=(3, 16, 24)) == (3, -1, -1)
+    with pytest.raises(BundleError, match=f"more than the {MAX_VARIABLE_INPUT} this runtime"):
+        inspect_encoder(tmp_path / "any.onnx", "onnx", input_shape=(3, 8192, 8192))
+    with pytest.raises(BundleError, match=r"\[3, -1, -1\] .* input.shape is \[1, 16, 24\]"):
+        inspect_encoder(tmp_path / "any.onnx", "onnx", input_shape=(1, 16, 24))
