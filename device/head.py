@@ -69,8 +69,10 @@ def load_head(headdir: str | os.PathLike) -> Head:
     path = Path(headdir)
     if path.is_dir():
         path = path / HEAD_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DeviceError(f"no head at {path}; train one with `entropi-device train --out DIR`")
+    if not path.is_file():
+        raise DeviceError(f"head {path} is not a regular file (a FIFO, device or dangling link)")
     data = load_npz(path, max_bytes=_MAX_HEAD_BYTES)
     kind = "is not a head written by `entropi-device train`"
     missing = [k for k in ("weights", "bias") if k not in data]

@@ -525,3 +525,15 @@ def test_an_encoder_of_variable_input_size_takes_a_bounded_manifest_size(tmp_pat
         inspect_encoder(tmp_path / "any.onnx", "onnx", input_shape=(3, 8192, 8192))
     with pytest.raises(BundleError, match=r"\[3, -1, -1\] .* input.shape is \[1, 16, 24\]"):
         inspect_encoder(tmp_path / "any.onnx", "onnx", input_shape=(1, 16, 24))
+
+
+def test_a_fifo_or_device_head_is_not_called_missing(tmp_path):
+    from entropi.device.head import load_head
+
+    os.mkfifo(tmp_path / "head.npz")
+    (tmp_path / "zero.npz").symlink_to("/dev/zero")
+    for name in ("head.npz", "zero.npz"):
+        with pytest.raises(EntropiError, match="is not a regular file"):
+            load_head(tmp_path / name)
+    with pytest.raises(EntropiError, match="no head at"):
+        load_head(tmp_path / "none.npz")
