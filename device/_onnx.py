@@ -9,12 +9,12 @@ occurrences are concatenated, a singular message field's occurrences are merged 
 repeated fields concatenated), and the last occurrence of a scalar wins. Malformed bytes raise
 ``ValueError``.
 
-Field numbers (onnx.proto3): ModelProto graph 7, training_info 20, functions 25; GraphProto node 1, initializer
-5, input 11, sparse_initializer 15; NodeProto op_type 4, attribute 5, domain 7; AttributeProto t
-5, g 6, tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23; TensorProto name 8,
-external_data 13 (StringStringEntryProto key 1, value 2); SparseTensorProto values 1, indices 2;
-ValueInfoProto name 1, type 2; TypeProto tensor_type 1; TypeProto.Tensor shape 2;
-TensorShapeProto dim 1; Dimension dim_value 1, dim_param 2.
+Field numbers (onnx.proto3): ModelProto graph 7, training_info 20, functions 25; GraphProto
+node 1, initializer 5, input 11, sparse_initializer 15; NodeProto op_type 4, attribute 5, domain
+7; AttributeProto t 5, g 6, tensors 10, graphs 11, sparse_tensor 22, sparse_tensors 23;
+TensorProto name 8, external_data 13 (StringStringEntryProto key 1, value 2); SparseTensorProto
+values 1, indices 2; ValueInfoProto name 1, type 2; TypeProto tensor_type 1; TypeProto.Tensor
+shape 2; TensorShapeProto dim 1; Dimension dim_value 1, dim_param 2.
 """
 
 from __future__ import annotations
