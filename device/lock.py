@@ -7,8 +7,8 @@ file before anything is read or written and keeps it until :meth:`FolderLock.rel
 of the process, or the :class:`FolderLock` being garbage-collected (keep a reference). A second
 writer is refused with :class:`LockError` naming the holder (pid, host, start time, command),
 read from the lock file. The lock file is opened without following a link
-(``O_NOFOLLOW``): a symbolic link or any other non-regular file planted at its name is refused
-with :class:`LockError`, so the lock never writes through it.
+(``O_NOFOLLOW``): a symbolic link, a hard link to another file or any other non-regular file
+planted at its name is refused with :class:`LockError`, so the lock never writes through it.
 
 The kernel drops an ``flock`` when its process dies, however it dies (SIGKILL included), so a
 stale lock file left by a dead process is simply taken over; nothing has to guess whether a pid
@@ -222,8 +222,9 @@ def _flock(path: Path, folder: Path, what: str) -> int:
 
 def _open_lock_file(path: Path) -> int:
     """Open (or create) the lock file ``path`` for writing without following a link: a planted
-    symbolic link (or a FIFO, a device...) would make the lock's JSON overwrite whatever it
-    points to, so anything but a regular file is refused with :class:`LockError`."""
+    symbolic link (or a FIFO, a device..., or a hard link to another file) would make the lock's
+    JSON overwrite whatever it points to, so anything but a regular file with one link is
+    refused with :class:`LockError`."""
     why = "a symbolic link"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
@@ -231,11 +232,12 @@ def _open_lock_file(path: Path) -> int:
         if e.errno != errno.ELOOP:
             raise
     else:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             os.set_blocking(fd, True)
             return fd
         os.close(fd)
-        why = "not a regular file"
+        why = "a hard link to another file" if stat.S_ISREG(st.st_mode) else "not a regular file"
     raise LockError(
         f"lock file {path} is {why}; entropi never writes through a link or into a special "
         "file: remove it, or use another folder"

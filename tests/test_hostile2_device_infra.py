@@ -65,6 +65,17 @@ def test_lock_refuses_a_dangling_symlink_and_creates_nothing(tmp_path):
     assert not (tmp_path / "planted").exists()
 
 
+def test_lock_refuses_a_planted_hard_link(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    out = tmp_path / "H"
+    out.mkdir()
+    os.link(notes, out / ".entropi.lock")
+    with pytest.raises(LockError, match="is a hard link to another file"):
+        lock_folder(out)
+    assert notes.read_text() == "my notes\n"
+
+
 def test_lock_refuses_a_fifo(tmp_path):
     out = tmp_path / "H"
     out.mkdir()
