@@ -13,6 +13,7 @@ dicts). On disk a rung is a ``torch.save`` of a flat dict, loaded with ``weights
                         measured kept fraction of the prunable weights, their non-zeros and count,
                         and the fraction the ladder aimed at
     source_dataset, source_classes, num_source_classes, source_accuracy, train_seconds
+    method, widths      (format 2) "magnitude" or "channel"; a channel rung's layer sizes
     encoder, head, masks  state dicts (pruned weights exactly 0) and a bool mask per prunable
                           weight name
 
@@ -34,6 +35,7 @@ from entropi.device.errors import EntropiError
 from entropi.device.io import atomic_write_bytes
 
 __all__ = [
+    "PRUNE_METHODS",
     "RUNG_FORMAT",
     "CheckpointError",
     "Rung",
@@ -43,7 +45,11 @@ __all__ = [
     "save_rung",
 ]
 
-RUNG_FORMAT = 1
+RUNG_FORMAT = 2
+"""Format 2 adds ``method`` and ``widths`` (channel rungs are written as 2, magnitude rungs
+still as 1, which older entropi reads: a format-1 file has neither key)."""
+PRUNE_METHODS = ("magnitude", "channel")
+MAX_WIDTH = 1 << 16
 _TENSORS = ("encoder", "head", "masks")
 
 
@@ -71,6 +77,12 @@ class RungInfo:
     num_source_classes: int = 0
     source_accuracy: float | None = None
     train_seconds: float = 0.0
+    method: str = "magnitude"
+    """How the ladder pruned it: ``"magnitude"`` (masks, the paper's) or ``"channel"`` (a
+    smaller dense network, its layer sizes in ``widths``)."""
+    widths: dict[str, list[int]] | None = None
+    """A channel rung's ``{module name: [in, out, groups] | [in, out] | [features]}`` (the
+    host's ``channels.resize_to_widths`` rebuilds the network from them); None otherwise."""
     index: int | None = None
     """Position in the ladder (0 = dense); set when read from a run folder, not stored."""
 
@@ -96,8 +108,15 @@ class Rung:
         d = dataclasses.asdict(self.info)
         d.pop("index")
         d["input_shape"] = list(self.info.input_shape)
+        if self.info.method == "magnitude" and self.info.widths is None:
+            # a magnitude rung stays the format-1 record every entropi reads, byte for byte
+            d.pop("method")
+            d.pop("widths")
+            version = 1
+        else:
+            version = RUNG_FORMAT
         return {
-            "format": RUNG_FORMAT,
+            "format": version,
             **d,
             "encoder": self.encoder,
             "head": self.head,
@@ -224,6 +243,22 @@ def _check_info(info: RungInfo, where: str) -> None:
         f"source_accuracy is {info.source_accuracy!r}, not in [0, 1]",
     )
     need(_is_real(info.train_seconds, 0.0), f"train_seconds is {info.train_seconds!r}")
+    need(info.method in PRUNE_METHODS, f"method is {info.method!r}, not one of {PRUNE_METHODS}")
+    widths = info.widths
+    if info.method == "magnitude":
+        need(widths is None, "a magnitude rung has channel widths")
+        return
+    need(
+        isinstance(widths, dict)
+        and all(
+            isinstance(k, str)
+            and isinstance(v, list)
+            and 1 <= len(v) <= 3
+            and all(_is_int(w, 1, MAX_WIDTH) for w in v)
+            for k, v in widths.items()
+        ),
+        f"a channel rung's widths must map module names to 1-3 sizes in [1, {MAX_WIDTH}]",
+    )
 
 
 def _check_tensors(rung: Rung, where: str) -> None:

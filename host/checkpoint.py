@@ -16,6 +16,7 @@ import torch
 
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file
 
+from .channels import resize_to_widths
 from .models import ARCHITECTURES, Classifier, build_encoder, prunable_parameters
 from .rundir import RunDir
 
@@ -118,7 +119,10 @@ def _build_encoder(info: RungInfo, where) -> torch.nn.Module:
             f"{ARCHITECTURES[info.arch].feature_dim} of arch {info.arch!r}; the rung file is "
             "damaged"
         )
-    return build_encoder(info.arch)
+    encoder = build_encoder(info.arch)
+    if info.widths is not None:  # a channel rung: the smaller network its widths describe
+        resize_to_widths(encoder, info.widths, f"checkpoint {where or '(in memory)'}")
+    return encoder
 
 
 def _load_state(

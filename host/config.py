@@ -30,6 +30,7 @@ from typing import Any
 
 from entropi.device.config import TrainConfig
 from entropi.device.errors import EntropiError
+from entropi.export.rung import PRUNE_METHODS
 
 from .entropy import DEFAULT_LEVELS, LevelsError, check_levels
 
@@ -271,8 +272,16 @@ class PruneConfig:
     layer_floor: float = 0.0
     """every layer keeps at least layer_floor x alpha of its weights (no layer is emptied);
     0 = the paper's purely global magnitude pruning."""
+    method: str = "magnitude"
+    """"magnitude": the paper's unstructured global magnitude masks; "channel": whole channels
+    removed (Torch-Pruning), each rung a smaller dense network with alpha of the prunable
+    weights, which every runtime (TFLite Micro included) runs smaller and faster."""
 
     def __post_init__(self) -> None:
+        if self.method not in PRUNE_METHODS:
+            raise ConfigError(
+                f"prune.method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}"
+            )
         _check_range(
             "prune.keep_per_round", self.keep_per_round, 0.0, 1.0, lo_open=True, hi_open=True
         )

@@ -24,6 +24,7 @@ from entropi.device.io import package_version
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
 
 from . import distributed
+from .channels import channel_prune, channel_widths
 from .checkpoint import classifier_from_rung
 from .config import RunConfig
 from .criteria import CRITERIA_VERSION
@@ -61,22 +62,29 @@ __all__ = [
 ]
 
 
-def _rung(cfg: RunConfig, model, masks, alpha, source_acc, src: SourceData, seconds) -> Rung:
+def _rung(
+    cfg: RunConfig, model, masks, alpha, source_acc, src: SourceData, seconds, n_dense=None
+) -> Rung:
+    """The rung record of ``model``; a channel rung (``n_dense``: the dense network's prunable
+    weights) measures alpha against the dense count and records its layer widths."""
     nnz, n = count_nonzero(model.encoder)
+    channel = n_dense is not None
     info = RungInfo(
         arch=cfg.pretrain.arch,
         feature_dim=model.feature_dim,
         input_shape=src.input_shape,
         normalization={"mean": list(src.mean), "std": list(src.std)},
-        alpha=nnz / n,
+        alpha=nnz / (n_dense if channel else n),
         nnz=nnz,
-        n_prunable=n,
+        n_prunable=n_dense if channel else n,
         alpha_target=alpha,
         source_dataset=cfg.data.source,
         source_classes=src.classes,
         num_source_classes=len(src.classes),
         source_accuracy=source_acc,
         train_seconds=seconds,
+        method="channel" if channel else "magnitude",
+        widths=channel_widths(model.encoder) if channel else None,
     )
 
     def cpu(state):
@@ -138,7 +146,11 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
     Under ``torchrun`` rank 0 reads the ladder and computes each rung's masks (broadcast, so
     every process zeroes the same weights); every process starts the rung from rank 0's weights
     and retrains it (DDP); rank 0 evaluates and writes it. After each rung every process must
-    hold the same weights and masks (checked by sha256)."""
+    hold the same weights and masks (checked by sha256).
+
+    ``[prune] method = "channel"``: each rung is the previous one with whole channels removed
+    (:func:`.channels.channel_prune`, alpha of the dense rung's prunable weights), retrained as
+    a dense network (all-true masks); every process prunes the same shared weights alike."""
     alphas = geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min)
     # a rung's retraining: the [pretrain] optimizer with the [prune] epochs and learning rate
     retrain = (
@@ -149,6 +161,8 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
     # prev: the rung before r (on rank 0; on the others only once `shared`)
     prev = distributed.from_main(partial(load_rung_file, run.rung(0), 0), share=False)
     shared = False
+    channel = cfg.prune.method == "channel"
+    n_dense = distributed.from_main(lambda: prev.info.n_prunable)  # the dense rung's count
     for r in range(1, len(alphas)):
         path = run.rung(r)
         if distributed.from_main(path.is_file):
@@ -157,14 +171,21 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
             continue
         if not shared:
             prev, shared = distributed.from_main(lambda p=prev: p), True
-        model = classifier_from_rung(prev).to(device)
-        masks = {k: v.to(device) for k, v in prev.masks.items()}
-        pruned = partial(
-            global_magnitude_masks, model.encoder, masks, alphas[r], cfg.prune.layer_floor
-        )
-        masks = distributed.from_main(lambda f=pruned: _cpu(f()))
-        masks = {k: v.to(device) for k, v in masks.items()}
-        apply_masks(model.encoder, masks)
+        if channel:  # deterministic on the shared weights: every process prunes alike
+            model = channel_prune(
+                classifier_from_rung(prev), round(alphas[r] * n_dense),
+                torch.zeros(1, *src.input_shape),
+            ).to(device)  # fmt: skip
+            masks = {k: v.to(device) for k, v in dense_masks(model.encoder).items()}
+        else:
+            model = classifier_from_rung(prev).to(device)
+            masks = {k: v.to(device) for k, v in prev.masks.items()}
+            pruned = partial(
+                global_magnitude_masks, model.encoder, masks, alphas[r], cfg.prune.layer_floor
+            )
+            masks = distributed.from_main(lambda f=pruned: _cpu(f()))
+            masks = {k: v.to(device) for k, v in masks.items()}
+            apply_masks(model.encoder, masks)
         torch.manual_seed(cfg.seed + r)
         seconds = 0.0
         if retrain is not None:
@@ -176,7 +197,9 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
         acc = distributed.from_main(
             partial(evaluate, model, src.x_test, src.y_test, mean=src.mean, std=src.std)
         )
-        prev = _rung(cfg, model, masks, alphas[r], acc, src, seconds)
+        prev = _rung(
+            cfg, model, masks, alphas[r], acc, src, seconds, n_dense if channel else None
+        )
         distributed.check_identical(f"prune: rung {r}", prev.encoder, prev.head, prev.masks)
         if distributed.is_main():
             save_rung(path, prev)

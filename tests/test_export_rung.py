@@ -134,12 +134,14 @@ def test_provenance_inside_the_models(exported):
 
 
 def test_failed_verification_leaves_nothing(run, tmp_path):
+    # an earlier export's folder (only export file names: a user's folder is refused outright)
     (tmp_path / "export").mkdir()
-    (tmp_path / "export" / "old.txt").write_text("keep")
+    (tmp_path / "export" / "encoder.onnx").write_text("keep")
     with pytest.raises(VerificationError, match="differs from the PyTorch encoder"):
         export_rung(run, 0, formats=["onnx"], out_dir=tmp_path / "export", atol=-1.0)
     assert [p.name for p in tmp_path.iterdir()] == ["export"]
-    assert [p.name for p in (tmp_path / "export").iterdir()] == ["old.txt"]
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["encoder.onnx"]
+    assert (tmp_path / "export" / "encoder.onnx").read_text() == "keep"
 
 
 def test_run_without_ladder(tmp_path):

@@ -1,0 +1,94 @@
+"""A channel ladder end to end on a tiny image folder: ``[prune] method = "channel"``.
+
+References: the rung record's widths against the rebuilt network's own layer shapes; alpha
+against the prunable weights counted in the rebuilt network; the MCU form's file size and TFLM
+arena against the dense rung's, measured by TFLite Micro itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_pipeline import tiny_config
+
+pytest.importorskip("torch_pruning")
+
+from entropi.export.rung import load_rung_file  # noqa: E402
+from entropi.host import pipeline  # noqa: E402
+from entropi.host.channels import channel_widths, prunable_count  # noqa: E402
+from entropi.host.checkpoint import load_rung  # noqa: E402
+from entropi.host.config import ConfigError, config_from_dict  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def channel_run(image_folder, tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("channel") / "r"
+    results = pipeline.run_all(tiny_config(image_folder, method="channel"), out)
+    return out, results
+
+
+def test_the_ladder_is_ever_smaller_dense_networks(channel_run):
+    out, results = channel_run
+    alphas = [r["alpha"] for r in results["rungs"]]
+    assert alphas == pytest.approx([1.0, 0.5, 0.25, 0.125], rel=0.02)
+    dense, _ = load_rung(out, 0)
+    n = prunable_count(dense)
+    previous = channel_widths(dense)
+    for k in range(1, 4):
+        encoder, info = load_rung(out, k)
+        assert info.method == "channel" and info.n_prunable == n
+        assert info.widths == channel_widths(encoder)  # the record rebuilds the network
+        assert prunable_count(encoder) == info.nnz == pytest.approx(info.alpha * n, abs=1)
+        assert all(
+            a <= b for name, w in info.widths.items() for a, b in zip(w, previous[name], strict=True)
+        )  # nested: no layer grows
+        previous = info.widths
+        with torch.no_grad():
+            assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, 256)
+    # the run went on to select, export and train the device head on whatever it picked
+    assert results["device"]["accuracy"] >= 0.0
+    assert set(results["export"]["files"]) >= {"encoder.onnx"}
+
+
+def test_a_magnitude_rung_stays_a_format_1_file(channel_run):
+    out, _ = channel_run
+    raw = torch.load(out / "rungs" / "rung_000.pt", weights_only=True)
+    assert raw["format"] == 1 and "widths" not in raw
+    raw = torch.load(out / "rungs" / "rung_002.pt", weights_only=True)
+    assert raw["format"] == 2 and raw["method"] == "channel"
+    assert load_rung_file(out / "rungs" / "rung_002.pt").info.widths == raw["widths"]
+
+
+def test_an_unknown_method_is_refused_at_load(image_folder):
+    with pytest.raises(ConfigError, match="prune.method"):
+        tiny_config(image_folder, method="structured")
+    cfg = tiny_config(image_folder, method="channel")
+    assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))).prune.method == "channel"
+
+
+def test_the_alpha_one_eighth_rung_is_a_fifth_of_the_dense_rung_on_a_microcontroller(
+    channel_run, tmp_path
+):
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("litert_torch")
+    from entropi.export.mcu import mcu_export
+
+    out, _ = channel_run
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    info = {}
+    for k in (0, 3):
+        encoder, _ = load_rung(out, k)
+        info[k] = mcu_export(
+            encoder,
+            tmp_path / f"mcu{k}",
+            input_shape=(3, 32, 32),
+            verify_inputs=x[:4],
+            calibration=x,
+            dtype="int8",
+        )
+    assert info[3]["file_bytes"] <= 0.2 * info[0]["file_bytes"]
+    assert info[3]["tflm_arena_bytes"] < info[0]["tflm_arena_bytes"]
