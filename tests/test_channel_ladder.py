@@ -44,7 +44,9 @@ def test_the_ladder_is_ever_smaller_dense_networks(channel_run):
         assert info.widths == channel_widths(encoder)  # the record rebuilds the network
         assert prunable_count(encoder) == info.nnz == pytest.approx(info.alpha * n, abs=1)
         assert all(
-            a <= b for name, w in info.widths.items() for a, b in zip(w, previous[name], strict=True)
+            a <= b
+            for name, w in info.widths.items()
+            for a, b in zip(w, previous[name], strict=True)
         )  # nested: no layer grows
         previous = info.widths
         with torch.no_grad():
