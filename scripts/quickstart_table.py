@@ -1,0 +1,167 @@
+"""The README's quickstart results table, from a committed results file.
+
+    python scripts/quickstart_table.py runs/quickstart --out benchmarks/results/quickstart.json
+    python scripts/quickstart_table.py --markdown [--json benchmarks/results/quickstart.json]
+    python scripts/quickstart_table.py --readme README.md [--json ...]
+
+The first form extracts, from a finished quickstart run's ``results.json``, the numbers the
+README's table and its pick line show (per rung: alpha, nnz, source accuracy, the paper's
+entropy, ``subset_entropy``, S(C_auto), probe accuracy mean and sd over the probe seeds; the
+pick, its criterion, regret, Kendall tau and selection confidence; the device head's test
+accuracy and measured peak) into a small JSON file, which is committed. ``--markdown`` prints the
+README block rendered from that file; ``--readme`` rewrites the block between the README's
+``<!-- quickstart-table -->`` markers in place. ``tests/test_readme_quickstart.py`` checks that
+the README's block equals the rendering of the committed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BEGIN", "END", "extract", "readme_block", "render", "replace_block"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = ROOT / "benchmarks" / "results" / "quickstart.json"
+BEGIN = "<!-- quickstart-table: scripts/quickstart_table.py --readme README.md -->"
+END = "<!-- /quickstart-table -->"
+_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar100:coarse": "CIFAR-100 coarse"}
+
+
+def extract(run: str | os.PathLike) -> dict[str, Any]:
+    """The table's numbers from ``run/results.json`` (a finished run)."""
+    res = json.loads((Path(run) / "results.json").read_text())
+    crit = res["criterion"]
+    rungs = [
+        {
+            "alpha": r["alpha"],
+            "nnz": r["nnz"],
+            "source_accuracy": r["source_accuracy"],
+            "entropy": r["entropy"],
+            "subset_entropy": r["criteria"]["subset_entropy"],
+            "von_neumann": r["criteria"]["von_neumann"],
+            "probe_accuracy": r["probe_accuracy"],
+            "probe_accuracy_std": r["probe_accuracy_std"],
+        }
+        for r in res["rungs"]
+    ]
+    dev = res["device"]
+    return {
+        "run": {k: res[k] for k in ("package_version", "config_sha256", "seed", "arch")},
+        "source": res["source"],
+        "target": res["target"],
+        "rungs": rungs,
+        "criterion": crit,
+        "selected_index": res["selected_index"],
+        "best_probe_index": res["best_probe_index"],
+        "regret": res["regret"],
+        "kendall_tau": res["criteria_summary"][crit]["kendall_tau"],
+        "selection_confidence": res["selection_confidence"],
+        "resamples": res["selection_resamples"]["resamples"],
+        "device": {k: dev[k] for k in ("accuracy", "peak_bytes", "analytic_bytes", "budget_bytes")},
+    }
+
+
+def _row(i: int, r: dict, data: dict) -> str:
+    cells = [
+        str(i),
+        f"{r['alpha']:.5f}",
+        f"{r['nnz']:,}",
+        f"{r['source_accuracy']:.4f}",
+        f"{r['entropy']:.4f}",
+        f"{r['subset_entropy']:.1f}",
+        f"{r['von_neumann']:.4f}",
+        f"{100 * r['probe_accuracy']:.2f} ± {100 * r['probe_accuracy_std']:.2f}",
+    ]
+    selected, best = i == data["selected_index"], i == data["best_probe_index"]
+    if selected:
+        cells = [f"**{c}**" for c in cells]
+    tags = [t for t, on in (("selected", selected), ("best", best)) if on]
+    if tags:
+        cells[-1] += f" ({', '.join(tags)})"
+    return "| " + " | ".join(cells) + " |"
+
+
+def render(data: dict[str, Any]) -> str:
+    """The README block (table + pick line) for ``data`` (what :func:`extract` returns)."""
+    src = _NAMES.get(data["source"], data["source"])
+    tgt = _NAMES.get(data["target"], data["target"])
+    lines = [
+        f"| rung | alpha | nnz | {src} acc | paper entropy (nats) | subset_entropy | S(C_auto) "
+        f"| probe acc % ({tgt}) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(_row(i, r, data) for i, r in enumerate(data["rungs"])),
+    ]
+    dev, n = data["device"], data["resamples"]
+    wins = round(data["selection_confidence"] * n)
+    pick = (
+        f"Pick: rung {data['selected_index']} by `{data['criterion']}`, regret "
+        f"{100 * data['regret']:.2f} points (Kendall tau {data['kendall_tau']:.2f} against the "
+        f"probe), selection confidence {data['selection_confidence']:.2f} ({wins} of {n} "
+        f"bootstrap resamples). Device head: {dev['accuracy']:.4f} test accuracy, measured peak "
+        f"{dev['peak_bytes']:,} B of {dev['budget_bytes']:,} B (analytic {dev['analytic_bytes']:,}"
+        " B)."
+    )
+    lines += ["", textwrap.fill(pick, width=100, break_on_hyphens=False)]
+    return "\n".join(lines)
+
+
+def readme_block(text: str) -> str:
+    """The text between the README's quickstart-table markers (without them)."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1:
+        raise ValueError(f"README needs exactly one {BEGIN!r} and one {END!r}")
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the block between the markers replaced by ``block``."""
+    readme_block(text)  # checks the markers
+    head, rest = text.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{block}\n{END}{rest.split(END, 1)[1]}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("run", nargs="?", help="finished quickstart run folder to extract from")
+    ap.add_argument("--out", help="write the extracted JSON here (with RUN)")
+    ap.add_argument(
+        "--json", default=str(DEFAULT_JSON), help="results file to render (%(default)s)"
+    )
+    ap.add_argument("--markdown", action="store_true", help="print the README block")
+    ap.add_argument("--readme", help="rewrite the block between this README's markers")
+    args = ap.parse_args(argv)
+    if bool(args.run) != bool(args.out):
+        ap.error("RUN and --out go together")
+    if not (args.run or args.markdown or args.readme):
+        ap.error("nothing to do: give RUN --out JSON, --markdown or --readme README")
+    try:
+        if args.run:
+            data = extract(args.run)
+            _write_text(Path(args.out), json.dumps(data, indent=1) + "\n")
+            args.json = args.out
+        data = json.loads(Path(args.json).read_text())
+        block = render(data)
+        if args.markdown:
+            print(block)
+        if args.readme:
+            path = Path(args.readme)
+            _write_text(path, replace_block(path.read_text(), block))
+    except (OSError, KeyError, ValueError) as exc:
+        ap.exit(2, f"error: {type(exc).__name__}: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
