@@ -8,12 +8,15 @@ add ``entropi bench`` this way, so the host never imports the layer above it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from .deploy import RUNTIMES
 
 __all__ = ["main"]
 
@@ -203,9 +206,12 @@ def _print_summary(results: dict, out) -> None:
         print("(regret in probe points; tau = Kendall tau vs probe accuracy)")
     conf = results.get("selection_confidence")
     tail = f"; confidence {conf:.2f}" if conf is not None else ""
+    rule = results.get("rule", "argmax")
+    se = results.get("probe_se")
+    se = f"test-set SE {100 * se:.2f}, " if se is not None else ""
     print(
-        f"selected rung {results['selected_index']} by {crit}; regret "
-        f"{100 * results['regret']:.2f} points (probe spread "
+        f"selected rung {results['selected_index']} by {crit} ({rule}); regret "
+        f"{100 * results['regret']:.2f} points ({se}probe spread "
         f"{100 * results.get('probe_spread', 0.0):.2f}){tail}; results in "
         f"{Path(out) / 'results.json'}"
     )
@@ -280,6 +286,10 @@ def _cmd_select(a: argparse.Namespace) -> int:
 
     flash, ram = parse_limit(a.flash, "--flash"), parse_limit(a.ram, "--ram")
     cfg, run, _ = _open(a)
+    if a.rule is not None:  # the selection rule for this selection ([select] rule)
+        cfg = dataclasses.replace(cfg, select=dataclasses.replace(cfg.select, rule=a.rule))
+    if a.runtime is not None:  # the device's runtime for this selection ([deploy] runtime)
+        cfg = dataclasses.replace(cfg, deploy=dataclasses.replace(cfg.deploy, runtime=a.runtime))
     results = stage_select(cfg, run, a.criterion, flash=flash, ram=ram)
     dep = results.get("deployment")
     if dep:
@@ -652,6 +662,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "`entropi criteria --list` names them",
     )
     p.add_argument(
+        "--rule",
+        metavar="NAME",
+        help="selection rule (default: the run's [select] rule): argmax (the best criterion "
+        "value) or smallest_tied (the fewest non-zero weights within one paired-bootstrap SE "
+        "of the best)",
+    )
+    p.add_argument(
         "--flash",
         metavar="SIZE",
         help="device flash for the encoder file + head (e.g. 300KB): pick the best rung that "
@@ -661,6 +678,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "--ram",
         metavar="SIZE",
         help="device RAM for inference activations + head training (default: [deploy] ram)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="what runs the encoder on the device: litert (a Linux board) or tflm (TensorFlow "
+        "Lite Micro on a microcontroller: the MCU form, RAM = TFLM's measured arena + the head "
+        "plan; default: the run's [deploy] runtime)",
     )
 
     formats = LazyChoices(_formats)

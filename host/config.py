@@ -312,12 +312,26 @@ class SelectConfig:
     "entropy" is the paper's estimator."""
     resamples: int = 100
     """bootstrap resamples of the target training set for the selection confidence (0 = off)."""
+    rule: str = "argmax"
+    """how the criterion picks (:data:`entropi.host.selection.RULES`): "argmax" (the paper's:
+    the best value) or "smallest_tied" (the fewest non-zero weights among the rungs within
+    tie_se paired-bootstrap standard errors of the best; needs resamples >= 2)."""
+    tie_se: float = 1.0
+    """smallest_tied: how many paired-bootstrap standard errors below the best still tie."""
 
     def __post_init__(self) -> None:
         from .criteria import CRITERIA
+        from .selection import RULES
 
         _check_name("select.criterion", self.criterion, sorted(CRITERIA), "selection criterion")
+        _check_name("select.rule", self.rule, list(RULES), "selection rule")
+        _check_range("select.tie_se", self.tie_se, 0.0, 100.0)
         _check_int("select.resamples", self.resamples, lo=0)
+        if RULES[self.rule].needs_bootstrap and self.resamples < 2:
+            raise ConfigError(
+                f"select.rule = {self.rule!r} decides ties by a paired bootstrap: "
+                f"select.resamples must be >= 2, got {self.resamples}"
+            )
         if self.resamples > MAX_RESAMPLES:  # each resample scores every rung again
             raise ConfigError(
                 f"select.resamples must be in [0, {MAX_RESAMPLES}], got {self.resamples}"
@@ -401,8 +415,17 @@ class DeployConfig:
     """flash for the encoder file and the head (a size such as 300KB; empty: no limit)."""
     ram: str = ""
     """RAM for inference activations plus head training (a size; empty: no limit)."""
+    runtime: str = "litert"
+    """what runs the encoder: "litert" (a Linux board; every encoder form) or "tflm"
+    (TensorFlow Lite Micro on a microcontroller: the MCU form, RAM = TFLM's measured arena)."""
 
     def __post_init__(self) -> None:
+        from .deploy import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(
+                f"deploy.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
+            )
         for key in ("flash", "ram"):
             value = getattr(self, key)
             if not isinstance(value, str):

@@ -19,6 +19,7 @@ cdnv              yes     lower   invariant     yes    yes    paper 001, App. A
 logme             yes     higher  approx.       yes    yes    You et al., ICML 2021
 knn               yes     higher  invariant     yes*   yes    LOO k-NN accuracy
 h_score           yes     higher  invariant     yes    yes    Bao et al., ICIP 2019
+cv_probe          yes     higher  invariant     no**   yes    k-fold ridge probe accuracy
 ================  ======  ======  ============  =====  =====  ========================
 
 "x c": the score under ``features * c`` (the quantizer's Delta scales with the features, so the
@@ -26,8 +27,14 @@ three entropies are unchanged up to float round-off at a bin edge; exact for pow
 LogME is scale-free at its fixed point only for full-column-rank features, and the authors' 1e-5
 added to m2 and res2 breaks that for large features (x 1000 moved one test set 0.21 -> 0.085).
 "order": unchanged when rows and labels are permuted together (*knn: exactly when every sample
-is a query, n <= ``knn_max_queries``, and no two neighbours have bit-equal similarity).
+is a query, n <= ``knn_max_queries``, and no two neighbours have bit-equal similarity; **cv_probe:
+the seeded folds follow the row order).
 "relab": unchanged when class ids are renamed (labels are remapped to 0..K-1 by sorted value).
+
+A criterion may also register a ``resampled`` form, ``fn(x, y, opts, idx) -> values`` over the
+bootstrap index rows ``idx`` (resamples x n): the same numbers as ``fn`` on each ``x[idx[b]]``,
+computed at once (``subset_entropy`` quantizes each sample once per distinct resample range and
+reweights its state counts by the resample's multiplicities).
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropi.device.errors import EntropiError
-from entropi.host.entropy import DEFAULT_LEVELS, check_levels, state_entropy
+from entropi.host.entropy import DEFAULT_LEVELS, FeatureError, check_levels, state_entropy
 
 __all__ = [
     "CRITERIA",
@@ -50,6 +57,7 @@ __all__ = [
     "check_inputs",
     "compute_criteria",
     "criterion_names",
+    "cv_probe",
     "entropy",
     "entropy_bound",
     "h_score",
@@ -58,6 +66,7 @@ __all__ = [
     "nc1",
     "numerical_rank",
     "register",
+    "stratified_folds",
     "subset_entropy",
     "von_neumann",
 ]
@@ -87,7 +96,11 @@ class CriterionOptions:
     subsets: int = 256
     """subset_entropy: number of random unit subsets averaged."""
     seed: int = 0
-    """seed of the k-NN query sample and of the unit subsets."""
+    """seed of the k-NN query sample, of the unit subsets and of cv_probe's folds."""
+    cv_folds: int = 5
+    """cv_probe: folds of the cross-validation (stratified; each class needs that many)."""
+    cv_ridge: float = 1.0
+    """cv_probe: ridge penalty on the standardized features (scikit-learn's ``alpha``)."""
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +121,15 @@ class CriterionOptions:
             raise CriterionError(
                 f"CriterionOptions.seed must be an integer >= 0, got {self.seed!r}"
             )
+        if not _is_int(self.cv_folds) or self.cv_folds < 2:
+            raise CriterionError(
+                f"CriterionOptions.cv_folds must be an integer >= 2, got {self.cv_folds!r}"
+            )
+        ridge = self.cv_ridge
+        if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+            raise CriterionError(f"CriterionOptions.cv_ridge must be a number > 0, got {ridge!r}")
+        if not np.isfinite(ridge):
+            raise CriterionError(f"CriterionOptions.cv_ridge must be finite, got {ridge!r}")
 
 
 _DEFAULTS = CriterionOptions()
@@ -121,6 +143,11 @@ class Criterion:
     fn: Callable[[np.ndarray, np.ndarray | None, CriterionOptions], float]
     higher_is_better: bool
     needs_labels: bool
+    resampled: (
+        Callable[[np.ndarray, np.ndarray | None, CriterionOptions, np.ndarray], np.ndarray] | None
+    ) = None
+    """optional: ``fn(x, y, opts, idx)`` -> the score on every bootstrap row ``x[idx[b]]`` at
+    once, equal to ``fn`` on each (x, y checked by :func:`check_inputs` already)."""
 
 
 CRITERIA_VERSION = 2
@@ -250,14 +277,8 @@ def subset_entropy(features, labels=None, opts: CriterionOptions = _DEFAULTS) ->
     """
     x, _ = check_inputs(features)
     n, d = x.shape
-    u = min(_subset_size(n, opts.levels), d)
-    base = opts.levels + 1
-    powers = base ** np.arange(u, dtype=np.int64)
-    rng = np.random.default_rng(opts.seed)
     total = 0.0
-    for _ in range(opts.subsets):
-        units = rng.choice(d, size=u, replace=False)
-        y = x[:, units]
+    for y, powers in _unit_subsets(x, opts):
         delta = (float(y.max()) - float(y.min())) / opts.levels
         if delta == 0.0:
             continue  # one state: entropy 0
@@ -266,7 +287,77 @@ def subset_entropy(features, labels=None, opts: CriterionOptions = _DEFAULTS) ->
         counts = np.bincount(keys)
         p = counts[counts > 0] / n
         total += float(-(p * np.log(p)).sum())
-    return max(0.0, total / opts.subsets) * d / u
+    return max(0.0, total / opts.subsets) * d / len(powers)
+
+
+def _unit_subsets(x: np.ndarray, opts: CriterionOptions):
+    """subset_entropy's ``opts.subsets`` random u-unit column blocks of ``x`` (seeded), each with
+    the mixed-radix place values (M + 1)**j of its u units."""
+    n, d = x.shape
+    u = min(_subset_size(n, opts.levels), d)
+    powers = (opts.levels + 1) ** np.arange(u, dtype=np.int64)
+    rng = np.random.default_rng(opts.seed)
+    for _ in range(opts.subsets):
+        yield x[:, rng.choice(d, size=u, replace=False)], powers
+
+
+def _subset_entropy_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray) -> np.ndarray:
+    """:func:`subset_entropy` of every bootstrap row ``x[idx[b]]`` at once: the same subsets,
+    Delta and states as the direct call, equal to it to float round-off (the entropy sums add
+    the same terms in another order; tests/test_bootstrap_fast.py holds it to 1e-12).
+
+    A resample's Delta for a subset is set by its drawn extremes, so the samples are quantized
+    once per distinct (min, max) pair among the resamples (a handful: the few top rows by
+    value), not once per resample; each resample's state counts are then one bincount of the
+    keys of the samples it drew (all resamples of a pair in one call). A sample the resample
+    did not draw may fall outside its range: its digits are clipped to the spare value M + 1
+    (keys in base M + 2, which keep the drawn states apart); it is never counted."""
+    n, d = x.shape
+    n_res = len(idx)
+    drawn = np.zeros((n_res, n), dtype=bool)
+    drawn[np.repeat(np.arange(n_res), idx.shape[1]), idx.ravel()] = True
+    totals = np.zeros(n_res)
+    m = opts.levels
+    u = 1
+    for y, powers in _unit_subsets(x, opts):
+        u = len(powers)
+        wide = (m + 2) ** np.arange(u, dtype=np.int64)
+        bins = int((m + 2) ** u)
+        lo = -_drawn_max(-y.min(axis=1), drawn)  # each resample's extremes over the subset
+        hi = _drawn_max(y.max(axis=1), drawn)
+        pairs, which = np.unique(np.stack([lo, hi], axis=1), axis=0, return_inverse=True)
+        which = which.ravel()
+        for g, (lo_g, hi_g) in enumerate(pairs):
+            delta = (float(hi_g) - float(lo_g)) / m
+            if delta == 0.0:
+                continue  # one state: entropy 0
+            qmin = np.floor(lo_g / delta + 0.5)
+            q = np.clip(np.floor(y / delta + 0.5) - qmin, 0, m + 1).astype(np.int64)
+            keys = q @ wide
+            rows = np.flatnonzero(which == g)
+            flat = keys[idx[rows]] + (np.arange(len(rows)) * bins)[:, None]
+            counts = np.bincount(flat.ravel(), minlength=len(rows) * bins)
+            p = counts.reshape(len(rows), bins) / n
+            with np.errstate(divide="ignore", invalid="ignore"):
+                totals[rows] += -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)
+    return np.maximum(0.0, totals / opts.subsets) * d / u
+
+
+def _drawn_max(values: np.ndarray, drawn: np.ndarray, top: int = 64) -> np.ndarray:
+    """max of ``values`` (n,) over the drawn samples of each resample (``drawn``: resamples x
+    n), looking first among the ``top`` largest values (a resample of n draws misses all of
+    them with probability about e**-top)."""
+    n = len(values)
+    if n <= top:
+        return np.where(drawn, values, -np.inf).max(axis=1)
+    cand = np.argpartition(-values, top)[:top]
+    cand = cand[np.argsort(-values[cand], kind="stable")]
+    hit = drawn[:, cand]
+    out = values[cand][hit.argmax(axis=1)]
+    miss = ~hit.any(axis=1)
+    if miss.any():
+        out[miss] = np.where(drawn[miss], values, -np.inf).max(axis=1)
+    return out
 
 
 def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -546,6 +637,74 @@ def h_score(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     return float(((weights[:, None] * proj**2).sum(axis=0) / lam[keep]).sum())
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold id (0 .. folds - 1) of every sample: each class is shuffled (seeded) and dealt round
+    the folds, starting where the previous class stopped, so fold sizes differ by at most one;
+    every class needs at least ``folds`` samples, so that every fold holds every class."""
+    y = np.asarray(y)
+    if folds < 2:
+        raise FeatureError(f"cross-validation needs at least 2 folds, got {folds}")
+    classes, counts = np.unique(y, return_counts=True)
+    if len(y) < folds:
+        raise FeatureError(f"{folds}-fold cross-validation needs at least {folds} samples")
+    if counts.min() < folds:
+        c = classes[int(np.argmin(counts))]
+        raise FeatureError(
+            f"{folds}-fold cross-validation: class {c} has only {int(counts.min())} samples; "
+            + (
+                f"lower probe.folds to at most {int(counts.min())}"
+                if counts.min() >= 2
+                else "set probe.folds = 0 (the test split)"
+            )
+        )
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(y), dtype=np.int64)
+    start = 0
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(y == c))
+        out[idx] = (start + np.arange(len(idx))) % folds
+        start = (start + len(idx)) % folds
+    return out
+
+
+def cv_probe(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
+    """k-fold cross-validated linear probe accuracy on the target TRAINING features (the split
+    the criteria see; never the test split): the label-using baseline every entropy must beat.
+
+    Folds: :func:`stratified_folds` (k = ``opts.cv_folds``, ``opts.seed``). Fold f trains on the
+    others: features standardized with the training folds' mean and sd (sd 0 -> 1, as
+    scikit-learn's StandardScaler), then a ridge least-squares classifier (scikit-learn's
+    RidgeClassifier: targets +1 for the class and -1 otherwise, unpenalized intercept, penalty
+    ``opts.cv_ridge`` x ||W||^2), W = (Z^T Z + a I)^-1 Z^T (T - mean T); prediction = argmax of
+    Z W + b. Score = share of all samples predicted right. A ridge probe rather than the
+    ground truth's Adam-trained softmax (host/probe.py): it is closed form (deterministic, no
+    epochs or learning rate) and costs about one d x d covariance per fold, where k softmax
+    probes would cost k times the probe the selection is meant to save. Each class needs at
+    least k samples. The folds follow the row order (not invariant to shuffling the rows) but
+    not the class names."""
+    _need_labels("cv_probe", labels)
+    x, y = check_inputs(features, labels)
+    _classes(y, f"cv_probe ({opts.cv_folds} folds)", opts.cv_folds)
+    _, first = np.unique(y, return_index=True)  # classes in order of first appearance: the
+    fold = stratified_folds(np.argsort(np.argsort(first))[y], opts.cv_folds, opts.seed)  # folds
+    # do not depend on how the classes are named
+    n, d = x.shape
+    k = int(y.max()) + 1
+    targets = np.where(np.arange(k) == y[:, None], 1.0, -1.0)
+    right = 0
+    for f in range(opts.cv_folds):
+        tr, te = fold != f, fold == f
+        mu, sd = x[tr].mean(axis=0), x[tr].std(axis=0)
+        sd = np.where(sd == 0, 1.0, sd)
+        z = (x[tr] - mu) / sd
+        zm, tm = z.mean(axis=0), targets[tr].mean(axis=0)
+        zc = z - zm
+        w = np.linalg.solve(zc.T @ zc + opts.cv_ridge * np.eye(d), zc.T @ (targets[tr] - tm))
+        pred = ((x[te] - mu) / sd - zm) @ w + tm
+        right += int((pred.argmax(axis=1) == y[te]).sum())
+    return right / n
+
+
 # -------------------------------------------------------------------------------- the registry
 
 _TABLE = [
@@ -558,6 +717,7 @@ _TABLE = [
         subset_entropy,
         True,
         False,
+        _subset_entropy_resampled,
     ),
     ("von_neumann", "von Neumann entropy S(C_auto), paper 000", von_neumann, True, False),
     ("numerical_rank", "mean ||H_k||_F^2 / ||H_k||_2^2, paper 001", numerical_rank, True, True),
@@ -566,6 +726,13 @@ _TABLE = [
     ("logme", "LogME evidence per sample, You et al. ICML 2021", logme, True, True),
     ("knn", "leave-one-out cosine k-NN accuracy", knn, True, True),
     ("h_score", "tr(pinv(cov f) cov E[f|y]), Bao et al. 2019", h_score, True, True),
+    (
+        "cv_probe",
+        "k-fold cross-validated ridge linear probe accuracy on the target training split",
+        cv_probe,
+        True,
+        True,
+    ),
 ]
 for _row in _TABLE:
     register(Criterion(*_row))

@@ -8,8 +8,9 @@ mini-batches. Deterministic for a given seed.
 binomial standard error of an accuracy on n test images is sqrt(p (1 - p) / n), 3.7 points for
 PACS photo's 171, larger than most differences between rungs. k-fold cross-validation over train
 and test pooled tests every image once (n = all of them) while each fold still trains on
-(k - 1) / k of the pool. The fold assignment is a few lines of numpy (scikit-learn is not a
-runtime dependency of the host).
+(k - 1) / k of the pool. The fold assignment (:func:`~entropi.host.criteria.stratified_folds`,
+shared with the ``cv_probe`` criterion) is a few lines of numpy (scikit-learn is not a runtime
+dependency of the host).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from .config import ProbeConfig
+from .criteria import stratified_folds
 from .entropy import FeatureError
 
 __all__ = ["ProbeResult", "cross_validated_probe", "linear_probe", "stratified_folds"]
@@ -120,36 +122,6 @@ def _linear_probe(
         train_acc = float((head(xtr).argmax(1) == ytr).float().mean())
         test_acc = float((head(xte).argmax(1) == yte).float().mean())
     return ProbeResult(train_acc, test_acc, float(loss.detach()), len(yte))
-
-
-def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold id (0 .. folds - 1) of every sample: each class is shuffled (seeded) and dealt round
-    the folds, starting where the previous class stopped, so fold sizes differ by at most one;
-    every class needs at least ``folds`` samples, so that every fold holds every class."""
-    y = np.asarray(y)
-    if folds < 2:
-        raise FeatureError(f"cross-validation needs at least 2 folds, got {folds}")
-    classes, counts = np.unique(y, return_counts=True)
-    if len(y) < folds:
-        raise FeatureError(f"{folds}-fold cross-validation needs at least {folds} samples")
-    if counts.min() < folds:
-        c = classes[int(np.argmin(counts))]
-        raise FeatureError(
-            f"{folds}-fold cross-validation: class {c} has only {int(counts.min())} samples; "
-            + (
-                f"lower probe.folds to at most {int(counts.min())}"
-                if counts.min() >= 2
-                else "set probe.folds = 0 (the test split)"
-            )
-        )
-    rng = np.random.default_rng(seed)
-    out = np.empty(len(y), dtype=np.int64)
-    start = 0
-    for c in classes:
-        idx = rng.permutation(np.flatnonzero(y == c))
-        out[idx] = (start + np.arange(len(idx))) % folds
-        start = (start + len(idx)) % folds
-    return out
 
 
 def cross_validated_probe(

@@ -3,23 +3,50 @@ sure the pick is.
 
 The criteria themselves (numpy on features) live in :mod:`entropi.host.criteria`;
 ``stage_score`` stores every rung's values of every criterion in ``scores/rung_NNN.json`` under
-``criteria``. This module works on those stored scores only, so ``entropi select --criterion``
-re-selects without recomputing features:
+``criteria``. This module works on those stored scores (and, for the bootstrap, on the cached
+features), so ``entropi select --criterion / --rule`` re-selects without recomputing features:
 
-- :func:`select_rung`: argmax of the criterion (argmin where lower is better), ties going to the
-  denser rung;
+- :data:`RULES`, the selection-rule seam beside the criterion seam (``[select] rule``):
+
+  - ``argmax`` (the paper's; :func:`select_rung`): argmax of the criterion (argmin where lower is
+    better), ties going to the denser rung;
+  - ``smallest_tied``: the smallest rung (fewest non-zero weights, :func:`rung_sizes`) whose
+    criterion is not significantly below the best rung's. "Significantly" is the one-standard-
+    error rule on PAIRED bootstrap differences: every resample of the target training set scores
+    every rung (:func:`bootstrap_values`), so the difference d_b(r) = v_b(r) - v_b(best) of each
+    rung to the best on resample b cancels what the resample does to all rungs alike;
+    SE(r) = sd_b d_b(r) (:func:`paired_se`), and rung r is tied when
+    v(r) >= v(best) - ``tie_se`` x SE(r) on the stored (full-data) values. Why one SE and not a
+    percentile test ("r at least as good as the best on >= 5% of resamples"): it is the
+    established rule for exactly this choice (the simplest model within one SE of the best:
+    Breiman et al., CART, 1984; Hastie, Tibshirani & Friedman, ESL 7.10); it uses every
+    resample, where a 5% tail of 100 resamples rests on 5 of them and flips with one; and it is
+    the stricter of the two (about a one-sided 16% test instead of 5%), erring toward accuracy
+    over size until the selection study says otherwise. ``tie_se`` widens or narrows it.
+
+  A rule sees ``(values, sizes, se, tie_se)`` and returns a rung index; the same rule, with the
+  same SE matrix, is applied to each resample's values for the selection confidence.
 - :func:`criteria_summary`: per criterion the rung it would pick, its regret against the best
   probe accuracy, Kendall's tau and the weighted tau (hyperbolic weights, as the
   transferability literature reports) between the criterion and the probe accuracies
   (``scipy.stats``);
-- :func:`selection_confidence`: the share of bootstrap resamples of the target training set on
-  which the criterion picks the same rung (computed from the cached features of every rung).
+- :func:`selection_confidence` / :func:`choose_rung`: the share of bootstrap resamples of the
+  target training set on which the rule picks the same rung (computed from the cached features
+  of every rung; a criterion with a ``resampled`` form, e.g. ``subset_entropy``, quantizes each
+  sample once and reweights its state counts per resample instead of recomputing).
+
+Inputs at the edges (documented behaviour): one rung is picked with confidence 1; when every rung
+is tied, ``smallest_tied`` picks the smallest; a rung whose criterion is undefined (NaN, None)
+is never picked nor tied, unless every rung is undefined (then the dense rung 0, as argmax
+does); a resample on which every rung is undefined is dropped.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,10 +55,17 @@ from .criteria import CRITERIA, CriterionOptions, compute_criteria
 
 __all__ = [
     "CRITERIA",
+    "RULES",
     "TIE_TOLERANCE",
+    "SelectionRule",
+    "bootstrap_values",
+    "choose_rung",
     "criteria_summary",
     "criterion_options",
     "criterion_values",
+    "paired_se",
+    "resample_summary",
+    "rung_sizes",
     "saturated_rungs",
     "score_rung",
     "select_rung",
@@ -51,7 +85,8 @@ def criterion_options(cfg) -> CriterionOptions:
 
 def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     """Every criterion on one rung's target-training features, plus the paper's estimator's
-    details (per-unit bound, distinct states, n, delta) that the rung table shows.
+    details (per-unit bound, distinct states, n, delta) that the rung table shows, and each
+    criterion's cost in seconds (``criterion_seconds``).
 
     A criterion that is undefined on these features (a dead rung whose features are all zero has
     no von Neumann entropy, a class drawn once has no within-class spread) is stored as None
@@ -66,11 +101,14 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     opts = criterion_options(cfg)
     values: dict[str, float | None] = {}
     undefined: dict[str, str] = {}
+    seconds: dict[str, float] = {}
     for name in CRITERIA:
+        t0 = time.perf_counter()
         try:
             values[name] = compute_criteria(x, y, [name], opts)[name]
         except CriterionError as e:
             values[name], undefined[name] = None, str(e)
+        seconds[name] = time.perf_counter() - t0
     out = {
         "entropy": ent.entropy,
         "per_unit_bound": ent.per_unit_bound,
@@ -78,16 +116,23 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
         "n": ent.n,
         "delta": ent.delta,
         "criteria": values,
+        "criterion_seconds": seconds,
     }
     if undefined:
         out["criteria_undefined"] = undefined
     return out
 
 
-def selection_rule(criterion: str) -> str:
+def selection_rule(criterion: str, rule: str = "argmax", tie_se: float = 1.0) -> str:
+    """One line saying how the rung is picked."""
     c = CRITERIA[criterion]
     way = "argmax" if c.higher_is_better else "argmin"
-    return f"{way} {criterion}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
+    if check_rule(rule) == "argmax":
+        return f"{way} {criterion}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
+    return (
+        f"smallest rung (fewest non-zero weights) whose {criterion} is within {tie_se:g} paired-"
+        f"bootstrap SE of the {way} rung's"
+    )
 
 
 def stored_value(rung: dict, criterion: str) -> float | None:
@@ -192,7 +237,7 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
-def selection_confidence(
+def bootstrap_values(
     load_features: Callable[[int], np.ndarray],
     labels: np.ndarray,
     n_rungs: int,
@@ -201,38 +246,200 @@ def selection_confidence(
     *,
     resamples: int,
     seed: int,
-) -> dict[str, Any]:
-    """How often ``criterion`` picks each rung over bootstrap resamples of the target set.
+) -> np.ndarray:
+    """``resamples x n_rungs`` values of ``criterion``, signed so that higher is better, on the
+    paired resamples of :func:`bootstrap_indices` (row b: the same resample for every rung);
+    NaN where the criterion is undefined on that resample (e.g. a class drawn fewer than
+    twice). ``load_features(i)``: rung ``i``'s target-training features; one rung in memory at
+    a time. A criterion with a ``resampled`` form computes all resamples of a rung at once
+    (same numbers as the direct loop); the others are recomputed per resample."""
+    from .criteria import CriterionError, check_inputs
 
-    ``load_features(i)`` returns rung ``i``'s target-training features (rows aligned with
-    ``labels``); one rung is in memory at a time. Returns ``wins`` (resamples won per rung),
-    ``picks`` (the rung picked on each resample), ``resamples`` (those used) and
-    ``resamples_dropped`` (those on which the criterion was undefined for every rung, e.g. a
-    class drawn fewer than twice); a rung undefined on a resample (dead features) loses it. A
-    sample drawn twice is two samples to every criterion (for the leave-one-out k-NN its copy is
-    its nearest neighbour, the same for every rung, so the comparison between rungs stays fair).
-    """
-    from .criteria import CriterionError
-
+    c = CRITERIA[criterion]
     idx = bootstrap_indices(len(labels), resamples, seed)
-    sign = 1.0 if CRITERIA[criterion].higher_is_better else -1.0
-    needs = CRITERIA[criterion].needs_labels
+    sign = 1.0 if c.higher_is_better else -1.0
     values = np.empty((resamples, n_rungs))
     for r in range(n_rungs):
         f = load_features(r)
+        if c.resampled is not None:
+            x, y = check_inputs(f, labels if c.needs_labels else None)
+            values[:, r] = sign * c.resampled(x, y, opts, idx)
+            continue
         for b in range(resamples):
             rows = idx[b]
-            y = labels[rows] if needs else None
+            y = labels[rows] if c.needs_labels else None
             try:
                 values[b, r] = sign * compute_criteria(f[rows], y, [criterion], opts)[criterion]
             except CriterionError:  # e.g. a resample left a class with too few samples
                 values[b, r] = np.nan
-    usable = np.isfinite(values).any(axis=1)  # an undefined rung loses; all undefined: dropped
-    picks = np.array([_argbest(v) for v in values[usable]], dtype=np.int64)
-    wins = np.bincount(picks, minlength=n_rungs)
+    return values
+
+
+def paired_se(boot: np.ndarray) -> np.ndarray:
+    """``R x R``: SE[i, j] = sd over resamples (ddof 1) of boot[:, i] - boot[:, j], the paired
+    bootstrap standard error of the difference between rungs i and j (the diagonal is 0); over
+    the resamples on which both are defined, NaN where fewer than 2 are."""
+    diff = boot[:, :, None] - boot[:, None, :]
+    ok = np.isfinite(diff)
+    m = ok.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, diff, 0.0).sum(axis=0) / m
+        var = np.where(ok, (diff - mean) ** 2, 0.0).sum(axis=0) / (m - 1)
+    se = np.where(m >= 2, np.sqrt(var), np.nan)
+    np.fill_diagonal(se, 0.0)
+    return se
+
+
+def rung_sizes(rungs: Sequence[dict]) -> np.ndarray:
+    """The size ``smallest_tied`` minimizes: each rung's non-zero encoder weights (``nnz``; a
+    score file without it counts as its index from the dense end, so sparser rungs are smaller).
+    The hook for deployment size: pass the deployment table's flash bytes per rung as ``sizes``
+    to :func:`choose_rung` instead."""
+    return np.array([r.get("nnz", len(rungs) - i) for i, r in enumerate(rungs)], dtype=np.float64)
+
+
+def _argmax_rule(values, sizes, se, tie_se) -> int:
+    return _argbest(values)
+
+
+def _smallest_tied_rule(values, sizes, se, tie_se) -> int:
+    best = _argbest(values)
+    if not np.isfinite(values[best]):  # every rung undefined: the dense rung, as argmax
+        return best
+    with np.errstate(invalid="ignore"):
+        tied = values >= values[best] - tie_se * se[:, best] - TIE_TOLERANCE  # NaN: not tied
+    tied[best] = True
+    cand = np.flatnonzero(tied)
+    return int(cand[np.argmin(sizes[cand])])  # equal sizes: the denser (first) rung
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    name: str
+    description: str
+    needs_bootstrap: bool
+    """the rule needs the paired bootstrap (cached features, ``[select] resamples >= 2``)."""
+    pick: Callable[[np.ndarray, np.ndarray, np.ndarray | None, float], int]
+    """``(values signed higher-is-better, sizes, paired SE matrix or None, tie_se) -> rung``."""
+
+
+RULES: dict[str, SelectionRule] = {
+    r.name: r
+    for r in (
+        SelectionRule("argmax", "the best criterion value (the paper's)", False, _argmax_rule),
+        SelectionRule(
+            "smallest_tied",
+            "the fewest non-zero weights among rungs within tie_se paired-bootstrap SE of the best",
+            True,
+            _smallest_tied_rule,
+        ),
+    )
+}
+"""Every selection rule by name (``[select] rule``, ``entropi select --rule``)."""
+
+
+def check_rule(rule: str) -> str:
+    from .criteria import CriterionError
+
+    if rule not in RULES:
+        raise CriterionError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
+    return rule
+
+
+def resample_summary(
+    boot: np.ndarray, pick_one: Callable[[np.ndarray], int] | None = None
+) -> dict[str, Any]:
+    """The rung ``pick_one`` (default: the argmax) picks on each usable resample of ``boot``
+    (:func:`bootstrap_values`): ``resamples``, ``resamples_dropped``, ``wins``, ``picks``."""
+    pick_one = pick_one or _argbest
+    usable = np.isfinite(boot).any(axis=1)  # an undefined rung loses; all undefined: dropped
+    picks = np.array([pick_one(v) for v in boot[usable]], dtype=np.int64)
+    wins = np.bincount(picks, minlength=boot.shape[1])
     return {
         "resamples": int(usable.sum()),
         "resamples_dropped": int((~usable).sum()),
         "wins": wins.tolist(),
         "picks": picks.tolist(),
     }
+
+
+def choose_rung(
+    rungs: Sequence[dict],
+    criterion: str,
+    rule: str = "argmax",
+    boot: np.ndarray | None = None,
+    *,
+    sizes: np.ndarray | None = None,
+    tie_se: float = 1.0,
+) -> dict[str, Any]:
+    """The rung ``rule`` picks by ``criterion`` from the stored scores, and how sure it is.
+
+    ``boot``: :func:`bootstrap_values` of the same criterion (None: no bootstrap, then no
+    confidence, and a rule that needs it raises :class:`CriterionError`). ``sizes``: what
+    ``smallest_tied`` minimizes (default :func:`rung_sizes`, non-zero weights). Returns
+    ``selected_index``, ``rule``, ``best_index`` (the argmax rung), ``tied`` (the rungs the rule
+    counts as tied with it; argmax: the best only), ``paired_se`` (per rung, the SE of its
+    difference to the best, in criterion units; None without bootstrap), ``tie_se``,
+    ``confidence`` (share of usable resamples on which the rule picks ``selected_index``) and
+    the resample summary (``resamples``, ``resamples_dropped``, ``wins``, ``picks``)."""
+    from .criteria import CriterionError
+
+    spec = RULES[check_rule(rule)]
+    values = criterion_values(rungs, criterion)
+    if len(values) == 0:
+        raise CriterionError("no rungs to select from")
+    sizes = rung_sizes(rungs) if sizes is None else np.asarray(sizes, dtype=np.float64)
+    if sizes.shape != values.shape:
+        raise CriterionError(f"{len(sizes)} sizes for {len(values)} rungs")
+    if boot is not None and boot.shape[1:] != values.shape:
+        raise CriterionError(f"bootstrap of {boot.shape[1]} rungs for {len(values)} rungs")
+    if spec.needs_bootstrap and (boot is None or len(boot) < 2):
+        raise CriterionError(
+            f"selection rule {rule!r} needs the paired bootstrap: [select] resamples >= 2 and "
+            "the cached features (RUNDIR/features/); rescore with `entropi probe`"
+        )
+    if not (math.isfinite(tie_se) and tie_se >= 0):
+        raise CriterionError(f"tie_se must be a finite number >= 0, got {tie_se!r}")
+    se = paired_se(boot) if boot is not None else None
+    pick = spec.pick(values, sizes, se, tie_se)
+    best = _argbest(values)
+    if spec.needs_bootstrap:
+        with np.errstate(invalid="ignore"):
+            tied = values >= values[best] - tie_se * se[:, best] - TIE_TOLERANCE
+        tied[best] = bool(np.isfinite(values[best]))
+        tied_list = np.flatnonzero(tied).tolist()
+    else:
+        tied_list = [best]
+    out: dict[str, Any] = {
+        "rule": rule,
+        "selected_index": int(pick),
+        "best_index": best,
+        "tied": tied_list,
+        "tie_se": tie_se,
+        "paired_se": None if se is None else [_finite_or_none(v) for v in se[:, best]],
+        "confidence": None,
+    }
+    if boot is not None:
+        summary = resample_summary(boot, lambda v: spec.pick(v, sizes, se, tie_se))
+        out |= summary
+        if summary["resamples"]:
+            out["confidence"] = summary["wins"][pick] / summary["resamples"]
+    return out
+
+
+def _finite_or_none(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def selection_confidence(*args, **kwargs) -> dict[str, Any]:
+    """How often ``criterion``'s argmax picks each rung over bootstrap resamples of the target
+    set: :func:`resample_summary` of :func:`bootstrap_values` (same arguments).
+
+    Returns ``wins`` (resamples won per rung), ``picks`` (the rung picked on each resample),
+    ``resamples`` (those used) and ``resamples_dropped`` (those on which the criterion was
+    undefined for every rung, e.g. a class drawn fewer than twice); a rung undefined on a
+    resample (dead features) loses it. A sample drawn twice is two samples to every criterion
+    (for the leave-one-out k-NN its copy is its nearest neighbour, the same for every rung, so
+    the comparison between rungs stays fair). Other rules: :func:`choose_rung`.
+    """
+    return resample_summary(bootstrap_values(*args, **kwargs))

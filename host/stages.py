@@ -35,13 +35,14 @@ from .rundata import SourceData, TargetData, write_target_npz
 from .rundir import RunDir
 from .selection import (
     CRITERIA,
+    bootstrap_values,
+    choose_rung,
     criteria_summary,
     criterion_options,
     criterion_values,
+    resample_summary,
     saturated_rungs,
     score_rung,
-    select_rung,
-    selection_confidence,
     selection_rule,
     stored_value,
 )
@@ -197,9 +198,7 @@ def stage_prune(cfg: RunConfig, run: RunDir, src: SourceData, device) -> list[fl
         acc = distributed.from_main(
             partial(evaluate, model, src.x_test, src.y_test, mean=src.mean, std=src.std)
         )
-        prev = _rung(
-            cfg, model, masks, alphas[r], acc, src, seconds, n_dense if channel else None
-        )
+        prev = _rung(cfg, model, masks, alphas[r], acc, src, seconds, n_dense if channel else None)
         distributed.check_identical(f"prune: rung {r}", prev.encoder, prev.head, prev.masks)
         if distributed.is_main():
             save_rung(path, prev)
@@ -390,7 +389,17 @@ def cached_features(run: RunDir, index: int, rows: int) -> np.ndarray:
 def confidence_from_cache(
     cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str, n: int | None = None
 ):
-    """:func:`selection_confidence` from the cached features, or None when they are gone.
+    """The argmax's wins over the bootstrap resamples (:func:`bootstrap_from_cache`), or None
+    when the cached features are gone."""
+    boot = bootstrap_from_cache(cfg, run, n_rungs, criterion, n)
+    return None if boot is None else resample_summary(boot)
+
+
+def bootstrap_from_cache(
+    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str, n: int | None = None
+) -> np.ndarray | None:
+    """:func:`bootstrap_values` (resamples x rungs) from the cached features, or None when they
+    are gone or ``[select] resamples`` is 0.
 
     ``n``: the target samples the rungs were scored on (their ``n``); the cached labels must
     be as many."""
@@ -401,7 +410,7 @@ def confidence_from_cache(
         run.log("select: no cached features (RUNDIR/features/); selection confidence skipped")
         return None
     labels = cached_labels(run, n)
-    return selection_confidence(
+    return bootstrap_values(
         lambda i: cached_features(run, i, len(labels)).astype(np.float64),
         labels,
         n_rungs,
@@ -441,7 +450,9 @@ def select(
         raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
     rungs = [run.read_score(i) for i in range(n_rungs)]  # a missing one: named, never skipped
     criterion = criterion or cfg.select.criterion
-    sel = select_rung(rungs, criterion)
+    boot = bootstrap_from_cache(cfg, run, len(rungs), criterion, _scored_n(run, rungs))
+    choice = choose_rung(rungs, criterion, cfg.select.rule, boot, tie_se=cfg.select.tie_se)
+    sel = choice["selected_index"]
     limits = cfg.deploy.limits()
     flash = limits["flash"] if flash is None else flash
     ram = limits["ram"] if ram is None else ram
@@ -453,7 +464,8 @@ def select(
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
     summary = criteria_summary(rungs)
-    conf = confidence_from_cache(cfg, run, len(rungs), criterion, _scored_n(run, rungs))
+    keys = ("resamples", "resamples_dropped", "wins", "picks")  # the rule's, on every resample
+    conf = None if boot is None else {k: choice[k] for k in keys}
     undefined = undefined_criteria(rungs)
     results = {
         "package_version": package_version(),
@@ -467,7 +479,9 @@ def select(
         "rungs": rungs,
         "criterion": criterion,
         "selected_index": sel,
-        "selection_rule": selection_rule(criterion),
+        "selection_rule": selection_rule(criterion, cfg.select.rule, cfg.select.tie_se),
+        "rule": cfg.select.rule,
+        "selection_ties": {k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
         "selection_confidence": (
             conf["wins"][sel] / conf["resamples"]
             # the bootstrap ranks every rung; a pick restricted to what fits the device has no
@@ -593,11 +607,12 @@ def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -
     """The deployment table of every rung and the fit rule's pick (host/deploy.py)."""
     from .deploy import deployment_table, fit_rule
 
-    rows = deployment_table(cfg, run)  # every dtype (int8 calibrated on demand), every form
+    runtime = cfg.deploy.runtime
+    rows = deployment_table(cfg, run, runtime=runtime)  # every dtype (int8 on demand) and form
     values = criterion_values(rungs, criterion)
     pick = fit_rule(rows, list(values), flash=flash, ram=ram)
     run.log(
-        f"select: deploy: rung {pick['rung']} ({pick['form']} {pick['dtype']}: flash "
+        f"select: deploy ({runtime}): rung {pick['rung']} ({pick['form']} {pick['dtype']}: flash "
         f"{pick['flash_bytes']} B, RAM {pick['ram_bytes']} B) is the best by {criterion} of the "
         f"rungs {pick['fits']} that fit flash {flash} B / RAM {ram} B"
         + ("" if pick["rung"] == unconstrained else f" (unconstrained pick: rung {unconstrained})")
@@ -609,10 +624,15 @@ def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -
         "fitting_rungs": pick["fits"],
         "unconstrained_index": unconstrained,
         "table": rows,
+        "runtime": runtime,
         "conventions": (
-            "flash = TFLite encoder file + float32 head; RAM = activation peak of the graph + "
-            "weights DENSIFY rebuilds at load + head-training plan ([device_train]); latency = "
-            "median one-image LiteRT invoke on the host"
+            "flash = MCU-form TFLite file (dense weights, NHWC) + float32 head; RAM = TFLite "
+            "Micro's measured arena (recording allocator, on the host) + head-training plan "
+            "([device_train]); latency = median one-image LiteRT invoke on the host, 1 thread"
+            if runtime == "tflm"
+            else "flash = TFLite encoder file + float32 head; RAM = activation peak of the graph "
+            "+ weights DENSIFY rebuilds at load + head-training plan ([device_train]); latency = "
+            "median one-image LiteRT invoke on the host, 1 thread"
         ),
     }
 

@@ -57,6 +57,7 @@ def test_registry_names_and_directions():
         "logme",
         "knn",
         "h_score",
+        "cv_probe",
     ]
     assert set(criterion_names(with_labels=False)) == LABEL_FREE
     lower = {n for n, c in CRITERIA.items() if not c.higher_is_better}
@@ -285,6 +286,8 @@ def test_every_criterion_is_invariant_to_sample_order():
     perm = np.random.default_rng(9).permutation(len(x))
     a, b = compute_criteria(x, y), compute_criteria(x[perm], y[perm])
     for name in CRITERIA:
+        if name == "cv_probe":
+            continue  # its seeded folds follow the row order (the module table's **)
         assert b[name] == pytest.approx(a[name], rel=REL, abs=1e-12), name
 
 
@@ -396,3 +399,47 @@ def test_dead_features_are_refused_by_class_statistics(name):
             continue  # LogME of constant non-zero features is defined
         with pytest.raises(CriterionError, match="same for every sample|all zero"):
             CRITERIA[name].fn(feats, y, CriterionOptions())
+
+
+# ---------------------------------------------------------------------------------- cv_probe
+
+
+@pytest.mark.parametrize(("classes", "ridge", "folds"), [(4, 1.0, 5), (2, 10.0, 3), (6, 0.1, 4)])
+def test_cv_probe_matches_scikit_learn_ridge_classifier(classes, ridge, folds):
+    """Reference: scikit-learn's StandardScaler + RidgeClassifier(alpha) scored by
+    cross_val_score on the same folds; accuracy is a count, so equal unless a prediction sits
+    on a tie of two decision values (none here): tolerance 1e-12."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = clustered(n=300, d=14, classes=classes, spread=0.8, seed=classes)
+    x[:, 3] = 2.5  # a constant (dead) unit: sd 0 -> 1 on both sides
+    opts = CriterionOptions(cv_folds=folds, cv_ridge=ridge, seed=7)
+    _, first = np.unique(y, return_index=True)
+    fold = crit.stratified_folds(np.argsort(np.argsort(first))[y], folds, 7)
+    cv = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(folds)]
+    model = make_pipeline(StandardScaler(), RidgeClassifier(alpha=ridge))
+    per_fold = cross_val_score(model, x, y, cv=cv)
+    ref = sum(s * len(te) for s, (_, te) in zip(per_fold, cv, strict=True)) / len(y)
+    assert crit.cv_probe(x, y, opts) == pytest.approx(ref, abs=1e-12)
+    assert 1.0 / classes < ref < 1.0  # a real signal, not a degenerate case
+
+
+def test_cv_probe_refuses_classes_smaller_than_the_folds_and_needs_labels():
+    x, y = clustered(n=40, d=4, classes=2)
+    y[:3] = 5  # a third class with 3 samples
+    with pytest.raises(CriterionError, match=r"cv_probe \(5 folds\) needs at least 5 samples"):
+        crit.cv_probe(x, y)
+    assert crit.cv_probe(x, y, CriterionOptions(cv_folds=3)) > 0
+    with pytest.raises(CriterionError, match="needs labels"):
+        crit.cv_probe(x, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("cv_folds", 1), ("cv_folds", 2.0), ("cv_ridge", 0), ("cv_ridge", True)]
+)
+def test_cv_probe_options_are_validated(field, value):
+    with pytest.raises(CriterionError, match=f"CriterionOptions.{field}"):
+        CriterionOptions(**{field: value})

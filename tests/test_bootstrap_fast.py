@@ -1,0 +1,68 @@
+"""The bootstrap on reused state keys (issue 28): ``subset_entropy``'s resampled form quantizes
+each sample once per distinct resample range and reweights its state counts, and must give the
+numbers of the direct recomputation on every resample (to 1e-12: the entropy sums add the same
+terms in another order), so that the selection confidence does not change."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from entropi.host import criteria as crit
+from entropi.host import selection
+from entropi.host.criteria import CRITERIA, CriterionOptions
+
+
+def _features(n=300, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.maximum(rng.normal(size=(n, d)) * rng.uniform(0.1, 3.0, d), 0.0)  # ReLU-like
+    x[:, 2] = 0.0  # a dead unit
+    x[:, 5] = np.round(x[:, 5])  # many equal values: states on bin edges, ties
+    x[: n // 3, 7] = 40.0  # an outlier unit that sets Delta when its rows are drawn
+    return x
+
+
+@pytest.mark.parametrize(("levels", "subsets", "n"), [(4, 40, 300), (2, 25, 90), (8, 30, 700)])
+def test_resampled_subset_entropy_equals_the_direct_loop(levels, subsets, n):
+    x = _features(n=n, seed=levels)
+    opts = CriterionOptions(levels=levels, subsets=subsets, seed=3)
+    idx = selection.bootstrap_indices(n, 25, seed=levels)
+    fast = crit._subset_entropy_resampled(x, None, opts, idx)
+    direct = np.array([crit.subset_entropy(x[rows], None, opts) for rows in idx])
+    np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_a_subset_constant_on_a_resample_and_tiny_inputs():
+    # two samples, one unit: many resamples draw one sample twice (Delta 0, entropy 0)
+    x = np.array([[0.0], [1.0]])
+    idx = selection.bootstrap_indices(2, 20, seed=0)
+    opts = CriterionOptions(subsets=3)
+    fast = crit._subset_entropy_resampled(x, None, opts, idx)
+    direct = [crit.subset_entropy(x[rows], None, opts) for rows in idx]
+    np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-12)
+    assert (fast == 0).any() and (fast > 0).any()
+
+
+def test_drawn_max_falls_back_when_no_top_value_is_drawn():
+    values = np.arange(10.0)
+    drawn = np.zeros((3, 10), dtype=bool)
+    drawn[0, [9, 1]] = True
+    drawn[1, [0, 1]] = True  # none of the top 4 drawn: the exact fallback
+    drawn[2, :] = True
+    assert crit._drawn_max(values, drawn, top=4).tolist() == [9.0, 1.0, 9.0]
+
+
+def test_bootstrap_values_equal_with_and_without_the_fast_form(monkeypatch):
+    """Rung by rung, the fast path gives the direct loop's matrix, hence the same wins."""
+    feats = [_features(seed=s) for s in range(3)]
+    labels = np.zeros(300, dtype=np.int64)
+    opts = CriterionOptions(subsets=30)
+    kw = {"resamples": 30, "seed": 5}
+    fast = selection.bootstrap_values(lambda i: feats[i], labels, 3, "subset_entropy", opts, **kw)
+    slow_spec = dataclasses.replace(CRITERIA["subset_entropy"], resampled=None)
+    monkeypatch.setitem(CRITERIA, "subset_entropy", slow_spec)
+    slow = selection.bootstrap_values(lambda i: feats[i], labels, 3, "subset_entropy", opts, **kw)
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
+    assert selection.resample_summary(fast) == selection.resample_summary(slow)
