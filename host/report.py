@@ -62,6 +62,19 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _points(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _regret_noise(results: dict[str, Any]) -> str:
+    """The noise a regret is read against: the test-set standard error of one probe accuracy
+    (binomial, mean over rungs), in points."""
+    se = results.get("probe_se")
+    if se is None:
+        return "test-set SE of a probe accuracy not recorded"
+    return f"test-set SE of a probe accuracy {100 * se:.2f} points"
+
+
 def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     """The pick, its size against dense, its accuracy, its confidence and what to run next."""
     rungs = {r["index"]: r for r in results["rungs"]}
@@ -76,7 +89,9 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     export = run.read_json(run.export / "export.json") if "export" in results else None
     if export and export.get("files"):
         name, f = min(export["files"].items(), key=lambda kv: kv[1]["bytes"])
-        size += f"; smallest file `{name}` {_kib(f['bytes'])} vs {_kib(export['dense_bytes'])} dense"
+        size += (
+            f"; smallest file `{name}` {_kib(f['bytes'])} vs {_kib(export['dense_bytes'])} dense"
+        )
     conf = results.get("selection_confidence")
     res = results.get("selection_resamples") or {}
     sure = (
@@ -91,7 +106,7 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
         + ("" if sel is dense else f" against {_pct(dense['probe_accuracy'])} for the dense rung")
         + f"; the best in hindsight, rung {results['best_probe_index']}, has "
         f"{_pct(results['best_probe_accuracy'])} (regret **{100 * results['regret']:.2f} "
-        f"points**). Confidence: {sure}.",
+        f"points**, {_regret_noise(results)}). Confidence: {sure}.",
     ]
     undefined = results.get("criteria_undefined") or {}
     if undefined:
@@ -114,8 +129,8 @@ def _next_steps(run: RunDir, results: dict[str, Any]) -> list[str]:
                      "images would make it firmer.")  # fmt: skip
     if results.get("device"):
         steps.append(
-            f"the device bundle is in [`bundle/`](bundle/) and its head in [`head/`](head/); on "
-            f"the device: `entropi-device train --bundle BUNDLE --data YOUR_IMAGES --out HEAD`."
+            "the device bundle is in [`bundle/`](bundle/) and its head in [`head/`](head/); on "
+            "the device: `entropi-device train --bundle BUNDLE --data YOUR_IMAGES --out HEAD`."
         )
     else:
         steps.append(
@@ -151,7 +166,9 @@ def _target_sizes(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
         if folds and test
         else (f", {test:,} test images (probe accuracy)" if test else "")
     )
-    return f"Target `{cfg.data.target}`: {first['n']:,} training images (criteria and probe){test}{k}."
+    return (
+        f"Target `{cfg.data.target}`: {first['n']:,} training images (criteria and probe){test}{k}."
+    )
 
 
 def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
@@ -185,7 +202,9 @@ def _rungs(results: dict[str, Any]) -> list[str]:
     if not names:  # scored by an older entropi: the paper's entropy only
         names = ["entropy"]
     crit = results.get("criterion", "entropy")
-    header = ["rung", "alpha", "nnz", "source acc", *names, "states", "probe acc (sd)"]
+    header = [
+        "rung", "alpha", "nnz", "source acc", *names, "states", "probe acc (sd)", "probe SE (pts)"
+    ]  # fmt: skip
     rows = []
     for r in rungs:
         mark = " **selected**" if r["index"] == results["selected_index"] else ""
@@ -200,6 +219,7 @@ def _rungs(results: dict[str, Any]) -> list[str]:
                 *(num(vals.get(k)) for k in names),
                 str(r["distinct_states"]),
                 f"{r['probe_accuracy']:.4f} ({r.get('probe_accuracy_std', 0.0):.4f})",
+                _points(r.get("probe_accuracy_se")),
             ]
         )
     lines = ["", "## Rungs", "", f"Selection: {results['selection_rule']} (criterion "]
@@ -212,16 +232,24 @@ def _rungs(results: dict[str, Any]) -> list[str]:
         f"Selected rung {results['selected_index']} (alpha {results['selected_alpha']:.5f}): "
         f"probe accuracy {results['selected_probe_accuracy']:.4f}; best in hindsight rung "
         f"{results['best_probe_index']} ({results['best_probe_accuracy']:.4f}); regret "
-        f"{100 * results['regret']:.2f} points (mean probe sd over seeds "
-        f"{100 * results.get('probe_spread', 0):.2f} points); dense "
+        f"{100 * results['regret']:.2f} points ({_regret_noise(results)}; mean probe sd over "
+        f"seeds {100 * results.get('probe_spread', 0):.2f} points); dense "
         f"{results['dense_probe_accuracy']:.4f}. Criteria undefined on a rung show n/a.",
     ]
+    ties = results.get("selection_ties") or {}
+    if results.get("rule", "argmax") != "argmax" and ties:
+        lines += [
+            "",
+            f"Rungs tied with the best by `{crit}` (rung {ties['best_index']}), within "
+            f"{ties['tie_se']:g} paired-bootstrap SE: {ties['tied']}; the rule keeps the one "
+            "with the fewest non-zero weights.",
+        ]
     if conf is not None:
         lines += [
             "",
-            f"Selection confidence: `{crit}` picks rung {results['selected_index']} on "
-            f"**{100 * conf:.0f}%** of {res['resamples']} bootstrap resamples of the target "
-            f"training set (wins per rung: {res['wins']}).",
+            f"Selection confidence: `{crit}` ({results.get('rule', 'argmax')}) picks rung "
+            f"{results['selected_index']} on **{100 * conf:.0f}%** of {res['resamples']} "
+            f"bootstrap resamples of the target training set (wins per rung: {res['wins']}).",
         ]
     summary = results.get("criteria_summary") or {}
     if summary:
@@ -235,7 +263,11 @@ def _rungs(results: dict[str, Any]) -> list[str]:
             ]
             for k, v in summary.items()
         ]
-        lines += ["", "Every criterion's pick (regret in probe points; tau against the probe):"]
+        lines += [
+            "",
+            "Every criterion's argmax pick (regret in probe points, "
+            f"{_regret_noise(results)}; tau against the probe):",
+        ]
         lines += [""] + _table(
             ["criterion", "pick", "regret", "Kendall tau", "weighted tau", "better"], rows
         )

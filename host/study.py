@@ -23,7 +23,8 @@ target by ``entropi probe``'s path: every criterion, the probe over ``[probe] re
 the selection confidence), then ``study.json``, ``study.md`` and ``study.png``.
 
 Per criterion, over the (ladder, target) pairs that are not held out: mean and spread of Kendall's
-tau, the weighted tau (hyperbolic weights), the regret (probe points) and the top-1 hit rate;
+tau, the weighted tau (hyperbolic weights), the regret (probe points), the share of pairs whose
+regret exceeds one test-set standard error of a probe accuracy, and the top-1 hit rate;
 and, for the paper's Figure 3 claim, the distance in log10 alpha between the criterion's peak and
 the probe's peak. The recommended default follows the issue's rule: the entropy-type criterion
 with the lowest mean regret, unless a non-entropy criterion's mean regret is lower by more than
@@ -373,6 +374,10 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) 
         crit[name] = {
             **{k: s[k] for k in ("selected_index", "regret", "kendall_tau", "weighted_tau")},
             "hit": s["selected_index"] == best,
+            # a regret beyond one test-set SE of a probe accuracy is more than test noise
+            "above_se": None
+            if results.get("probe_se") is None
+            else bool(s["regret"] > results["probe_se"]),
             "peak_distance_log10_alpha": float(
                 abs(log_alpha[s["selected_index"]] - log_alpha[best])
             ),
@@ -408,6 +413,12 @@ def _stats(values: list[float]) -> dict[str, float]:
     }
 
 
+def _share(flags: list[bool | None]) -> float | None:
+    """The share of true among the known flags (None: none known)."""
+    known = [f for f in flags if f is not None]
+    return float(np.mean(known)) if known else None
+
+
 def _aggregate(pairs: list[dict]) -> dict[str, Any]:
     names = [n for n in CRITERIA if pairs and all(n in p["criteria"] for p in pairs)]
     per = {}
@@ -418,6 +429,7 @@ def _aggregate(pairs: list[dict]) -> dict[str, Any]:
             "weighted_tau": _stats([r["weighted_tau"] for r in rows]),
             "regret_points": _stats([100 * r["regret"] for r in rows]),
             "max_regret_points": float(max(100 * r["regret"] for r in rows)),
+            "share_above_se": _share([r.get("above_se") for r in rows]),
             "top1": float(np.mean([r["hit"] for r in rows])),
             "peak_distance_log10_alpha": _stats([r["peak_distance_log10_alpha"] for r in rows]),
             "higher_is_better": CRITERIA[name].higher_is_better,
@@ -487,8 +499,8 @@ def _fmt(s: dict[str, float], digits: int = 2) -> str:
 def _table(per: dict[str, Any], rec: str | None) -> list[str]:
     lines = [
         "| criterion | labels | Kendall tau | weighted tau | regret (points) | max regret | "
-        "top-1 | peak distance (log10 alpha) |",
-        "|---|---|---|---|---|---|---|---|",
+        "regret > 1 SE | top-1 | peak distance (log10 alpha) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(per, key=lambda n: per[n]["regret_points"]["mean"])
     for n in order:
@@ -497,10 +509,15 @@ def _table(per: dict[str, Any], rec: str | None) -> list[str]:
         lines.append(
             f"| {name} | {'yes' if s['needs_labels'] else 'no'} | {_fmt(s['kendall_tau'])} | "
             f"{_fmt(s['weighted_tau'])} | {_fmt(s['regret_points'])} | "
-            f"{s['max_regret_points']:.2f} | {100 * s['top1']:.0f}% | "
+            f"{s['max_regret_points']:.2f} | {_share_pct(s.get('share_above_se'))} | "
+            f"{100 * s['top1']:.0f}% | "
             f"{_fmt(s['peak_distance_log10_alpha'])} |"
         )
     return lines
+
+
+def _share_pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.0f}%"
 
 
 def _se(pair: dict) -> str:
