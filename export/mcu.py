@@ -38,13 +38,19 @@ from torch import nn
 from entropi.device.io import atomic_dir
 
 from ._errors import ExportError, VerificationError
-from .fold import fold_batchnorm
-from .quantize import int8_feature_error, tflite_int8_bytes
+from .quantize import _folded, int8_feature_error, tflite_int8_bytes
 from .tflite_export import convert_tflite, quiet_converter
 from .tflm import compare_tflm_litert, resolver_ops, run_tflm, tflm_arena_bytes
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_arrays
 
-__all__ = ["MCU_DTYPES", "MIN_WITHIN_ONE_STEP", "NHWCInput", "c_sources", "mcu_export"]
+__all__ = [
+    "MCU_DTYPES",
+    "MIN_WITHIN_ONE_STEP",
+    "NHWCInput",
+    "c_sources",
+    "mcu_export",
+    "mcu_tflite_bytes",
+]
 
 MCU_DTYPES = ("int8", "float32")
 MIN_WITHIN_ONE_STEP = 0.99
@@ -68,18 +74,23 @@ def _nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
 
 
-def _tflite_bytes(
-    encoder: nn.Module, dtype: str, shape: tuple[int, int, int], calibration: np.ndarray | None
+def mcu_tflite_bytes(
+    encoder: nn.Module,
+    dtype: str,
+    input_shape: tuple[int, int, int],
+    calibration: np.ndarray | None = None,
 ) -> bytes:
-    c, h, w = shape
+    """The MCU form's TFLite file of ``encoder`` (BN folded here when it has any; a compacted
+    module works as it is): NHWC input, dense weights, float32 or full-integer int8 calibrated
+    on ``calibration`` (normalized float32 ``N x C x H x W``)."""
+    c, h, w = input_shape
     if dtype == "int8":
         if calibration is None or len(calibration) == 0:
             raise ExportError("an int8 MCU export needs calibration images")
         data, _ = tflite_int8_bytes(NHWCInput(encoder), _nhwc(calibration), input_shape=(h, w, c))
         return data
-    folded = fold_batchnorm(encoder).eval()
     with quiet_converter():
-        return convert_tflite(NHWCInput(folded), torch.zeros(1, h, w, c))
+        return convert_tflite(NHWCInput(_folded(encoder)), torch.zeros(1, h, w, c))
 
 
 def _verify(
@@ -231,7 +242,7 @@ def mcu_export(
     x = np.asarray(verify_inputs, dtype=np.float32)
     if x.ndim != 4 or x.shape[1:] != shape or len(x) == 0:
         raise ExportError(f"verify_inputs must be N x {' x '.join(map(str, shape))}, got {x.shape}")
-    data = _tflite_bytes(encoder, dtype, shape, calibration)
+    data = mcu_tflite_bytes(encoder, dtype, shape, calibration)
     ops = resolver_ops(data)
     arena = tflm_arena_bytes(data)
     verification = _verify(data, encoder, dtype, x, min_cosine, arena)

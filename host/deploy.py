@@ -28,6 +28,14 @@ int8 quantizer installed, the run's target not loadable, an op without an int8 k
 int8 features fall below ``[export] min_cosine`` (so that ``entropi export`` would refuse the
 file) is left out of the table, and :func:`deployment_table` logs each one with its reason.
 
+``runtime="tflm"`` (``[deploy] runtime``, ``entropi select --runtime tflm``): a microcontroller
+running TensorFlow Lite Micro. The rows are the MCU form (:data:`MCU_FORM`:
+:func:`~entropi.export.mcu.mcu_tflite_bytes` of the compacted module: dense weights, NHWC
+input, float32 and int8); ``flash_bytes`` = that file + the head, ``ram_bytes`` = the arena
+TFLM's recording allocator measures for it (``tflm_arena_bytes``, run on the host) + the
+head-training plan. ``activation_peak_bytes`` (the graph rule above) is kept beside it, and
+``rule_over_tflm_arena`` says how far the rule is from TFLM's figure.
+
 The table is cached in RUNDIR/deploy/table.json, keyed by each rung file's sha256 and the
 settings, so a second ``entropi select --flash`` reads it. :func:`fit_rule` is the selection:
 among the rows that fit both limits, the rung the criterion rates best (ties: the denser rung,
@@ -50,6 +58,8 @@ from .rundir import RunDir
 __all__ = [
     "DEPLOY_VERSION",
     "DTYPES",
+    "MCU_FORM",
+    "RUNTIMES",
     "DeployError",
     "deployment_table",
     "fit_rule",
@@ -63,6 +73,13 @@ DTYPES = ("float32", "int8")
 """The dtypes of the table: every dtype a device bundle can hold."""
 FORMS = ("compact", "sparse", "compact-dense")
 """The encoder forms of the table (every form of ENCODER_FORMS)."""
+RUNTIMES = ("litert", "tflm")
+"""Where the encoder runs: ``litert`` (LiteRT on a Linux board: every form, the RAM rule of the
+graph) or ``tflm`` (TensorFlow Lite Micro on a microcontroller: the MCU form only, RAM = the
+arena TFLM's recording allocator measures)."""
+MCU_FORM = "mcu"
+"""The form of the ``tflm`` rows: dead channels removed, weights dense, NHWC input
+(:mod:`entropi.export.mcu`); TFLite Micro has no DENSIFY kernel, so no sparse form runs."""
 
 
 class DeployError(EntropiError, ValueError):
@@ -140,17 +157,55 @@ def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibratio
     return sparsify_tflite(quantized[spec.compact], sparse=spec.sparse, metadata={})[0]
 
 
-def _measure(data: bytes) -> dict:
+def _mcu_file(modules: dict[bool, Any], quantized: dict, encoder, info, dtype, calibration):
+    """The MCU form's file of a rung (:func:`~entropi.export.mcu.mcu_tflite_bytes` of the
+    compacted module) in ``dtype``; ``quantized`` keeps the float and int8 files of the rung."""
+    import torch
+
+    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+    from entropi.export.mcu import mcu_tflite_bytes
+
+    key = ("mcu", dtype)
+    if key not in quantized:
+        if False not in modules:
+            modules[False] = fold_batchnorm(encoder)
+        if True not in modules:
+            example = torch.zeros(1, *info.input_shape)
+            modules[True] = compact_encoder(modules[False], example)[0]
+        cal = None
+        if dtype == "int8":
+            cal = images_to_inputs(calibration, info.normalization)
+        quantized[key] = mcu_tflite_bytes(modules[True], dtype, info.input_shape, cal)
+    return quantized[key]
+
+
+def _mcu_int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray) -> float:
+    """Mean cosine of the int8 MCU file's features to the float MCU file's on ``images``."""
+    from entropi.export import images_to_inputs
+    from entropi.export.quantize import int8_feature_error, run_tflite_int8
+
+    x = np.ascontiguousarray(images_to_inputs(images, info.normalization).transpose(0, 2, 3, 1))
+    return int8_feature_error(run_tflite_int8(float_data, x), run_tflite_int8(int8_data, x))[
+        "mean_cos"
+    ]
+
+
+def _measure(data: bytes, runtime: str = "litert") -> dict:
     """What one TFLite file needs: its bytes, activation peak, densified weights, latency."""
     from entropi.export.footprint import tflite_footprint, tflite_latency_ms
 
     fp = tflite_footprint(data)
-    return {
+    out = {
         "file_bytes": len(data),
         "activation_peak_bytes": fp["activation_peak_bytes"],
         "densified_bytes": fp["densified_bytes"],
-        "latency_ms": tflite_latency_ms(data),
+        "latency_ms": tflite_latency_ms(data, num_threads=1),
     }
+    if runtime == "tflm":
+        from entropi.export.tflm import tflm_arena_bytes
+
+        out["tflm_arena_bytes"] = tflm_arena_bytes(data)
+    return out
 
 
 def _int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray) -> float:
@@ -198,11 +253,23 @@ def deployment_table(
     forms: Sequence[str] = FORMS,
     calibration: np.ndarray | None = None,
     num_classes: int | None = None,
+    runtime: str = "litert",
 ) -> list[dict[str, Any]]:
     """Every (rung, form, dtype) row of the run (module docstring), cached in
     RUNDIR/deploy/table.json. ``dtypes`` default to :data:`DTYPES`; ``calibration``: uint8
     target images for the int8 rows (default: :func:`~entropi.host.bundle.run_calibration`).
-    Rows left out (module docstring) are logged with their reason."""
+    ``runtime="tflm"``: the rows are the MCU form's (:data:`MCU_FORM`) with TFLite Micro's
+    measured arena (``forms`` is ignored). Rows left out (module docstring) are logged with
+    their reason."""
+    if runtime not in RUNTIMES:
+        raise DeployError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if runtime == "tflm":
+        forms = (MCU_FORM,)
+        run.log(
+            "select: deploy: runtime tflm: the MCU form only (dead channels removed, dense "
+            "weights, NHWC input); TFLite Micro has no DENSIFY kernel, so the sparse forms "
+            "cannot run there"
+        )
     from .bundle import rung_hash
     from .checkpoint import load_rung
     from .progress import progress
@@ -211,7 +278,7 @@ def deployment_table(
     bad = [d for d in dtypes if d not in DTYPES]
     if bad or not dtypes:
         raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: {list(DTYPES)}")
-    bad = [f for f in forms if f not in FORMS]
+    bad = [f for f in forms if f not in (*FORMS, MCU_FORM)]
     if bad or not forms:
         raise DeployError(f"unknown form(s) {bad or list(forms)}; valid: {list(FORMS)}")
     cache_path = run.root / "deploy" / "table.json"
@@ -251,24 +318,15 @@ def deployment_table(
                 if i not in loaded:  # one rung in memory at a time
                     loaded, built, modules, quantized = {i: load_rung(run, i)}, {}, {}, {}
                 encoder, info = loaded[i]
-                if form not in built:  # the float file of (rung, form), shared by its dtypes
-                    built[form] = _float_file(modules, encoder, info, form)
-                module, data = built[form]
-                extra = {}
-                if dtype == "int8":
-                    try:
-                        int8 = _int8_file(quantized, module, info, form, int8_inputs.calibration)
-                        extra["int8_mean_cos"] = _int8_cos(data, int8, info, int8_inputs.verify)
-                    except EntropiError as err:
-                        left_out.append((i, form, dtype, str(err)))
-                        continue
-                    data = int8
-                measured = {
-                    **_measure(data),
-                    **extra,
-                    "feature_dim": int(info.feature_dim or encoder.feature_dim),
-                    "alpha": float(info.alpha),
-                }
+                try:
+                    if form == MCU_FORM:
+                        measured = _mcu_row(modules, quantized, encoder, info, dtype, int8_inputs)
+                    else:
+                        measured = _litert_row(built, modules, quantized, encoder, info, form,
+                                               dtype, int8_inputs)  # fmt: skip
+                except EntropiError as err:
+                    left_out.append((i, form, dtype, str(err)))
+                    continue
                 rows_cache[key] = measured
                 fresh += 1
             cos = measured.get("int8_mean_cos")
@@ -288,6 +346,41 @@ def deployment_table(
     return rows
 
 
+def _litert_row(built, modules, quantized, encoder, info, form, dtype, int8_inputs) -> dict:
+    """The measured file of one rung, form and dtype (a ``litert`` row, before the head);
+    ``built`` keeps the rung's float file per form, shared by its dtypes."""
+    if form not in built:
+        built[form] = _float_file(modules, encoder, info, form)
+    module, data = built[form]
+    extra = {}
+    if dtype == "int8":
+        int8 = _int8_file(quantized, module, info, form, int8_inputs.calibration)
+        extra["int8_mean_cos"] = _int8_cos(data, int8, info, int8_inputs.verify)
+        data = int8
+    return {
+        **_measure(data),
+        **extra,
+        "feature_dim": int(info.feature_dim or encoder.feature_dim),
+        "alpha": float(info.alpha),
+    }
+
+
+def _mcu_row(modules, quantized, encoder, info, dtype, int8_inputs) -> dict:
+    """The measured MCU-form file of one rung and dtype (a ``tflm`` row, before the head)."""
+    data = _mcu_file(modules, quantized, encoder, info, "float32", None)
+    extra = {}
+    if dtype == "int8":
+        int8 = _mcu_file(modules, quantized, encoder, info, "int8", int8_inputs.calibration)
+        extra["int8_mean_cos"] = _mcu_int8_cos(data, int8, info, int8_inputs.verify)
+        data = int8
+    return {
+        **_measure(data, "tflm"),
+        **extra,
+        "feature_dim": int(info.feature_dim or encoder.feature_dim),
+        "alpha": float(info.alpha),
+    }
+
+
 def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) -> dict:
     """One row of the table: a measured file plus the head's flash and training RAM."""
     score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
@@ -296,11 +389,13 @@ def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) 
     if (d, c) not in head_plans:
         head_plans[d, c] = _head_plan_bytes(cfg, d, c)
     head_plan = head_plans[d, c]
-    ram = (
-        None
-        if head_plan is None
-        else measured["activation_peak_bytes"] + measured["densified_bytes"] + head_plan
+    arena = measured.get("tflm_arena_bytes")  # tflm rows: what TFLM measured, not the rule
+    inference = (
+        arena
+        if arena is not None
+        else measured["activation_peak_bytes"] + measured["densified_bytes"]
     )
+    ram = None if head_plan is None else inference + head_plan
     return {
         "rung": i,
         "alpha": measured["alpha"],
@@ -315,6 +410,14 @@ def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) 
         "head_train_bytes": head_plan,
         "ram_bytes": ram,
         "latency_ms": measured["latency_ms"],
+        **(
+            {  # the graph rule beside TFLM's own figure: how far the model is from the runtime
+                "tflm_arena_bytes": arena,
+                "rule_over_tflm_arena": measured["activation_peak_bytes"] / arena,
+            }
+            if arena is not None
+            else {}
+        ),
         "accuracy": score.get("probe_accuracy"),
         **({"int8_mean_cos": measured["int8_mean_cos"]} if dtype == "int8" else {}),
     }
@@ -392,9 +495,12 @@ def _label(r: dict) -> str:
 
 def table_markdown(rows: Sequence[dict], pick: dict | None = None) -> str:
     """The deployment table as markdown (the report's section)."""
+    tflm = any("tflm_arena_bytes" in r for r in rows)
     lines = [
-        "| rung | alpha | form | dtype | flash | RAM | latency (ms) | probe acc | int8 cos |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---:|",
+        "| rung | alpha | form | dtype | flash | RAM | "
+        + ("TFLM arena | graph rule | " if tflm else "")
+        + "latency (ms) | probe acc | int8 cos |",
+        "|---:|---:|---|---|---:|---:|" + ("---:|---:|" if tflm else "") + "---:|---:|---:|",
     ]
     for r in rows:
         mark = (
@@ -406,8 +512,17 @@ def table_markdown(rows: Sequence[dict], pick: dict | None = None) -> str:
         ram = "-" if r["ram_bytes"] is None else format_size(r["ram_bytes"])
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}"
         cos = "-" if r.get("int8_mean_cos") is None else f"{r['int8_mean_cos']:.4f}"
+        arena = ""
+        if tflm:
+            arena = (
+                f"{format_size(r['tflm_arena_bytes'])} | "
+                f"{format_size(r['activation_peak_bytes'])} | "
+                if "tflm_arena_bytes" in r
+                else "- | - | "
+            )
         lines.append(
             f"| {r['rung']} | {r['alpha']:.4f} | {r['form']} | {r['dtype']}{mark} | "
-            f"{format_size(r['flash_bytes'])} | {ram} | {r['latency_ms']:.2f} | {acc} | {cos} |"
+            f"{format_size(r['flash_bytes'])} | {ram} | {arena}{r['latency_ms']:.2f} | {acc} | "
+            f"{cos} |"
         )
     return "\n".join(lines) + "\n"

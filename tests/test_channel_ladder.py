@@ -94,3 +94,45 @@ def test_the_alpha_one_eighth_rung_is_a_fifth_of_the_dense_rung_on_a_microcontro
         )
     assert info[3]["file_bytes"] <= 0.2 * info[0]["file_bytes"]
     assert info[3]["tflm_arena_bytes"] < info[0]["tflm_arena_bytes"]
+
+
+def test_select_for_tflm_fits_what_tflm_measures(channel_run, capsys):
+    """`entropi select --runtime tflm`: every row is the MCU form; the pick's flash is its file
+    plus the head and its RAM the arena TFLite Micro measures for that very file plus the head
+    plan; an impossible pair names the smallest need."""
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("litert_torch")
+    import dataclasses
+
+    from entropi.device.errors import EntropiError
+    from entropi.export.mcu import mcu_tflite_bytes
+    from entropi.export.tflm import tflm_arena_bytes
+    from entropi.host import cli
+    from entropi.host.rundir import open_run
+    from entropi.host.stages import stage_select
+
+    out, _ = channel_run
+    cfg, run = open_run(None, out, resume=True)
+    cfg = dataclasses.replace(cfg, deploy=dataclasses.replace(cfg.deploy, runtime="tflm"))
+    results = stage_select(cfg, run, flash=256 * 1024, ram=256 * 1024)
+    dep = results["deployment"]
+    assert dep["runtime"] == "tflm" and {r["form"] for r in dep["table"]} == {"mcu"}
+    pick = dep["pick"]
+    assert pick["flash_bytes"] <= 256 * 1024 and pick["ram_bytes"] <= 256 * 1024
+    # independently: the float MCU file of that rung, measured by TFLM here
+    row = next(r for r in dep["table"] if r["rung"] == pick["rung"] and r["dtype"] == "float32")
+    encoder, info = load_rung(out, pick["rung"])
+    from entropi.export import compact_encoder, fold_batchnorm
+
+    module = compact_encoder(fold_batchnorm(encoder), torch.zeros(1, 3, 32, 32))[0]
+    data = mcu_tflite_bytes(module, "float32", (3, 32, 32))
+    assert row["file_bytes"] == len(data)
+    assert row["tflm_arena_bytes"] == tflm_arena_bytes(data)
+    assert row["flash_bytes"] == len(data) + row["head_bytes"]
+    assert row["ram_bytes"] == row["tflm_arena_bytes"] + row["head_train_bytes"]
+    with pytest.raises(EntropiError, match="smallest flash need"):
+        stage_select(cfg, run, flash=1024, ram=1024)
+    run.lock.release()
+    assert cli.main(["select", str(out), "--runtime", "tflm", "--flash", "1KB"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "smallest flash need" in errors[0]  # one line, no traceback
