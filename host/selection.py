@@ -279,13 +279,15 @@ def paired_se(boot: np.ndarray) -> np.ndarray:
     """``R x R``: SE[i, j] = sd over resamples (ddof 1) of boot[:, i] - boot[:, j], the paired
     bootstrap standard error of the difference between rungs i and j (the diagonal is 0); over
     the resamples on which both are defined, NaN where fewer than 2 are."""
-    diff = boot[:, :, None] - boot[:, None, :]
-    ok = np.isfinite(diff)
-    m = ok.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ok, diff, 0.0).sum(axis=0) / m
-        var = np.where(ok, (diff - mean) ** 2, 0.0).sum(axis=0) / (m - 1)
-    se = np.where(m >= 2, np.sqrt(var), np.nan)
+    se = np.empty((boot.shape[1],) * 2)
+    for j in range(boot.shape[1]):  # one column at a time: resamples x rungs in memory
+        diff = boot - boot[:, j : j + 1]
+        ok = np.isfinite(diff)
+        m = ok.sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(ok, diff, 0.0).sum(axis=0) / m
+            var = np.where(ok, (diff - mean) ** 2, 0.0).sum(axis=0) / (m - 1)
+        se[:, j] = np.where(m >= 2, np.sqrt(var), np.nan)
     np.fill_diagonal(se, 0.0)
     return se
 

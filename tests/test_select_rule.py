@@ -165,7 +165,12 @@ def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
     from entropi.host.rundir import open_run
 
     cfg = config_from_dict(
-        {"name": "t", "device": "cpu", "data": {"source": "cifar10", "target": "cifar100"}}
+        {
+            "name": "t",
+            "device": "cpu",
+            "data": {"source": "cifar10", "target": "cifar100"},
+            "select": {"resamples": 30},
+        }
     )
     cfg, run = open_run(cfg, tmp_path / "r")
     rng = np.random.default_rng(0)
