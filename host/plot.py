@@ -57,7 +57,7 @@ def plot_entropy_vs_alpha(results: dict[str, Any], path: str | Path) -> Path:
     _criterion_band(ax1, results, alphas, values)
     ax2 = ax1.twinx()
     se = [r.get("probe_accuracy_se") for r in rungs]
-    has_se = all(v is not None for v in se)
+    has_se = all(v is not None and math.isfinite(v) for v in se)
     ax2.errorbar(
         alphas,
         [100 * r["probe_accuracy"] for r in rungs],

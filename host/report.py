@@ -12,6 +12,7 @@ run folder's own artifacts, so the report can be rebuilt from a finished run at 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,14 @@ def _pct(x: float) -> str:
 
 
 def _points(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
 
 
 def _regret_noise(results: dict[str, Any]) -> str:
     """The noise a regret is read against: the test-set standard error of one probe accuracy
     (binomial, mean over rungs), in points."""
     se = results.get("probe_se")
-    if se is None:
+    if se is None or not math.isfinite(se):
         return "test-set SE of a probe accuracy not recorded"
     return f"test-set SE of a probe accuracy {100 * se:.2f} points"
 

@@ -207,3 +207,30 @@ def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
     )
     assert cli.main(["select", str(run.root), "--rule", "nope"]) == 2
     assert "not a known selection rule" in capsys.readouterr().err
+
+
+def test_plot_draws_both_tie_bands_and_survives_an_unmeasured_se(tmp_path):
+    from entropi.host.plot import plot_entropy_vs_alpha
+
+    rungs = _rungs([10.0, 9.9, 7.0])
+    for r, se in zip(rungs, [0.01, float("nan"), 0.01], strict=True):
+        r |= {"alpha": 0.5 ** r["index"], "probe_accuracy_se": se, "n": 100}
+    results = {
+        "rungs": rungs,
+        "criterion": "subset_entropy",
+        "rule": "smallest_tied",
+        "selection_ties": {
+            "best_index": 0,
+            "tied": [0, 1],
+            "paired_se": [0, 0.2, 0.3],
+            "tie_se": 1,
+        },
+        "selected_index": 1,
+        "best_probe_index": 0,
+        "regret": 0.0,
+        "probe_se": float("nan"),
+        "arch": "smallnet",
+        "source": "a",
+        "target": "b",
+    }
+    assert plot_entropy_vs_alpha(results, tmp_path / "p.png").stat().st_size > 1000
