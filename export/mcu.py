@@ -218,6 +218,25 @@ def c_sources(
     return {"model_data.h": header, "model_data.c": source}
 
 
+_OUR_FILES = {
+    "mcu.json",
+    "model_data.c",
+    "model_data.h",
+    "encoder_mcu.tflite",
+    "encoder_mcu_int8.tflite",
+}
+
+
+def _not_ours(path: Path) -> str | None:
+    """Why ``path`` is not a folder :func:`mcu_export` wrote (None when it is: its mcu.json and
+    only the files it writes)."""
+    names = {p.name for p in path.iterdir()}
+    if "mcu.json" not in names:
+        return "it has no mcu.json"
+    extra = sorted(names - _OUR_FILES)
+    return f"it also holds {extra[:3]}" if extra else None
+
+
 def mcu_export(
     encoder: nn.Module,
     out_dir: str | os.PathLike,
@@ -259,7 +278,7 @@ def mcu_export(
         "resolver_ops": ops,
         "verification": verification,
     }
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, foreign=_not_ours) as tmp:
         tmp = Path(tmp)
         (tmp / name).write_bytes(data)
         for fname, text in c_sources(data, arena_bytes=arena, ops=ops, io=io).items():

@@ -478,3 +478,69 @@ def int8_downstream(
             "test_images": len(tgt.x_test),
         }
     return out
+
+
+def mcu_package(
+    rundir: str | os.PathLike | RunDir,
+    out: str | os.PathLike,
+    *,
+    rung: str | int = "selected",
+    dtype: str = "int8",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """What a microcontroller firmware links, for rung ``rung`` of a run, in folder ``out``:
+
+    - ``out/encoder/``: the encoder's MCU form (:func:`~entropi.export.mcu.mcu_export` of the
+      compacted rung: dense weights, NHWC input, ``dtype``), verified in TensorFlow Lite Micro
+      against LiteRT and PyTorch on the run's target test images, as ``model_data.c/.h`` with
+      the measured arena and the op resolver list;
+    - ``out/head_trainer/``: the C99 head trainer with the static memory plan of the run's
+      ``[device_train]`` settings (:func:`~entropi.device.mcu_trainer.write_mcu_trainer`).
+
+    Returns ``{"encoder": mcu.json, "head_trainer": folder, "flash_bytes", "ram_bytes"}``
+    (flash: the model array + the head's float32 weights; RAM: TFLM's arena + the trainer's
+    static buffers, from its plan). A budget the trainer cannot fit raises the planner's
+    ``BudgetError`` before anything is written."""
+    import torch
+
+    from entropi.device.io import ensure_real_dir
+    from entropi.device.mcu_trainer import mcu_plan, write_mcu_trainer
+    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+    from entropi.export.mcu import mcu_export
+
+    run = _run(rundir)
+    cfg = _run_config(run)
+    encoder, info = load_rung(run, rung)
+    target = run_target(run)
+    classes = len(target.classes)
+    plan = mcu_plan(info.feature_dim, classes, cfg.head_training, n_train=len(target.x_train))
+    module = compact_encoder(fold_batchnorm(encoder), torch.zeros(1, *info.input_shape))[0]
+    verify = target.x_test[: cfg.export.verify_images or 64]
+    cal = run_calibration(run, target=target) if dtype == "int8" else None
+    root = ensure_real_dir(out)
+    enc = mcu_export(
+        module,
+        root / "encoder",
+        input_shape=tuple(info.input_shape),
+        verify_inputs=images_to_inputs(verify, info.normalization),
+        calibration=None if cal is None else images_to_inputs(cal, info.normalization),
+        dtype=dtype,
+        min_cosine=cfg.export.min_cosine,
+        overwrite=overwrite,
+    )
+    trainer = write_mcu_trainer(
+        root / "head_trainer",
+        cfg.head_training,
+        num_classes=classes,
+        feature_dim=info.feature_dim,
+        n_train=len(target.x_train),
+        overwrite=overwrite,
+    )
+    head = (info.feature_dim + 1) * classes * 4
+    return {
+        "rung": info.index,
+        "encoder": enc,
+        "head_trainer": str(trainer),
+        "flash_bytes": enc["file_bytes"] + head,
+        "ram_bytes": enc["tflm_arena_bytes"] + plan.static_bytes,
+    }

@@ -490,6 +490,21 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
             dtype=c.dtype, export_kwargs=extra,
         )  # fmt: skip
     print(f"bundle written to {path}: {c.form} {c.dtype}{_why(c)}")
+    if a.mcu:
+        from entropi.device.budget import format_size
+
+        from .bundle import mcu_package
+
+        with _run_lock(a.run):
+            m = mcu_package(a.run, a.mcu, rung=a.rung, dtype=c.dtype, overwrite=a.overwrite)
+        enc = m["encoder"]
+        print(
+            f"microcontroller files written to {a.mcu}: encoder/ ({enc['dtype']}, "
+            f"{format_size(enc['file_bytes'])}, TFLite Micro arena "
+            f"{format_size(enc['tflm_arena_bytes'])}) and head_trainer/; flash "
+            f"{format_size(m['flash_bytes'])} (model + head), RAM {format_size(m['ram_bytes'])} "
+            "(arena + the trainer's static buffers)"
+        )
     return 0
 
 
@@ -729,6 +744,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     _add_int8_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
+    p.add_argument(
+        "--mcu",
+        metavar="DIR",
+        help="also write what a microcontroller firmware links into DIR: the encoder for "
+        "TensorFlow Lite Micro (encoder/: model_data.c/.h, verified in TFLM, its measured arena "
+        "and op list) and the C head trainer with its static memory plan (head_trainer/)",
+    )
 
     p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
     p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")

@@ -136,3 +136,27 @@ def test_select_for_tflm_fits_what_tflm_measures(channel_run, capsys):
     assert cli.main(["select", str(out), "--runtime", "tflm", "--flash", "1KB"]) == 2
     errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
     assert len(errors) == 1 and "smallest flash need" in errors[0]  # one line, no traceback
+
+
+def test_bundle_mcu_writes_what_a_firmware_links(channel_run, tmp_path, capsys):
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("litert_torch")
+    from entropi.host import cli
+
+    out, results = channel_run
+    mcu = tmp_path / "mcu"
+    argv = ["bundle", "--run", str(out), "--out", str(tmp_path / "b"), "--quantize", "int8"]
+    assert cli.main([*argv, "--mcu", str(mcu), "--format", "tflite"]) == 0
+    said = capsys.readouterr().out
+    assert "microcontroller files written" in said and "arena" in said
+    info = json.loads((mcu / "encoder" / "mcu.json").read_text())
+    assert info["dtype"] == "int8" and info["layout"] == "NHWC"
+    assert info["verification"]["tflm_vs_torch"]["mean_cos"] >= 0.99
+    for name in ("model_data.c", "model_data.h", info["file"]):
+        assert (mcu / "encoder" / name).is_file()
+    header = (mcu / "encoder" / "model_data.h").read_text()
+    assert f"#define ENTROPI_ARENA_BYTES {info['tflm_arena_bytes']}u" in header
+    for name in ("head_trainer.c", "head_trainer.h", "head_plan.h", "README.md"):
+        assert (mcu / "head_trainer" / name).is_file()
+    # a second call refuses to replace without --overwrite, one line
+    assert cli.main([*argv, "--mcu", str(mcu), "--overwrite", "--format", "tflite"]) == 0

@@ -196,3 +196,21 @@ def test_nhwc_wrapper_is_the_same_function(encoder):
         a = encoder(torch.from_numpy(x))
         b = NHWCInput(encoder)(torch.from_numpy(x).permute(0, 2, 3, 1))
     assert torch.equal(a, b)
+
+
+def test_mcu_export_replaces_only_its_own_folder(mcu_int8, encoder, tmp_path):
+    from entropi.device.errors import EntropiError
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.txt").write_text("keep")
+    with pytest.raises(EntropiError, match="mcu.json"):
+        mcu_export(
+            encoder,
+            user,
+            input_shape=SHAPE,
+            verify_inputs=images(2, 0),
+            dtype="float32",
+            overwrite=True,
+        )
+    assert (user / "thesis.txt").read_text() == "keep"
