@@ -316,6 +316,7 @@ def _subset_entropy_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray
     n_res = len(idx)
     drawn = np.zeros((n_res, n), dtype=bool)
     drawn[np.repeat(np.arange(n_res), idx.shape[1]), idx.ravel()] = True
+    idx_small = idx.astype(np.int32) if n < 2**31 else idx
     totals = np.zeros(n_res)
     m = opts.levels
     u = 1
@@ -333,9 +334,10 @@ def _subset_entropy_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray
                 continue  # one state: entropy 0
             qmin = np.floor(lo_g / delta + 0.5)
             q = np.clip(np.floor(y / delta + 0.5) - qmin, 0, m + 1).astype(np.int64)
-            keys = q @ wide
             rows = np.flatnonzero(which == g)
-            flat = keys[idx[rows]] + (np.arange(len(rows)) * bins)[:, None]
+            kind = np.int32 if len(rows) * bins < 2**31 else np.int64  # half the memory traffic
+            flat = (q @ wide).astype(kind)[idx_small[rows]]
+            flat += (np.arange(len(rows), dtype=kind) * bins)[:, None]
             counts = np.bincount(flat.ravel(), minlength=len(rows) * bins)
             p = counts.reshape(len(rows), bins) / n
             with np.errstate(divide="ignore", invalid="ignore"):

@@ -43,9 +43,11 @@ does); a resample on which every rung is undefined is dropped.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +65,7 @@ __all__ = [
     "criteria_summary",
     "criterion_options",
     "criterion_values",
+    "one_blas_thread",
     "paired_se",
     "resample_summary",
     "rung_sizes",
@@ -76,6 +79,61 @@ __all__ = [
 
 TIE_TOLERANCE = 1e-9
 """Scores within this of the best tie; the tie goes to the denser rung."""
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy's BLAS limited to one thread inside the block, as the probe runs torch (host/probe.py).
+
+    The criteria work on d x d or class-sized matrices (d = 256 on the quickstart), too small
+    for threads to pay, and a second BLAS thread on a busy 2-core machine spins against the
+    other processes: measured on the quickstart's 8 cached rungs under load, the criteria took
+    80 s with numpy's default threads and 5 s with one (nc1 25 s -> 0.13 s). One thread also
+    makes the criteria's rounding independent of the machine's core count. Through
+    threadpoolctl when it is installed, else through the thread setter of numpy's bundled
+    OpenBLAS (ctypes); with neither, the block runs unchanged."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is not None:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+        return
+    calls = _openblas_thread_calls()
+    if calls is None:
+        yield
+        return
+    get, put = calls
+    before = get()
+    put(1)
+    try:
+        yield
+    finally:
+        put(before)
+
+
+def _openblas_thread_calls():
+    """(get, set) of the thread count of the OpenBLAS numpy loaded, or None."""
+    names = [
+        ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+        ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+        ("openblas_get_num_threads", "openblas_set_num_threads"),
+    ]
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "blas" in line.rsplit("/", 1)[-1].lower()}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for get, put in names:
+            if hasattr(lib, get) and hasattr(lib, put):
+                return getattr(lib, get), getattr(lib, put)
+    return None
 
 
 def criterion_options(cfg) -> CriterionOptions:
@@ -102,13 +160,14 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     values: dict[str, float | None] = {}
     undefined: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    for name in CRITERIA:
-        t0 = time.perf_counter()
-        try:
-            values[name] = compute_criteria(x, y, [name], opts)[name]
-        except CriterionError as e:
-            values[name], undefined[name] = None, str(e)
-        seconds[name] = time.perf_counter() - t0
+    with one_blas_thread():
+        for name in CRITERIA:
+            t0 = time.perf_counter()
+            try:
+                values[name] = compute_criteria(x, y, [name], opts)[name]
+            except CriterionError as e:
+                values[name], undefined[name] = None, str(e)
+            seconds[name] = time.perf_counter() - t0
     out = {
         "entropy": ent.entropy,
         "per_unit_bound": ent.per_unit_bound,
@@ -253,26 +312,32 @@ def bootstrap_values(
     twice). ``load_features(i)``: rung ``i``'s target-training features; one rung in memory at
     a time. A criterion with a ``resampled`` form computes all resamples of a rung at once
     (same numbers as the direct loop); the others are recomputed per resample."""
-    from .criteria import CriterionError, check_inputs
-
     c = CRITERIA[criterion]
     idx = bootstrap_indices(len(labels), resamples, seed)
     sign = 1.0 if c.higher_is_better else -1.0
     values = np.empty((resamples, n_rungs))
     for r in range(n_rungs):
         f = load_features(r)
-        if c.resampled is not None:
-            x, y = check_inputs(f, labels if c.needs_labels else None)
-            values[:, r] = sign * c.resampled(x, y, opts, idx)
-            continue
-        for b in range(resamples):
-            rows = idx[b]
-            y = labels[rows] if c.needs_labels else None
-            try:
-                values[b, r] = sign * compute_criteria(f[rows], y, [criterion], opts)[criterion]
-            except CriterionError:  # e.g. a resample left a class with too few samples
-                values[b, r] = np.nan
+        with one_blas_thread():
+            values[:, r] = _resampled_values(c, f, labels, opts, idx) * sign
     return values
+
+
+def _resampled_values(c, f: np.ndarray, labels: np.ndarray, opts, idx: np.ndarray) -> np.ndarray:
+    """Criterion ``c`` on every bootstrap row of ``f`` (NaN where undefined)."""
+    from .criteria import CriterionError, check_inputs
+
+    if c.resampled is not None:
+        x, y = check_inputs(f, labels if c.needs_labels else None)
+        return c.resampled(x, y, opts, idx)
+    out = np.empty(len(idx))
+    for b, rows in enumerate(idx):
+        y = labels[rows] if c.needs_labels else None
+        try:
+            out[b] = compute_criteria(f[rows], y, [c.name], opts)[c.name]
+        except CriterionError:  # e.g. a resample left a class with too few samples
+            out[b] = np.nan
+    return out
 
 
 def paired_se(boot: np.ndarray) -> np.ndarray:

@@ -66,3 +66,20 @@ def test_bootstrap_values_equal_with_and_without_the_fast_form(monkeypatch):
     slow = selection.bootstrap_values(lambda i: feats[i], labels, 3, "subset_entropy", opts, **kw)
     np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
     assert selection.resample_summary(fast) == selection.resample_summary(slow)
+
+
+def test_one_blas_thread_limits_numpy_blas_and_restores_it(monkeypatch):
+    """The fallback without threadpoolctl: numpy's bundled OpenBLAS set to 1 thread inside the
+    block, its count restored after (also after an error)."""
+    import sys
+
+    calls = selection._openblas_thread_calls()
+    if calls is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS with a thread setter")
+    get, put = calls
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)  # import fails: the ctypes path
+    before = get()
+    with pytest.raises(RuntimeError), selection.one_blas_thread():
+        assert get() == 1
+        raise RuntimeError
+    assert get() == before
