@@ -802,6 +802,18 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     return parser, table
 
 
+def _how_to_continue(a: argparse.Namespace) -> str:
+    """What continues an interrupted command, with the user's own folder in it."""
+    out = getattr(a, "out", None)
+    if a.command == "run" and out:
+        return f"continue with `entropi run --out {out} --resume`"
+    if a.command in ("pretrain", "prune") and out:
+        return f"continue with `entropi {a.command} ... --out {out} --resume`"
+    if a.command == "study" and out:
+        return f"the same command continues it (`entropi study {a.study} --out {out}`)"
+    return "what finished was written atomically; run the command again to redo the rest"
+
+
 def main(argv: list[str] | None = None) -> int:
     from entropi.device.cliargs import attach_dash_values
     from entropi.device.errors import (
@@ -819,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         with sigterm_raises():
             return table[args.command](args)
     except KeyboardInterrupt:
-        say("\nentropi: interrupted; continue with `entropi run --out RUNDIR --resume`")
+        say(f"\nentropi {args.command}: interrupted; {_how_to_continue(args)}")
         return 130
     except Terminated:
         say(f"entropi {args.command}: terminated (SIGTERM)")
