@@ -53,7 +53,7 @@ from ._npz import npy_member, npz_names, read_member, save_npz
 from .encoder import inspect_encoder
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
-from .io import atomic_dir, atomic_write_json
+from .io import atomic_dir, atomic_write_json, check_replaceable
 from .schema import SchemaViolation, check, json_path, load_schema
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "MANIFEST_SCHEMA",
     "MAX_MANIFEST_BYTES",
     "Bundle",
+    "check_bundle_out",
     "load_bundle",
     "read_manifest",
     "sha256_file",
@@ -202,6 +203,12 @@ def write_bundle(
         manifest["files"] = files
         atomic_write_json(tmp / MANIFEST, manifest)
     return Path(out_dir)
+
+
+def check_bundle_out(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse now an output folder :func:`write_bundle` would refuse (a user's folder, a link,
+    the current folder): for callers that export for minutes before writing the bundle."""
+    check_replaceable(out_dir, overwrite, _not_a_bundle)
 
 
 def _not_a_bundle(path: Path) -> str | None:

@@ -27,6 +27,7 @@ from .errors import LinkError, OverwriteError
 
 __all__ = [
     "atomic_dir",
+    "check_replaceable",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -149,7 +150,7 @@ def atomic_dir(
     or its folder is a :class:`.errors.LinkError`.
     """
     path = Path(os.path.abspath(path))  # "." gets its real name (temporaries are named after it)
-    _check_replaceable(path, overwrite, foreign)
+    check_replaceable(path, overwrite, foreign)
     ensure_real_dir(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
@@ -161,10 +162,12 @@ def atomic_dir(
         raise
 
 
-def _check_replaceable(
+def check_replaceable(
     path: Path, overwrite: bool, foreign: Callable[[Path], str | None] | None
 ) -> None:
-    """Refuse (module docstring of :func:`atomic_dir`) what may not be replaced by a folder."""
+    """Refuse (see :func:`atomic_dir`) what may not be replaced by a folder: callers with long
+    work before the write check their output with it first."""
+    path = Path(os.path.abspath(path))
     if not os.path.lexists(path):
         return
     if path.is_symlink():

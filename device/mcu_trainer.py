@@ -39,6 +39,7 @@ from .errors import DataError, TrainConfigError
 from .io import atomic_dir, package_version
 
 __all__ = [
+    "not_a_trainer_folder",
     "C_BUFFERS",
     "C_SOURCES",
     "EXP_MAX_REL_ERROR",
@@ -396,14 +397,14 @@ def write_mcu_trainer(
         "README.md": _readme(t),
     }
     record = {"entropi_version": package_version(), **t.to_dict(), "files": sorted(files)}
-    with atomic_dir(target, overwrite=overwrite, foreign=_not_ours) as tmp:
+    with atomic_dir(target, overwrite=overwrite, foreign=not_a_trainer_folder) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
         (tmp / PLAN_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return target
 
 
-def _not_ours(path: Path) -> str | None:
+def not_a_trainer_folder(path: Path) -> str | None:
     """None when ``path`` is a folder :func:`write_mcu_trainer` wrote (its ``plan.json`` lists
     every other file); otherwise why not."""
     rec = path / PLAN_FILE

@@ -44,6 +44,7 @@ from .tflm import compare_tflm_litert, resolver_ops, run_tflm, tflm_arena_bytes
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_arrays
 
 __all__ = [
+    "not_an_mcu_folder",
     "MCU_DTYPES",
     "MIN_WITHIN_ONE_STEP",
     "NHWCInput",
@@ -227,7 +228,7 @@ _OUR_FILES = {
 }
 
 
-def _not_ours(path: Path) -> str | None:
+def not_an_mcu_folder(path: Path) -> str | None:
     """Why ``path`` is not a folder :func:`mcu_export` wrote (None when it is: its mcu.json and
     only the files it writes)."""
     names = {p.name for p in path.iterdir()}
@@ -278,7 +279,7 @@ def mcu_export(
         "resolver_ops": ops,
         "verification": verification,
     }
-    with atomic_dir(out_dir, overwrite=overwrite, foreign=_not_ours) as tmp:
+    with atomic_dir(out_dir, overwrite=overwrite, foreign=not_an_mcu_folder) as tmp:
         tmp = Path(tmp)
         (tmp / name).write_bytes(data)
         for fname, text in c_sources(data, arena_bytes=arena, ops=ops, io=io).items():

@@ -361,12 +361,13 @@ def bundle_rung(
     ``export_kwargs`` go to :func:`ensure_export`): the manifest records each one's input
     quantization and output dequantization.
     """
-    from entropi.device.bundle import write_bundle
+    from entropi.device.bundle import check_bundle_out, write_bundle
 
     if form not in ENCODER_FORMS:
         raise ExportError(f"form must be one of {list(ENCODER_FORMS)}, got {form!r}")
     if dtype not in ("float32", "int8"):
         raise ExportError(f"bundle dtype must be 'float32' or 'int8', got {dtype!r}")
+    check_bundle_out(out, overwrite)  # before minutes of export, not after
     run = _run(rundir)
     resolve_formats(formats)
     kwargs = dict(export_kwargs or {})
@@ -503,11 +504,14 @@ def mcu_package(
     ``BudgetError`` before anything is written."""
     import torch
 
-    from entropi.device.io import ensure_real_dir
-    from entropi.device.mcu_trainer import mcu_plan, write_mcu_trainer
+    from entropi.device.io import check_replaceable, ensure_real_dir
+    from entropi.device.mcu_trainer import mcu_plan, not_a_trainer_folder, write_mcu_trainer
     from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
-    from entropi.export.mcu import mcu_export
+    from entropi.export.mcu import mcu_export, not_an_mcu_folder
 
+    root = ensure_real_dir(out)
+    for part, ours in (("encoder", not_an_mcu_folder), ("head_trainer", not_a_trainer_folder)):
+        check_replaceable(root / part, overwrite, ours)  # before the conversions, not after
     run = _run(rundir)
     cfg = _run_config(run)
     encoder, info = load_rung(run, rung)
@@ -517,7 +521,6 @@ def mcu_package(
     module = compact_encoder(fold_batchnorm(encoder), torch.zeros(1, *info.input_shape))[0]
     verify = target.x_test[: cfg.export.verify_images or 64]
     cal = run_calibration(run, target=target) if dtype == "int8" else None
-    root = ensure_real_dir(out)
     enc = mcu_export(
         module,
         root / "encoder",

@@ -160,3 +160,27 @@ def test_bundle_mcu_writes_what_a_firmware_links(channel_run, tmp_path, capsys):
         assert (mcu / "head_trainer" / name).is_file()
     # a second call refuses to replace without --overwrite, one line
     assert cli.main([*argv, "--mcu", str(mcu), "--overwrite", "--format", "tflite"]) == 0
+
+
+def test_bundle_refuses_a_users_folder_before_any_export(
+    channel_run, tmp_path, monkeypatch, capsys
+):
+    from entropi.host import bundle, cli
+
+    def no_export(*a, **k):
+        raise AssertionError("exported before checking the output folder")
+
+    monkeypatch.setattr(bundle, "ensure_export", no_export)
+    monkeypatch.setattr(bundle, "load_rung", no_export)
+    out, _ = channel_run
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.txt").write_text("keep")
+    for extra in ([], ["--overwrite"]):
+        assert cli.main(["bundle", "--run", str(out), "--out", str(user), *extra]) == 2
+    (user / "encoder").mkdir()
+    (user / "encoder" / "notes.txt").write_text("keep")
+    with pytest.raises(Exception, match="mcu.json"):
+        bundle.mcu_package(out, user, overwrite=True)
+    assert (user / "thesis.txt").read_text() == "keep"
+    assert (user / "encoder" / "notes.txt").read_text() == "keep"
