@@ -118,3 +118,13 @@ def _criterion_band(ax, results: dict[str, Any], alphas: list, values: list) -> 
         alpha=0.12,
         label=f"tie band ({ties['tie_se']:g} paired-bootstrap SE of the best)",
     )
+    tied = ties.get("tied") or []
+    ax.plot(
+        [alphas[i] for i in tied],
+        [values[i] for i in tied],
+        "o",
+        mfc="none",
+        ms=11,
+        color="tab:blue",
+        label="tied with the best (the rule keeps the smallest)",
+    )
