@@ -67,6 +67,14 @@ def _points(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
 
 
+def _probe_cost(rungs: list[dict]) -> str:
+    """The probe's seconds over every rung, beside the criteria's (empty when not recorded)."""
+    times = [r.get("probe_seconds") for r in rungs]
+    if any(t is None for t in times):
+        return ""
+    return f", against {sum(times):.2f} for the probe it predicts"
+
+
 def _regret_noise(results: dict[str, Any]) -> str:
     """The noise a regret is read against: the test-set standard error of one probe accuracy
     (binomial, mean over rungs), in points."""
@@ -261,16 +269,19 @@ def _rungs(results: dict[str, Any]) -> list[str]:
                 f"{100 * v['regret']:.2f}",
                 *("-" if v[k] is None else f"{v[k]:.2f}" for k in ("kendall_tau", "weighted_tau")),
                 "higher" if v["higher_is_better"] else "lower",
+                "-" if v.get("seconds") is None else f"{v['seconds']:.2f}",
             ]
             for k, v in summary.items()
         ]
         lines += [
             "",
             "Every criterion's argmax pick (regret in probe points, "
-            f"{_regret_noise(results)}; tau against the probe):",
+            f"{_regret_noise(results)}; tau against the probe; seconds over all rungs"
+            f"{_probe_cost(rungs)}):",
         ]
         lines += [""] + _table(
-            ["criterion", "pick", "regret", "Kendall tau", "weighted tau", "better"], rows
+            ["criterion", "pick", "regret", "Kendall tau", "weighted tau", "better", "seconds"],
+            rows,
         )
     if results.get("saturated_rungs"):
         n = max(r.get("n", 0) for r in rungs)

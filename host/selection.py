@@ -271,7 +271,8 @@ def rank_agreement(values: np.ndarray, probes: np.ndarray) -> tuple[float | None
 
 def criteria_summary(rungs: Sequence[dict]) -> dict[str, dict[str, Any]]:
     """Per stored criterion: the rung it picks, the regret of that pick (best probe accuracy
-    minus the pick's, as a fraction), Kendall's tau and the weighted tau against the probe."""
+    minus the pick's, as a fraction), Kendall's tau and the weighted tau against the probe, and
+    its cost (``seconds`` over every rung)."""
     probes = np.array([r["probe_accuracy"] for r in rungs], dtype=np.float64)
     names = [n for n in CRITERIA if all(n in r.get("criteria", {}) for r in rungs)]
     out = {}
@@ -286,8 +287,16 @@ def criteria_summary(rungs: Sequence[dict]) -> dict[str, dict[str, Any]]:
             "weighted_tau": wtau,
             "higher_is_better": CRITERIA[name].higher_is_better,
             "needs_labels": CRITERIA[name].needs_labels,
+            "seconds": _total_seconds(rungs, name),
         }
     return out
+
+
+def _total_seconds(rungs: Sequence[dict], name: str) -> float | None:
+    """Seconds ``name`` took over every rung (score files' ``criterion_seconds``; None when a
+    rung was scored by an entropi that did not time it)."""
+    times = [r.get("criterion_seconds", {}).get(name) for r in rungs]
+    return None if any(t is None for t in times) else float(sum(times))
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:

@@ -373,11 +373,8 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) 
     for name, s in results["criteria_summary"].items():
         crit[name] = {
             **{k: s[k] for k in ("selected_index", "regret", "kendall_tau", "weighted_tau")},
+            "seconds": s.get("seconds"),
             "hit": s["selected_index"] == best,
-            # a regret beyond one test-set SE of a probe accuracy is more than test noise
-            "above_se": None
-            if results.get("probe_se") is None
-            else bool(s["regret"] > results["probe_se"]),
             "peak_distance_log10_alpha": float(
                 abs(log_alpha[s["selected_index"]] - log_alpha[best])
             ),
@@ -429,7 +426,14 @@ def _aggregate(pairs: list[dict]) -> dict[str, Any]:
             "weighted_tau": _stats([r["weighted_tau"] for r in rows]),
             "regret_points": _stats([100 * r["regret"] for r in rows]),
             "max_regret_points": float(max(100 * r["regret"] for r in rows)),
-            "share_above_se": _share([r.get("above_se") for r in rows]),
+            # a regret beyond one test-set SE of a probe accuracy is more than test noise
+            "share_above_se": _share(
+                [
+                    None if p.get("probe_se") is None else r["regret"] > p["probe_se"]
+                    for p, r in zip(pairs, rows, strict=True)
+                ]
+            ),
+            "seconds": _stats([r.get("seconds") for r in rows]),
             "top1": float(np.mean([r["hit"] for r in rows])),
             "peak_distance_log10_alpha": _stats([r["peak_distance_log10_alpha"] for r in rows]),
             "higher_is_better": CRITERIA[name].higher_is_better,
@@ -499,8 +503,8 @@ def _fmt(s: dict[str, float], digits: int = 2) -> str:
 def _table(per: dict[str, Any], rec: str | None) -> list[str]:
     lines = [
         "| criterion | labels | Kendall tau | weighted tau | regret (points) | max regret | "
-        "regret > 1 SE | top-1 | peak distance (log10 alpha) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "regret > 1 SE | top-1 | peak distance (log10 alpha) | seconds per pair |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(per, key=lambda n: per[n]["regret_points"]["mean"])
     for n in order:
@@ -511,7 +515,7 @@ def _table(per: dict[str, Any], rec: str | None) -> list[str]:
             f"{_fmt(s['weighted_tau'])} | {_fmt(s['regret_points'])} | "
             f"{s['max_regret_points']:.2f} | {_share_pct(s.get('share_above_se'))} | "
             f"{100 * s['top1']:.0f}% | "
-            f"{_fmt(s['peak_distance_log10_alpha'])} |"
+            f"{_fmt(s['peak_distance_log10_alpha'])} | {_fmt(s.get('seconds') or {})} |"
         )
     return lines
 

@@ -234,3 +234,23 @@ def test_plot_draws_both_tie_bands_and_survives_an_unmeasured_se(tmp_path):
         "target": "b",
     }
     assert plot_entropy_vs_alpha(results, tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_costs_and_the_share_of_regrets_beyond_one_se_are_summarized():
+    from entropi.host.study import _aggregate
+
+    rungs = _rungs([1.0, 2.0])
+    for r, t in zip(rungs, [0.25, 0.5], strict=True):
+        r["criterion_seconds"] = {"subset_entropy": t}
+    assert selection.criteria_summary(rungs)["subset_entropy"]["seconds"] == 0.75
+    del rungs[0]["criterion_seconds"]  # scored by an entropi that did not time it
+    assert selection.criteria_summary(rungs)["subset_entropy"]["seconds"] is None
+    crit = {"kendall_tau": 0.5, "weighted_tau": 0.5, "hit": False, "seconds": 1.0}
+    crit |= {"peak_distance_log10_alpha": 0.3}
+    pairs = [
+        {"probe_se": 0.01, "criteria": {"knn": crit | {"regret": 0.02}}},  # 2 points > 1 SE
+        {"probe_se": 0.01, "criteria": {"knn": crit | {"regret": 0.005}}},  # within it
+        {"probe_se": None, "criteria": {"knn": crit | {"regret": 0.5}}},  # SE not measured
+    ]
+    per = _aggregate(pairs)["knn"]
+    assert per["share_above_se"] == 0.5 and per["seconds"]["mean"] == 1.0
