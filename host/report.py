@@ -69,7 +69,9 @@ def _points(x: float | None) -> str:
 
 def _probe_cost(rungs: list[dict]) -> str:
     """The probe's seconds over every rung, beside the criteria's (empty when not recorded)."""
-    times = [r.get("probe_seconds") for r in rungs]
+    from .selection import seconds_or_none
+
+    times = [seconds_or_none(r.get("probe_seconds")) for r in rungs]
     if any(t is None for t in times):
         return ""
     return f", against {sum(times):.2f} for the probe it predicts"

@@ -294,9 +294,18 @@ def criteria_summary(rungs: Sequence[dict]) -> dict[str, dict[str, Any]]:
 
 def _total_seconds(rungs: Sequence[dict], name: str) -> float | None:
     """Seconds ``name`` took over every rung (score files' ``criterion_seconds``; None when a
-    rung was scored by an entropi that did not time it)."""
-    times = [r.get("criterion_seconds", {}).get(name) for r in rungs]
-    return None if any(t is None for t in times) else float(sum(times))
+    rung was scored by an entropi that did not time it, or holds no time there: informational,
+    so a damaged entry is not an error)."""
+    times = [
+        t.get(name) if isinstance(t := r.get("criterion_seconds"), dict) else None for r in rungs
+    ]
+    return float(sum(times)) if all(seconds_or_none(t) is not None for t in times) else None
+
+
+def seconds_or_none(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number of seconds >= 0, else None."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) and value >= 0 else None
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:

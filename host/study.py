@@ -64,6 +64,7 @@ from . import distributed
 from .config import ConfigError, load_config
 from .criteria import CRITERIA
 from .rundir import RunDir
+from .selection import seconds_or_none
 
 __all__ = ["ENTROPY_CRITERIA", "StudyConfig", "load_study", "run_study", "summarize_study"]
 
@@ -373,7 +374,7 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) 
     for name, s in results["criteria_summary"].items():
         crit[name] = {
             **{k: s[k] for k in ("selected_index", "regret", "kendall_tau", "weighted_tau")},
-            "seconds": s.get("seconds"),
+            "seconds": seconds_or_none(s.get("seconds")),
             "hit": s["selected_index"] == best,
             "peak_distance_log10_alpha": float(
                 abs(log_alpha[s["selected_index"]] - log_alpha[best])

@@ -245,6 +245,9 @@ def test_costs_and_the_share_of_regrets_beyond_one_se_are_summarized():
     assert selection.criteria_summary(rungs)["subset_entropy"]["seconds"] == 0.75
     del rungs[0]["criterion_seconds"]  # scored by an entropi that did not time it
     assert selection.criteria_summary(rungs)["subset_entropy"]["seconds"] is None
+    for junk in ([], {"subset_entropy": "1"}, {"subset_entropy": -1.0}, {"subset_entropy": True}):
+        rungs[0]["criterion_seconds"] = junk  # damaged: informational, read as not timed
+        assert selection.criteria_summary(rungs)["subset_entropy"]["seconds"] is None
     crit = {"kendall_tau": 0.5, "weighted_tau": 0.5, "hit": False, "seconds": 1.0}
     crit |= {"peak_distance_log10_alpha": 0.3}
     pairs = [
