@@ -103,7 +103,7 @@ def test_two_process_study_equals_one_process_study(studies):
         ("s1", "folder"),
     ]
     assert _untimed(two["pairs"]) == _untimed(one["pairs"])
-    assert two["summary"] == one["summary"]
+    assert _untimed(two["summary"]) == _untimed(one["summary"])  # criteria carry their cost
     assert two["summary"]["recommended"] in two["summary"]["criteria"]
     assert two["summary"]["recommended_confidence"]["n"] == 2  # the cached features were read
     for pair in two["pairs"]:
