@@ -179,7 +179,14 @@ def channel_prune(model: nn.Module, keep: int, example: torch.Tensor) -> nn.Modu
         )
     if keep == have:
         return copy.deepcopy(model)
-    lo, hi = 0.0, 1.0  # ratio lo keeps >= keep; hi keeps fewer (or cannot be built)
+    top = _max_ratio(model)
+    floor = prunable_count(_pruned_copy(model, top, example).encoder) if top > 0 else have
+    if keep < floor * (1 - TOLERANCE):
+        raise ChannelPruneError(
+            f"channel pruning cannot keep only {keep:,} prunable weights: with one channel left "
+            f"per layer the encoder still has {floor:,} (raise [prune] alpha_min)"
+        )
+    lo, hi = 0.0, top  # ratio lo keeps >= keep; hi keeps fewer
     best = None
     for _ in range(_BISECT_STEPS):
         mid = (lo + hi) / 2
@@ -191,12 +198,19 @@ def channel_prune(model: nn.Module, keep: int, example: torch.Tensor) -> nn.Modu
             lo = mid
         else:
             hi, best = mid, pruned
-    floor = prunable_count(_pruned_copy(model, 1.0 - 1e-9, example).encoder)
-    if keep < floor:
-        raise ChannelPruneError(
-            f"channel pruning cannot keep only {keep:,} prunable weights: with one channel left "
-            f"per layer the encoder still has {floor:,} (raise [prune] alpha_min)"
-        )
-    if best is None:  # pragma: no cover - bisection always brackets the target above the floor
-        raise ChannelPruneError(f"channel pruning found no network near {keep:,} weights")
-    return best
+    return best if best is not None else _pruned_copy(model, top, example)
+
+
+def _max_ratio(model: nn.Module) -> float:
+    """The largest uniform ratio that leaves every prunable layer at least one channel:
+    Torch-Pruning keeps ``int(c * (1 - ratio))`` of a group's ``c`` channels and skips a group
+    it would empty (so the kept count would jump back up above this ratio); the bisection
+    stays at or below ``1 - 1 / c`` for the narrowest layer that can still shrink."""
+    out = _output_layer(model.encoder)
+    widths = [
+        m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for m in model.encoder.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and m is not out
+    ]
+    widths = [c for c in widths if c > 1]
+    return 1.0 - 1.0 / min(widths) if widths else 0.0
