@@ -35,6 +35,7 @@ model behind. A process killed mid-export leaves its temporary directory; the ne
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -67,6 +68,7 @@ from .formats import (
 from .onnx_export import ONNX_OPSET
 from .quantize import int8_feature_error, pruned_zeros_kept
 from .rung import RungInfo
+from .tflm import TFLMError, compare_tflm_litert, tflm_arena_bytes
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Diff, compare_arrays, torch_features
 from .weights import weight_stats
 
@@ -154,6 +156,37 @@ def _file_entry(path: Path, diff: Diff, **extra: Any) -> dict[str, Any]:
         "max_rel_diff": diff.max_rel_diff,
         **extra,
     }
+
+
+TFLM_INPUTS = 8
+"""Verification inputs a TFLite file is also run on in TensorFlow Lite Micro (its reference
+kernels take ~0.1 s per image for smallnet on the host, so not all of them)."""
+
+
+def _add_tflm(entry: dict[str, Any], path: Path, inputs: np.ndarray, tol: dict | None) -> None:
+    """Run a TFLite file in TensorFlow Lite Micro (when ``tflite-micro`` is installed, extra
+    ``tflm``) on the first :data:`TFLM_INPUTS` verification inputs: ``entry["tflm"]`` records
+    the arena its recording allocator used and the agreement with LiteRT (float: within the
+    file's tolerance; int8: at least 99 % of values within one output step), or why TFLM
+    refuses the file (a sparse-stored file needs DENSIFY, which TFLM lacks)."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        return
+    try:
+        arena = tflm_arena_bytes(path)
+    except TFLMError as e:
+        entry["tflm"] = {"refused": str(e), "missing_op": e.missing_op}
+        return
+    vs = compare_tflm_litert(path, inputs[:TFLM_INPUTS], arena_size=arena)
+    if tol is not None:
+        bound = tol["atol"] + tol["rtol"] * (
+            vs["max_abs_diff"] / vs["max_rel_diff"] if vs["max_rel_diff"] else 0.0
+        )
+        ok = vs["max_abs_diff"] <= bound
+    else:
+        ok = vs["within_one_step"] >= 0.99
+    if not ok:
+        raise VerificationError(f"TFLite Micro's outputs of {path.name} differ from LiteRT's: {vs}")
+    entry["tflm"] = {"arena_bytes": arena, "vs_litert": vs}
 
 
 def calibration_digest(images: np.ndarray) -> str:
@@ -303,6 +336,8 @@ def export_encoder(
                     # a format with its own tolerance records it; the common one is below
                     **({} if file_tol == tol else {"tolerance": file_tol}),
                 )
+                if fmt.name == "tflite":
+                    _add_tflm(files[path.name], path, inputs, file_tol)
                 if quantize == "none":
                     continue
                 qpath = tmp / fmt.filename(form.stem, quantize)
@@ -318,6 +353,8 @@ def export_encoder(
                 files[qpath.name] = _check_int8(
                     fmt, module, qpath, real, real_reference, min_cosine, qsparse, io
                 )
+                if fmt.name == "tflite":
+                    _add_tflm(files[qpath.name], qpath, real, None)
         result = {
             "export_format": EXPORT_FORMAT,
             "provenance": provenance,

@@ -296,6 +296,16 @@ def _rungs(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tflm_cell(f: dict) -> str:
+    """The export table's TFLite Micro column: the measured arena, or why TFLM refuses."""
+    t = f.get("tflm")
+    if not t:
+        return "-"
+    if "arena_bytes" in t:
+        return f"arena {_kib(t['arena_bytes'])}"
+    return f"refused (no {t['missing_op']})" if t.get("missing_op") else "refused"
+
+
 def _export(run: RunDir) -> list[str]:
     info = run.read_json(run.export / "export.json")
     if not info:
@@ -308,6 +318,7 @@ def _export(run: RunDir) -> list[str]:
             f"{f['max_abs_diff']:.1e}" if "max_abs_diff" in f else "-",
             f"{f['feature_error']['mean_cos']:.5f}" if "feature_error" in f else "-",
             f.get("runtime", ""),
+            _tflm_cell(f),
         ]
         for name, f in info["files"].items()
     ]
@@ -321,8 +332,18 @@ def _export(run: RunDir) -> list[str]:
         f"({info['tolerance']['criterion']}, atol {info['tolerance']['atol']:g}, rtol "
         f"{info['tolerance']['rtol']:g}); `encoder_compact.*` has the dead channels removed.",
         "",
-        *_table(["file", "dtype", "size", "max abs diff", "int8 mean cos", "runtime"], rows),
+        *_table(
+            ["file", "dtype", "size", "max abs diff", "int8 mean cos", "runtime", "TFLite Micro"],
+            rows,
+        ),
     ]
+    if any("tflm" in f for f in info["files"].values()):
+        lines += [
+            "",
+            "TFLite Micro: the arena its recording allocator used for the file (run on this host, "
+            "compared with LiteRT); a sparse-stored file needs DENSIFY, which TFLM lacks. "
+            "`entropi select RUNDIR --runtime tflm` fits a microcontroller with the MCU form.",
+        ]
     q = info.get("quantization")
     if q:
         lines += [

@@ -214,3 +214,34 @@ def test_mcu_export_replaces_only_its_own_folder(mcu_int8, encoder, tmp_path):
             overwrite=True,
         )
     assert (user / "thesis.txt").read_text() == "keep"
+
+
+def test_export_json_records_tflm_for_every_tflite_file(tmp_path):
+    """A dense-stored TFLite file is run in TFLM (arena, agreement with LiteRT); a sparse one is
+    recorded as refused, naming DENSIFY."""
+    from synthetic import fake_rung_meta
+
+    from entropi.export import export_encoder
+
+    enc = synthetic_encoder("smallnet", alpha=0.2, seed=0).eval()
+    info = export_encoder(
+        enc,
+        fake_rung_meta(enc, "smallnet"),
+        tmp_path / "out",
+        formats=["tflite"],
+        forms=["sparse", "compact-dense"],
+    )
+    sparse, dense = info["files"]["encoder.tflite"], info["files"]["encoder_compact_dense.tflite"]
+    assert sparse["tflm"]["missing_op"] == "DENSIFY"
+    assert dense["tflm"]["arena_bytes"] == tflm_arena_bytes(
+        tmp_path / "out" / "encoder_compact_dense.tflite"
+    )
+    assert dense["tflm"]["vs_litert"]["max_rel_diff"] <= 1e-4
+
+
+def test_the_report_names_the_arena_or_the_missing_op():
+    from entropi.host.report import _tflm_cell
+
+    assert _tflm_cell({"tflm": {"arena_bytes": 47296, "vs_litert": {}}}).startswith("arena 46.")
+    assert _tflm_cell({"tflm": {"refused": "x", "missing_op": "DENSIFY"}}) == "refused (no DENSIFY)"
+    assert _tflm_cell({}) == "-"
