@@ -117,6 +117,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     targets = result["targets"]
     fig, axes = plt.subplots(len(targets), 2, figsize=(10, 3.6 * len(targets)), squeeze=False)
@@ -141,6 +142,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
                 es = [100 * (p[1]["probe_se"] or 0) for p in pts]
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel(label)
             ax.set_ylabel(f"probe accuracy % ({target})")
             ax.grid(alpha=0.3)
@@ -177,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     ladders = dict(item.split("=", 1) for item in a.ladder)
     result: dict[str, Any] = {
-        "machine": {"cpu": cpu_model(), **versions()},
+        "machine": {
+            "cpu": cpu_model(),
+            **versions(
+                ["torch", "torch-pruning", "tflite-micro", "ai-edge-litert", "litert-torch"]
+            ),
+        },
         "targets": ["own"],
         "ladders": {},
     }
