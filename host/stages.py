@@ -459,6 +459,8 @@ def select(
     deployment = None
     if flash is not None or ram is not None:
         deployment = _deployment(cfg, run, rungs, criterion, flash, ram, unconstrained=sel)
+        if cfg.select.rule != "argmax":  # the rule decides among the rungs that fit
+            deployment["pick"] = _rule_pick(cfg, rungs, criterion, boot, deployment)
         sel = deployment["pick"]["rung"]
     probes = [r["probe_accuracy"] for r in rungs]
     best = int(np.argmax(probes))
@@ -601,6 +603,36 @@ def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
     if any(want and (key not in results or not path.is_file()) for want, key, path in wanted):
         return None
     return results
+
+
+def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
+    """The ``[select] rule``'s pick among the rungs that fit the device, "smallest" by the
+    device's flash: rungs that do not fit are undefined to the rule (never tied, never picked),
+    and each fitting rung's size is its smallest fitting row's flash; that row is the pick."""
+    fits = set(deployment["fitting_rungs"])
+    masked = [
+        r if i in fits else {**r, "criteria": {**r.get("criteria", {}), criterion: None}}
+        for i, r in enumerate(rungs)
+    ]
+    if boot is not None:
+        boot = np.where(np.isin(np.arange(len(rungs)), sorted(fits))[None, :], boot, np.nan)
+    limits = (deployment["flash_limit"], deployment["ram_limit"])
+
+    def fitting(row) -> bool:
+        return row["ram_bytes"] is not None and all(
+            lim is None or row[key] <= lim
+            for key, lim in zip(("flash_bytes", "ram_bytes"), limits, strict=True)
+        )
+
+    rows = [row for row in deployment["table"] if fitting(row)]
+    sizes = np.full(len(rungs), np.inf)
+    for row in rows:
+        sizes[row["rung"]] = min(sizes[row["rung"]], row["flash_bytes"])
+    choice = choose_rung(masked, criterion, cfg.select.rule, boot, sizes=sizes,
+                         tie_se=cfg.select.tie_se)  # fmt: skip
+    best = min((r for r in rows if r["rung"] == choice["selected_index"]),
+               key=lambda r: (r["flash_bytes"], r["ram_bytes"]))  # fmt: skip
+    return {k: v for k, v in best.items() if k != "fits"}
 
 
 def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -> dict:

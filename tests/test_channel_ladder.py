@@ -184,3 +184,29 @@ def test_bundle_refuses_a_users_folder_before_any_export(
         bundle.mcu_package(out, user, overwrite=True)
     assert (user / "thesis.txt").read_text() == "keep"
     assert (user / "encoder" / "notes.txt").read_text() == "keep"
+
+
+def test_a_size_aware_rule_picks_among_the_rungs_that_fit_by_flash(channel_run):
+    """[select] rule = smallest_tied with every rung tied (a huge tie_se): the pick is the
+    fitting rung whose fitting row has the least flash, and that row is the pick."""
+    pytest.importorskip("tflite_micro")
+    pytest.importorskip("litert_torch")
+    import dataclasses
+
+    from entropi.host.rundir import open_run
+    from entropi.host.stages import stage_select
+
+    out, _ = channel_run
+    cfg, run = open_run(None, out, resume=True)
+    try:
+        cfg = dataclasses.replace(
+            cfg,
+            deploy=dataclasses.replace(cfg.deploy, runtime="tflm"),
+            select=dataclasses.replace(cfg.select, rule="smallest_tied", tie_se=100.0),
+        )
+        dep = stage_select(cfg, run, flash=10 << 20, ram=10 << 20)["deployment"]
+    finally:
+        run.lock.release()
+    smallest = min(dep["table"], key=lambda r: r["flash_bytes"])
+    assert (dep["pick"]["rung"], dep["pick"]["dtype"]) == (smallest["rung"], smallest["dtype"])
+    assert dep["pick"]["rung"] == 3  # the sparsest rung of the tiny ladder
