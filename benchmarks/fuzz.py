@@ -387,7 +387,9 @@ class RunFolderTarget(_Target):
             payload[key] = state
         else:
             value = data.draw(json_values)
-            payload[key] = tuple(value) if isinstance(value, list) and data.draw(st.booleans()) else value
+            payload[key] = (
+                tuple(value) if isinstance(value, list) and data.draw(st.booleans()) else value
+            )
         buf = io.BytesIO()
         torch.save(payload, buf)
         return buf.getvalue()

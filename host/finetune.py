@@ -713,10 +713,10 @@ def load_run_target(run: str | Path, target: str | None = None, overrides: Seque
     return cfg, load_target(cfg)
 
 
-
 def _g(v: float | None) -> str:
     """NC1 for a person: 3 significant digits (None: undefined)."""
     return "n/a" if v is None else f"{v:.3g}"
+
 
 def finetune_rung(
     loaded: LoadedModel,

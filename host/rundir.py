@@ -285,7 +285,7 @@ class RunDir:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self.log_file, flags, default_mode())
-        except OSError as e:
+        except OSError:
             if os.path.islink(self.log_file):
                 raise _link_error(self.log_file) from None
             raise
@@ -389,8 +389,10 @@ def check_score(score: dict[str, Any], index: int, path: Path | str) -> None:
         v = score[key]
         if kind.endswith("?") and (v is None or (isinstance(v, float) and math.isnan(v))):
             continue
-        ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0 if kind == "int" else (
-            _is_number(v)
+        ok = (
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            if kind == "int"
+            else (_is_number(v))
         )
         if not ok:
             raise fail(f"{key} is {v!r}, not a {'count' if kind == 'int' else 'finite number'}")

@@ -147,5 +147,7 @@ def test_hidden_files_are_skipped_and_an_empty_computed_split_is_refused(tmp_pat
     x, y, _ = _device(flat, "train")
     assert len(x) == 4
     assert len(_host(flat, "test")) == 2
-    with pytest.raises(EntropiError, match=r"flat train split \(a 0\.9 test share.*holds no images"):
+    with pytest.raises(
+        EntropiError, match=r"flat train split \(a 0\.9 test share.*holds no images"
+    ):
         load_spec(f"imagefolder:{flat}", "train", [], download=False, prep=P8, test_fraction=0.9)
