@@ -331,13 +331,7 @@ class Emulator:
                 n = sizes[(address, size)] = _thumb_count(bytes(uc.mem_read(address, size)))
             total[0] += n
 
-        h = self.uc.hook_add(UC_HOOK_BLOCK, on_block)
-        self.uc.ctl_flush_tb()  # blocks translated before the hook would not call it
-        try:
-            run()
-        finally:
-            self.uc.hook_del(h)
-            self.uc.ctl_flush_tb()
+        self._with_hook(UC_HOOK_BLOCK, on_block, run)
         return total[0]
 
     def count_instructions(self, run: Callable[[], object]) -> int:
@@ -351,14 +345,19 @@ class Emulator:
         def on_code(uc, address, size, user_data):
             total[0] += 1
 
-        h = self.uc.hook_add(UC_HOOK_CODE, on_code)
-        self.uc.ctl_flush_tb()  # blocks translated before the hook would not call it
+        self._with_hook(UC_HOOK_CODE, on_code, run)
+        return total[0]
+
+    def _with_hook(self, kind: int, callback, run: Callable[[], object]) -> None:
+        """``run()`` with a unicorn hook of ``kind`` installed; the translated blocks are
+        flushed around it (a block translated before the hook was added would not call it)."""
+        h = self.uc.hook_add(kind, callback)
+        self.uc.ctl_flush_tb()
         try:
             run()
         finally:
             self.uc.hook_del(h)
             self.uc.ctl_flush_tb()
-        return total[0]
 
 
 def _thumb_count(code: bytes) -> int:

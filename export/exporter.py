@@ -178,10 +178,7 @@ def _add_tflm(entry: dict[str, Any], path: Path, inputs: np.ndarray, tol: dict |
         return
     vs = compare_tflm_litert(path, inputs[:TFLM_INPUTS], arena_size=arena)
     if tol is not None:
-        bound = tol["atol"] + tol["rtol"] * (
-            vs["max_abs_diff"] / vs["max_rel_diff"] if vs["max_rel_diff"] else 0.0
-        )
-        ok = vs["max_abs_diff"] <= bound
+        ok = vs["max_abs_diff"] <= tol["atol"] + tol["rtol"] * vs["ref_scale"]
     else:
         ok = vs["within_one_step"] >= 0.99
     if not ok:

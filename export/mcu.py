@@ -38,7 +38,7 @@ from torch import nn
 from entropi.device.io import atomic_dir
 
 from ._errors import ExportError, VerificationError
-from .quantize import _folded, int8_feature_error, tflite_int8_bytes
+from .quantize import _folded, int8_feature_error, tflite_int8_bytes, tflite_io_quantization
 from .tflite_export import convert_tflite, quiet_converter
 from .tflm import compare_tflm_litert, resolver_ops, run_tflm, tflm_arena_bytes
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_arrays
@@ -131,24 +131,6 @@ def _verify(
         d = compare_arrays(ours, ref, atol=DEFAULT_ATOL, rtol=DEFAULT_RTOL, what="TFLM output")
         vs_torch = {"max_abs_diff": d.max_abs_diff, "max_rel_diff": d.max_rel_diff}
     return {"n_inputs": int(len(x)), "tflm_vs_litert": vs_litert, "tflm_vs_torch": vs_torch}
-
-
-def _io(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    from .tflm import open_tflm
-
-    interp = open_tflm(data)
-
-    def one(d) -> dict[str, Any]:
-        q = d["quantization_parameters"]
-        scales, zeros = np.asarray(q["scales"]), np.asarray(q["zero_points"])
-        return {
-            "dtype": np.dtype(d["dtype"]).name,
-            "shape": [int(s) for s in d["shape"]],
-            "scale": float(scales[0]) if scales.size else 0.0,
-            "zero_point": int(zeros[0]) if zeros.size else 0,
-        }
-
-    return one(interp.get_input_details(0)), one(interp.get_output_details(0))
 
 
 def c_sources(
@@ -266,7 +248,7 @@ def mcu_export(
     ops = resolver_ops(data)
     arena = tflm_arena_bytes(data)
     verification = _verify(data, encoder, dtype, x, min_cosine, arena)
-    io = _io(data)
+    io = tflite_io_quantization(data)
     name = "encoder_mcu" + ("_int8" if dtype == "int8" else "") + ".tflite"
     info = {
         "file": name,

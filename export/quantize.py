@@ -400,11 +400,12 @@ def _quantize(x: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def run_tflite_int8(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
+def run_tflite_int8(model: ModelSource, inputs: np.ndarray, *, raw: bool = False) -> np.ndarray:
     """Features of a TFLite file (path or bytes) on float32 NCHW ``inputs``, in the LiteRT
     interpreter: integer inputs quantized with the file's input ``(s, z)``, integer outputs
     dequantized with ``(q - z) * s`` (float I/O passes through), in batches of the file's batch
-    size (one at a time when it is fixed at 1). Returns float32 ``N x feature_dim``."""
+    size (one at a time when it is fixed at 1). Returns float32 ``N x feature_dim``; with
+    ``raw`` an integer output comes back as the integers the file wrote."""
     interp = open_tflite(model)
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
@@ -427,9 +428,9 @@ def run_tflite_int8(model: ModelSource, inputs: np.ndarray) -> np.ndarray:
         interp.set_tensor(inp["index"], np.ascontiguousarray(chunk, dtype=in_dtype))
         interp.invoke()
         y = interp.get_tensor(out["index"]).copy()
-        if out_dtype.kind in "iu":
+        if out_dtype.kind in "iu" and not raw:
             y = (y.astype(np.float64) - int(z_out)) * float(s_out)
-        results.append(y.astype(np.float32))
+        results.append(y if raw else y.astype(np.float32))
     return np.concatenate(results, axis=0).reshape(len(x), -1)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ._errors import ExportError, require
 from .footprint import tflite_op_names
-from .quantize import _quantize
+from .quantize import _quantize, run_tflite_int8
 from .verify import ModelSource, load_model_bytes
 
 __all__ = [
@@ -239,23 +239,23 @@ def compare_tflm_litert(
 ) -> dict[str, Any]:
     """TFLM's outputs against LiteRT's on the same float32 ``inputs``.
 
-    Returns ``{"dtype", "n_inputs", "max_abs_diff", "max_rel_diff"}`` and, for an integer
-    output, ``"max_step_diff"`` (largest difference in output steps) and ``"within_one_step"``
-    (share of output values that differ by at most one step)."""
+    Returns ``{"dtype", "n_inputs", "max_abs_diff", "max_rel_diff", "ref_scale"}`` (``ref_scale``
+    = max|LiteRT's output|, dequantized) and, for an integer output, ``"max_step_diff"``
+    (largest difference in output steps) and ``"within_one_step"`` (share of output values that
+    differ by at most one step)."""
     from .verify import open_tflite
 
-    interp = open_tflite(model)
-    details = interp.get_output_details()[0]
+    details = open_tflite(model).get_output_details()[0]
     out_dtype = np.dtype(details["dtype"])
     ours = run_tflm(model, inputs, arena_size=arena_size, raw=True)
-    ref = _run_litert_raw(interp, np.asarray(inputs, dtype=np.float32))
+    ref = run_tflite_int8(model, inputs, raw=True)  # LiteRT, the same quantization of inputs
     if ours.shape != ref.shape:
         raise TFLMError(f"TFLM gave outputs of shape {ours.shape}, LiteRT {ref.shape}")
     diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+    worst = float(diff.max(initial=0))
     if out_dtype.kind in "iu":  # diff counts output steps
         s, z = details["quantization"]
         scale = float(np.abs((ref.astype(np.float64) - z) * s).max(initial=0))
-        worst = float(diff.max(initial=0))
         return {
             "dtype": out_dtype.name,
             "n_inputs": int(len(ours)),
@@ -263,29 +263,13 @@ def compare_tflm_litert(
             "within_one_step": float((diff <= 1).mean()) if diff.size else 1.0,
             "max_abs_diff": worst * float(s),
             "max_rel_diff": worst * float(s) / scale if scale else 0.0,
+            "ref_scale": scale,
         }
     scale = float(np.abs(ref).max(initial=0))
     return {
         "dtype": out_dtype.name,
         "n_inputs": int(len(ours)),
-        "max_abs_diff": float(diff.max(initial=0)),
-        "max_rel_diff": float(diff.max(initial=0) / scale) if scale else 0.0,
+        "max_abs_diff": worst,
+        "max_rel_diff": worst / scale if scale else 0.0,
+        "ref_scale": scale,
     }
-
-
-def _run_litert_raw(interp, x: np.ndarray) -> np.ndarray:
-    """LiteRT's raw outputs (integers stay integers), one input per invoke, inputs quantized as
-    in :func:`run_tflm`."""
-    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-    shape = tuple(int(s) for s in inp["shape"])
-    in_dtype = np.dtype(inp["dtype"])
-    s_in, z_in = inp["quantization"]
-    rows = []
-    for i in range(len(x)):
-        chunk = x[i : i + 1].reshape(shape)
-        if in_dtype.kind in "iu":
-            chunk = _quantize(chunk, float(s_in), int(z_in), in_dtype)
-        interp.set_tensor(inp["index"], np.ascontiguousarray(chunk, dtype=in_dtype))
-        interp.invoke()
-        rows.append(interp.get_tensor(out["index"]).copy().reshape(1, -1))
-    return np.concatenate(rows, axis=0)

@@ -128,18 +128,27 @@ def _float_file(modules: dict[bool, Any], encoder, info, form: str) -> tuple[Any
     form says."""
     import torch
 
-    from entropi.export import compact_encoder, fold_batchnorm
     from entropi.export.formats import ENCODER_FORMS, FORMATS
 
     spec = ENCODER_FORMS[form]
+    module = _module(modules, encoder, info, spec.compact)
     example = torch.zeros(1, *info.input_shape)
-    if False not in modules:
-        modules[False] = fold_batchnorm(encoder)
-    if spec.compact and True not in modules:
-        modules[True] = compact_encoder(modules[False], example)[0]
-    module = modules[spec.compact]
     data, _ = FORMATS["tflite"].write(module, example, sparse=spec.sparse, metadata={})
     return module, data
+
+
+def _module(modules: dict[bool, Any], encoder, info, compact: bool):
+    """The rung's BN-folded module, compacted or not, made once per rung (``modules``)."""
+    import torch
+
+    from entropi.export import compact_encoder, fold_batchnorm
+
+    if False not in modules:
+        modules[False] = fold_batchnorm(encoder)
+    if compact and True not in modules:
+        example = torch.zeros(1, *info.input_shape)
+        modules[True] = compact_encoder(modules[False], example)[0]
+    return modules[compact]
 
 
 def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibration) -> bytes:
@@ -160,22 +169,16 @@ def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibratio
 def _mcu_file(modules: dict[bool, Any], quantized: dict, encoder, info, dtype, calibration):
     """The MCU form's file of a rung (:func:`~entropi.export.mcu.mcu_tflite_bytes` of the
     compacted module) in ``dtype``; ``quantized`` keeps the float and int8 files of the rung."""
-    import torch
-
-    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+    from entropi.export import images_to_inputs
     from entropi.export.mcu import mcu_tflite_bytes
 
     key = ("mcu", dtype)
     if key not in quantized:
-        if False not in modules:
-            modules[False] = fold_batchnorm(encoder)
-        if True not in modules:
-            example = torch.zeros(1, *info.input_shape)
-            modules[True] = compact_encoder(modules[False], example)[0]
+        module = _module(modules, encoder, info, compact=True)
         cal = None
         if dtype == "int8":
             cal = images_to_inputs(calibration, info.normalization)
-        quantized[key] = mcu_tflite_bytes(modules[True], dtype, info.input_shape, cal)
+        quantized[key] = mcu_tflite_bytes(module, dtype, info.input_shape, cal)
     return quantized[key]
 
 
