@@ -38,6 +38,8 @@ from torch import nn
 from entropi.device.io import atomic_dir
 
 from ._errors import ExportError, VerificationError
+from .compact import compact_encoder
+from .fold import fold_batchnorm
 from .quantize import _folded, int8_feature_error, tflite_int8_bytes, tflite_io_quantization
 from .tflite_export import convert_tflite, quiet_converter
 from .tflm import compare_tflm_litert, resolver_ops, run_tflm, tflm_arena_bytes
@@ -50,6 +52,7 @@ __all__ = [
     "NHWCInput",
     "c_sources",
     "mcu_export",
+    "mcu_module",
     "mcu_tflite_bytes",
 ]
 
@@ -73,6 +76,12 @@ class NHWCInput(nn.Module):
 
 def _nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
+
+
+def mcu_module(encoder: nn.Module, input_shape: tuple[int, int, int]) -> nn.Module:
+    """What the MCU form is made of: ``encoder`` BN-folded with its dead channels removed
+    (a channel rung has none; a magnitude rung loses the channels it emptied)."""
+    return compact_encoder(fold_batchnorm(encoder), torch.zeros(1, *input_shape))[0]
 
 
 def mcu_tflite_bytes(

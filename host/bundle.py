@@ -502,12 +502,11 @@ def mcu_package(
     (flash: the model array + the head's float32 weights; RAM: TFLM's arena + the trainer's
     static buffers, from its plan). A budget the trainer cannot fit raises the planner's
     ``BudgetError`` before anything is written."""
-    import torch
 
     from entropi.device.io import check_replaceable, ensure_real_dir
     from entropi.device.mcu_trainer import mcu_plan, not_a_trainer_folder, write_mcu_trainer
-    from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
-    from entropi.export.mcu import mcu_export, not_an_mcu_folder
+    from entropi.export import images_to_inputs
+    from entropi.export.mcu import mcu_export, mcu_module, not_an_mcu_folder
 
     root = ensure_real_dir(out)
     for part, ours in (("encoder", not_an_mcu_folder), ("head_trainer", not_a_trainer_folder)):
@@ -518,7 +517,7 @@ def mcu_package(
     target = run_target(run)
     classes = len(target.classes)
     plan = mcu_plan(info.feature_dim, classes, cfg.head_training, n_train=len(target.x_train))
-    module = compact_encoder(fold_batchnorm(encoder), torch.zeros(1, *info.input_shape))[0]
+    module = mcu_module(encoder, tuple(info.input_shape))
     verify = target.x_test[: cfg.export.verify_images or 64]
     cal = run_calibration(run, target=target) if dtype == "int8" else None
     enc = mcu_export(

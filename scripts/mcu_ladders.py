@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from entropi.benchmarks.machine import cpu_model, versions
-from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+from entropi.export import images_to_inputs
 from entropi.export.footprint import tflite_latency_ms
-from entropi.export.mcu import mcu_tflite_bytes
+from entropi.export.mcu import mcu_module, mcu_tflite_bytes
 from entropi.export.tflm import compare_tflm_litert, tflm_arena_bytes
 from entropi.host.bundle import run_calibration, run_target
 from entropi.host.checkpoint import list_rungs, load_rung
@@ -57,7 +57,7 @@ def _probe(run: RunDir, index: int) -> dict[str, float | None]:
 def measure_rung(run: RunDir, index: int, cal: np.ndarray, verify: np.ndarray) -> dict[str, Any]:
     encoder, info = load_rung(run, index)
     shape = tuple(info.input_shape)
-    module = compact_encoder(fold_batchnorm(encoder), torch.zeros(1, *shape))[0]
+    module = mcu_module(encoder, shape)
     row: dict[str, Any] = {
         "rung": index,
         "alpha": info.alpha,
