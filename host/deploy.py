@@ -63,6 +63,7 @@ __all__ = [
     "DeployError",
     "deployment_table",
     "fit_rule",
+    "fits_device",
     "parse_limit",
     "table_markdown",
 ]
@@ -426,6 +427,16 @@ def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) 
     }
 
 
+def fits_device(row: dict, flash: int | None, ram: int | None) -> bool:
+    """Whether a table row fits ``flash`` / ``ram`` (None: no limit); a row whose head cannot
+    be trained in the device budget (``ram_bytes`` None) never fits."""
+    if row["ram_bytes"] is None:
+        return False
+    return (flash is None or row["flash_bytes"] <= flash) and (
+        ram is None or row["ram_bytes"] <= ram
+    )
+
+
 def fit_rule(
     rows: Sequence[dict],
     values: Sequence[float],
@@ -442,15 +453,7 @@ def fit_rule(
     naming the smallest flash and RAM needs and their rungs."""
     if not rows:
         raise DeployError("the deployment table is empty")
-
-    def ok(r) -> bool:
-        if r["ram_bytes"] is None:
-            return False
-        return (flash is None or r["flash_bytes"] <= flash) and (
-            ram is None or r["ram_bytes"] <= ram
-        )
-
-    fitting = [r for r in rows if ok(r)]
+    fitting = [r for r in rows if fits_device(r, flash, ram)]
     if not fitting:
         by_flash = min(rows, key=lambda r: r["flash_bytes"])
         with_ram = [r for r in rows if r["ram_bytes"] is not None]

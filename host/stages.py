@@ -609,6 +609,8 @@ def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
     """The ``[select] rule``'s pick among the rungs that fit the device, "smallest" by the
     device's flash: rungs that do not fit are undefined to the rule (never tied, never picked),
     and each fitting rung's size is its smallest fitting row's flash; that row is the pick."""
+    from .deploy import fits_device  # as _deployment: deploy is imported when select needs it
+
     fits = set(deployment["fitting_rungs"])
     masked = [
         r if i in fits else {**r, "criteria": {**r.get("criteria", {}), criterion: None}}
@@ -616,15 +618,8 @@ def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
     ]
     if boot is not None:
         boot = np.where(np.isin(np.arange(len(rungs)), sorted(fits))[None, :], boot, np.nan)
-    limits = (deployment["flash_limit"], deployment["ram_limit"])
-
-    def fitting(row) -> bool:
-        return row["ram_bytes"] is not None and all(
-            lim is None or row[key] <= lim
-            for key, lim in zip(("flash_bytes", "ram_bytes"), limits, strict=True)
-        )
-
-    rows = [row for row in deployment["table"] if fitting(row)]
+    flash, ram = deployment["flash_limit"], deployment["ram_limit"]
+    rows = [row for row in deployment["table"] if fits_device(row, flash, ram)]
     sizes = np.full(len(rungs), np.inf)
     for row in rows:
         sizes[row["rung"]] = min(sizes[row["rung"]], row["flash_bytes"])
