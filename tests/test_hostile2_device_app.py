@@ -202,7 +202,9 @@ def _wait_for(path, proc, seconds=120):
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupted_device_train_is_one_line(setup, tmp_path, sig, status):
     out = tmp_path / "H"
-    argv = _train_argv(setup, out, "--checkpoint-every", "1")
+    # patience 0: no early stop, so the signal always lands mid-training (with early stopping a
+    # fast machine finished first and the signal hit the interpreter's shutdown: status -2)
+    argv = _train_argv(setup, out, "--checkpoint-every", "1", "--patience", "0")
     argv[argv.index("--epochs") + 1] = "10000"  # never reached: killed once a checkpoint exists
     proc = subprocess.Popen(
         [sys.executable, "-m", "entropi.device.cli", *map(str, argv)],
