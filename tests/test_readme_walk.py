@@ -1,4 +1,5 @@
-"""The README's "Your data to a microcontroller-sized device" walk, on small data (issue 23).
+"""The "Your data to a microcontroller-sized device" walk of ``docs/deploy.md``, on small data
+(issue 23; the walk was the README's until issue 24 made the README a first page).
 
 The same commands in the same order, through the same entry points: the user's folder from a
 PACS-layout archive (``scripts/pacs_folder.py``), ``entropi run`` with ``--target
@@ -7,8 +8,8 @@ imagefolder:DIR`` (a tiny config instead of the quickstart), ``entropi select --
 and on one image) in a separate Python process in which torch, onnx and the converters cannot be
 imported (the device venv has none of them). To stay short, select's deployment table is
 built for the compact-dense form only (float32 and int8 rows both; every row is a TFLite
-conversion). The README's commands are parsed and each must be
-one this test ran (program, subcommand, flags), so the two cannot drift apart.
+conversion). The walk's commands are parsed from ``docs/deploy.md`` and each must be one this
+test ran (program, subcommand, flags), so the two cannot drift apart.
 
 References: eval's accuracy against the share of predict's per-file results whose name is the
 file's class folder; predict on one image against the same file in the folder's results.
@@ -33,6 +34,7 @@ from scripts_loader import load_script
 from test_device_imports import SCRIPT as IMPORTS_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
+WALK = ROOT / "docs" / "deploy.md"  # the page that holds the walk
 SECTION = "## Your data to a microcontroller-sized device"
 CLASSES = ("dog", "guitar", "house")
 FLASH, RAM = "1MB", "512KB"
@@ -132,9 +134,9 @@ def _shape(argv: list[str]) -> tuple[str, str, frozenset[str]]:
 
 
 def _readme_commands() -> list[list[str]]:
-    """The commands of the README section's shell blocks (comments and set-up lines dropped)."""
-    text = (ROOT / "README.md").read_text()
-    assert SECTION in text, f"README has no section {SECTION!r}"
+    """The commands of the walk section's shell blocks (comments and set-up lines dropped)."""
+    text = WALK.read_text()
+    assert SECTION in text, f"{WALK.relative_to(ROOT)} has no section {SECTION!r}"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     cmds = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.S):
@@ -223,7 +225,7 @@ def test_the_readme_walk_on_small_data(image_folder, tmp_path, capsys, monkeypat
     assert len(top) == 3 and top == sorted(top, reverse=True) and sum(top) <= 1 + 1e-6
     assert {t["name"] for t in single["top"]} <= set(CLASSES)
 
-    # the README's commands are this walk's
+    # the page's commands are this walk's
     shapes = [_shape(argv) for argv in ran]
     readme = _readme_commands()
     assert len(readme) >= 8
@@ -232,14 +234,14 @@ def test_the_readme_walk_on_small_data(image_folder, tmp_path, capsys, monkeypat
         if sub == "select":  # the same device as this test's
             assert argv[argv.index("--flash") + 1] == FLASH and argv[argv.index("--ram") + 1] == RAM
         assert any(s[:2] == (prog, sub) and flags <= s[2] for s in shapes), (
-            f"README command not in the walk test: {shlex.join(argv)}"
+            f"{WALK.relative_to(ROOT)} command not in the walk test: {shlex.join(argv)}"
         )
 
 
 def test_the_readme_device_install_has_no_torch_and_reads_images():
     """Step 5's pip command installs an extra that pulls an interpreter and Pillow, not torch
     (nor another extra that would)."""
-    text = (ROOT / "README.md").read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    text = WALK.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
     (extra,) = re.findall(r'devenv/bin/pip install -q "\.\[(\w+)\]"', text)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = extras["optional-dependencies"][extra]
