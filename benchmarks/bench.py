@@ -27,33 +27,33 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from entropi.common.provenance import hardware, library_versions
 from entropi.device.errors import EntropiError
 from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
-from entropi.host.models import ARCHITECTURES, Classifier, build_model
-from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
+from entropi.host.analysis.flops import CONVENTIONS as FLOP_CONVENTIONS
+from entropi.host.analysis.flops import count_step_flops
+from entropi.host.analysis.memory import (
+    analytic_step,
+    conventions_lines,
+    head_device_memory,
+    measure_step,
+)
+from entropi.host.ladder.models import ARCHITECTURES, Classifier, build_model
+from entropi.host.ladder.prune import apply_masks, dense_masks, global_magnitude_masks
 
 from .command import DEFAULTS
-from .flops import CONVENTIONS as FLOP_CONVENTIONS
-from .flops import count_step_flops
-from .machine import cpu_model, versions
-from .memory import analytic_step, measure_step
 
 __all__ = [
     "MEMORY_CONVENTIONS",
     "BenchError",
     "collect_bench",
-    "conventions_lines",
-    "hardware",
-    "library_versions",
     "plot_bench",
     "render_markdown",
     "run_bench",
@@ -69,82 +69,11 @@ MEMORY_CONVENTIONS = (
     "of the training loop; analytic = the sum of its planned buffers; the frozen encoder and the "
     "feature store (flash / memory-mapped) are not counted."
 )
-_HEAD_CATEGORIES = {
-    "weights": "weights",
-    "bias": "weights",
-    "momentum_weights": "optimizer_state",
-    "momentum_bias": "optimizer_state",
-    "grad_block": "gradients",
-    "grad_bias": "gradients",
-    "features_batch": "batch",
-    "labels_batch": "batch",
-    "logits_batch": "activations",
-    "row_stat": "activations",
-    "label_logit": "activations",
-}
 _SEED = 0
 
 
 class BenchError(EntropiError, ValueError):
     """Bad arguments to ``entropi bench``."""
-
-
-def hardware() -> dict:
-    """CPU model and core count (and the GPU when CUDA is available)."""
-    cpu = cpu_model()
-    out = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
-    return out
-
-
-def library_versions() -> dict:
-    return {
-        "python": platform.python_version(),
-        "entropi": versions(["entropi"])["entropi"],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def _head_device_memory(feature_dim: int, classes: int, batch: int) -> dict:
-    """Run the numpy device trainer for a few steps; its measured peak and buffer plan."""
-    from entropi.device import TrainConfig, train_head
-
-    rng = np.random.default_rng(_SEED)
-    n = batch * 8
-    features = rng.standard_normal((n, feature_dim), dtype=np.float32)
-    labels = (np.arange(n) % classes).astype(np.intp)
-    cfg = TrainConfig(
-        epochs=1,
-        lr=0.01,
-        momentum=0.9,
-        weight_decay=0.0,
-        batch_size=batch,
-        val_fraction=0.0,
-        patience=0,
-        budget="unlimited",  # measure the unblocked step, whatever its size
-    )
-    result = train_head(features, labels, cfg, num_classes=classes, measure_memory=True)
-    breakdown = dict.fromkeys(
-        ["weights", "buffers", "gradients", "optimizer_state", "activations", "batch", "other"], 0
-    )
-    for name, nbytes in result.plan.buffers.items():
-        breakdown[_HEAD_CATEGORIES.get(name, "other")] += nbytes
-    breakdown["total"] = sum(breakdown.values())
-    return {
-        "measured": int(result.peak_bytes),
-        "analytic": int(result.plan.analytic_bytes),
-        "breakdown": breakdown,
-        "buffers": dict(result.plan.buffers),
-        "batch_size": result.plan.batch_size,
-        "block_rows": result.plan.block_rows,
-    }
 
 
 def _check_args(archs: Sequence[str], classes: Sequence[int], batch: int, alpha: float) -> None:
@@ -177,8 +106,8 @@ def _rung_rows(run, rung, classes: Sequence[int] | None, batch: int, device) -> 
     """The head and full rows of rung ``rung`` of run folder ``run`` (its own weights: sparse
     FLOPs from its non-zeros) for each of ``classes`` (default: the run's target classes), and
     what the rows measure."""
-    from entropi.host.checkpoint import load_rung
-    from entropi.host.rundir import RunDir
+    from entropi.host.ladder.rungs import load_rung
+    from entropi.host.run.rundir import RunDir
 
     rundir = RunDir(run)
     encoder, info = load_rung(rundir, rung)
@@ -257,7 +186,7 @@ def _model_rows(
                 "cuda_peak_bytes": torch_mem["cuda_peak"],
             }
         else:
-            dev = _head_device_memory(model.feature_dim, classes, batch)
+            dev = head_device_memory(model.feature_dim, classes, batch)
             row |= {
                 "memory_bytes": dev["measured"],
                 "memory_bytes_analytic": dev["analytic"],
@@ -336,16 +265,6 @@ def render_markdown(result: dict) -> str:
         *conventions_lines(result),
     ]
     return "\n".join(lines)
-
-
-def conventions_lines(result: dict) -> list[str]:
-    """The Markdown footer of a result with FLOP and memory ``conventions``."""
-    return [
-        f"FLOP conventions: {result['conventions']['flops']}",
-        "",
-        f"Memory conventions: {result['conventions']['memory']}",
-        "",
-    ]
 
 
 def plot_bench(result: dict, path: Path) -> None:

@@ -46,7 +46,7 @@ def add_command(sub) -> dict:
 
     Flags left out are not passed, so :func:`run_bench`'s defaults (:data:`DEFAULTS`) apply.
     """
-    from entropi.host.rundir import rung_arg
+    from entropi.host.run.rundir import rung_arg
 
     help_ = (
         "FLOPs and backprop memory of head-only vs full fine-tuning (bench.json/md/png), of "

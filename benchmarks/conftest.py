@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropi.benchmarks.machine import cpu_model, versions
+from entropi.common.provenance import cpu_model, versions
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

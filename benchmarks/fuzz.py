@@ -14,8 +14,8 @@ Targets (:data:`TARGETS`), each a valid input the fuzzer mutates with hypothesis
 - ``image``: a PNG or JPEG inside an image folder (bytes flipped, cut, or arbitrary bytes), then
   the folder read and converted as the device reads it.
 - ``config``: the quickstart run config (a value anywhere replaced by arbitrary TOML-able data,
-  or a key added), then :func:`~entropi.host.config.config_from_dict`; and its TOML text with
-  bytes flipped, then :func:`~entropi.host.config.load_config`.
+  or a key added), then :func:`~entropi.host.run.config.config_from_dict`; and its TOML text with
+  bytes flipped, then :func:`~entropi.host.run.config.load_config`.
 - ``rundir``: a scored run folder (:func:`scored_run`) with one file mutated: a score file or
   run.json or timings.json (a JSON value replaced, or bytes), a feature array or the labels (a
   ``.npy`` header claiming any shape and dtype, or bytes), a rung record (an info value or a
@@ -268,7 +268,7 @@ class ImageTarget(_Target):
 
 class ConfigTarget(_Target):
     def setup(self, folder: Path) -> None:
-        from entropi.host.config import config_to_toml, load_config
+        from entropi.host.run.config import config_to_toml, load_config
 
         super().setup(folder)
         cfg = load_config("quickstart")
@@ -277,7 +277,7 @@ class ConfigTarget(_Target):
         self.path = folder / "c.toml"
 
     def case(self, data) -> None:
-        from entropi.host.config import config_from_dict, load_config
+        from entropi.host.run.config import config_from_dict, load_config
 
         st, json_values = _strategies()
         if data.draw(st.booleans()):
@@ -290,16 +290,16 @@ class ConfigTarget(_Target):
 def scored_run(root: Path, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed: int = 0, **cfg):
     """A scored run folder made without training, as the stages write it: ``n_rungs`` rung
     records (one untrained smallnet, dense masks), random features of ``n`` samples x ``dim``
-    per rung scored by :func:`~entropi.host.selection.score_rung`, made-up probe accuracies.
+    per rung scored by :func:`~entropi.host.selection.rules.score_rung`, made-up probe accuracies.
     ``cfg``: config sections to set. Returns ``(cfg, run)``, the folder's lock released."""
     import torch
 
     from entropi.export.rung import Rung, RungInfo, save_rung
-    from entropi.host.config import config_from_dict
-    from entropi.host.models import build_model
-    from entropi.host.prune import dense_masks
-    from entropi.host.rundir import open_run
-    from entropi.host.selection import score_rung
+    from entropi.host.ladder.models import build_model
+    from entropi.host.ladder.prune import dense_masks
+    from entropi.host.run.config import config_from_dict
+    from entropi.host.run.rundir import open_run
+    from entropi.host.selection.rules import score_rung
 
     raw = {
         "name": "fake",
@@ -396,10 +396,10 @@ class RunFolderTarget(_Target):
 
     def case(self, data) -> None:
         from entropi.export.rung import load_rung_file
-        from entropi.host.checkpoint import classifier_from_rung
-        from entropi.host.report import render_report
-        from entropi.host.rundir import open_run
-        from entropi.host.stages import select
+        from entropi.host.ladder.rungs import classifier_from_rung
+        from entropi.host.run.report import render_report
+        from entropi.host.run.rundir import open_run
+        from entropi.host.run.stages import select
 
         st, _ = _strategies()
         path = data.draw(st.sampled_from(self.files))

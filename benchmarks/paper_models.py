@@ -8,7 +8,8 @@ Only used to test readings of the paper's cost table (:mod:`.table2`), never for
   960 -> 1280 linear + hardswish), 1280 features; 5,483,032 parameters with 1000 classes.
 - ``mobilenetv3_small_imagenet``: torchvision's MobileNetV3-small, 1024 features; 2,542,856.
 
-Built from the blocks of :mod:`entropi.host.models` (torchvision does not import on this machine,
+Built from the blocks of :mod:`entropi.host.ladder.models` (torchvision does not import on this
+machine,
 see REFERENCE section 6); the parameter counts are checked against torchvision's in the tests.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from entropi.host.models import Classifier, ResNet18ImageNetEncoder, mobilenetv3_layers
+from entropi.host.ladder.models import Classifier, ResNet18ImageNetEncoder, mobilenetv3_layers
 
 __all__ = ["PAPER_ARCHITECTURES", "build_paper_model"]
 

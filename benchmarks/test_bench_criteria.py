@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from entropi.host.criteria import CRITERIA, CriterionOptions, check_inputs
+from entropi.host.selection.criteria import CRITERIA, CriterionOptions, check_inputs
 
 N, DIM, CLASSES = 50_000, 512, 100
 

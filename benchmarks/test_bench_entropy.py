@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from entropi.host.entropy import state_entropy
+from entropi.host.selection.entropy import state_entropy
 
 N, DIM, LEVELS = 50_000, 512, 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from entropi.host.models import build_encoder
+from entropi.host.ladder.models import build_encoder
 
 
 @pytest.mark.parametrize("batch", [1, 32])

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from entropi.host.models import build_encoder
-from entropi.host.prune import apply_masks, count_nonzero, dense_masks, global_magnitude_masks
+from entropi.host.ladder.models import build_encoder
+from entropi.host.ladder.prune import (
+    apply_masks,
+    count_nonzero,
+    dense_masks,
+    global_magnitude_masks,
+)
 
 KEEP = 0.75
 

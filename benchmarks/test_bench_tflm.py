@@ -21,9 +21,9 @@ pytest.importorskip("litert_torch")
 from entropi.export.mcu import NHWCInput  # noqa: E402
 from entropi.export.quantize import tflite_int8_bytes  # noqa: E402
 from entropi.export.tflm import open_tflm, tflm_arena_bytes  # noqa: E402
-from entropi.host.channels import channel_prune, prunable_count  # noqa: E402
-from entropi.host.models import build_model  # noqa: E402
-from entropi.host.prune import dense_masks, global_magnitude_masks  # noqa: E402
+from entropi.host.ladder.channels import channel_prune, prunable_count  # noqa: E402
+from entropi.host.ladder.models import build_model  # noqa: E402
+from entropi.host.ladder.prune import dense_masks, global_magnitude_masks  # noqa: E402
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 ALPHAS = (0.5, 0.25, 0.125)

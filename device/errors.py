@@ -118,7 +118,7 @@ def report_bug(prog: str) -> None:
     an exception outside entropi's error family (a bug, not bad input)."""
     import traceback
 
-    from .io import package_version
+    from entropi.common.provenance import package_version
 
     say(traceback.format_exc().rstrip("\n"))  # escaped: a file name in it cannot drive the tty
     say(

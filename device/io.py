@@ -34,18 +34,7 @@ __all__ = [
     "atomic_write_text",
     "default_mode",
     "ensure_real_dir",
-    "package_version",
 ]
-
-
-def package_version() -> str:
-    """The installed entropi version, or ``"0+unknown"`` when running from an uninstalled tree."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("entropi")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def ensure_real_dir(path: str | os.PathLike) -> Path:

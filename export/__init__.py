@@ -4,7 +4,8 @@ compact form (dead channels removed). Imports torch and the format writers; neve
 Entry points:
 
 - :func:`export_encoder` (``exporter.py``): any encoder plus its :class:`RungInfo` -> an export
-  folder (one file per form and format, export.json). The host's ``export_rung`` (host/bundle.py)
+  folder (one file per form and format, export.json). The host's ``export_rung``
+  (host/deployment/rung_export.py)
   loads a rung of a run folder and calls it.
 - :data:`FORMATS` (``formats.py``): the registry of export formats (:class:`ExportFormat`:
   writer, runner, suffix, tolerance); :data:`FORMAT_NAMES` for validation and CLI choices.

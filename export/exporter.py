@@ -51,7 +51,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from entropi.device.io import default_mode, package_version
+from entropi.common.provenance import package_version
+from entropi.device.io import default_mode
 from entropi.device.lock import LOCK_NAME
 
 from ._errors import ExportError, VerificationError

@@ -3,7 +3,7 @@
 Public API (imported on first use, so that `entropi --help` does not pay for torch):
 
 - :func:`run_all`: the whole pipeline over a run folder (resumable); the stages are in
-  :mod:`entropi.host.stages`, the folder is a :class:`RunDir`.
+  :mod:`entropi.host.run.stages`, the folder is a :class:`RunDir`.
 - :func:`load_config`, :class:`RunConfig`: validated TOML configs; :func:`shipped_configs`.
 - :func:`load_dataset`, :func:`stratified_subset`: data readers and low-data subsets.
 - :func:`build_model`, :data:`ARCHITECTURES`: CIFAR-sized encoders with a linear head.
@@ -16,24 +16,24 @@ Public API (imported on first use, so that `entropi --help` does not pay for tor
 from importlib import import_module
 
 _EXPORTS = {
-    "run_all": "pipeline",
-    "RunDir": "rundir",
-    "CRITERIA": "selection",
-    "select_rung": "selection",
-    "export_rung": "bundle",
-    "RunConfig": "config",
-    "load_config": "config",
-    "shipped_configs": "config",
+    "run_all": "run.pipeline",
+    "RunDir": "run.rundir",
+    "CRITERIA": "selection.rules",
+    "select_rung": "selection.rules",
+    "export_rung": "deployment.rung_export",
+    "RunConfig": "run.config",
+    "load_config": "run.config",
+    "shipped_configs": "run.config",
     "load_dataset": "data",
     "stratified_subset": "data",
-    "build_model": "models",
-    "ARCHITECTURES": "models",
-    "global_magnitude_masks": "prune",
-    "geometric_alphas": "prune",
-    "state_entropy": "entropy",
-    "linear_probe": "probe",
-    "load_rung": "checkpoint",
-    "bundle_rung": "bundle",
+    "build_model": "ladder.models",
+    "ARCHITECTURES": "ladder.models",
+    "global_magnitude_masks": "ladder.prune",
+    "geometric_alphas": "ladder.prune",
+    "state_entropy": "selection.entropy",
+    "linear_probe": "selection.probe",
+    "load_rung": "ladder.rungs",
+    "bundle_rung": "deployment.rung_export",
 }
 
 __all__ = sorted(_EXPORTS)

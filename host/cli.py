@@ -2,7 +2,8 @@
 
 Subcommands beyond the pipeline's come from plugins: a package names a function
 ``add(subparsers) -> {name: run}`` in the ``entropi.commands`` entry-point group (the benchmarks
-add ``entropi bench`` this way, so the host never imports the layer above it).
+add ``entropi bench`` this way, so the host never imports the layer above it). ``entropi finetune``
+and ``entropi analyze cka`` are host commands (:mod:`.analysis.commands`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .deploy import RUNTIMES
+from .analysis.commands import add_command as add_analysis_commands
+from .deployment.fit import RUNTIMES
 
 __all__ = ["main"]
 
@@ -38,7 +40,7 @@ class LazyChoices:
 
 
 def _archs() -> list[str]:
-    from .models import ARCHITECTURES
+    from .ladder.models import ARCHITECTURES
 
     return sorted(ARCHITECTURES)
 
@@ -63,7 +65,7 @@ def _overrides(a: argparse.Namespace) -> list[str]:
 
 
 def _load(a: argparse.Namespace):
-    from .config import load_config
+    from .run.config import load_config
 
     return load_config(a.config, _overrides(a))
 
@@ -100,7 +102,7 @@ def _torchrun_argv(a: argparse.Namespace, command: str = "run") -> list[str]:
 def _torchrun(a: argparse.Namespace, command: str) -> int | None:
     """With ``--nproc N`` > 1 or ``--max-restarts K`` > 0: run ``command`` under torchrun and
     return its exit status; None when this process is to run it itself."""
-    from .config import ConfigError
+    from .run.config import ConfigError
 
     if a.nproc < 1 or a.max_restarts < 0:
         raise ConfigError(
@@ -119,11 +121,11 @@ def _torchrun(a: argparse.Namespace, command: str) -> int | None:
 def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
     """``fn()`` (it joins the torchrun job, if any) and whether this process is rank 0; the
     process group is left afterwards. A peer lost mid-collective, or a collective timed out,
-    becomes a :class:`~entropi.host.distributed.RankFailedError` saying so (``again``: how to
+    becomes a :class:`~entropi.host.run.distributed.RankFailedError` saying so (``again``: how to
     continue by hand)."""
     from torch.distributed import DistError
 
-    from . import distributed
+    from .run import distributed
 
     try:
         value = fn()
@@ -142,14 +144,14 @@ def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from .config import ConfigError
+    from .run.config import ConfigError
 
     status = _torchrun(a, "run")
     if status is not None:
         return status
 
-    from . import distributed
-    from .pipeline import run_all
+    from .run import distributed
+    from .run.pipeline import run_all
 
     cfg = _load(a) if a.config else None
     if cfg is None and not (a.resume and a.out):
@@ -177,7 +179,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _print_summary(results: dict, out) -> None:
-    from .selection import stored_value
+    from .selection.rules import stored_value
 
     crit = results.get("criterion", "entropy")
     value = f"{crit[:12]:>12}"
@@ -219,18 +221,18 @@ def _print_summary(results: dict, out) -> None:
 
 def _open(a: argparse.Namespace):
     """Reopen RUNDIR with its saved config."""
-    from .rundir import open_run
-    from .train import pick_device
+    from .ladder.train import pick_device
+    from .run.rundir import open_run
 
     cfg, run = open_run(None, a.run, resume=True)
     return cfg, run, pick_device(cfg.device)
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from .rundata import load_source
-    from .rundir import open_run
-    from .stages import stage_pretrain
-    from .train import pick_device
+    from .ladder.train import pick_device
+    from .run.rundata import load_source
+    from .run.rundir import open_run
+    from .run.stages import stage_pretrain
 
     cfg, run = open_run(_load(a), a.out, resume=a.resume)
     device = pick_device(cfg.device)
@@ -239,8 +241,8 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
-    from .rundata import load_source
-    from .stages import stage_prune
+    from .run.rundata import load_source
+    from .run.stages import stage_prune
 
     cfg, run, device = _open(a)
     stage_prune(cfg, run, load_source(cfg, device), device)
@@ -248,8 +250,8 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
 
 def _cmd_probe(a: argparse.Namespace) -> int:
-    from .rundata import load_target
-    from .stages import reuse_ladder, stage_score, stage_select
+    from .run.rundata import load_target
+    from .run.stages import reuse_ladder, stage_score, stage_select
 
     overrides = _overrides(a)
     if not overrides and not a.out:
@@ -259,9 +261,9 @@ def _cmd_probe(a: argparse.Namespace) -> int:
         return 0
     # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
     # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
-    from .config import load_config
-    from .rundir import NotARunError, RunDir
-    from .train import pick_device
+    from .ladder.train import pick_device
+    from .run.config import load_config
+    from .run.rundir import NotARunError, RunDir
 
     run = RunDir(a.run)
     if not run.config.is_file():
@@ -275,14 +277,14 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 
 def _cmd_select(a: argparse.Namespace) -> int:
-    from .criteria import CRITERIA, CriterionError
-    from .stages import stage_select
+    from .run.stages import stage_select
+    from .selection.criteria import CRITERIA, CriterionError
 
     if a.criterion is not None and a.criterion not in CRITERIA:
         raise CriterionError(
             f"unknown criterion {a.criterion!r}; known: {', '.join(sorted(CRITERIA))}"
         )
-    from .deploy import parse_limit, table_markdown
+    from .deployment.fit import parse_limit, table_markdown
 
     flash, ram = parse_limit(a.flash, "--flash"), parse_limit(a.ram, "--ram")
     cfg, run, _ = _open(a)
@@ -309,7 +311,7 @@ def _cmd_study(a: argparse.Namespace) -> int:
     status = _torchrun(a, "study")
     if status is not None:
         return status
-    from .study import load_study, run_study
+    from .selection.study import load_study, run_study
 
     study = load_study(a.study)
     doc, main = _in_job(
@@ -368,7 +370,7 @@ def _load_npy(path: str, what: str, error: type[Exception]):
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
-    from .criteria import CRITERIA, CriterionError, CriterionOptions, compute_criteria
+    from .selection.criteria import CRITERIA, CriterionError, CriterionOptions, compute_criteria
 
     if a.list:
         for name, c in CRITERIA.items():
@@ -404,7 +406,7 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
 
 
 def _cmd_entropy(a: argparse.Namespace) -> int:
-    from .entropy import FeatureError, state_entropy
+    from .selection.entropy import FeatureError, state_entropy
 
     feats = _load_npy(a.features, "features", FeatureError)
     print(json.dumps(state_entropy(feats, a.levels).as_dict(), indent=2, allow_nan=False))
@@ -424,7 +426,7 @@ def _run_lock(rundir: str):
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
-    from .bundle import export_rung
+    from .deployment.rung_export import export_rung
 
     formats = tuple(a.format or _formats())
     extra = _int8_kwargs(a, a.quantize == "int8")
@@ -472,14 +474,14 @@ def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
     if a.min_cosine is not None:
         kwargs["min_cosine"] = a.min_cosine
     if a.calibration_images is not None:
-        from .bundle import run_calibration
+        from .deployment.rung_export import run_calibration
 
         kwargs["calibration"] = run_calibration(a.run, n=a.calibration_images)
     return kwargs
 
 
 def _cmd_bundle(a: argparse.Namespace) -> int:
-    from .bundle import bundle_choice, bundle_rung
+    from .deployment.rung_export import bundle_choice, bundle_rung
 
     quantize = {None: None, "none": "float32"}.get(a.quantize, a.quantize)
     c = bundle_choice(a.run, a.rung, a.form, quantize, a.format)
@@ -493,7 +495,7 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
     if a.mcu:
         from entropi.device.budget import format_size
 
-        from .bundle import mcu_package
+        from .deployment.rung_export import mcu_package
 
         with _run_lock(a.run):
             m = mcu_package(a.run, a.mcu, rung=a.rung, dtype=c.dtype, overwrite=a.overwrite)
@@ -569,7 +571,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_export_args(p: argparse.ArgumentParser, formats: LazyChoices, what: str) -> None:
     """``--run``, ``--rung`` and ``--format`` of `entropi export` / `entropi bundle`."""
-    from .rundir import rung_arg
+    from .run.rundir import rung_arg
 
     p.add_argument(
         "--run", required=True, metavar="RUNDIR", help="run directory made by `entropi run`"
@@ -608,9 +610,9 @@ def _add_int8_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
-    from entropi.device.io import package_version
+    from entropi.common.provenance import package_version
 
-    from .config import EntropyConfig
+    from .run.config import EntropyConfig
 
     parser = argparse.ArgumentParser(
         prog="entropi",
@@ -797,6 +799,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
     )
     p.add_argument("--list", action="store_true", help="list the criteria and exit")
 
+    table.update(add_analysis_commands(sub))  # entropi finetune, entropi analyze cka
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
         table.update(ep.load()(sub))
     return parser, table

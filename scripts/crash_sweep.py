@@ -53,7 +53,7 @@ def write_images(root: Path, *, classes=3, train_per_class=16, test_per_class=6,
 
 def write_config(path: Path, images: Path) -> Path:
     """The tiny host config of the tests (2 pretraining epochs, 4 rungs, ONNX, 64 KB head)."""
-    from entropi.host.config import config_from_dict, config_to_toml
+    from entropi.host.run.config import config_from_dict, config_to_toml
 
     cfg = config_from_dict(
         {

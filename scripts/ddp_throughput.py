@@ -1,4 +1,5 @@
-"""Training throughput of :func:`entropi.host.train.train` on 1 and 2 CPU processes (DDP, gloo).
+"""Training throughput of :func:`entropi.host.ladder.train.train` on 1 and 2 CPU processes (DDP,
+gloo).
 
     nice -n 10 python scripts/ddp_throughput.py --out benchmarks/results/ddp_throughput.json
 
@@ -41,11 +42,11 @@ def worker(args: argparse.Namespace) -> None:
     """One setting: ``--repeats`` timed ``train()`` calls; rank 0 writes ``--result``."""
     import torch
 
-    from entropi.host import distributed
-    from entropi.host.config import PretrainConfig
     from entropi.host.data import CIFAR10_MEAN, CIFAR10_STD
-    from entropi.host.models import build_model
-    from entropi.host.train import train
+    from entropi.host.ladder.models import build_model
+    from entropi.host.ladder.train import train
+    from entropi.host.run import distributed
+    from entropi.host.run.config import PretrainConfig
 
     torch.set_num_threads(args.threads)
     distributed.init()
@@ -87,7 +88,7 @@ def run_setting(procs: int, threads: int, args: argparse.Namespace, tmp: Path) -
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from entropi.benchmarks.machine import cpu_model, versions
+    from entropi.common.provenance import cpu_model, versions
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.benchmarks.machine import DEVICE_CLI_PEAK_RSS, ONE_THREAD, cpu_model
+from entropi.benchmarks.machine import DEVICE_CLI_PEAK_RSS, ONE_THREAD
+from entropi.common.provenance import cpu_model
 
 HERE = Path(__file__).resolve().parent
 D, C, B = 512, 100, 32
 _CONVERT = (
     "import sys, torch, litert_torch\n"
-    "from entropi.host.models import build_encoder\n"
+    "from entropi.host.ladder.models import build_encoder\n"
     "torch.manual_seed(0)\n"
     "enc = build_encoder('smallnet').eval()\n"
     "litert_torch.convert(enc, (torch.randn(32, 3, 32, 32),)).export(sys.argv[1])\n"

@@ -30,7 +30,7 @@ SIZES = [(28, 28), (40, 30), (32, 32), (50, 17), (64, 48)]  # (H, W)
 CLASSES = 10
 _EXPORT = (
     "import sys, torch\n"
-    "from entropi.host.models import build_encoder\n"
+    "from entropi.host.ladder.models import build_encoder\n"
     "torch.manual_seed(0)\n"
     "enc = build_encoder('smallnet').eval()\n"
     "torch.onnx.export(enc, (torch.randn(2, 3, 32, 32),), sys.argv[1], dynamo=True,\n"
@@ -125,8 +125,7 @@ def main(argv=None) -> dict:
     import numpy as np
     import PIL
 
-    from entropi.benchmarks.machine import cpu_model
-    from entropi.device.io import package_version
+    from entropi.common.provenance import cpu_model, package_version
 
     with tempfile.TemporaryDirectory() as d:
         res = measure(sorted(a.sizes), Path(d))

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.benchmarks.machine import cpu_model, versions
+from entropi.common.provenance import cpu_model, versions
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 CASES = [
@@ -394,8 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
         qs = Path(args.quickstart)
         if not args.quick and (qs / "rungs").is_dir() and (qs / "results.json").is_file():
-            from entropi.host.bundle import config_hash
-            from entropi.host.checkpoint import load_rung
+            from entropi.host.deployment.rung_export import config_hash
+            from entropi.host.ladder.rungs import load_rung
 
             encoder, meta = load_rung(qs, "selected")
             name = f"quickstart rung {meta.index} ({meta.arch}, alpha={meta.alpha:.4f})"

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from entropi.benchmarks.finetune_command import mode_table, run_cka, run_finetune
 from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
-from entropi.host.checkpoint import resolve_rung
-from entropi.host.finetune import FinetuneConfig
+from entropi.host.analysis.commands import mode_table, run_cka, run_finetune
+from entropi.host.analysis.finetune import FinetuneConfig
+from entropi.host.ladder.rungs import resolve_rung
 
 PAPER_TABLE3 = {  # paper 001 Table 3: ResNet18 ImageNet -> CIFAR-10, test accuracy %
     "head": 81.64,

@@ -117,9 +117,14 @@ def paired(files: dict[str, tuple[Path, int, dict | None]], n: int, repeats: int
 
 def quickstart(run: Path, work: Path) -> dict:
     from entropi.device.app import train_on_bundle
-    from entropi.host.bundle import bundle_rung, ensure_export, int8_downstream, run_target
-    from entropi.host.config import load_config
-    from entropi.host.rundir import RunDir
+    from entropi.host.deployment.rung_export import (
+        bundle_rung,
+        ensure_export,
+        int8_downstream,
+        run_target,
+    )
+    from entropi.host.run.config import load_config
+    from entropi.host.run.rundir import RunDir
 
     cfg = load_config(run / "config.toml")
     rd = RunDir(run)
@@ -260,7 +265,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import os
 
-    from entropi.benchmarks.machine import cpu_model, versions
+    from entropi.common.provenance import cpu_model, versions
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="entropi-int8-") as tmp:

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 
 from entropi.device.io import atomic_write_json
-from entropi.host.checkpoint import list_rungs, load_rung
-from entropi.host.config import load_config
-from entropi.host.entropy import state_entropy
-from entropi.host.rundata import load_target
-from entropi.host.selection import saturated_rungs, select_rung
-from entropi.host.train import extract_features
+from entropi.host.ladder.rungs import list_rungs, load_rung
+from entropi.host.ladder.train import extract_features
+from entropi.host.run.config import load_config
+from entropi.host.run.rundata import load_target
+from entropi.host.selection.entropy import state_entropy
+from entropi.host.selection.rules import saturated_rungs, select_rung
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -44,7 +44,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from entropi.benchmarks.machine import cpu_model, versions  # noqa: E402
 from entropi.benchmarks.mcu_emulator import (  # noqa: E402
     CLOCK_HZ,
     HostTrainer,
@@ -53,6 +52,7 @@ from entropi.benchmarks.mcu_emulator import (  # noqa: E402
     build_host,
     numpy_batches,
 )
+from entropi.common.provenance import cpu_model, versions  # noqa: E402
 from entropi.device.blas import find_gemm  # noqa: E402
 from entropi.device.budget import UFUNC_BUFSIZE  # noqa: E402
 from entropi.device.config import TrainConfig  # noqa: E402

@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from entropi.benchmarks.machine import cpu_model, versions
+from entropi.common.provenance import cpu_model, versions
 from entropi.export import images_to_inputs
 from entropi.export.footprint import tflite_latency_ms
 from entropi.export.mcu import mcu_module, mcu_tflite_bytes
 from entropi.export.tflm import compare_tflm_litert, tflm_arena_bytes
-from entropi.host.bundle import run_calibration, run_target
-from entropi.host.checkpoint import list_rungs, load_rung
-from entropi.host.rundir import RunDir
+from entropi.host.deployment.rung_export import run_calibration, run_target
+from entropi.host.ladder.rungs import list_rungs, load_rung
+from entropi.host.run.rundir import RunDir
 
 
 def _macs(module: torch.nn.Module, shape) -> int:

@@ -10,12 +10,13 @@ Protocol (the seed's, scaled down to a shared 2-core CPU; every size is a flag):
    are drawn from the rest (``--source-per-class``).
 2. Pre-train ``smallnet`` with the quickstart optimizer (host/configs/quickstart.toml:
    SGD + Nesterov, lr 0.2 cosine, batch 256, wd 5e-4; ``--epochs``) with ``[pretrain]
-   regularizer`` none / vne / nce (host/regularizers.py), through the pipeline's own
+   regularizer`` none / vne / nce (host/ladder/regularizers.py), through the pipeline's own
    ``stage_pretrain`` into a run folder per model (rung 0). gamma of vne and of nce is picked on
    the source validation split (top-1 of the pre-trained classifier, ties to the smaller gamma)
    over ``--gammas`` at the first seed; the target is never looked at. The other seeds train
    with the picked gamma.
-3. The ladder: ``stage_prune`` (host/stages.py: global magnitude masks of host/prune.py, nested,
+3. The ladder: ``stage_prune`` (host/run/stages.py: global magnitude masks of host/ladder/prune.py,
+nested,
    ``alpha_r = --keep-per-round ** r`` down to ``--alpha-min``, each rung retrained
    ``--retrain-epochs`` source epochs at ``--prune-lr`` with the [pretrain] optimizer, i.e. with
    the same regularizer and gamma as its pre-training).
@@ -23,15 +24,19 @@ Protocol (the seed's, scaled down to a shared 2-core CPU; every size is a flag):
    ``--target-test-per-class`` test images per class (seeded, stratified). 10% and 1% are
    seeded stratified fractions of the pool (``stratified_subset(fraction=...)``, the function
    ``[data] target_fraction`` uses; seeded by the run's seed, so nested: 1% is part of 10%).
-5. For each method x seed x fraction, on every rung: the selection criterion (``--criterion``,
-   default the project's ``[select] criterion``; host/criteria.py) and the paper's entropy on
+5. For each method x seed x fraction, on every rung: the selection criterion
+(``--criterion``,
+   default the project's ``[select] criterion``; host/selection/criteria.py) and the paper's
+   entropy on
    the target training features of that fraction, and head-only accuracy
-   (:func:`entropi.host.probe.linear_probe` on the frozen encoder's features, at least
+   (:func:`entropi.host.selection.probe.linear_probe` on the frozen encoder's features, at least
    ``--probe-steps`` AdamW steps, at least 20 epochs). The selected rung is
-   :func:`entropi.host.selection.select_rung` of the criterion (picked per fraction, on target
-   training data only); "oracle" is the rung with the best head-only test accuracy (regret =
+   :func:`entropi.host.selection.rules.select_rung` of the criterion (picked per fraction, on target
+   training data only); "oracle" is the rung with the best head-only test accuracy (regret
+   =
    oracle - selected). Full fine-tuning of the dense encoder
-   (:func:`entropi.host.finetune.finetune` mode ``full``, at least ``--ft-steps`` SGD steps of
+   (:func:`entropi.host.analysis.finetune.finetune` mode ``full``, at least ``--ft-steps`` SGD
+   steps of
    batch ``--ft-batch`` and at least one epoch, augmentation on) at ``--ft-fractions``.
    Also recorded: the source validation / test accuracy of every rung and S(C_auto) (nats) of
    the target pool's dense features, the representation entropy the regularizer aims to raise.
@@ -110,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.criterion is None:
-        from entropi.host.config import SelectConfig
+        from entropi.host.run.config import SelectConfig
 
         args.criterion = SelectConfig().criterion
     return args
@@ -164,7 +169,7 @@ def _transfer_cache(args) -> Path:
 
 def _run_config(args, method: str, gamma: float, seed: int, name: str):
     """The RunConfig of one model's run folder: quickstart with this study's sizes."""
-    from entropi.host.config import load_config
+    from entropi.host.run.config import load_config
 
     source, target = PAIRS[args.pair]
     base = load_config("quickstart")
@@ -194,7 +199,7 @@ def _source_data(data):
     import torch
 
     from entropi.host.data import channel_stats
-    from entropi.host.rundata import SourceData
+    from entropi.host.run.rundata import SourceData
 
     mean, std = channel_stats(data.x_src)
     return SourceData(
@@ -207,8 +212,8 @@ def _source_data(data):
 def _accuracy(rung, x, y) -> float:
     import torch
 
-    from entropi.host.checkpoint import classifier_from_rung
-    from entropi.host.train import evaluate
+    from entropi.host.ladder.rungs import classifier_from_rung
+    from entropi.host.ladder.train import evaluate
 
     norm = rung.info.normalization
     model = classifier_from_rung(rung)
@@ -227,8 +232,8 @@ def pretrain(args, data, method: str, gamma: float, seed: int, *, ladder: bool =
     ``stage_pretrain`` and, with ``ladder``, build the ladder with ``stage_prune``.
     Returns (run, info): info has the source val / test accuracy of rung 0."""
     from entropi.export.rung import load_rung_file
-    from entropi.host.rundir import open_run
-    from entropi.host.stages import stage_pretrain, stage_prune
+    from entropi.host.run.rundir import open_run
+    from entropi.host.run.stages import stage_pretrain, stage_prune
 
     name = model_name(method, gamma, seed)
     cfg = _run_config(args, method, gamma, seed, name)
@@ -272,8 +277,8 @@ def _steps_epochs(n: int, batch: int, steps: int) -> int:
 
 
 def _probe(args, data, ftr, ytr, fte, seed: int) -> float:
-    from entropi.host.config import ProbeConfig
-    from entropi.host.probe import linear_probe
+    from entropi.host.run.config import ProbeConfig
+    from entropi.host.selection.probe import linear_probe
 
     epochs = _steps_epochs(len(ytr), 128, args.probe_steps)
     probe = linear_probe(
@@ -290,13 +295,13 @@ def evaluate_transfer(args, data, run, seed: int) -> dict:
     import torch
 
     from entropi.export.rung import load_rung_file
-    from entropi.host.checkpoint import classifier_from_rung
-    from entropi.host.config import load_config
-    from entropi.host.criteria import compute_criteria
     from entropi.host.data import stratified_subset
-    from entropi.host.regularizers import von_neumann_entropy
-    from entropi.host.selection import criterion_options, select_rung
-    from entropi.host.train import extract_features
+    from entropi.host.ladder.regularizers import von_neumann_entropy
+    from entropi.host.ladder.rungs import classifier_from_rung
+    from entropi.host.ladder.train import extract_features
+    from entropi.host.run.config import load_config
+    from entropi.host.selection.criteria import compute_criteria
+    from entropi.host.selection.rules import criterion_options, select_rung
 
     cfg = load_config(run.config)
     opts = criterion_options(cfg)
@@ -340,7 +345,7 @@ def evaluate_transfer(args, data, run, seed: int) -> dict:
             "regret": rungs[best]["head_accuracy"] - rungs[pick]["head_accuracy"],
         }
     for frac in args.ft_fractions:
-        from entropi.host.finetune import FinetuneConfig, finetune
+        from entropi.host.analysis.finetune import FinetuneConfig, finetune
 
         key, i = f"{frac:g}", stratified_subset(data.y_pool, fraction=frac, seed=seed)
         ftcfg = FinetuneConfig(
@@ -560,7 +565,7 @@ def render_md(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    from entropi.host.plot import pyplot, write_png
+    from entropi.host.run.plot import pyplot, write_png
 
     plt = pyplot()
     fr = result["settings"]["fractions"]
@@ -595,7 +600,7 @@ def plot(result: dict, path: Path) -> None:
 def build_result(args, argv, t0, grid, gamma, runs, planned) -> dict:
     import torch
 
-    from entropi.device.io import package_version
+    from entropi.common.provenance import package_version
 
     source, target = PAIRS[args.pair]
     summary = {

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from entropi.benchmarks.machine import cpu_model
+from entropi.common.provenance import cpu_model
 from entropi.device.io import atomic_write_text
 
 __all__ = ["format_seconds", "render_results", "summarize"]

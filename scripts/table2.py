@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from entropi.benchmarks.bench import collect_bench, conventions_lines, rows_markdown
-from entropi.benchmarks.flops import count_step_flops
-from entropi.benchmarks.memory import analytic_step
 from entropi.benchmarks.paper_models import build_paper_model
-from entropi.benchmarks.trace import trace_forward
 from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
-from entropi.host.models import build_model
-from entropi.host.prune import apply_masks, dense_masks, global_magnitude_masks
+from entropi.host.analysis.flops import count_step_flops
+from entropi.host.analysis.memory import analytic_step
+from entropi.host.analysis.trace import trace_forward
+from entropi.host.ladder.models import build_model
+from entropi.host.ladder.prune import apply_masks, dense_masks, global_magnitude_masks
 
 __all__ = ["PAPER", "paper_readings", "render_table2", "run_table2"]
 
@@ -227,7 +227,7 @@ def render_table2(result: dict) -> str:
         "",
         f"Batch {b}, float32, 32x32 inputs, SGD with momentum. MFLOPs = 1e6 FLOPs "
         "(FLOPs = 2 x MACs), MB = 1e6 bytes. Ours: CIFAR ResNet18 and MobileNetV3-small adapted "
-        "to 32x32 (host/models.py). Head-only memory is the numpy device runtime's measured "
+        "to 32x32 (host/ladder/models.py). Head-only memory is the numpy device runtime's measured "
         "tracemalloc peak; full fine-tuning memory is measured in PyTorch (saved tensors + "
         "weights + grads + momentum + batch).",
         "",

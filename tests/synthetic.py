@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from entropi.export import RungInfo, prunable_parameters
-from entropi.host.models import build_encoder
+from entropi.host.ladder.models import build_encoder
 
 __all__ = [
     "fake_rung_meta",

@@ -15,9 +15,9 @@ from test_export_rung import write_run
 from torch.utils.flop_counter import FlopCounterMode
 
 from entropi.benchmarks.bench import BenchError, run_bench
-from entropi.host.checkpoint import load_rung
 from entropi.host.cli import main
-from entropi.host.rundir import RunDir
+from entropi.host.ladder.rungs import load_rung
+from entropi.host.run.rundir import RunDir
 
 BATCH = 4
 

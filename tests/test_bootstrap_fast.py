@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from entropi.host import criteria as crit
-from entropi.host import selection
-from entropi.host.criteria import CRITERIA, CriterionOptions
+from entropi.host.selection.criteria import CRITERIA, CriterionOptions
+from entropi.host.selection import criteria as crit
+from entropi.host.selection import rules as selection
 
 
 def _features(n=300, d=20, seed=0):
@@ -101,7 +101,7 @@ def test_resampled_paper_entropy_falls_back_on_a_hash_collision(monkeypatch):
     """Keys that collide for distinct rows (forced here: every row hashes alike) send those
     resamples to the direct call, which then counts exact rows (np.unique: the same counts,
     summed in another order)."""
-    from entropi.host import entropy as estimator
+    from entropi.host.selection import entropy as estimator
 
     x = _features(n=80, d=8)
     idx = selection.bootstrap_indices(80, 6, seed=2)

@@ -690,9 +690,9 @@ def test_remove_stale_tmp_keeps_live_and_recent_folders(tmp_path):
 def test_ensure_export_is_keyed_by_the_rung_file(tmp_path, monkeypatch):
     from test_export_rung import write_run
 
-    from entropi.host import bundle as host_bundle
-    from entropi.host.bundle import ensure_export, rung_hash
-    from entropi.host.rundir import RunDir
+    from entropi.host.deployment import rung_export as host_bundle
+    from entropi.host.deployment.rung_export import ensure_export, rung_hash
+    from entropi.host.run.rundir import RunDir
 
     run = RunDir(write_run(tmp_path / "run"))
     stale = tmp_path / "run" / ".export.q1w2e3r4.tmp"

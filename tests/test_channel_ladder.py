@@ -17,10 +17,10 @@ from test_pipeline import tiny_config
 pytest.importorskip("torch_pruning")
 
 from entropi.export.rung import load_rung_file  # noqa: E402
-from entropi.host import pipeline  # noqa: E402
-from entropi.host.channels import channel_widths, prunable_count  # noqa: E402
-from entropi.host.checkpoint import load_rung  # noqa: E402
-from entropi.host.config import ConfigError, config_from_dict  # noqa: E402
+from entropi.host.ladder.channels import channel_widths, prunable_count  # noqa: E402
+from entropi.host.ladder.rungs import load_rung  # noqa: E402
+from entropi.host.run import pipeline  # noqa: E402
+from entropi.host.run.config import ConfigError, config_from_dict  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +108,8 @@ def test_select_for_tflm_fits_what_tflm_measures(channel_run, capsys):
     from entropi.export.mcu import mcu_tflite_bytes
     from entropi.export.tflm import tflm_arena_bytes
     from entropi.host import cli
-    from entropi.host.rundir import open_run
-    from entropi.host.stages import stage_select
+    from entropi.host.run.rundir import open_run
+    from entropi.host.run.stages import stage_select
 
     out, _ = channel_run
     cfg, run = open_run(None, out, resume=True)
@@ -165,7 +165,8 @@ def test_bundle_mcu_writes_what_a_firmware_links(channel_run, tmp_path, capsys):
 def test_bundle_refuses_a_users_folder_before_any_export(
     channel_run, tmp_path, monkeypatch, capsys
 ):
-    from entropi.host import bundle, cli
+    from entropi.host import cli
+    from entropi.host.deployment import rung_export as bundle
 
     def no_export(*a, **k):
         raise AssertionError("exported before checking the output folder")
@@ -193,8 +194,8 @@ def test_a_size_aware_rule_picks_among_the_rungs_that_fit_by_flash(channel_run):
     pytest.importorskip("litert_torch")
     import dataclasses
 
-    from entropi.host.rundir import open_run
-    from entropi.host.stages import stage_select
+    from entropi.host.run.rundir import open_run
+    from entropi.host.run.stages import stage_select
 
     out, _ = channel_run
     cfg, run = open_run(None, out, resume=True)

@@ -1,4 +1,4 @@
-"""Channel pruning (entropi.host.channels) against independent counts.
+"""Channel pruning (entropi.host.ladder.channels) against independent counts.
 
 References: parameter counts and MACs recomputed by hand from the pruned network's layer widths
 (``k*k*Cin/groups*Cout`` weights and ``H*W`` times that many MACs per conv), torch's own
@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 pytest.importorskip("torch_pruning")
 
 from entropi.export.rung import CheckpointError  # noqa: E402
-from entropi.host.channels import (  # noqa: E402
+from entropi.host.ladder.channels import (
     TOLERANCE,
     ChannelPruneError,
     channel_prune,
@@ -24,7 +24,7 @@ from entropi.host.channels import (  # noqa: E402
     prunable_count,
     resize_to_widths,
 )
-from entropi.host.models import build_encoder, build_model  # noqa: E402
+from entropi.host.ladder.models import build_encoder, build_model  # noqa: E402
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

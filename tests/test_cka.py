@@ -1,4 +1,5 @@
-"""CKA (host/cka.py) against a direct float64 numpy implementation with the centering matrix."""
+"""CKA (host/analysis/cka.py) against a direct float64 numpy implementation with the centering
+matrix."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropi.host.cka import (
+from entropi.host.analysis.cka import (
     CKAError,
     MinibatchCKA,
     cka,

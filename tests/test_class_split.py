@@ -10,7 +10,6 @@ import pytest
 import torch
 from test_data_specs import write_cifar100 as write_cifar100_files
 
-from entropi.host.config import ConfigError, config_from_dict
 from entropi.host.data import (
     DataError,
     DatasetRef,
@@ -18,7 +17,8 @@ from entropi.host.data import (
     load_spec,
     parse_spec,
 )
-from entropi.host.rundata import load_target
+from entropi.host.run.config import ConfigError, config_from_dict
+from entropi.host.run.rundata import load_target
 
 
 @pytest.fixture(autouse=True)

@@ -115,8 +115,8 @@ def test_cli_defaults_are_the_dataclass_defaults():
 
     from entropi.benchmarks.bench import run_bench
     from entropi.benchmarks.command import DEFAULTS
-    from entropi.host.config import EntropyConfig
-    from entropi.host.entropy import DEFAULT_LEVELS, state_entropy
+    from entropi.host.run.config import EntropyConfig
+    from entropi.host.selection.entropy import DEFAULT_LEVELS, state_entropy
 
     parser, _ = cli._build_parser()
     args = parser.parse_args(["entropy", "f.npy"])

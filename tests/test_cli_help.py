@@ -54,8 +54,8 @@ def test_probe_set_example_is_one_probe_accepts(tmp_path):
     """The `--set` example in `entropi probe --help` is a key a ladder reuse may change."""
     import re
 
-    from entropi.host.config import apply_overrides, config_from_dict
-    from entropi.host.stages import LADDER_SECTIONS
+    from entropi.host.run.config import apply_overrides, config_from_dict
+    from entropi.host.run.stages import LADDER_SECTIONS
 
     helps = [a.help for a in dict(_commands())["probe"]._actions if "--set" in a.option_strings]
     example = re.search(r"e\.g\. (\S+)", helps[0]).group(1)

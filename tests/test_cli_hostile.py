@@ -10,7 +10,7 @@ import pytest
 from numpy.lib import format as npy
 
 from entropi.host import cli
-from entropi.host.entropy import state_entropy
+from entropi.host.selection.entropy import state_entropy
 
 
 def _error(capsys, argv) -> str:

@@ -85,7 +85,7 @@ def test_the_lock_is_reentrant_in_one_process_and_cleans_up_what_it_made(tmp_pat
 def test_a_run_folder_in_use_is_refused_before_anything_is_checked_or_written(tmp_path):
     from test_pipeline import tiny_config
 
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     folder = tmp_path / "run"
     p = _holder(f"from entropi.device.lock import lock_folder; l = lock_folder({str(folder)!r})")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from entropi.host.config import ConfigError, config_to_toml, load_config, shipped_configs
+from entropi.host.run.config import ConfigError, config_to_toml, load_config, shipped_configs
 
 
 def test_every_shipped_config_validates():
@@ -68,7 +68,7 @@ def test_device_train_section_is_the_device_dataclass(tmp_path):
     import dataclasses
 
     from entropi.device.config import TrainConfig
-    from entropi.host.config import DeviceTrainConfig
+    from entropi.host.run.config import DeviceTrainConfig
 
     host = {f.name: f.default for f in dataclasses.fields(DeviceTrainConfig)}
     device = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -165,7 +165,7 @@ def test_invalid_budget_fails_before_a_run_folder_exists(tmp_path, capsys):
 
 
 def test_a_saved_config_that_no_longer_validates_says_so(tmp_path):
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     run = tmp_path / "r"
     run.mkdir()
@@ -199,7 +199,7 @@ def test_wrong_types_are_refused(sets, match):
 def test_cuda_without_a_gpu_fails_before_a_run_folder_exists(tmp_path, monkeypatch):
     import torch
 
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = load_config("quickstart", ["device=cuda"])
@@ -218,7 +218,7 @@ def test_data_root_of_wrong_type_leaves_no_run_folder(tmp_path, capsys):
 
 
 def test_a_ladder_of_too_many_rungs_is_refused():
-    from entropi.host.config import MAX_RUNGS
+    from entropi.host.run.config import MAX_RUNGS
 
     with pytest.raises(
         ConfigError, match=r"plans 49,616 rungs \(about [0-9.]+ GB of smallnet"
@@ -231,8 +231,8 @@ def test_a_ladder_of_too_many_rungs_is_refused():
 
 
 def test_planned_rungs_is_the_length_of_the_ladder():
-    from entropi.host.config import planned_rungs
-    from entropi.host.prune import geometric_alphas
+    from entropi.host.ladder.prune import geometric_alphas
+    from entropi.host.run.config import planned_rungs
 
     for keep in (0.1, 0.25, 0.5, 0.75, 0.9, 0.95):
         for alpha_min in (1.0, 0.5, 0.25, 0.1, 0.007, 0.005, 1e-3):

@@ -9,7 +9,7 @@ import typing
 
 import pytest
 
-from entropi.host.config import (
+from entropi.host.run.config import (
     _NOT_IN_FILE,
     _SECTIONS,
     ConfigError,

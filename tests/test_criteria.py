@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 from scripts_loader import load_script
 
-from entropi.host import criteria as crit
-from entropi.host.criteria import (
+from entropi.host.selection.criteria import (
     CRITERIA,
     Criterion,
     CriterionError,
@@ -26,7 +25,8 @@ from entropi.host.criteria import (
     compute_criteria,
     criterion_names,
 )
-from entropi.host.entropy import state_entropy
+from entropi.host.selection.entropy import state_entropy
+from entropi.host.selection import criteria as crit
 
 LOGME_FIXTURE = Path(__file__).parent / "data" / "logme_reference.json"
 LABEL_FREE = {"entropy", "entropy_bound", "subset_entropy", "von_neumann"}

@@ -13,9 +13,10 @@ from PIL import Image
 
 import entropi.host
 from entropi.device.errors import EntropiError
-from entropi.host import cli, pipeline, rundata
-from entropi.host.config import apply_overrides, config_from_dict, config_to_toml, load_config
+from entropi.host import cli
 from entropi.host.data import DownloadError, check_spec, load_spec
+from entropi.host.run import pipeline, rundata
+from entropi.host.run.config import apply_overrides, config_from_dict, config_to_toml, load_config
 
 
 @pytest.fixture(autouse=True)

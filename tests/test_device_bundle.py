@@ -11,7 +11,7 @@ import torch
 from entropi.device import BundleError, ChecksumError, DataError, FormatVersionError
 from entropi.device.bundle import load_bundle, write_bundle
 from entropi.device.features import extract_features, preprocess
-from entropi.host.models import build_encoder
+from entropi.host.ladder.models import build_encoder
 
 torch.set_num_threads(1)
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]

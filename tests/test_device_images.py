@@ -249,7 +249,7 @@ def _export_any_size_onnx(path):
     """smallnet -> ONNX with a dynamic batch, height and width (global pooling takes any size)."""
     import torch
 
-    from entropi.host.models import build_encoder
+    from entropi.host.ladder.models import build_encoder
 
     torch.manual_seed(0)
     enc = build_encoder("smallnet").eval()

@@ -41,7 +41,7 @@ import pytest
 import torch
 from torch import nn
 
-from entropi.host import distributed
+from entropi.host.run import distributed
 
 ARCH = "ddp_test_nobn"
 TESTS = Path(__file__).resolve().parent
@@ -67,7 +67,7 @@ class NoBNEncoder(nn.Sequential):
 
 
 def _register_arch() -> None:
-    from entropi.host.models import ARCHITECTURES
+    from entropi.host.ladder.models import ARCHITECTURES
 
     ARCHITECTURES.setdefault(ARCH, NoBNEncoder)
 
@@ -97,7 +97,7 @@ def _install_hooks(audit_dir: str, kill_rung: str = "") -> None:
     the first try SIGKILLs itself at the second step of that rung's retraining."""
     import atexit
 
-    from entropi.host import stages
+    from entropi.host.run import stages
 
     rank = int(os.environ["RANK"])
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -136,7 +136,7 @@ def _install_hooks(audit_dir: str, kill_rung: str = "") -> None:
     stages._rung = recording_rung
 
     if kill_rung and rank == 1 and attempt == 0:
-        from entropi.host import train as train_module
+        from entropi.host.ladder import train as train_module
 
         real_train, real_batches = stages.train, train_module.iterate_batches
 
@@ -169,8 +169,8 @@ def _sync_bn_on_cpu() -> None:
 def _worker(config_a: str, out_a: str, config_c: str, out_c: str) -> None:
     """Launch 1: ladders A and C, then the error paths of the collectives."""
     from entropi.device.errors import EntropiError
-    from entropi.host.config import ConfigError, load_config
-    from entropi.host.pipeline import run_all
+    from entropi.host.run.config import ConfigError, load_config
+    from entropi.host.run.pipeline import run_all
 
     torch.set_num_threads(1)
     _register_arch()
@@ -200,9 +200,9 @@ def _worker(config_a: str, out_a: str, config_c: str, out_c: str) -> None:
 def _two_view_slices_gather_to_the_global_views() -> bool:
     """A 2-view batch of 8 images (rows 0..7 view 1, 8..15 view 2): each rank's slice holds its
     images of both views, view-major, so splitting it in two and gathering each half over the
-    ranks (host/regularizers.py, the InfoNCE term) gives back both global views in order.
+    ranks (host/ladder/regularizers.py, the InfoNCE term) gives back both global views in order.
     (gather_features all-gathers equal sizes: the global batch must split evenly.)"""
-    from entropi.host.regularizers import gather_features
+    from entropi.host.ladder.regularizers import gather_features
 
     x = torch.arange(16.0).reshape(16, 1)
     xs, ys, share = distributed.shard(x, torch.arange(16), views=2)
@@ -247,9 +247,9 @@ def _launch(argv: list[str], tmp: Path, audit: Path, kill_rung: str = "") -> Non
 @pytest.fixture(scope="module")
 def runs(image_folder, tmp_path_factory):
     """Launch 1, launch 2 and the 1-process reference of ladder C."""
-    from entropi.host.config import config_from_dict, config_to_toml
-    from entropi.host.models import ARCHITECTURES
-    from entropi.host.pipeline import run_all
+    from entropi.host.ladder.models import ARCHITECTURES
+    from entropi.host.run.config import config_from_dict, config_to_toml
+    from entropi.host.run.pipeline import run_all
 
     tmp = tmp_path_factory.mktemp("ddp")
     torch.set_num_threads(1)
@@ -320,10 +320,10 @@ def test_two_processes_match_one_process_without_batch_norm(runs):
 def test_scores_split_over_ranks_equal_one_process_scores(runs):
     """(a) Scoring is exact: ladder A's scores from 2 ranks (rung 0 and 2 on rank 0, rung 1 on
     rank 1) equal a 1-process scoring of the same rung files: features and probes bit for bit."""
-    from entropi.host.config import load_config
-    from entropi.host.rundata import load_target
-    from entropi.host.rundir import RunDir
-    from entropi.host.stages import stage_score
+    from entropi.host.run.config import load_config
+    from entropi.host.run.rundata import load_target
+    from entropi.host.run.rundir import RunDir
+    from entropi.host.run.stages import stage_score
 
     two = runs["tmp"] / "A"
     cfg = load_config(two / "config.toml")
@@ -512,7 +512,7 @@ def test_the_launcher_reports_a_failed_job_in_one_line(tmp_path, ending, status,
 
 def test_progress_bars_show_on_rank_0_only(monkeypatch):
     """The ranks of a job share the terminal: a bar on rank 0 (or outside torchrun) only."""
-    from entropi.host.progress import progress
+    from entropi.host.run.progress import progress
 
     monkeypatch.delenv("ENTROPI_QUIET", raising=False)
     for rank, shown in ((None, True), ("0", True), ("1", False), ("3", False)):

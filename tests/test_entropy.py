@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from entropi.host.entropy import FeatureError, quantize, state_entropy
+from entropi.host.selection.entropy import FeatureError, quantize, state_entropy
 
 TOL = 1e-12  # float64 sums of a few terms
 

@@ -35,7 +35,7 @@ from entropi.export import (
     resolve_formats,
 )
 from entropi.export.weights import prunable_parameters
-from entropi.host.models import prunable_parameters as host_prunable_parameters
+from entropi.host.ladder.models import prunable_parameters as host_prunable_parameters
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small", "resnet18_imagenet"]
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}

@@ -17,16 +17,16 @@ from entropi.device.errors import EntropiError
 from entropi.export import ExportError, VerificationError, read_metadata
 from entropi.export.rung import Rung, RungInfo, load_rung_file, save_rung
 from entropi.export.weights import prunable_parameters
-from entropi.host.bundle import bundle_rung, config_hash, ensure_export, export_rung
-from entropi.host.checkpoint import (
+from entropi.host.deployment.rung_export import bundle_rung, config_hash, ensure_export, export_rung
+from entropi.host.ladder.models import build_model
+from entropi.host.ladder.rungs import (
     CheckpointError,
     classifier_from_rung,
     list_rungs,
     load_rung,
     resolve_rung,
 )
-from entropi.host.models import build_model
-from entropi.host.rundir import RunDir
+from entropi.host.run.rundir import RunDir
 
 NORM = {"mean": [0.5, 0.4, 0.3], "std": [0.25, 0.25, 0.25]}
 
@@ -300,7 +300,7 @@ def test_compact_dense_form_stores_the_compact_encoder_dense(exported, run, tmp_
 
 def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     from entropi.device import load_bundle
-    from entropi.host import bundle as host_bundle
+    from entropi.host.deployment import rung_export as host_bundle
 
     rundir = write_run(tmp_path / "run")
     run = RunDir(rundir)

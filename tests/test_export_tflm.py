@@ -240,7 +240,7 @@ def test_export_json_records_tflm_for_every_tflite_file(tmp_path):
 
 
 def test_the_report_names_the_arena_or_the_missing_op():
-    from entropi.host.report import _tflm_cell
+    from entropi.host.run.report import _tflm_cell
 
     assert _tflm_cell({"tflm": {"arena_bytes": 47296, "vs_litert": {}}}).startswith("arena 46.")
     assert _tflm_cell({"tflm": {"refused": "x", "missing_op": "DENSIFY"}}) == "refused (no DENSIFY)"

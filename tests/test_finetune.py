@@ -1,4 +1,5 @@
-"""Fine-tuning modes (host/finetune.py), their step costs (benchmarks/finetune_cost.py) and the
+"""Fine-tuning modes (host/analysis/finetune.py), their step costs (host/analysis/finetune_cost.py)
+and the
 `entropi finetune` / `entropi analyze cka` commands on a tiny run folder the test writes."""
 
 from __future__ import annotations
@@ -12,13 +13,8 @@ import torch
 from synthetic import fake_rung_meta, synthetic_encoder
 from torch.nn import functional as F
 
-from entropi.benchmarks.finetune_cost import step_flops, step_memory
-from entropi.benchmarks.flops import count_step_flops
-from entropi.benchmarks.memory import measure_step
 from entropi.export.rung import Rung, save_rung
-from entropi.host.config import config_from_dict, config_to_toml
-from entropi.host.criteria import nc1
-from entropi.host.finetune import (
+from entropi.host.analysis.finetune import (
     FinetuneConfig,
     FinetuneError,
     FinetuneModel,
@@ -32,7 +28,12 @@ from entropi.host.finetune import (
     save_finetuned,
     skip_connection,
 )
-from entropi.host.models import ARCHITECTURES, Classifier, build_encoder, prunable_parameters
+from entropi.host.analysis.finetune_cost import step_flops, step_memory
+from entropi.host.analysis.flops import count_step_flops
+from entropi.host.analysis.memory import measure_step
+from entropi.host.ladder.models import ARCHITECTURES, Classifier, build_encoder, prunable_parameters
+from entropi.host.run.config import config_from_dict, config_to_toml
+from entropi.host.selection.criteria import nc1
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from entropi.benchmarks.flops import count_step_flops, flop_counter_step_flops
-from entropi.host.models import Classifier, build_model
+from entropi.host.analysis.flops import count_step_flops, flop_counter_step_flops
+from entropi.host.ladder.models import Classifier, build_model
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small"]
 

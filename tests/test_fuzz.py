@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from entropi.benchmarks import fuzz
-from entropi.host.config import ConfigError, config_from_dict, load_config, parse_override
+from entropi.host.run.config import ConfigError, config_from_dict, load_config, parse_override
 
 
 @pytest.mark.parametrize("target", sorted(fuzz.TARGETS))
@@ -100,8 +100,8 @@ def _planted(tmp_path, name: str):
 
 
 def _score(cfg, run, tmp_path):
-    from entropi.host.rundata import TargetData
-    from entropi.host.stages import stage_score
+    from entropi.host.run.rundata import TargetData
+    from entropi.host.run.stages import stage_score
 
     y = np.arange(24) % 3  # the labels the scored run's features belong to
     x = np.random.default_rng(0).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -145,7 +145,7 @@ def _save_rung(cfg, run, tmp_path):
 
 def _reuse(cfg, run, tmp_path):
     """`entropi probe RUNDIR --out DIR`: the ladder hard-linked into DIR/rungs."""
-    from entropi.host.stages import reuse_ladder
+    from entropi.host.run.stages import reuse_ladder
 
     (tmp_path / "probe").mkdir()
     (tmp_path / "probe" / "rungs").symlink_to(tmp_path / "outside")
@@ -153,14 +153,14 @@ def _reuse(cfg, run, tmp_path):
 
 
 def _export(cfg, run, tmp_path):
-    from entropi.host.bundle import ensure_export
+    from entropi.host.deployment.rung_export import ensure_export
 
     ensure_export(run.root, 0, formats=("onnx",), forms=("sparse",))
 
 
 def _open_run(cfg, run, tmp_path):
     """`entropi run --out LINK`: the run folder itself a link."""
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     (tmp_path / "linked").symlink_to(tmp_path / "outside")
     open_run(cfg, tmp_path / "linked")

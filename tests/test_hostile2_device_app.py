@@ -263,7 +263,7 @@ def test_predict_a_flat_folder_names_files_and_ranked_classes(setup, tmp_path, c
 
 
 def test_device_version_and_help_without_markup(capsys):
-    from entropi.device.io import package_version
+    from entropi.common.provenance import package_version
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

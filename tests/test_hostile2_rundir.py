@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropi.host.config import (
+from entropi.host.run.config import (
     ConfigError,
     RunConfig,
     _toml_string,
@@ -65,7 +65,7 @@ def test_the_largest_seed_seeds_torch_for_every_rung():
 def _smallnet_with_nan():
     import torch
 
-    from entropi.host.models import build_model
+    from entropi.host.ladder.models import build_model
 
     torch.manual_seed(0)
     model = build_model("smallnet", 3)
@@ -78,8 +78,8 @@ def test_a_nan_weight_makes_training_fail_with_an_entropi_error():
     import torch
 
     from entropi.device.errors import EntropiError
-    from entropi.host.config import PretrainConfig
-    from entropi.host.train import TrainingDivergedError, train
+    from entropi.host.ladder.train import TrainingDivergedError, train
+    from entropi.host.run.config import PretrainConfig
 
     x = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
     y = torch.arange(16) % 3
@@ -92,9 +92,9 @@ def test_a_nan_weight_makes_training_fail_with_an_entropi_error():
 def test_an_init_file_with_nan_weights_is_refused(tmp_path):
     import torch
 
-    from entropi.host.checkpoint import CheckpointError
-    from entropi.host.init import load_init
-    from entropi.host.models import build_encoder
+    from entropi.host.ladder.init_state import load_init
+    from entropi.host.ladder.models import build_encoder
+    from entropi.host.ladder.rungs import CheckpointError
 
     path = tmp_path / "init.pt"
     torch.save(_smallnet_with_nan().encoder.state_dict(), path)
@@ -131,7 +131,7 @@ def run_folder(_scored, tmp_path):
     """A copy of the module's scored run folder: ``(cfg, run)``."""
     import shutil
 
-    from entropi.host.rundir import RunDir
+    from entropi.host.run.rundir import RunDir
 
     cfg, run = _scored
     shutil.copytree(run.root, tmp_path / "run")
@@ -168,7 +168,7 @@ def _score_of(run, i):
 
 
 def test_a_gap_in_the_ladder_is_named_by_select_export_and_probe(run_folder, capsys):
-    from entropi.host.checkpoint import CheckpointError, resolve_rung
+    from entropi.host.ladder.rungs import CheckpointError, resolve_rung
 
     cfg, run = run_folder
     run.rung(1).unlink()
@@ -190,7 +190,7 @@ def test_a_score_file_of_another_rung_is_refused(run_folder, capsys):
 
 
 def test_a_hand_edited_config_is_refused_on_resume(run_folder):
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     _, run = run_folder
     text = run.config.read_text()
@@ -202,7 +202,7 @@ def test_a_hand_edited_config_is_refused_on_resume(run_folder):
 
 
 def test_a_config_with_no_run_json_resumes_only_before_any_rung(tmp_path):
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     cfg, run = fake_run(tmp_path / "run", 1)
     run.info.unlink()
@@ -335,7 +335,7 @@ def test_labels_of_the_wrong_length_never_give_a_confidence(run_folder):
     import numpy as np
 
     from entropi.device.errors import DataError
-    from entropi.host.stages import select
+    from entropi.host.run.stages import select
 
     cfg, run = run_folder
     run.write_array(run.feature_labels, np.arange(23) % 3)
@@ -383,7 +383,7 @@ def test_rung_tensors_of_the_wrong_shape_or_nan_are_refused(run_folder):
     import torch
 
     from entropi.export.rung import CheckpointError, load_rung_file
-    from entropi.host.checkpoint import classifier_from_rung
+    from entropi.host.ladder.rungs import classifier_from_rung
 
     _, run = run_folder
     good = _payload(run)
@@ -412,7 +412,7 @@ def test_rung_tensors_of_the_wrong_shape_or_nan_are_refused(run_folder):
 
 @pytest.mark.parametrize("value", [1.7, True, "1", None, [1]])
 def test_a_selected_index_that_is_no_integer_names_no_rung(run_folder, value):
-    from entropi.host.checkpoint import CheckpointError, resolve_rung
+    from entropi.host.ladder.rungs import CheckpointError, resolve_rung
 
     _, run = run_folder
     run.write_json(run.results, {"selected_index": value})

@@ -136,7 +136,7 @@ RACE = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_pipeline import tiny_config
     from entropi.device.lock import LockError
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
     go = Path({go!r})
     cfg = tiny_config({root!r})
     print("ready", flush=True)
@@ -186,13 +186,13 @@ def test_a_second_resume_of_a_run_in_use_is_one_line_and_writes_nothing(tmp_path
     from test_pipeline import tiny_config
 
     from entropi.host import cli
-    from entropi.host.rundir import open_run
+    from entropi.host.run.rundir import open_run
 
     folder = tmp_path / "run"
     _, run = open_run(tiny_config(tmp_path / "imgs"), folder)
     run.lock.release()
     p = _holder(
-        "from entropi.host.rundir import open_run; "
+        "from entropi.host.run.rundir import open_run; "
         f"cfg, run = open_run(None, {str(folder)!r}, resume=True)"
     )
     try:
@@ -223,7 +223,7 @@ def test_budget_in_gb_is_accepted_by_the_device_cli_parser():
 
 @pytest.mark.parametrize("budget", ["1GB", "10GB", "1.5gb"])
 def test_budget_in_gb_is_accepted_by_the_host_config(tmp_path, budget):
-    from entropi.host.config import load_config
+    from entropi.host.run.config import load_config
 
     path = tmp_path / "c.toml"
     path.write_text(f'[device_train]\nbudget = "{budget}"\n')
@@ -256,7 +256,7 @@ def test_a_bundle_with_fewer_than_two_class_names_is_refused(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["../../etc", "a/b", ".hidden", "back\\slash"])
 def test_a_run_name_must_be_a_plain_folder_name(name):
-    from entropi.host.config import ConfigError, load_config
+    from entropi.host.run.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="name must be a plain folder name"):
         load_config("quickstart", [f'name="{name}"'])
@@ -268,7 +268,7 @@ def test_found_in_review(tmp_path):
     from test_bundle_hostile import make_bundle, manifest_of, put_manifest, tiny_onnx
 
     from entropi.device import BundleError, load_bundle
-    from entropi.host.config import ConfigError, config_from_dict
+    from entropi.host.run.config import ConfigError, config_from_dict
 
     b = make_bundle(tmp_path / "b", tiny_onnx(tmp_path / "e.onnx"), class_names=["a", "b"])
     m = manifest_of(b)

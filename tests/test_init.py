@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from entropi.export.rung import CheckpointError
-from entropi.host.init import load_init
-from entropi.host.models import build_encoder, build_model
+from entropi.host.ladder.init_state import load_init
+from entropi.host.ladder.models import build_encoder, build_model
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -113,7 +113,7 @@ def test_bad_init_files_are_checkpoint_errors(tmp_path):
 
 
 def test_config_epochs_zero_needs_init_and_input_size_range(tmp_path):
-    from entropi.host.config import ConfigError, load_config
+    from entropi.host.run.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="pretrain.epochs must be an integer >= 1"):
         load_config("quickstart", ["pretrain.epochs=0"])
@@ -125,7 +125,7 @@ def test_config_epochs_zero_needs_init_and_input_size_range(tmp_path):
 
 
 # torchvision's mobilenet_v3_small table (input channels, expanded channels, squeeze-excite),
-# written out here, not read from entropi.host.models; strides change no shapes.
+# written out here, not read from entropi.host.ladder.models; strides change no shapes.
 TV_MBV3_SMALL = [
     (16, 16, True), (16, 72, False), (24, 88, False), (24, 96, True), (40, 240, True),
     (40, 240, True), (40, 120, True), (48, 144, True), (48, 288, True), (96, 576, True),

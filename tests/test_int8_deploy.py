@@ -35,8 +35,8 @@ from entropi.export.quantize import (
     tflite_int8_weights,
 )
 from entropi.export.tflite_export import convert_tflite, sparsify_tflite
-from entropi.host.config import ConfigError, config_from_dict
-from entropi.host.deploy import DeployError, fit_rule, parse_limit
+from entropi.host.deployment.fit import DeployError, fit_rule, parse_limit
+from entropi.host.run.config import ConfigError, config_from_dict
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -459,7 +459,7 @@ def test_deploy_config_limits():
 def int8_run(image_folder, tmp_path_factory):
     from test_pipeline import tiny_config
 
-    from entropi.host import pipeline
+    from entropi.host.run import pipeline
 
     torch.set_num_threads(1)
     cfg = tiny_config(image_folder, alpha_min=0.5)
@@ -489,8 +489,8 @@ def test_run_exports_and_bundles_int8(int8_run):
 
 def test_select_fits_flash(int8_run, capsys, tmp_path):
     from entropi.host.cli import main
-    from entropi.host.rundir import RunDir
-    from entropi.host.stages import stage_select
+    from entropi.host.run.rundir import RunDir
+    from entropi.host.run.stages import stage_select
 
     cfg, out, _ = int8_run
     run = RunDir(out)
@@ -534,8 +534,8 @@ def test_compact_dense_rows_trade_flash_for_ram(int8_run):
     """The compact-dense file of a pruned rung stores every weight: no DENSIFY, so its RAM is
     the activations and the head plan alone, below the compact (sparse-stored) file's, for a
     larger file; a RAM limit between the two fits the rung only in its compact-dense row."""
-    from entropi.host.deploy import fit_rule
-    from entropi.host.rundir import RunDir
+    from entropi.host.deployment.fit import fit_rule
+    from entropi.host.run.rundir import RunDir
 
     cfg, out, _ = int8_run
     rows = {(r["rung"], r["form"], r["dtype"]): r for r in _table(cfg, RunDir(out))}
@@ -565,13 +565,13 @@ def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(
     from test_pipeline import tiny_config
 
     from entropi.export.formats import ENCODER_FORMS, FORMATS
-    from entropi.host import pipeline
-    from entropi.host.rundir import RunDir
+    from entropi.host.run import pipeline
+    from entropi.host.run.rundir import RunDir
 
     cfg, out, _ = int8_run
     rows = [r for r in _table(cfg, RunDir(out)) if r["dtype"] == "float32"]
     limit = next(r["ram_bytes"] for r in rows if (r["rung"], r["form"]) == (1, "compact-dense"))
-    monkeypatch.setattr("entropi.host.deploy.DTYPES", ("float32",))  # the run's table
+    monkeypatch.setattr("entropi.host.deployment.fit.DTYPES", ("float32",))  # the run's table
     cfg2 = tiny_config(image_folder, alpha_min=0.5)  # the same ladder as int8_run's
     cfg2.export.formats, cfg2.export.form, cfg2.deploy.ram = ["tflite"], "sparse", str(limit)
     results = pipeline.run_all(cfg2, tmp_path / "r", argv=["entropi", "run"])
@@ -588,21 +588,21 @@ def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(
 
 
 def _table(cfg, run):
-    from entropi.host.deploy import deployment_table
+    from entropi.host.deployment.fit import deployment_table
 
     return deployment_table(cfg, run, dtypes=("float32", "int8"))
 
 
 @pytest.mark.parametrize("n", [0, -3, 2.5, True])
 def test_bad_calibration_count(n):
-    from entropi.host.bundle import calibration_images
+    from entropi.host.deployment.rung_export import calibration_images
 
     with pytest.raises(ExportError, match="at least 1 image"):
         calibration_images(pixels(4, 0), n=n)
 
 
 def test_calibration_set_is_a_seeded_draw():
-    from entropi.host.bundle import calibration_images
+    from entropi.host.deployment.rung_export import calibration_images
 
     x = pixels(50, 0)
     a, b = calibration_images(x, n=10, seed=3), calibration_images(x, n=10, seed=3)
@@ -723,9 +723,9 @@ def test_an_int8_export_is_reused_only_for_the_same_calibration(tmp_path, monkey
     from test_export_rung import write_run
 
     from entropi.export.exporter import calibration_digest
-    from entropi.host import bundle as host_bundle
-    from entropi.host.bundle import ensure_export
-    from entropi.host.rundir import RunDir
+    from entropi.host.deployment import rung_export as host_bundle
+    from entropi.host.deployment.rung_export import ensure_export
+    from entropi.host.run.rundir import RunDir
 
     run = RunDir(write_run(tmp_path / "run"))
     calls = []

@@ -1,4 +1,5 @@
-"""The layers import one way: device (numpy only) <- export <- host <- benchmarks <- scripts.
+"""The layers import one way: common <- device (numpy only) <- export <- host <- benchmarks <-
+scripts.
 
 An AST walk over every module of the package (no import-linter: the package is a namespace
 mapped from top-level folders, which import-linter's module discovery does not follow). Three
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ("device", "export", "host", "benchmarks", "scripts")
+LAYERS = ("common", "device", "export", "host", "benchmarks", "scripts")
 """Lowest first; the folder name is the layer (``entropi.<folder>``; scripts are not a package)."""
 
 
@@ -93,8 +94,13 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     "rel, text, message",
     [
         ("device/a.py", "from entropi.host import models\n", "may not import the host layer"),
-        ("export/b.py", "from entropi.host.models import build\n", "may not import the host"),
+        (
+            "export/b.py",
+            "from entropi.host.ladder.models import build\n",
+            "may not import the host",
+        ),
         ("device/c.py", "import entropi.export.rung\n", "may not import the export layer"),
+        ("common/x.py", "from entropi.device.io import atomic_write\n", "may not import the dev"),
         ("export/d.py", "from entropi.device._blas import gemm\n", "private to the device"),
         ("host/e.py", "from entropi.device.io import _umask\n", "private to the device"),
         ("host/f.py", "from entropi.device.cli import train\n", "a CLI module"),
@@ -117,7 +123,7 @@ def test_checker_allows_what_the_rules_allow(tmp_path):
             "export/b.py": "from entropi.device.io import atomic_write\nfrom ._errors import E\n",
             "host/c.py": "from entropi.export import rung\nfrom .data import _base\n",
             "host/cli.py": "from .cli import main\n",
-            "benchmarks/d.py": "from entropi.host.models import build\n",
+            "benchmarks/d.py": "from entropi.host.ladder.models import build\n",
             "scripts/e.py": "from entropi.benchmarks import flops\n",
         },
     )

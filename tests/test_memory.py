@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from entropi.benchmarks.memory import analytic_step, measure_step, saved_tensor_bytes
-from entropi.host.models import Classifier, build_model
+from entropi.host.analysis.memory import analytic_step, measure_step, saved_tensor_bytes
+from entropi.host.ladder.models import Classifier, build_model
 
 
 def _mlp() -> Classifier:

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from entropi.host.models import ARCHITECTURES, build_encoder, build_model, prunable_parameters
+from entropi.host.ladder.models import (
+    ARCHITECTURES,
+    build_encoder,
+    build_model,
+    prunable_parameters,
+)
 
 
 @pytest.mark.parametrize(

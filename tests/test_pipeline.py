@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from entropi.host import pipeline, rundata, selection, stages
-from entropi.host.checkpoint import CheckpointError, list_rungs, load_rung
-from entropi.host.config import config_from_dict
 from entropi.host.data import DatasetNotFoundError
+from entropi.host.ladder.rungs import CheckpointError, list_rungs, load_rung
+from entropi.host.run import pipeline, rundata, stages
+from entropi.host.run.config import config_from_dict
+from entropi.host.selection import rules as selection
 
 
 def tiny_config(root, **prune):
@@ -256,7 +257,7 @@ def test_probe_reuses_a_ladder_on_another_target(finished_run, tmp_path, capsys)
 
 
 def test_every_rung_has_every_criterion_and_the_summary_agrees(finished_run):
-    from entropi.host.criteria import CRITERIA
+    from entropi.host.selection.criteria import CRITERIA
 
     out, results = finished_run
     for r in results["rungs"]:
@@ -280,7 +281,7 @@ def test_scores_of_an_older_criteria_version_are_recomputed_from_cached_features
 ):
     import shutil
 
-    from entropi.host.rundir import RunDir
+    from entropi.host.run.rundir import RunDir
 
     out, results = finished_run
     copy = tmp_path / "r"

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from entropi.host.config import ConfigError, ProbeConfig, load_config
-from entropi.host.entropy import FeatureError
-from entropi.host.probe import cross_validated_probe, linear_probe, stratified_folds
-from entropi.host.stages import _probe
+from entropi.host.run.config import ConfigError, ProbeConfig, load_config
+from entropi.host.run.stages import _probe
+from entropi.host.selection.entropy import FeatureError
+from entropi.host.selection.probe import cross_validated_probe, linear_probe, stratified_folds
 
 FAST = ProbeConfig(epochs=20, batch_size=32, lr=0.05, repeats=2)
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from entropi.host.models import build_encoder, build_model, prunable_parameters
-from entropi.host.prune import (
+from entropi.host.ladder.models import build_encoder, build_model, prunable_parameters
+from entropi.host.ladder.prune import (
     apply_masks,
     count_nonzero,
     dense_masks,
@@ -100,8 +100,8 @@ def test_alpha_must_not_increase():
 
 
 def test_zeros_survive_retraining():
-    from entropi.host.config import PretrainConfig
-    from entropi.host.train import train
+    from entropi.host.ladder.train import train
+    from entropi.host.run.config import PretrainConfig
 
     torch.manual_seed(0)
     model = build_model("smallnet", 3)

@@ -152,7 +152,8 @@ def _readme_commands() -> list[list[str]]:
 def test_the_readme_walk_on_small_data(image_folder, tmp_path, capsys, monkeypatch):
     pytest.importorskip("litert_torch")  # select builds TFLite files
     pytest.importorskip("ai_edge_litert")
-    from entropi.host import cli, deploy
+    from entropi.host import cli
+    from entropi.host.deployment import fit as deploy
 
     # select's table keeps one form (float32 and int8 both): each row is a TFLite conversion
     table = deploy.deployment_table

@@ -1,4 +1,5 @@
-"""Pre-training regularizers (host/regularizers.py) against float64 numpy, autograd and hand values.
+"""Pre-training regularizers (host/ladder/regularizers.py) against float64 numpy, autograd and hand
+values.
 
 Tolerances: float64 paths agree with numpy to 1e-10 (eigensolvers differ only by round-off);
 the float32 path to 1e-5 (float32 has ~7 digits, the entropy is O(1)); under bfloat16 autocast
@@ -14,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from entropi.host.config import ConfigError, config_from_dict
-from entropi.host.regularizers import (
+from entropi.host.ladder.regularizers import (
     EIG_EPS,
     REGULARIZERS,
     RegularizerError,
@@ -28,6 +28,7 @@ from entropi.host.regularizers import (
     regularizer_views,
     von_neumann_entropy,
 )
+from entropi.host.run.config import ConfigError, config_from_dict
 
 
 def numpy_vne(z: np.ndarray) -> float:
@@ -265,8 +266,8 @@ def test_ddp_gathers_features_across_ranks(tmp_path):
 
 def _pretrain(regularizer: str, gamma: float):
     """A short seeded pre-training of smallnet on 48 tiny synthetic images (4 classes)."""
-    from entropi.host.models import build_model
-    from entropi.host.train import train
+    from entropi.host.ladder.models import build_model
+    from entropi.host.ladder.train import train
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(48) % 4

@@ -12,8 +12,8 @@ import pytest
 from test_hostile2_rundir import fake_run
 
 from entropi.host.cli import main
-from entropi.host.report import num
-from entropi.host.stages import stage_select
+from entropi.host.run.report import num
+from entropi.host.run.stages import stage_select
 
 
 def _set_undefined(run, name: str, rungs, reason="a class drawn once has no spread"):
@@ -95,8 +95,8 @@ def test_criterion_values_are_printed_with_sensible_precision(value, text):
 
 def test_score_writes_the_target_class_names(tmp_path):
     """A probe folder had no target_classes.json, so its bundle had class_names null."""
-    from entropi.host.rundata import TargetData
-    from entropi.host.stages import stage_score
+    from entropi.host.run.rundata import TargetData
+    from entropi.host.run.stages import stage_score
 
     cfg, run = fake_run(tmp_path / "run")
     labels = np.arange(24) % 3
@@ -111,7 +111,7 @@ def test_score_writes_the_target_class_names(tmp_path):
 
 
 def test_resume_of_a_finished_run_says_it_is_complete(tmp_path):
-    from entropi.host.pipeline import run_all
+    from entropi.host.run.pipeline import run_all
 
     cfg, run = fake_run(tmp_path / "run", export={"enabled": False})
     results = stage_select(cfg, run)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from entropi.host.cli import main
-from entropi.host.rundir import RunDir
+from entropi.host.run.rundir import RunDir
 
 pytest.importorskip("litert_torch")
 pytest.importorskip("ai_edge_litert")
@@ -25,7 +25,7 @@ def float_run(image_folder, tmp_path_factory):
     """A tiny two-rung run with no int8 anywhere in its config, not exported."""
     from test_pipeline import tiny_config
 
-    from entropi.host import pipeline
+    from entropi.host.run import pipeline
 
     torch.set_num_threads(1)
     cfg = tiny_config(image_folder, alpha_min=0.5)
@@ -40,7 +40,7 @@ def float_run(image_folder, tmp_path_factory):
 @pytest.mark.slow
 def test_only_an_int8_row_fits_and_select_picks_it(float_run, tmp_path, capsys):
     from entropi.export.formats import ENCODER_FORMS, FORMATS
-    from entropi.host.deploy import deployment_table
+    from entropi.host.deployment.fit import deployment_table
 
     cfg, out = float_run
     rows = deployment_table(cfg, RunDir(out))
@@ -76,8 +76,8 @@ def test_int8_rows_left_out_say_why(float_run, monkeypatch, capsys):
     """No target to calibrate on: the int8 rows are left out, each logged with its reason, and
     the float32 rows stay; an int8 row below [export] min_cosine is left out the same way."""
     from entropi.export import ExportError
-    from entropi.host import bundle
-    from entropi.host.deploy import deployment_table
+    from entropi.host.deployment import rung_export as bundle
+    from entropi.host.deployment.fit import deployment_table
 
     cfg, out = float_run
     other = copy.deepcopy(cfg)
@@ -104,8 +104,8 @@ def test_the_run_exports_the_picked_int8_row(float_run):
     (with their downstream cost), whatever [export] quantize says; the ONNX int8 weights have 7
     bits, so onnxruntime's U8S8 kernels cannot saturate int16 on a CPU without VNNI."""
     from entropi.export.quantize import onnx_int8_weights
-    from entropi.host.bundle import run_target
-    from entropi.host.stages import stage_export
+    from entropi.host.deployment.rung_export import run_target
+    from entropi.host.run.stages import stage_export
 
     cfg, out = float_run
     run = RunDir(out)

@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from entropi.host import selection
-from entropi.host.config import ConfigError, SelectConfig
-from entropi.host.criteria import CriterionError, CriterionOptions, compute_criteria
+from entropi.host.run.config import ConfigError, SelectConfig
+from entropi.host.selection.criteria import CriterionError, CriterionOptions, compute_criteria
+from entropi.host.selection import rules as selection
 
 
 def _rungs(values, nnz=None, criterion="subset_entropy"):
@@ -161,8 +161,8 @@ def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
     """A hand-made scored run folder (no training): `entropi select --rule` re-picks from the
     stored scores and cached features and records the rule, its ties and its confidence."""
     from entropi.host import cli
-    from entropi.host.config import config_from_dict
-    from entropi.host.rundir import open_run
+    from entropi.host.run.config import config_from_dict
+    from entropi.host.run.rundir import open_run
 
     cfg = config_from_dict(
         {
@@ -210,7 +210,7 @@ def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
 
 
 def test_plot_draws_both_tie_bands_and_survives_an_unmeasured_se(tmp_path):
-    from entropi.host.plot import plot_entropy_vs_alpha
+    from entropi.host.run.plot import plot_entropy_vs_alpha
 
     rungs = _rungs([10.0, 9.9, 7.0])
     for r, se in zip(rungs, [0.01, float("nan"), 0.01], strict=True):
@@ -237,7 +237,7 @@ def test_plot_draws_both_tie_bands_and_survives_an_unmeasured_se(tmp_path):
 
 
 def test_costs_and_the_share_of_regrets_beyond_one_se_are_summarized():
-    from entropi.host.study import _aggregate
+    from entropi.host.selection.study import _aggregate
 
     rungs = _rungs([1.0, 2.0])
     for r, t in zip(rungs, [0.25, 0.5], strict=True):

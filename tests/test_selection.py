@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from entropi.host import selection
-from entropi.host.criteria import CRITERIA, CriterionError, CriterionOptions
+from entropi.host.selection.criteria import CRITERIA, CriterionError, CriterionOptions
+from entropi.host.selection import rules as selection
 
 
 def _rungs(probe, **criteria):
@@ -110,7 +110,7 @@ def test_criteria_cli_prints_every_criterion_the_inputs_allow(tmp_path, capsys):
     import json
 
     from entropi.host import cli
-    from entropi.host.criteria import compute_criteria
+    from entropi.host.selection.criteria import compute_criteria
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(4), 30)
@@ -146,7 +146,7 @@ def test_criteria_cli_prints_every_criterion_the_inputs_allow(tmp_path, capsys):
 def test_a_dead_rung_gets_no_score_and_never_wins():
     """All-zero features (a rung whose last layer was pruned away): criteria that are undefined
     there are stored as None with the reason; the rung ranks last for them."""
-    from entropi.host.config import RunConfig
+    from entropi.host.run.config import RunConfig
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 20)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from test_pipeline import tiny_config
 
-from entropi.host import cli, study
-from entropi.host.config import ConfigError, config_from_dict, config_to_toml
-from entropi.host.rundir import RunExistsError
+from entropi.host import cli
+from entropi.host.run.config import ConfigError, config_from_dict, config_to_toml
+from entropi.host.run.rundir import RunExistsError
+from entropi.host.selection import study
 
 
 def _write_study(tmp_path, image_folder, extra_ladder=""):

@@ -31,8 +31,9 @@ import pytest
 import torch
 from test_distributed import TIMEOUT_S, _audit, _config, _launch
 
-from entropi.host import cli, study
-from entropi.host.config import config_from_dict, config_to_toml
+from entropi.host import cli
+from entropi.host.run.config import config_from_dict, config_to_toml
+from entropi.host.selection import study
 
 STUDY = """
 name = "tiny"
@@ -123,7 +124,7 @@ def test_ladders_are_reused_or_built_by_both_ranks(studies):
     """The 1-process ladder s0 is reused as it is (its rung files untouched); s1 is built in DDP
     by the two ranks, each of them holding the weights rank 0 wrote (sha256 per rung)."""
     from entropi.export.rung import load_rung_file
-    from entropi.host import distributed
+    from entropi.host.run import distributed
 
     two = studies["two"]
     s0 = sorted((two / "ladders" / "s0" / "rungs").glob("rung_*.pt"))

@@ -172,7 +172,8 @@ def iterate_batches(
 
     ``views = k > 1`` (with ``augment``): each batch holds k independent augmentations of the
     same B images, view-major (rows ``v*B .. v*B+B-1`` are view v) with the labels repeated
-    to match: ``[k*B, 3, H, W]`` and ``[k*B]`` (the two views of InfoNCE, host/regularizers.py).
+    to match: ``[k*B, 3, H, W]`` and ``[k*B]`` (the two views of InfoNCE,
+    host/ladder/regularizers.py).
     """
     _check_images(x)
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):

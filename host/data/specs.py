@@ -296,7 +296,7 @@ def resolve_data_paths(data: dict, bases: Sequence[Path]) -> dict:
 def search_places(roots: Sequence[str | os.PathLike]) -> list[tuple[str, Path | None]]:
     """``(label, folder)`` in search order: ``$ENTROPI_DATA`` (folder None when unset), each of
     ``roots`` (a relative one: relative to the working directory; :func:`load_config
-    <entropi.host.config.load_config>` makes a config file's roots absolute, relative to the
+    <entropi.host.run.config.load_config>` makes a config file's roots absolute, relative to the
     file, see :func:`config_file_bases`), the data home."""
     env = os.environ.get(DATA_ENV)
     places: list[tuple[str, Path | None]] = [

@@ -1,0 +1,1 @@
+"""The ladder: models, pruning (magnitude and channel), training, initial weights, regularizers."""

@@ -1,0 +1,1 @@
+"""The run: its config, run folder, data, stages, pipeline, report and plot."""

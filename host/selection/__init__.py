@@ -1,0 +1,1 @@
+"""Selection: entropy, the criteria, the rules, the linear probe and the study."""
