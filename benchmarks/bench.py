@@ -48,7 +48,7 @@ from entropi.host.analysis.memory import (
 from entropi.host.ladder.models import ARCHITECTURES, Classifier, build_model
 from entropi.host.ladder.prune import apply_masks, dense_masks, global_magnitude_masks
 
-from .command import DEFAULTS
+from .bench_defaults import DEFAULTS
 
 __all__ = [
     "MEMORY_CONVENTIONS",

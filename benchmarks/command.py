@@ -8,15 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["DEFAULTS", "add_command"]
+from .bench_defaults import DEFAULTS
 
-DEFAULTS = {
-    "archs": ("resnet18", "mobilenetv3_small"),
-    "classes": (5, 100),
-    "batch": 32,
-    "alpha": 0.01,
-}
-"""The defaults of :func:`~entropi.benchmarks.bench.run_bench` (its signature reads them)."""
+__all__ = ["add_command"]
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.commands import add_command as add_analysis_commands
-from .deployment.fit import RUNTIMES
+from .deployment.runtimes import RUNTIMES
 
 __all__ = ["main"]
 
@@ -221,18 +221,18 @@ def _print_summary(results: dict, out) -> None:
 
 def _open(a: argparse.Namespace):
     """Reopen RUNDIR with its saved config."""
-    from .ladder.train import pick_device
     from .run.rundir import open_run
+    from .run.torch_device import pick_device
 
     cfg, run = open_run(None, a.run, resume=True)
     return cfg, run, pick_device(cfg.device)
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    from .ladder.train import pick_device
     from .run.rundata import load_source
     from .run.rundir import open_run
     from .run.stages import stage_pretrain
+    from .run.torch_device import pick_device
 
     cfg, run = open_run(_load(a), a.out, resume=a.resume)
     device = pick_device(cfg.device)
@@ -261,9 +261,9 @@ def _cmd_probe(a: argparse.Namespace) -> int:
         return 0
     # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
     # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
-    from .ladder.train import pick_device
     from .run.config import load_config
     from .run.rundir import NotARunError, RunDir
+    from .run.torch_device import pick_device
 
     run = RunDir(a.run)
     if not run.config.is_file():

@@ -10,9 +10,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from entropi.host.selection.criteria import CRITERIA, CriterionOptions
 from entropi.host.selection import criteria as crit
 from entropi.host.selection import rules as selection
+from entropi.host.selection.criteria import CRITERIA, CriterionOptions
 
 
 def _features(n=300, d=20, seed=0):

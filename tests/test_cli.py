@@ -114,7 +114,7 @@ def test_cli_defaults_are_the_dataclass_defaults():
     import inspect
 
     from entropi.benchmarks.bench import run_bench
-    from entropi.benchmarks.command import DEFAULTS
+    from entropi.benchmarks.bench_defaults import DEFAULTS
     from entropi.host.run.config import EntropyConfig
     from entropi.host.selection.entropy import DEFAULT_LEVELS, state_entropy
 

@@ -231,8 +231,7 @@ def test_a_ladder_of_too_many_rungs_is_refused():
 
 
 def test_planned_rungs_is_the_length_of_the_ladder():
-    from entropi.host.ladder.prune import geometric_alphas
-    from entropi.host.run.config import planned_rungs
+    from entropi.host.ladder.alphas import geometric_alphas, planned_rungs
 
     for keep in (0.1, 0.25, 0.5, 0.75, 0.9, 0.95):
         for alpha_min in (1.0, 0.5, 0.25, 0.1, 0.007, 0.005, 1e-3):

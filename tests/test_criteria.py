@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from scripts_loader import load_script
 
+from entropi.host.selection import criteria as crit
 from entropi.host.selection.criteria import (
     CRITERIA,
     Criterion,
@@ -26,7 +27,6 @@ from entropi.host.selection.criteria import (
     criterion_names,
 )
 from entropi.host.selection.entropy import state_entropy
-from entropi.host.selection import criteria as crit
 
 LOGME_FIXTURE = Path(__file__).parent / "data" / "logme_reference.json"
 LABEL_FREE = {"entropy", "entropy_bound", "subset_entropy", "von_neumann"}

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from entropi.host.run.config import ConfigError, SelectConfig
-from entropi.host.selection.criteria import CriterionError, CriterionOptions, compute_criteria
 from entropi.host.selection import rules as selection
+from entropi.host.selection.criteria import CriterionError, CriterionOptions, compute_criteria
 
 
 def _rungs(values, nnz=None, criterion="subset_entropy"):

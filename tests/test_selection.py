@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from entropi.host.selection.criteria import CRITERIA, CriterionError, CriterionOptions
 from entropi.host.selection import rules as selection
+from entropi.host.selection.criteria import CRITERIA, CriterionError, CriterionOptions
 
 
 def _rungs(probe, **criteria):

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "KERNELS",

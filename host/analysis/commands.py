@@ -78,7 +78,7 @@ def run_finetune(
         parse_mode,
         save_finetuned,
     )
-    from entropi.host.ladder.train import pick_device
+    from entropi.host.run.torch_device import pick_device
 
     from .finetune_cost import __doc__ as cost_doc
     from .flops import CONVENTIONS as FLOP_CONVENTIONS
@@ -199,7 +199,7 @@ def run_cka(
     from entropi.device.lock import lock_folder
     from entropi.host.analysis.cka import compare_models, diagonal, plot_cka
     from entropi.host.analysis.finetune import FinetuneError, load_model_spec, load_run_target
-    from entropi.host.ladder.train import pick_device
+    from entropi.host.run.torch_device import pick_device
 
     if split not in ("train", "test"):
         raise FinetuneError(f"split must be 'train' or 'test', got {split!r}")

@@ -50,10 +50,10 @@ from torch.nn import functional as F
 from entropi.device.io import atomic_write_bytes
 
 from ..data import iterate_batches, normalize
+from ..errors import ConfigError
 from ..ladder.models import ARCHITECTURES, build_encoder, prunable_parameters
 from ..ladder.prune import Masks, apply_masks, dense_masks
 from ..ladder.train import TrainingDivergedError
-from ..run.config import ConfigError
 from ..selection.criteria import CriterionError, nc1
 
 __all__ = [

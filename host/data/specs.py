@@ -44,6 +44,7 @@ from .base import (
 )
 from .cifar import CIFAR, read_cifar
 from .images import decode_images, extracted, is_archive, list_image_folder, read_image_folder
+from .registry import load_dataset  # the registry's readers, one folder each
 from .subset import stratified_split
 
 __all__ = [
@@ -614,8 +615,6 @@ def load_spec(
         else:
             ds = _load_imagefolder(ref, split, cache, seed, test_fraction, prep)
         return Dataset(ds.x, ds.y, ds.classes, ds.name, ds.split, {**ds.info, "spec": str(ref)})
-    from . import load_dataset  # the registry's readers, one folder each
-
     folder = _locate(ref, split, roots, download)
     if folder is None:  # CIFAR found nowhere, downloads allowed
         ds = _download(ref, split, roots, cache, progress)

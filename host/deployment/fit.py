@@ -57,6 +57,7 @@ from entropi.device.budget import format_size, parse_size
 from entropi.device.errors import BudgetError, EntropiError, TrainConfigError
 
 from ..run.rundir import RunDir
+from .runtimes import MCU_FORM, RUNTIMES
 
 __all__ = [
     "DEPLOY_VERSION",
@@ -77,13 +78,6 @@ DTYPES = ("float32", "int8")
 """The dtypes of the table: every dtype a device bundle can hold."""
 FORMS = ("compact", "sparse", "compact-dense")
 """The encoder forms of the table (every form of ENCODER_FORMS)."""
-RUNTIMES = ("litert", "tflm")
-"""Where the encoder runs: ``litert`` (LiteRT on a Linux board: every form, the RAM rule of the
-graph) or ``tflm`` (TensorFlow Lite Micro on a microcontroller: the MCU form only, RAM = the
-arena TFLM's recording allocator measures)."""
-MCU_FORM = "mcu"
-"""The form of the ``tflm`` rows: dead channels removed, weights dense, NHWC input
-(:mod:`entropi.export.mcu`); TFLite Micro has no DENSIFY kernel, so no sparse form runs."""
 
 
 class DeployError(EntropiError, ValueError):

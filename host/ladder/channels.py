@@ -35,7 +35,7 @@ from torch import nn
 from entropi.export.rung import CheckpointError
 from entropi.export.weights import prunable_parameters
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "TOLERANCE",

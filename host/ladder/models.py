@@ -25,6 +25,8 @@ from torch.nn import functional as F
 
 from entropi.export.weights import prunable_parameters  # re-exported: the pruned weights
 
+from ..errors import ConfigError
+
 __all__ = ["ARCHITECTURES", "Classifier", "build_model", "prunable_parameters"]
 
 
@@ -219,8 +221,6 @@ class Classifier(nn.Module):
 def build_encoder(arch: str) -> nn.Module:
     """Return a freshly initialised encoder; ``encoder.feature_dim`` is its output width."""
     if arch not in ARCHITECTURES:
-        from ..run.config import ConfigError
-
         known = ", ".join(sorted(ARCHITECTURES))
         raise ConfigError(f"unknown architecture {arch!r}; known architectures: {known}")
     return ARCHITECTURES[arch]()

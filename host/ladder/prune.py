@@ -20,7 +20,7 @@ import math
 import torch
 from torch import nn
 
-from ..run.config import planned_rungs
+from .alphas import geometric_alphas
 from .models import prunable_parameters
 
 __all__ = [
@@ -34,19 +34,6 @@ __all__ = [
 
 Masks = dict[str, torch.Tensor]
 """Prunable weight name (as in :func:`prunable_parameters`) -> bool tensor of the same shape."""
-
-
-def geometric_alphas(keep_per_round: float, alpha_min: float) -> list[float]:
-    """Kept fractions ``[1, k, k**2, ...]`` down to the last one that is ``>= alpha_min``.
-
-    >>> geometric_alphas(0.5, 0.2)
-    [1.0, 0.5, 0.25]
-    """
-    if not 0.0 < keep_per_round < 1.0:
-        raise ValueError(f"keep_per_round must be in (0, 1), got {keep_per_round!r}")
-    if not 0.0 < alpha_min <= 1.0:
-        raise ValueError(f"alpha_min must be in (0, 1], got {alpha_min!r}")
-    return [keep_per_round**r for r in range(planned_rungs(keep_per_round, alpha_min))]
 
 
 def dense_masks(encoder: nn.Module) -> Masks:

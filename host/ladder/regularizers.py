@@ -56,7 +56,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..run.config import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "EIG_EPS",

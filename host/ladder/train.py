@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,10 +21,13 @@ from entropi.device.errors import EntropiError
 
 from ..data import iterate_batches
 from ..run import distributed
-from ..run.config import ConfigError, PretrainConfig
 from ..run.progress import progress
+from ..run.torch_device import DeviceUnavailableError, pick_device
 from .prune import Masks, apply_masks
 from .regularizers import regularized_loss, regularizer_views
+
+if TYPE_CHECKING:
+    from ..run.config import PretrainConfig
 
 __all__ = [
     "DeviceUnavailableError",
@@ -37,28 +41,9 @@ __all__ = [
 ]
 
 
-class DeviceUnavailableError(ConfigError, RuntimeError):
-    """The configured compute device is unknown or not present on this machine (a config error:
-    :func:`~entropi.host.run.rundir.open_run` checks it before it creates anything)."""
-
-
 class TrainingDivergedError(EntropiError, FloatingPointError):
     """The training loss became NaN or infinite (a learning rate too high, or weights that
     started non-finite)."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise DeviceUnavailableError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            "device = 'cuda' but no CUDA device is visible to torch on this machine; set "
-            'device = "auto" or "cpu" in the config (or --set device=cpu)'
-        )
-    return torch.device(name)
 
 
 @dataclass

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from entropi.device.config import TrainConfig
-from entropi.device.errors import EntropiError
 from entropi.export.rung import PRUNE_METHODS
 
+from ..deployment.runtimes import RUNTIMES
+from ..errors import ConfigError
+from ..ladder.alphas import planned_rungs
 from ..selection.entropy import DEFAULT_LEVELS, LevelsError, check_levels
 
 __all__ = [
@@ -49,13 +51,8 @@ __all__ = [
     "apply_overrides",
     "config_to_toml",
     "load_config",
-    "planned_rungs",
     "shipped_configs",
 ]
-
-
-class ConfigError(EntropiError, ValueError):
-    """A config file or value is invalid."""
 
 
 def _check_name(key: str, value: Any, known, what: str) -> None:
@@ -420,7 +417,6 @@ class DeployConfig:
     (TensorFlow Lite Micro on a microcontroller: the MCU form, RAM = TFLM's measured arena)."""
 
     def __post_init__(self) -> None:
-        from ..deployment.fit import RUNTIMES
 
         if self.runtime not in RUNTIMES:
             raise ConfigError(
@@ -553,12 +549,6 @@ seeded with ``seed + k``, which must stay below 2**64."""
 MAX_RUNGS = 64
 """The most rungs a ladder may plan (prune.keep_per_round and prune.alpha_min): each is a
 checkpoint file, scored and probed; the shipped configs plan 8 to 20."""
-
-
-def planned_rungs(keep_per_round: float, alpha_min: float) -> int:
-    """Rungs of the ladder ``[1, k, k**2, ...]`` down to the last fraction >= ``alpha_min``
-    (:func:`.prune.geometric_alphas` builds it; torch-free here, so configs check it at load)."""
-    return math.floor(math.log(alpha_min) / math.log(keep_per_round) + 1e-9) + 1
 
 
 def _check_ladder(prune: PruneConfig, arch: str) -> None:

@@ -18,7 +18,6 @@ from typing import Any
 
 from entropi.common.provenance import package_version
 
-from ..ladder.train import pick_device
 from . import distributed
 from .config import RunConfig, config_from_dict, config_to_toml
 from .report import write_report
@@ -34,6 +33,7 @@ from .stages import (
     stage_score,
 )
 from .stages import select as select_rung_results
+from .torch_device import pick_device
 
 __all__ = ["RunExistsError", "open_run", "run_all"]
 

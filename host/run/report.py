@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..selection.criteria import CRITERIA
+from ..selection.rules import seconds_or_none, undefined_notes
 from .config import RunConfig
 from .rundir import RunDir
 
@@ -69,7 +70,6 @@ def _points(x: float | None) -> str:
 
 def _probe_cost(rungs: list[dict]) -> str:
     """The probe's seconds over every rung, beside the criteria's (empty when not recorded)."""
-    from ..selection.rules import seconds_or_none
 
     times = [seconds_or_none(r.get("probe_seconds")) for r in rungs]
     if any(t is None for t in times):
@@ -121,8 +121,6 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     ]
     undefined = results.get("criteria_undefined") or {}
     if undefined:
-        from .stages import undefined_notes
-
         lines += ["", "Criteria it could not use everywhere:", ""]
         lines += [f"- {n}" for n in undefined_notes(undefined, crit, len(rungs))]
     lines += ["", "**Next:** " + " ".join(_next_steps(run, results))]

@@ -468,8 +468,8 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
 def _checked_config(run: RunDir, cfg, resume: bool):
     """The config of the run in ``run``: ``cfg`` for a new run, the saved one when resuming
     (refusing a different ``cfg``)."""
-    from ..ladder.train import pick_device
     from .config import ConfigError, load_config
+    from .torch_device import pick_device
 
     if run.config.is_file():
         try:

@@ -48,6 +48,7 @@ from ..selection.rules import (
     score_rung,
     selection_rule,
     stored_value,
+    undefined_notes,
 )
 from . import distributed
 from .config import RunConfig
@@ -568,23 +569,6 @@ def undefined_criteria(rungs: list[dict]) -> dict[str, dict[str, Any]]:
                 entry["rungs"].append(r["index"])
                 entry["reason"] = entry["reason"] or r.get("criteria_undefined", {}).get(name)
     return out
-
-
-def undefined_notes(undefined: dict[str, dict[str, Any]], criterion: str, n_rungs: int):
-    """Lines for the log and the report: which criteria the pick could not use, and where."""
-    for name, entry in undefined.items():
-        where = "every rung" if len(entry["rungs"]) == n_rungs else f"rungs {entry['rungs']}"
-        why = f" ({entry['reason']})" if entry["reason"] else ""
-        if name != criterion:
-            yield f"{name} is undefined on {where}{why}; its pick ignores those rungs"
-        elif len(entry["rungs"]) == n_rungs:
-            yield (
-                f"{name}, the selection criterion, is undefined on every rung{why}: it cannot "
-                "pick, so the pick is the dense rung 0; choose another criterion "
-                "(`entropi select RUNDIR --criterion NAME`)"
-            )
-        else:
-            yield f"{name}, the selection criterion, is undefined on {where}{why}: not picked"
 
 
 def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:

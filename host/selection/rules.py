@@ -56,6 +56,7 @@ import numpy as np
 from .criteria import CRITERIA, CriterionOptions, compute_criteria
 
 __all__ = [
+    "undefined_notes",
     "CRITERIA",
     "RULES",
     "TIE_TOLERANCE",
@@ -529,3 +530,20 @@ def selection_confidence(*args, **kwargs) -> dict[str, Any]:
     the comparison between rungs stays fair). Other rules: :func:`choose_rung`.
     """
     return resample_summary(bootstrap_values(*args, **kwargs))
+
+
+def undefined_notes(undefined: dict[str, dict[str, Any]], criterion: str, n_rungs: int):
+    """Lines for the log and the report: which criteria the pick could not use, and where."""
+    for name, entry in undefined.items():
+        where = "every rung" if len(entry["rungs"]) == n_rungs else f"rungs {entry['rungs']}"
+        why = f" ({entry['reason']})" if entry["reason"] else ""
+        if name != criterion:
+            yield f"{name} is undefined on {where}{why}; its pick ignores those rungs"
+        elif len(entry["rungs"]) == n_rungs:
+            yield (
+                f"{name}, the selection criterion, is undefined on every rung{why}: it cannot "
+                "pick, so the pick is the dense rung 0; choose another criterion "
+                "(`entropi select RUNDIR --criterion NAME`)"
+            )
+        else:
+            yield f"{name}, the selection criterion, is undefined on {where}{why}: not picked"

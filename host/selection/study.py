@@ -60,8 +60,9 @@ import numpy as np
 from entropi.device.io import atomic_write_json, atomic_write_text
 from entropi.device.lock import lock_folder
 
+from ..errors import ConfigError
 from ..run import distributed
-from ..run.config import ConfigError, load_config
+from ..run.config import load_config
 from ..run.rundir import RunDir
 from .criteria import CRITERIA
 from .rules import seconds_or_none
@@ -206,10 +207,10 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
     Under ``torchrun`` rank 0 opens the folder and decides whether the ladder is complete; if
     not, every process loads the source and trains (DDP), rank 0 writes the rungs."""
     from ..ladder.prune import geometric_alphas
-    from ..ladder.train import pick_device
     from ..run.pipeline import open_on_main
     from ..run.rundata import load_source
     from ..run.stages import stage_pretrain, stage_prune
+    from ..run.torch_device import pick_device
 
     cfg, run = open_on_main(partial(_open_ladder, study, ladder, root), root)
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
@@ -261,10 +262,10 @@ def _check_study_data(study: StudyConfig) -> None:
 
 
 def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
-    from ..ladder.train import pick_device
     from ..run.pipeline import open_on_main
     from ..run.rundata import load_target
     from ..run.stages import reuse_ladder, stage_score, stage_select
+    from ..run.torch_device import pick_device
 
     t_start = time.perf_counter()
     _check_study_data(study)
