@@ -403,6 +403,120 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
+def _target_tensors(data, device: torch.device, num_classes: int | None):
+    """The target's train / test images and labels on ``device``, and its class count (>= 2)."""
+    xtr = _to_tensor(data.x_train, torch.uint8, device)
+    ytr = _to_tensor(data.y_train, torch.int64, device)
+    xte = _to_tensor(data.x_test, torch.uint8, device)
+    yte = _to_tensor(data.y_test, torch.int64, device)
+    if num_classes is None:
+        num_classes = int(max(int(ytr.max()), int(yte.max()) if len(yte) else 0)) + 1
+    if num_classes < 2:
+        raise FinetuneError(f"a target needs at least 2 classes, got {num_classes}")
+    return xtr, ytr, xte, yte, num_classes
+
+
+def _use_prefix_cache(
+    model: FinetuneModel, xtr: torch.Tensor, cfg: FinetuneConfig, mean, std, cache_prefix
+) -> bool:
+    """Whether the frozen prefix runs once: as asked, else when not augmenting and it fits."""
+    if cache_prefix is None:
+        probe = model.prefix(normalize(xtr[:1], mean, std))
+        cache_prefix = not cfg.augment and probe.numel() * 4 * len(xtr) <= cfg.cache_bytes
+    if cfg.augment and cache_prefix:
+        raise FinetuneError("the frozen prefix cannot be cached with augmentation on")
+    return cache_prefix
+
+
+def _optimizer(model: FinetuneModel, cfg: FinetuneConfig) -> torch.optim.SGD:
+    """SGD over the head (``cfg.lr``) and the trained blocks (``cfg.encoder_lr``), weight decay
+    on matrices only; each group keeps its base rate as ``lr0`` for the cosine schedule."""
+    decay = [p for _, p in model.trainable_parameters() if p.ndim > 1]
+    groups = []
+    for params, lr in (
+        ([p for p in model.head.parameters()], cfg.lr),
+        ([p for m in model.trained_modules() for p in m.parameters()], cfg.encoder_lr),
+    ):
+        ids = {id(p) for p in decay}
+        groups += [
+            {
+                "params": [p for p in params if id(p) in ids],
+                "weight_decay": cfg.weight_decay,
+                "lr0": lr,
+            },
+            {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0, "lr0": lr},
+        ]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def _epoch_batches(xtr, ytr, cached, cfg: FinetuneConfig, gen, device, mean, std, drop_last: bool):
+    """One epoch's shuffled (input, label) batches: rows of the cached prefix output when there
+    is one, else normalized (and, with ``cfg.augment``, augmented) images."""
+    n = len(xtr)
+    if cached is not None:
+        order = torch.randperm(n, generator=gen, device=device)
+        stop = n - n % cfg.batch_size if drop_last else n
+        return (
+            (cached[order[i : i + cfg.batch_size]], ytr[order[i : i + cfg.batch_size]])
+            for i in range(0, stop, cfg.batch_size)
+        )
+    return iterate_batches(
+        xtr,
+        ytr,
+        cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        generator=gen,
+        mean=mean,
+        std=std,
+        drop_last=drop_last,
+    )
+
+
+def _train_epochs(
+    model: FinetuneModel,
+    masks: Masks,
+    mode: Mode,
+    xtr,
+    ytr,
+    cached,
+    cfg: FinetuneConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    mean,
+    std,
+) -> tuple[int, float, float]:
+    """``cfg.epochs`` of cosine-scheduled SGD, masks re-applied after every step (from the
+    cached prefix output when ``cached``); returns (steps, last loss, seconds)."""
+    start = model.first_trained if cached is not None else 0
+    opt = _optimizer(model, cfg)
+    n = len(xtr)
+    drop_last = n > cfg.batch_size
+    steps_per_epoch = n // cfg.batch_size if drop_last else 1
+    total = max(1, cfg.epochs * steps_per_epoch)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    step, loss_val, t0 = 0, float("nan"), time.perf_counter()
+    model.train()
+    for _ in range(cfg.epochs):
+        for xb, yb in _epoch_batches(xtr, ytr, cached, cfg, gen, device, mean, std, drop_last):
+            for g in opt.param_groups:
+                g["lr"] = g["lr0"] * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            loss = F.cross_entropy(model(xb, start=start), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            apply_masks(model.encoder, masks)
+            step += 1
+        loss_val = float(loss.detach())
+        if not math.isfinite(loss_val):
+            raise TrainingDivergedError(
+                f"finetune {mode.name}: loss became {loss_val}; lower the learning rate"
+            )
+    return step, loss_val, time.perf_counter() - t0
+
+
 def finetune(
     encoder: nn.Module,
     masks: Masks | None,
@@ -432,14 +546,7 @@ def finetune(
     enc = copy.deepcopy(encoder).to(device)
     mode = mode if isinstance(mode, Mode) else parse_mode(mode, enc)
     masks = {k: v.to(device) for k, v in check_masks(enc, masks).items()}
-    xtr = _to_tensor(data.x_train, torch.uint8, device)
-    ytr = _to_tensor(data.y_train, torch.int64, device)
-    xte = _to_tensor(data.x_test, torch.uint8, device)
-    yte = _to_tensor(data.y_test, torch.int64, device)
-    if num_classes is None:
-        num_classes = int(max(int(ytr.max()), int(yte.max()) if len(yte) else 0)) + 1
-    if num_classes < 2:
-        raise FinetuneError(f"a target needs at least 2 classes, got {num_classes}")
+    xtr, ytr, xte, yte, num_classes = _target_tensors(data, device, num_classes)
     torch.manual_seed(seed)  # the new head's initialisation
     model = FinetuneModel(enc, num_classes, mode).to(device)
     apply_masks(model.encoder, masks)
@@ -451,73 +558,12 @@ def finetune(
     )
 
     # the frozen prefix, once (no augmentation: it is a fixed function of the image)
-    if cache_prefix is None:
-        probe = model.prefix(normalize(xtr[:1], mean, std))
-        cache_prefix = not cfg.augment and probe.numel() * 4 * len(xtr) <= cfg.cache_bytes
-    if cfg.augment and cache_prefix:
-        raise FinetuneError("the frozen prefix cannot be cached with augmentation on")
+    cache_prefix = _use_prefix_cache(model, xtr, cfg, mean, std, cache_prefix)
     cached = _apply(model.prefix, xtr, cfg.eval_batch, mean, std) if cache_prefix else None
-    start = model.first_trained if cache_prefix else 0
+    step, loss_val, seconds = _train_epochs(
+        model, masks, mode, xtr, ytr, cached, cfg, seed=seed, device=device, mean=mean, std=std
+    )
 
-    decay = [p for _, p in model.trainable_parameters() if p.ndim > 1]
-    groups = []
-    for params, lr in (
-        ([p for p in model.head.parameters()], cfg.lr),
-        ([p for m in model.trained_modules() for p in m.parameters()], cfg.encoder_lr),
-    ):
-        ids = {id(p) for p in decay}
-        groups += [
-            {
-                "params": [p for p in params if id(p) in ids],
-                "weight_decay": cfg.weight_decay,
-                "lr0": lr,
-            },
-            {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0, "lr0": lr},
-        ]
-    groups = [g for g in groups if g["params"]]
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    n = len(xtr)
-    drop_last = n > cfg.batch_size
-    steps_per_epoch = n // cfg.batch_size if drop_last else 1
-    total = max(1, cfg.epochs * steps_per_epoch)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    step, loss_val, t0 = 0, float("nan"), time.perf_counter()
-    model.train()
-    for _ in range(cfg.epochs):
-        if cached is not None:
-            order = torch.randperm(n, generator=gen, device=device)
-            stop = n - n % cfg.batch_size if drop_last else n
-            batches = (
-                (cached[order[i : i + cfg.batch_size]], ytr[order[i : i + cfg.batch_size]])
-                for i in range(0, stop, cfg.batch_size)
-            )
-        else:
-            batches = iterate_batches(
-                xtr,
-                ytr,
-                cfg.batch_size,
-                shuffle=True,
-                augment=cfg.augment,
-                generator=gen,
-                mean=mean,
-                std=std,
-                drop_last=drop_last,
-            )
-        for xb, yb in batches:
-            for g in opt.param_groups:
-                g["lr"] = g["lr0"] * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(model(xb, start=start), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            apply_masks(model.encoder, masks)
-            step += 1
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            raise TrainingDivergedError(
-                f"finetune {mode.name}: loss became {loss_val}; lower the learning rate"
-            )
-    seconds = time.perf_counter() - t0
     model.eval()
     feats = _apply(model.features, xtr, cfg.eval_batch, mean, std)
     train_acc = _accuracy(model.head(feats), ytr)
