@@ -74,6 +74,46 @@ class TrainForward(nn.Module):
         return self.model.head(features), features
 
 
+def _optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.SGD:
+    """SGD (Nesterov when there is momentum), weight decay on matrices and kernels only."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+    )
+
+
+def _slice_loss(net, xb, yb, share: float, cfg: PretrainConfig, device) -> torch.Tensor:
+    """This process's loss on its slice of the global batch: label-smoothed cross-entropy
+    weighted by the slice's share, plus the ``[pretrain]`` regularizer's term."""
+    with _autocast(device):
+        logits, features = net(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+        loss = loss * share  # this slice's part of the global batch's mean
+        # - gamma * entropy of the features (float32, gathered over ranks)
+        loss, _ = regularized_loss(
+            loss, features, cfg.regularizer, cfg.gamma, temperature=cfg.nce_temperature
+        )
+    return loss
+
+
+def _diverged(desc: str, loss_val: float, step: int, total: int, lr: float):
+    """The error for a loss that became inf or nan, naming the settings to look at."""
+    return TrainingDivergedError(
+        f"{desc}: the loss became {loss_val} at step {step} of {total} "
+        f"(learning rate {lr:g}); lower the learning rate ([pretrain] lr "
+        "for rung 0, [prune] lr for a retraining) or check that the "
+        "starting weights ([pretrain] init, the previous rung) are finite"
+    )
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -99,20 +139,11 @@ def train(
     learning rate), and all end with rank 0's weights and batch-norm buffers.
     """
     epochs, batch_size, lr = cfg.epochs, cfg.batch_size, cfg.lr
-    momentum, weight_decay, label_smoothing = cfg.momentum, cfg.weight_decay, cfg.label_smoothing
     device = x.device
     channels_last = device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-        lr=lr,
-        momentum=momentum,
-        nesterov=momentum > 0,
-    )
+    opt = _optimizer(model, cfg)
     # augmented views of each image in a batch (iterate_batches, distributed.shard): 2 for nce
     views = regularizer_views(cfg.regularizer)
     # drop the last partial batch: a batch of one breaks batch norm in training mode
@@ -143,15 +174,7 @@ def train(
                     xb, yb, share = distributed.shard(xb, yb, views=views)
                     for group in opt.param_groups:
                         group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-                    with _autocast(device):
-                        logits, features = net(xb)
-                        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-                        loss = loss * share  # this slice's part of the global batch's mean
-                        # - gamma * entropy of the features (float32, gathered over ranks)
-                        loss, _ = regularized_loss(
-                            loss, features, cfg.regularizer, cfg.gamma,
-                            temperature=cfg.nce_temperature,
-                        )  # fmt: skip
+                    loss = _slice_loss(net, xb, yb, share, cfg, device)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -161,12 +184,7 @@ def train(
                     if step % 20 == 0 or step == total:
                         loss_val = distributed.mean(loss.detach())  # the same on every process
                         if not math.isfinite(loss_val):
-                            raise TrainingDivergedError(
-                                f"{desc}: the loss became {loss_val} at step {step} of {total} "
-                                f"(learning rate {lr:g}); lower the learning rate ([pretrain] lr "
-                                "for rung 0, [prune] lr for a retraining) or check that the "
-                                "starting weights ([pretrain] init, the previous rung) are finite"
-                            )
+                            raise _diverged(desc, loss_val, step, total, lr)
                         bar.set_postfix(loss=f"{loss_val:.3f}")
                     bar.update(1)
     finally:
