@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from entropi.host.analysis.finetune import FinetuneModel
 
 from .flops import FlopReport, _op_flops, _scaled
-from .memory import MemoryBreakdown, _storage_key, saved_tensor_bytes
+from .memory import MemoryBreakdown, saved_tensor_bytes, step_breakdown
 from .trace import trace_forward
 
 __all__ = ["step_flops", "step_memory"]
@@ -112,18 +112,4 @@ def step_memory(
     act, _, loss = saved_tensor_bytes(forward, exclude=[*used, *buffers, h, y])
     loss.backward()
     opt.step()
-    grads = {_storage_key(p.grad): p.grad.untyped_storage().nbytes() for p in trained}
-    state = {
-        _storage_key(t): t.untyped_storage().nbytes()
-        for s in opt.state.values()
-        for t in s.values()
-        if isinstance(t, torch.Tensor)
-    }
-    return MemoryBreakdown(
-        weights=sum(p.numel() * p.element_size() for p in used),
-        buffers=sum(b.numel() * b.element_size() for b in buffers),
-        gradients=sum(grads.values()),
-        optimizer_state=sum(state.values()),
-        activations=act,
-        batch=h.numel() * h.element_size() + y.numel() * y.element_size(),
-    )
+    return step_breakdown(used, buffers, trained, opt, act, (h, y))

@@ -103,6 +103,34 @@ def _storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
 
+def step_breakdown(
+    used: list[torch.Tensor],
+    buffers: list[torch.Tensor],
+    trained: list[torch.Tensor],
+    opt: torch.optim.Optimizer,
+    activations: int,
+    batch: tuple[torch.Tensor, ...],
+) -> MemoryBreakdown:
+    """The bytes of a step just taken, by category: the ``used`` weights and ``buffers``, the
+    gradients of ``trained`` and ``opt``'s state (each storage counted once), the saved
+    ``activations`` (:func:`saved_tensor_bytes`) and the ``batch`` tensors."""
+    grads = {_storage_key(p.grad): p.grad.untyped_storage().nbytes() for p in trained}
+    state = {
+        _storage_key(t): t.untyped_storage().nbytes()
+        for s in opt.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    }
+    return MemoryBreakdown(
+        weights=sum(p.numel() * p.element_size() for p in used),
+        buffers=sum(b.numel() * b.element_size() for b in buffers),
+        gradients=sum(grads.values()),
+        optimizer_state=sum(state.values()),
+        activations=activations,
+        batch=sum(t.numel() * t.element_size() for t in batch),
+    )
+
+
 def saved_tensor_bytes(
     fn, exclude: list[torch.Tensor] | tuple[torch.Tensor, ...] = ()
 ) -> tuple[int, int, object]:
@@ -214,21 +242,7 @@ def measure_step(
         if cuda:
             torch.cuda.synchronize(device)
             peak = torch.cuda.max_memory_allocated(device) - base
-        grads = {_storage_key(p.grad): p.grad.untyped_storage().nbytes() for p in params}
-        opt_state = {
-            _storage_key(t): t.untyped_storage().nbytes()
-            for s in opt.state.values()
-            for t in s.values()
-            if isinstance(t, torch.Tensor)
-        }
-        breakdown = MemoryBreakdown(
-            weights=sum(p.numel() * p.element_size() for p in params),
-            buffers=sum(b.numel() * b.element_size() for b in buffers),
-            gradients=sum(grads.values()),
-            optimizer_state=sum(opt_state.values()),
-            activations=act,
-            batch=x.numel() * x.element_size() + y.numel() * y.element_size(),
-        )
+        breakdown = step_breakdown(params, buffers, params, opt, act, (x, y))
         return MemoryMeasurement(breakdown, count, peak)
 
 
