@@ -17,11 +17,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from entropi.host.ladder.models import Classifier, ResNet18ImageNetEncoder, mobilenetv3_layers
+from entropi.host.ladder.models import (
+    MOBILENETV3_SMALL,
+    Classifier,
+    ResNet18ImageNetEncoder,
+    mobilenetv3_layers,
+)
 
 __all__ = ["PAPER_ARCHITECTURES", "build_paper_model"]
 
-# (kernel, expanded, out, squeeze-excite, activation, stride), torchvision's tables
+# (kernel, expanded, out, squeeze-excite, activation, stride), torchvision's table; the small
+# network's is host/ladder/models.py's MOBILENETV3_SMALL
 _LARGE = [
     (3, 16, 16, False, "RE", 1),
     (3, 64, 24, False, "RE", 2),
@@ -38,19 +44,6 @@ _LARGE = [
     (5, 672, 160, True, "HS", 2),
     (5, 960, 160, True, "HS", 1),
     (5, 960, 160, True, "HS", 1),
-]
-_SMALL = [
-    (3, 16, 16, True, "RE", 2),
-    (3, 72, 24, False, "RE", 2),
-    (3, 88, 24, False, "RE", 1),
-    (5, 96, 40, True, "HS", 2),
-    (5, 240, 40, True, "HS", 1),
-    (5, 240, 40, True, "HS", 1),
-    (5, 120, 48, True, "HS", 1),
-    (5, 144, 48, True, "HS", 1),
-    (5, 288, 96, True, "HS", 2),
-    (5, 576, 96, True, "HS", 1),
-    (5, 576, 96, True, "HS", 1),
 ]
 
 
@@ -72,7 +65,7 @@ def build_paper_model(arch: str, num_classes: int) -> Classifier:
     elif arch == "mobilenetv3_large":
         encoder = _MobileNetV3(_LARGE, 960, 1280)
     elif arch == "mobilenetv3_small_imagenet":
-        encoder = _MobileNetV3(_SMALL, 576, 1024)
+        encoder = _MobileNetV3(MOBILENETV3_SMALL, 576, 1024)
     else:
         raise ValueError(f"unknown paper architecture {arch!r}; known: {PAPER_ARCHITECTURES}")
     return Classifier(encoder, encoder.feature_dim, num_classes)

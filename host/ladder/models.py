@@ -110,10 +110,10 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_residual else out
 
 
-# (kernel, expanded channels, out channels, squeeze-excite, activation, stride); torchvision's
-# MobileNetV3-small table with the first block's stride set to 1 for 32x32 inputs.
-_MBV3_SMALL = [
-    (3, 16, 16, True, "RE", 1),
+# (kernel, expanded channels, out channels, squeeze-excite, activation, stride): torchvision's
+# MobileNetV3-small table (also benchmarks/paper_models.py's ImageNet-size network).
+MOBILENETV3_SMALL = [
+    (3, 16, 16, True, "RE", 2),
     (3, 72, 24, False, "RE", 2),
     (3, 88, 24, False, "RE", 1),
     (5, 96, 40, True, "HS", 2),
@@ -125,6 +125,8 @@ _MBV3_SMALL = [
     (5, 576, 96, True, "HS", 1),
     (5, 576, 96, True, "HS", 1),
 ]
+# the same with the first block's stride set to 1, for 32x32 inputs
+_MBV3_SMALL = [(*MOBILENETV3_SMALL[0][:5], 1), *MOBILENETV3_SMALL[1:]]
 
 
 def mobilenetv3_layers(
