@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "quickstart.json"
 BEGIN = "<!-- quickstart-table: scripts/quickstart_table.py --readme README.md -->"
 END = "<!-- /quickstart-table -->"
+_SHOWN = ("entropy", "subset_entropy", "von_neumann")
+"""Criteria the table always shows; another selection criterion replaces the S(C_auto) column."""
 _NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar100:coarse": "CIFAR-100 coarse"}
 
 
@@ -45,13 +47,26 @@ def extract(run: str | os.PathLike) -> dict[str, Any]:
             "entropy": r["entropy"],
             "subset_entropy": r["criteria"]["subset_entropy"],
             "von_neumann": r["criteria"]["von_neumann"],
+            **({} if crit in _SHOWN else {crit: r["criteria"][crit]}),
             "probe_accuracy": r["probe_accuracy"],
             "probe_accuracy_std": r["probe_accuracy_std"],
         }
         for r in res["rungs"]
     ]
     dev = res["device"]
+    ties = res.get("selection_ties") or {}
+    rule = {  # the rule's pick (results written before the rule seam: argmax, not recorded)
+        k: v
+        for k, v in (
+            ("rule", res.get("rule")),
+            ("tie_se", ties.get("tie_se")),
+            ("criterion_best_index", ties.get("best_index")),
+            ("probe_se", res.get("probe_se")),
+        )
+        if v is not None
+    }
     return {
+        **rule,
         "run": {k: res[k] for k in ("package_version", "config_sha256", "seed", "arch")},
         "source": res["source"],
         "target": res["target"],
@@ -75,7 +90,7 @@ def _row(i: int, r: dict, data: dict) -> str:
         f"{r['source_accuracy']:.4f}",
         f"{r['entropy']:.4f}",
         f"{r['subset_entropy']:.1f}",
-        f"{r['von_neumann']:.4f}",
+        f"{r['von_neumann']:.4f}" if data["criterion"] in _SHOWN else f"{r[data['criterion']]:.4f}",
         f"{100 * r['probe_accuracy']:.2f} ± {100 * r['probe_accuracy_std']:.2f}",
     ]
     selected, best = i == data["selected_index"], i == data["best_probe_index"]
@@ -91,21 +106,39 @@ def render(data: dict[str, Any]) -> str:
     """The README block (table + pick line) for ``data`` (what :func:`extract` returns)."""
     src = _NAMES.get(data["source"], data["source"])
     tgt = _NAMES.get(data["target"], data["target"])
+    crit = data["criterion"]
+    col = "S(C_auto)" if crit in _SHOWN else crit
     lines = [
-        f"| rung | alpha | nnz | {src} acc | paper entropy (nats) | subset_entropy | S(C_auto) "
+        f"| rung | alpha | nnz | {src} acc | paper entropy (nats) | subset_entropy | {col} "
         f"| probe acc % ({tgt}) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(_row(i, r, data) for i, r in enumerate(data["rungs"])),
     ]
     dev, n = data["device"], data["resamples"]
     wins = round(data["selection_confidence"] * n)
+    k = data["selected_index"]
+    how = ""
+    if data.get("rule", "argmax") != "argmax":
+        how = (
+            f" and `{data['rule']}` (the fewest non-zero weights within {data['tie_se']:g} "
+            f"paired-bootstrap SEs of the best `{crit}`, rung {data['criterion_best_index']})"
+        )
+    gain = ""
+    if data.get("probe_se") is not None:
+        ratio = data["rungs"][0]["nnz"] / data["rungs"][k]["nnz"]
+        se = 100 * data["probe_se"]
+        gain = f" Rung {k} is {ratio:.1f}x smaller than dense (non-zero weights) " + (
+            f"at no significant loss: its regret is within one test-set SE ({se:.2f} points)."
+            if 100 * data["regret"] <= se
+            else f"at a regret above one test-set SE ({se:.2f} points)."
+        )
     pick = (
-        f"Pick: rung {data['selected_index']} by `{data['criterion']}`, regret "
+        f"Pick: rung {k} by `{crit}`{how}, regret "
         f"{100 * data['regret']:.2f} points (Kendall tau {data['kendall_tau']:.2f} against the "
         f"probe), selection confidence {data['selection_confidence']:.2f} ({wins} of {n} "
-        f"bootstrap resamples). Device head: {dev['accuracy']:.4f} test accuracy, measured peak "
-        f"{dev['peak_bytes']:,} B of {dev['budget_bytes']:,} B (analytic {dev['analytic_bytes']:,}"
-        " B)."
+        f"bootstrap resamples).{gain} Device head: {dev['accuracy']:.4f} test accuracy, measured "
+        f"peak {dev['peak_bytes']:,} B of {dev['budget_bytes']:,} B (analytic "
+        f"{dev['analytic_bytes']:,} B)."
     )
     lines += ["", textwrap.fill(pick, width=100, break_on_hyphens=False)]
     return "\n".join(lines)

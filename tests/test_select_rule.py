@@ -257,3 +257,48 @@ def test_costs_and_the_share_of_regrets_beyond_one_se_are_summarized():
     ]
     per = _aggregate(pairs)["knn"]
     assert per["share_above_se"] == 0.5 and per["seconds"]["mean"] == 1.0
+
+
+def test_nan_scores_are_undefined_as_none_is():
+    """A stored NaN (a criterion that returned NaN) is undefined: never the best, never tied,
+    never picked, whatever its size; a NaN resample column of a defined rung only drops those
+    resamples from that rung's SE."""
+    nan = float("nan")
+    values = [5.0, nan, 4.99, nan]  # rung 3, the smallest, is undefined
+    boot = _boot([5.0, 5.0, 4.99, 5.0], noise=0.01)
+    boot[:, [1, 3]] = np.nan
+    boot[:7, 2] = np.nan  # rung 2 undefined on 7 resamples: its SE from the other 193
+    got = selection.choose_rung(_rungs(values), "subset_entropy", "smallest_tied", boot)
+    assert got["best_index"] == 0 and got["tied"] == [0, 2] and got["selected_index"] == 2
+    assert got["paired_se"][1] is None and got["paired_se"][3] is None
+    assert np.isfinite(got["paired_se"][2])
+    argmax = selection.choose_rung(_rungs([nan, 1.0, 2.0]), "subset_entropy", "argmax", None)
+    assert argmax["selected_index"] == 2  # NaN first does not win
+
+
+def test_rule_on_features_whose_answer_is_known():
+    """End to end through the paired bootstrap of a real criterion (cv_probe): a rung whose
+    features equal the best one's ties it exactly, so smallest_tied takes the smaller; a rung
+    that lost the class signal is clearly worse and is never taken, even as the smallest."""
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), 40)
+    good = rng.normal(size=(160, 8)) + 2.0 * np.eye(8)[y]
+    lost = rng.normal(size=(160, 8))  # no class signal left
+    opts = CriterionOptions(seed=0)
+
+    def pick(feats, rule):
+        rungs = [
+            {"index": i, "nnz": 1000 >> i, "criteria": compute_criteria(f, y, ["cv_probe"], opts)}
+            for i, f in enumerate(feats)
+        ]
+        boot = selection.bootstrap_values(
+            lambda i: feats[i], y, len(feats), "cv_probe", opts, resamples=10, seed=0
+        )
+        return selection.choose_rung(rungs, "cv_probe", rule, boot)
+
+    tied = pick([good, good.copy(), lost], "smallest_tied")
+    assert tied["best_index"] == 0 and tied["tied"] == [0, 1] and tied["selected_index"] == 1
+    assert tied["confidence"] == 1.0  # equal on every resample: always tied
+    assert pick([good, good.copy(), lost], "argmax")["selected_index"] == 0  # the denser
+    worse = pick([lost, good, lost], "smallest_tied")
+    assert worse["tied"] == [1] and worse["selected_index"] == 1

@@ -155,3 +155,123 @@ def test_study_cli_error_is_one_line(tmp_path, capsys):
     assert cli.main(["study", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+# ------------------------------------------------------------------ the rule study (issue 26)
+
+
+def _rule_pair(picks, probe, nnz, *, se=0.01, holdout=False, seed1=None, threads1=None):
+    """A rule-study pair: ``picks`` {criterion: {variant: rung}} per replicate."""
+    from entropi.host.selection.rule_study import RULE_VARIANTS, variant_name
+
+    def rep(p):
+        return {
+            "criteria": {
+                c: {
+                    variant_name(*rv): {
+                        "selected_index": vs[variant_name(*rv)],
+                        "confidence": 0.8,
+                        "tied": [],
+                    }
+                    for rv in RULE_VARIANTS
+                }  # fmt: skip
+                for c, vs in p.items()
+            }
+        }
+
+    reps = {"seed0": rep(picks)}
+    if seed1 is not None:
+        reps["seed1"] = rep(seed1)
+    if threads1 is not None:
+        reps["threads1"] = rep(threads1)
+    return {
+        "ladder": "magnitude",
+        "target": "t",
+        "holdout": holdout,
+        "probe": probe,
+        "probe_se": se,
+        "best_probe_index": int(np.argmax(probe)),
+        "nnz": nnz,
+        "flash_int8": [400, 400, 400, 200],
+        "replicates": reps,
+    }
+
+
+def test_rule_study_summary_and_the_pre_stated_decision():
+    """Constructed pairs whose answer is known: smallest_tied at tie_se 1 costs 0.5 points for
+    8x (admissible), at tie_se 2 3 points (fails (a)); cv_probe is better than subset_entropy
+    by more than SE and becomes the default only when its bootstrap is cheap enough."""
+    from entropi.host.selection.rule_study import decide_default, summarize_rules
+
+    probe = [0.500, 0.500, 0.495, 0.470]  # rung 3 is 3 points below the best
+    nnz = [800, 400, 100, 50]
+    sub = {"argmax": 0, "smallest_tied@1": 2, "smallest_tied@2": 3}
+    cv = {"argmax": 1, "smallest_tied@1": 2, "smallest_tied@2": 2}
+    picks = {"subset_entropy": sub, "cv_probe": cv}
+    other = {"subset_entropy": {**sub, "smallest_tied@1": 1}, "cv_probe": cv}
+    pairs = [
+        _rule_pair(picks, probe, nnz, seed1=picks, threads1=picks),
+        _rule_pair(picks, probe, nnz, seed1=other, threads1=picks),
+        _rule_pair(other, probe, nnz, holdout=True),
+    ]
+    s = summarize_rules(pairs, criteria=("subset_entropy", "cv_probe"))
+    assert s["pairs"] == 2 and s["holdout_pairs"] == 1 and s["se_points"] == pytest.approx(1.0)
+    st1 = s["study"]["subset_entropy"]["smallest_tied@1"]
+    assert st1["regret_points"]["mean"] == pytest.approx(0.5)
+    assert st1["share_above_se"] == 0.0 and st1["size_ratio_nnz"]["median"] == 8.0
+    assert st1["size_ratio_flash_int8"]["median"] == 1.0  # dense int8 files: no flash saved
+    assert st1["same_pick_seeds"] == 0.5 and st1["same_pick_threads"] == 1.0
+    st2 = s["study"]["subset_entropy"]["smallest_tied@2"]
+    assert st2["max_regret_points"] == pytest.approx(3.0) and st2["share_above_se"] == 1.0
+    assert s["holdout"]["subset_entropy"]["smallest_tied@1"]["size_ratio_nnz"]["median"] == 2.0
+
+    d = decide_default(s, {"cv_probe": 10.0})
+    assert d["rules"]["subset_entropy"]["variant"] == "smallest_tied@1"  # @2 fails (a)
+    assert d["rules"]["cv_probe"]["variant"] == "smallest_tied@1"  # 8x at 0.5 points
+    # subset_entropy under its rule: 0.5 points; cv_probe under its rule: 0.5 points: not
+    # lower by more than SE, so the default criterion stays
+    assert (d["criterion"], d["rule"], d["tie_se"]) == ("subset_entropy", "smallest_tied", 1.0)
+
+    worse = {"argmax": 3, "smallest_tied@1": 3, "smallest_tied@2": 3}  # 3 points, no tie rung
+    bad = [_rule_pair({"subset_entropy": worse, "cv_probe": cv}, probe, nnz) for _ in range(2)]
+    s = summarize_rules(bad, criteria=("subset_entropy", "cv_probe"))
+    assert decide_default(s, {"cv_probe": 10.0})["criterion"] == "cv_probe"
+    slow = decide_default(s, {"cv_probe": 500.0})  # its bootstrap would cost the quickstart
+    # argmax picks rung 3 too: smallest_tied costs nothing for 16x; equal ratios: tie_se 1
+    assert (slow["criterion"], slow["rule"], slow["tie_se"]) == (
+        "subset_entropy",
+        "smallest_tied",
+        1,
+    )
+    assert "recommended, not default" in slow["lines"][-1]
+
+
+def test_rule_study_pair_picks_on_features():
+    """pair_picks: one bootstrap per criterion shared by the rules; an exact copy of the best
+    rung's features ties it, so smallest_tied takes it and argmax the denser; recomputing the
+    values with the same seed changes nothing."""
+    from entropi.host.selection.rule_study import pair_picks
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    good = rng.normal(size=(90, 6)) + 2.0 * np.eye(6)[y]
+    feats = [good, good.copy(), rng.normal(size=(90, 6))]
+    from entropi.host.selection.criteria import CriterionOptions, compute_criteria
+
+    opts = CriterionOptions(levels=4, seed=0)
+    rungs = [
+        {
+            "index": i,
+            "nnz": 100 >> i,
+            "criteria": compute_criteria(f, y, ["logme", "cv_probe"], opts),
+        }
+        for i, f in enumerate(feats)
+    ]
+    kw = {"criteria": ("logme", "cv_probe"), "levels": 4, "seed": 0, "resamples": 6}
+    got = pair_picks(rungs, lambda i: feats[i], y, **kw)
+    again = pair_picks(rungs, lambda i: feats[i], y, recompute=True, **kw)
+    for c in ("logme", "cv_probe"):
+        p = got["criteria"][c]
+        assert p["argmax"]["selected_index"] == 0 and p["smallest_tied@1"]["selected_index"] == 1
+        assert p["smallest_tied@2"]["tied"] == [0, 1]
+        assert again["criteria"][c] == p
