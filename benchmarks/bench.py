@@ -34,9 +34,9 @@ from pathlib import Path
 
 import torch
 
+from entropi.common.errors import EntropiError
+from entropi.common.files import atomic_write, atomic_write_json, atomic_write_text
 from entropi.common.provenance import hardware, library_versions
-from entropi.device.errors import EntropiError
-from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.analysis.flops import CONVENTIONS as FLOP_CONVENTIONS
 from entropi.host.analysis.flops import count_step_flops
 from entropi.host.analysis.memory import (

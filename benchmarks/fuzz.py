@@ -23,7 +23,7 @@ Targets (:data:`TARGETS`), each a valid input the fuzzer mutates with hypothesis
   does, selected and reported as ``entropi select`` does, and the rung rebuilt.
 
 The property is the same for all: the input is accepted, or refused with an
-:class:`~entropi.device.errors.EntropiError` (what both CLIs print as one line), within the
+:class:`~entropi.common.errors.EntropiError` (what both CLIs print as one line), within the
 per-input deadline (``--deadline-ms``). Any other exception, or a slow input, is a crash: the
 fuzzer stops that target and reports hypothesis's shrunk example and the traceback. Runs are
 seeded (``--seed``; each round of ``--examples`` inputs takes the next seed), so a crash
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 
 __all__ = ["TARGETS", "fuzz", "main", "scored_run"]
 
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         import platform
 
-        from entropi.device.io import atomic_write_json
+        from entropi.common.files import atomic_write_json
 
         atomic_write_json(
             a.out,

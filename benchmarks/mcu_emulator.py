@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.device.mcu_trainer import FLASH_ORIGIN, SRAM_ORIGIN, McuTrainer, linker_script
 
 __all__ = [

@@ -10,6 +10,8 @@
   under the ``entropi-device`` CLI: bundle + images in, head + :class:`TrainReport` out.
 """
 
+from entropi.common.errors import EntropiError
+
 from .app import TrainReport, evaluate, predict, train_on_bundle
 from .budget import MemoryPlan, format_size, parse_size, plan_memory
 from .bundle import Bundle, load_bundle, write_bundle
@@ -20,7 +22,6 @@ from .errors import (
     ChecksumError,
     DataError,
     DeviceError,
-    EntropiError,
     FormatVersionError,
     ResumeError,
     TrainConfigError,

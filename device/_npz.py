@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.common.files import atomic_write
+
 from .errors import DataError
-from .io import atomic_write
 
 __all__ = [
     "NpyMember",

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from entropi.common.files import atomic_write_text, ensure_real_dir
+from entropi.common.lock import lock_folder
+
 from .bundle import Bundle, load_bundle
 from .checkpoint import CHECKPOINT_NAME
 from .config import TrainConfig
@@ -45,8 +48,6 @@ from .data import (
 from .errors import DataError, DeviceError
 from .features import extract_features, stream_features
 from .head import HEAD_FILE, Head, load_head, save_head
-from .io import atomic_write_text, ensure_real_dir
-from .lock import lock_folder
 from .trainer import BEST_NAME, train_head
 
 __all__ = [

@@ -49,11 +49,12 @@ from typing import Any
 
 import numpy as np
 
+from entropi.common.files import atomic_dir, atomic_write_json, check_replaceable
+
 from ._npz import npy_member, npz_names, read_member, save_npz
 from .encoder import inspect_encoder
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
-from .io import atomic_dir, atomic_write_json, check_replaceable
 from .schema import SchemaViolation, check, json_path, load_schema
 
 __all__ = [

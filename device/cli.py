@@ -19,6 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from entropi.common.errors import (
+    EntropiError,
+    Terminated,
+    one_line,
+    report_bug,
+    say,
+    sigterm_raises,
+)
 from entropi.common.provenance import package_version
 
 from .app import WORK_DIR, DeviceWarning, evaluate, predict, train_on_bundle
@@ -26,7 +34,6 @@ from .budget import format_size
 from .checkpoint import CHECKPOINT_NAME
 from .cliargs import add_dataclass_arguments, attach_dash_values, dataclass_from_args
 from .config import TrainConfig
-from .errors import EntropiError, Terminated, one_line, report_bug, say, sigterm_raises
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

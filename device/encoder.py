@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError, DataError, escape_controls
+from entropi.common.errors import escape_controls
+
+from .errors import BundleError, DataError
 
 __all__ = [
     "MAX_VARIABLE_INPUT",

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.common.files import ensure_real_dir
+
 from .data import ArrayImages, FolderImages, NpzImages, as_image_source, check_image_size
 from .errors import DataError
-from .io import ensure_real_dir
 
 __all__ = ["extract_features", "preprocess", "stream_features"]
 

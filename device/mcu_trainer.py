@@ -32,13 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.common.files import atomic_dir
 from entropi.common.provenance import package_version
 
 from .budget import MemoryPlan, format_size, plan_memory
 from .bundle import MANIFEST, read_manifest
 from .config import TrainConfig
 from .errors import DataError, TrainConfigError
-from .io import atomic_dir
 
 __all__ = [
     "not_a_trainer_folder",

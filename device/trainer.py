@@ -39,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from entropi.common.files import ensure_real_dir
+
 from ._npz import read_npz_into, save_npz, warm_up
 from .blas import NO_TRANS, ROW_MAJOR, TRANS, find_gemm
 from .budget import UFUNC_BUFSIZE, MemoryPlan, history_spec, loop_buffers, plan_memory
 from .checkpoint import CHECKPOINT_NAME, Checkpoint, TrainState, data_digest, run_fingerprint
 from .config import TrainConfig, TrainResult
 from .errors import DataError, DeviceError
-from .io import ensure_real_dir
 from .schedule import epoch_order, learning_rate
 from .store import StoreReader, validate_training_data
 

@@ -23,7 +23,7 @@ Entry points:
   :func:`pruned_zeros_kept`.
 
 Every error on bad input is an :class:`ExportError` (or the rung record's
-:class:`CheckpointError`), both :class:`~entropi.device.errors.EntropiError`; a missing optional
+:class:`CheckpointError`), both :class:`~entropi.common.errors.EntropiError`; a missing optional
 dependency is a :class:`MissingDependencyError` naming the extra to install.
 """
 

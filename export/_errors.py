@@ -1,8 +1,8 @@
-"""Exceptions raised by the exporter (all :class:`~entropi.device.errors.EntropiError`)."""
+"""Exceptions raised by the exporter (all :class:`~entropi.common.errors.EntropiError`)."""
 
 from __future__ import annotations
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 
 __all__ = [
     "ExportError",

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from entropi.device.io import atomic_dir
+from entropi.common.files import atomic_dir
 
 from ._errors import ExportError, VerificationError
 from .compact import compact_encoder

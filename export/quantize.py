@@ -77,7 +77,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from entropi.device.io import atomic_write_bytes
+from entropi.common.files import atomic_write_bytes
 
 from ._errors import ExportError, VerificationError, require
 from .fold import fold_batchnorm

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entropi.device.errors import EntropiError
-from entropi.device.io import atomic_write_bytes
+from entropi.common.errors import EntropiError
+from entropi.common.files import atomic_write_bytes
 
 __all__ = [
     "PRUNE_METHODS",

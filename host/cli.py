@@ -418,7 +418,7 @@ def _run_lock(rundir: str):
     run folder (the command then says what is wrong with the path)."""
     import contextlib
 
-    from entropi.device.lock import lock_folder
+    from entropi.common.lock import lock_folder
 
     if not (Path(rundir) / "config.toml").is_file():  # not a run: nothing to lock or clean
         return contextlib.nullcontext()
@@ -818,8 +818,7 @@ def _how_to_continue(a: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from entropi.device.cliargs import attach_dash_values
-    from entropi.device.errors import (
+    from entropi.common.errors import (
         EntropiError,
         Terminated,
         one_line,
@@ -827,6 +826,7 @@ def main(argv: list[str] | None = None) -> int:
         say,
         sigterm_raises,
     )
+    from entropi.device.cliargs import attach_dash_values
 
     parser, table = _build_parser()
     args = parser.parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 
 __all__ = ["ConfigError"]
 

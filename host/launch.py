@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from entropi.device.errors import say
+from entropi.common.errors import say
 
 CLEAN_EXIT = 2
 """The status ``entropi`` exits with after printing its one-line error."""

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     rows = check_datasets(a.root, cache_dir=a.cache_dir)
     if a.json:
-        from entropi.device.io import atomic_write_json
+        from entropi.common.files import atomic_write_json
 
         atomic_write_json(a.json, rows)
     return 0 if np.isfinite([r["seconds"] for r in rows]).all() else 1

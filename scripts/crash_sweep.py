@@ -319,7 +319,7 @@ def main(argv=None) -> int:
             "numpy": np.__version__,
         },
     }
-    from entropi.device.io import atomic_write_json
+    from entropi.common.files import atomic_write_json
 
     atomic_write_json(a.out, doc)
     for row in doc["table"]:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.worker:
         worker(args)
         return None
-    from entropi.device.io import atomic_write_json
+    from entropi.common.files import atomic_write_json
 
     doc = measure(args)
     atomic_write_json(Path(args.out), doc)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
+from entropi.common.files import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.analysis.commands import mode_table, run_cka, run_finetune
 from entropi.host.analysis.finetune import FinetuneConfig
 from entropi.host.ladder.rungs import resolve_rung

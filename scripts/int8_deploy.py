@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         "interpreter_fixed_rss_bytes": fixed,
         "conventions": __doc__,
     }
-    from entropi.device.io import atomic_write_json
+    from entropi.common.files import atomic_write_json
 
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(a.out), result)

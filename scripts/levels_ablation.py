@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from entropi.device.io import atomic_write_json
+from entropi.common.files import atomic_write_json
 from entropi.host.ladder.rungs import list_rungs, load_rung
 from entropi.host.ladder.train import extract_features
 from entropi.host.run.config import load_config

@@ -52,11 +52,11 @@ from entropi.benchmarks.mcu_emulator import (  # noqa: E402
     build_host,
     numpy_batches,
 )
+from entropi.common.files import atomic_write_json  # noqa: E402
 from entropi.common.provenance import cpu_model, versions  # noqa: E402
 from entropi.device.blas import find_gemm  # noqa: E402
 from entropi.device.budget import UFUNC_BUFSIZE  # noqa: E402
 from entropi.device.config import TrainConfig  # noqa: E402
-from entropi.device.io import atomic_write_json  # noqa: E402
 from entropi.device.mcu_trainer import mcu_plan, write_mcu_trainer  # noqa: E402
 from entropi.device.trainer import StepLoop, train_head  # noqa: E402
 

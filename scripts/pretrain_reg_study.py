@@ -631,7 +631,7 @@ def build_result(args, argv, t0, grid, gamma, runs, planned) -> dict:
 
 
 def write_results(result: dict, stem: Path) -> None:
-    from entropi.device.io import atomic_write_json, atomic_write_text
+    from entropi.common.files import atomic_write_json, atomic_write_text
 
     atomic_write_json(stem.with_suffix(".json"), result)
     atomic_write_text(stem.with_suffix(".md"), render_md(result))
@@ -648,7 +648,7 @@ def main(argv=None) -> dict:
         return result
     import torch
 
-    from entropi.device.io import atomic_write_json
+    from entropi.common.files import atomic_write_json
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -18,8 +18,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from entropi.common.files import atomic_write_text
 from entropi.common.provenance import cpu_model
-from entropi.device.io import atomic_write_text
 
 __all__ = ["format_seconds", "render_results", "summarize"]
 

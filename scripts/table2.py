@@ -21,7 +21,7 @@ import torch
 
 from entropi.benchmarks.bench import collect_bench, conventions_lines, rows_markdown
 from entropi.benchmarks.paper_models import build_paper_model
-from entropi.device.io import atomic_write, atomic_write_json, atomic_write_text
+from entropi.common.files import atomic_write, atomic_write_json, atomic_write_text
 from entropi.host.analysis.flops import count_step_flops
 from entropi.host.analysis.memory import analytic_step
 from entropi.host.analysis.trace import trace_forward

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import pytest
 
+from entropi.common.errors import EntropiError
 from entropi.device import BundleError, ChecksumError, FormatVersionError
 from entropi.device.bundle import (
     CHECK,
@@ -30,7 +31,6 @@ from entropi.device.bundle import (
     sha256_file,
     write_bundle,
 )
-from entropi.device.errors import EntropiError
 from entropi.device.schema import SchemaViolation, check, json_path, load_schema
 
 onnx = pytest.importorskip("onnx")

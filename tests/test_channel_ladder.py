@@ -104,7 +104,7 @@ def test_select_for_tflm_fits_what_tflm_measures(channel_run, capsys):
     pytest.importorskip("litert_torch")
     import dataclasses
 
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
     from entropi.export.mcu import mcu_tflite_bytes
     from entropi.export.tflm import tflm_arena_bytes
     from entropi.host import cli

@@ -88,7 +88,7 @@ def test_an_error_line_is_one_write(monkeypatch):
     that records each write."""
     import io
 
-    from entropi.device.errors import say
+    from entropi.common.errors import say
 
     class Recorder(io.RawIOBase):
         def __init__(self):

@@ -14,8 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from entropi.common.lock import LOCK_NAME, LockError, lock_folder
 from entropi.device import ResumeError, TrainConfig, train_head
-from entropi.device.lock import LOCK_NAME, LockError, lock_folder
 
 HOLD = textwrap.dedent(
     """
@@ -41,7 +41,7 @@ def _holder(setup: str) -> subprocess.Popen:
 
 def test_a_second_process_is_refused_naming_the_holder(tmp_path):
     folder = tmp_path / "out"
-    p = _holder(f"from entropi.device.lock import lock_folder; l = lock_folder({str(folder)!r})")
+    p = _holder(f"from entropi.common.lock import lock_folder; l = lock_folder({str(folder)!r})")
     try:
         with pytest.raises(LockError, match=rf"folder {folder} is in use by pid {p.pid} on "):
             lock_folder(folder)
@@ -55,7 +55,7 @@ def test_a_second_process_is_refused_naming_the_holder(tmp_path):
 
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
     folder = tmp_path / "out"
-    p = _holder(f"from entropi.device.lock import lock_folder; l = lock_folder({str(folder)!r})")
+    p = _holder(f"from entropi.common.lock import lock_folder; l = lock_folder({str(folder)!r})")
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert json.loads((folder / LOCK_NAME).read_text())["pid"] == p.pid  # stale file is there
@@ -69,7 +69,7 @@ def test_the_lock_is_reentrant_in_one_process_and_cleans_up_what_it_made(tmp_pat
     b = lock_folder(folder)  # the study opens one ladder folder for many targets
     a.release()
     p = subprocess.run(
-        [sys.executable, "-c", f"from entropi.device.lock import lock_folder; "
+        [sys.executable, "-c", f"from entropi.common.lock import lock_folder; "
          f"lock_folder({str(folder)!r})"],
         capture_output=True, text=True,
     )  # fmt: skip
@@ -88,7 +88,7 @@ def test_a_run_folder_in_use_is_refused_before_anything_is_checked_or_written(tm
     from entropi.host.run.rundir import open_run
 
     folder = tmp_path / "run"
-    p = _holder(f"from entropi.device.lock import lock_folder; l = lock_folder({str(folder)!r})")
+    p = _holder(f"from entropi.common.lock import lock_folder; l = lock_folder({str(folder)!r})")
     try:
         cfg = tiny_config(tmp_path / "imgs")
         with pytest.raises(LockError, match="run folder .* is in use by pid"):
@@ -120,7 +120,7 @@ def bundle_and_data(tmp_path_factory):
 def test_two_device_trainings_into_one_head_folder(tmp_path, bundle_and_data):
     bundle, data = bundle_and_data
     out = tmp_path / "head"
-    p = _holder(f"from entropi.device.lock import lock_folder; l = lock_folder({str(out)!r})")
+    p = _holder(f"from entropi.common.lock import lock_folder; l = lock_folder({str(out)!r})")
     try:
         r = subprocess.run(
             [sys.executable, "-m", "entropi.device.cli", "train", "--bundle", str(bundle),

@@ -341,7 +341,7 @@ def test_check_inputs_rejects(features, labels, match):
 
 
 def test_errors_are_entropi_value_errors():
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
 
     assert issubclass(CriterionError, EntropiError) and issubclass(CriterionError, ValueError)
 

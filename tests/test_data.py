@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.host.data import (
     CIFAR,
     CIFAR10_CLASSES,

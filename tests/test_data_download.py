@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.host.data import (
     CIFAR,
     ChecksumError,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import entropi.host
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.host import cli
 from entropi.host.data import DownloadError, check_spec, load_spec
 from entropi.host.run import pipeline, rundata

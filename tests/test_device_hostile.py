@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from entropi.common.errors import EntropiError
 from entropi.device import DataError, ResumeError, TrainConfig, train_head
 from entropi.device._npz import load_npz, npy_member, read_npz_into, save_npz
 from entropi.device.data import load_images
-from entropi.device.errors import EntropiError, TrainConfigError
+from entropi.device.errors import TrainConfigError
 from entropi.device.head import Head, load_head, save_head
 from entropi.device.imageprep import MAX_IMAGE_PIXELS, Preprocess, read_image_file
 

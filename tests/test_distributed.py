@@ -168,7 +168,7 @@ def _sync_bn_on_cpu() -> None:
 
 def _worker(config_a: str, out_a: str, config_c: str, out_c: str) -> None:
     """Launch 1: ladders A and C, then the error paths of the collectives."""
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
     from entropi.host.run.config import ConfigError, load_config
     from entropi.host.run.pipeline import run_all
 

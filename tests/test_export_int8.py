@@ -19,7 +19,7 @@ import pytest
 import torch
 from synthetic import synthetic_encoder
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.export import ExportError, VerificationError, export_onnx, fold_batchnorm
 from entropi.export.quantize import (
     int8_feature_error,

@@ -16,7 +16,7 @@ import torch
 from synthetic import fake_rung_meta, synthetic_encoder
 from torch import nn
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.export import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,

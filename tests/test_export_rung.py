@@ -13,7 +13,7 @@ import pytest
 import torch
 from synthetic import kill_channels_, magnitude_prune_, randomize_batchnorm_
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.export import ExportError, VerificationError, read_metadata
 from entropi.export.rung import Rung, RungInfo, load_rung_file, save_rung
 from entropi.export.weights import prunable_parameters

@@ -199,7 +199,7 @@ def test_nhwc_wrapper_is_the_same_function(encoder):
 
 
 def test_mcu_export_replaces_only_its_own_folder(mcu_int8, encoder, tmp_path):
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
 
     user = tmp_path / "user"
     user.mkdir()

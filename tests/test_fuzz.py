@@ -182,7 +182,7 @@ PLANTED = {
 
 @pytest.mark.parametrize("name", sorted(PLANTED))
 def test_a_link_planted_in_a_run_folder_is_refused(tmp_path, name):
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
 
     cfg, run, outside = _planted(tmp_path, name)
     with pytest.raises(EntropiError, match="symbolic link"):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from entropi.common.errors import EntropiError
 from entropi.device.data import load_images
-from entropi.device.errors import EntropiError
 from entropi.device.imageprep import Preprocess
 from entropi.host.data import load_spec
 

@@ -16,20 +16,20 @@ import numpy as np
 import pytest
 from test_bundle_hostile import make_bundle, tiny_onnx
 
-from entropi.device import BundleError, DataError
-from entropi.device import encoder as encoder_mod
-from entropi.device._npz import npz_names
-from entropi.device._onnx import summarize_onnx
-from entropi.device.bundle import CHECK, MANIFEST, load_bundle, sha256_file, write_bundle
-from entropi.device.errors import EntropiError, LinkError, OverwriteError, one_line
-from entropi.device.io import (
+from entropi.common.errors import EntropiError, LinkError, OverwriteError, one_line
+from entropi.common.files import (
     atomic_dir,
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
     ensure_real_dir,
 )
-from entropi.device.lock import LockError, lock_folder
+from entropi.common.lock import LockError, lock_folder
+from entropi.device import BundleError, DataError
+from entropi.device import encoder as encoder_mod
+from entropi.device._npz import npz_names
+from entropi.device._onnx import summarize_onnx
+from entropi.device.bundle import CHECK, MANIFEST, load_bundle, sha256_file, write_bundle
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

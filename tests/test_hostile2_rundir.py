@@ -77,7 +77,7 @@ def _smallnet_with_nan():
 def test_a_nan_weight_makes_training_fail_with_an_entropi_error():
     import torch
 
-    from entropi.device.errors import EntropiError
+    from entropi.common.errors import EntropiError
     from entropi.host.ladder.train import TrainingDivergedError, train
     from entropi.host.run.config import PretrainConfig
 

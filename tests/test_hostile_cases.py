@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from test_concurrency import _holder
 
-from entropi.device.lock import LOCK_NAME
+from entropi.common.lock import LOCK_NAME
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ RACE = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from test_pipeline import tiny_config
-    from entropi.device.lock import LockError
+    from entropi.common.lock import LockError
     from entropi.host.run.rundir import open_run
     go = Path({go!r})
     cfg = tiny_config({root!r})

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from entropi.benchmarks.mcu_emulator import HostTrainer, McuBuildError, build_host, numpy_batches
+from entropi.common.errors import OverwriteError
 from entropi.device.config import TrainConfig
-from entropi.device.errors import BudgetError, DataError, OverwriteError, TrainConfigError
+from entropi.device.errors import BudgetError, DataError, TrainConfigError
 from entropi.device.mcu_trainer import (
     EXP_MAX_REL_ERROR,
     PLAN_FILE,

@@ -285,7 +285,7 @@ def plot_cka(result: dict, path, *, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from entropi.device.io import atomic_write
+    from entropi.common.files import atomic_write
 
     kernels = list(result["cka"])
     la, lb = result["layers_a"], result["layers_b"]

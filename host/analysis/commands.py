@@ -68,8 +68,8 @@ def run_finetune(
     """Fine-tune rung ``rung`` of ``run`` on its target (or ``target``) in every mode x seed;
     write ``finetune.json``, ``finetune.md`` and (``save_models``) ``models/MODE-sSEED/model.pt``
     into ``out_dir``. Returns the ``finetune.json`` content."""
-    from entropi.device.io import atomic_write_json, atomic_write_text
-    from entropi.device.lock import lock_folder
+    from entropi.common.files import atomic_write_json, atomic_write_text
+    from entropi.common.lock import lock_folder
     from entropi.host.analysis.finetune import (
         FinetuneConfig,
         finetune_rung,
@@ -195,8 +195,8 @@ def run_cka(
     """Layer-by-layer minibatch CKA of models ``a`` and ``b`` (``RUNDIR[:RUNG]`` or a fine-tuned
     model folder) on the target images of ``split`` (the first ``images``; 0 = all); writes
     ``cka.json`` and ``cka.png`` into ``out_dir``."""
-    from entropi.device.io import atomic_write_json
-    from entropi.device.lock import lock_folder
+    from entropi.common.files import atomic_write_json
+    from entropi.common.lock import lock_folder
     from entropi.host.analysis.cka import compare_models, diagonal, plot_cka
     from entropi.host.analysis.finetune import FinetuneError, load_model_spec, load_run_target
     from entropi.host.run.torch_device import pick_device

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from entropi.device.io import atomic_write_bytes
+from entropi.common.files import atomic_write_bytes
 
 from ..data import iterate_batches, normalize
 from ..errors import ConfigError

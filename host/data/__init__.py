@@ -19,7 +19,7 @@ name in the registry :data:`DATASETS` (:func:`dataset_names`; the held-out split
 Slow sources are decoded once into a uint8 cache (``$ENTROPI_CACHE`` or ``./.cache/entropi``).
 Training then moves the arrays to the device (:func:`to_device`) and iterates augmented,
 normalized batches there (:class:`TensorLoader` / :func:`iterate_batches`). Every error raised on
-bad data is an :class:`~entropi.device.errors.EntropiError` (:class:`DataError`,
+bad data is an :class:`~entropi.common.errors.EntropiError` (:class:`DataError`,
 :class:`DatasetNotFoundError`, :class:`ChecksumError`, :class:`UnsafeArchiveError`,
 :class:`DownloadError`), so the CLI prints it as one line.
 

@@ -14,7 +14,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from entropi.device.errors import EntropiError, one_line
+from entropi.common.errors import EntropiError, one_line
 
 from .base import ChecksumError, DataError, UnsafeArchiveError, progress_bar
 

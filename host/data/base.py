@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from entropi.device.errors import EntropiError
-from entropi.device.io import atomic_write
+from entropi.common.errors import EntropiError
+from entropi.common.files import atomic_write
 
 __all__ = [
     "DataError",

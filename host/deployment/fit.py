@@ -53,8 +53,9 @@ from typing import Any
 
 import numpy as np
 
+from entropi.common.errors import EntropiError
 from entropi.device.budget import format_size, parse_size
-from entropi.device.errors import BudgetError, EntropiError, TrainConfigError
+from entropi.device.errors import BudgetError, TrainConfigError
 
 from ..run.rundir import RunDir
 from .runtimes import MCU_FORM, RUNTIMES

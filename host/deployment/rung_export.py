@@ -504,7 +504,7 @@ def mcu_package(
     static buffers, from its plan). A budget the trainer cannot fit raises the planner's
     ``BudgetError`` before anything is written."""
 
-    from entropi.device.io import check_replaceable, ensure_real_dir
+    from entropi.common.files import check_replaceable, ensure_real_dir
     from entropi.device.mcu_trainer import mcu_plan, not_a_trainer_folder, write_mcu_trainer
     from entropi.export import images_to_inputs
     from entropi.export.mcu import mcu_export, mcu_module, not_an_mcu_folder

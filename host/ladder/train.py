@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 
 from ..data import iterate_batches
 from ..run import distributed

@@ -55,7 +55,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 
-from entropi.device.errors import EntropiError, one_line
+from entropi.common.errors import EntropiError, one_line
 
 from .config import ConfigError
 from .rundir import RunDir

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from entropi.device.io import atomic_write_bytes
+from entropi.common.files import atomic_write_bytes
 
 __all__ = ["plot_entropy_vs_alpha", "pyplot", "write_png"]
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from entropi.common.files import atomic_write_bytes
 from entropi.device.imageprep import Preprocess
-from entropi.device.io import atomic_write_bytes
 
 from ..data import channel_stats, check_spec, load_spec, spec_test_split, stratified_subset
 from .config import RunConfig

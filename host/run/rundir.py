@@ -21,7 +21,7 @@ Layout::
 
 Everything is written atomically (temp file + rename), so an interrupted run never leaves a
 half-written artifact, and never through a symbolic link entropi did not create (a folder written
-into must be a real folder, :func:`~entropi.device.io.ensure_real_dir`). A run folder may still
+into must be a real folder, :func:`~entropi.common.files.ensure_real_dir`). A run folder may still
 come from elsewhere, so everything is read through checked readers: :meth:`RunDir.read_json`
 (valid JSON of the expected type), :meth:`RunDir.read_array` (a numeric ``.npy`` of the expected
 shape, its header checked before any data is read), :meth:`RunDir.read_score` (a score file's
@@ -42,16 +42,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entropi.common.provenance import package_version
-from entropi.device.errors import DataError, EntropiError, say
-from entropi.device.io import (
+from entropi.common.errors import EntropiError, say
+from entropi.common.files import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     default_mode,
     ensure_real_dir,
 )
-from entropi.device.lock import lock_folder
+from entropi.common.lock import lock_folder
+from entropi.common.provenance import package_version
+from entropi.device.errors import DataError
 from entropi.export.rung import CheckpointError
 
 __all__ = [
@@ -75,7 +76,7 @@ class RunDir:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.lock = None
-        """The folder's :class:`~entropi.device.lock.FolderLock` once :func:`open_run` holds it."""
+        """The folder's :class:`~entropi.common.lock.FolderLock` once :func:`open_run` holds it."""
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"
@@ -225,7 +226,7 @@ class RunDir:
     # --- reads and writes --------------------------------------------------------------------
     def folder(self, path: Path) -> Path:
         """Make (or accept) the folder ``path`` of the run; a symbolic link there, which
-        entropi did not create, is refused (:func:`~entropi.device.io.ensure_real_dir`)."""
+        entropi did not create, is refused (:func:`~entropi.common.files.ensure_real_dir`)."""
         ensure_real_dir(self.root)
         return ensure_real_dir(path)
 
@@ -328,7 +329,7 @@ def _remake(path: Path) -> str:
 
 
 def _link_error(path: Path, what: str = "real files of a run folder") -> EntropiError:
-    from entropi.device.errors import LinkError
+    from entropi.common.errors import LinkError
 
     return LinkError(
         f"{path} is a symbolic link; entropi writes only {what}, never through a link it did "

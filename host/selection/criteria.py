@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 from entropi.host.selection.entropy import DEFAULT_LEVELS, FeatureError, check_levels, state_entropy
 
 __all__ = [

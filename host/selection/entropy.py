@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from entropi.device.errors import EntropiError
+from entropi.common.errors import EntropiError
 
 __all__ = [
     "DEFAULT_LEVELS",

@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 
-from entropi.device.io import atomic_write_json, atomic_write_text
-from entropi.device.lock import lock_folder
+from entropi.common.files import atomic_write_json, atomic_write_text
+from entropi.common.lock import lock_folder
 
 from ..errors import ConfigError
 from ..run import distributed
