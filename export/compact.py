@@ -44,6 +44,7 @@ __all__ = [
     "InputShapeCheck",
     "InputShapeError",
     "compact_encoder",
+    "same_graph",
 ]
 
 # A reader's contribution from removed fixed channels counts as uniform over positions when its
@@ -305,3 +306,59 @@ def _insert_input_check(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> Non
         check = gm.graph.call_module("input_check", (placeholder,))
     placeholder.replace_all_uses_with(check, delete_user_cb=lambda user: user is not check)
     gm.recompile()
+
+
+def same_graph(a: fx.GraphModule, b: fx.GraphModule) -> bool:
+    """Whether ``a`` and ``b`` are the same graph over the same weights, the compact form's
+    input check (an identity under ``torch.export``, so no op of any file) aside: the same
+    nodes in the same order (names, ops, targets, arguments), the same module (type, settings,
+    mode) behind every ``call_module``, the same parameters and buffers (names, dtypes, values)
+    and ``get_attr`` values. A compaction that removed nothing gives such a pair: the exporter
+    then converts and quantizes the module once for every form."""
+    if _node_signature(a) != _node_signature(b):
+        return False
+    tensors_a = [*a.named_parameters(), *a.named_buffers()]
+    tensors_b = [*b.named_parameters(), *b.named_buffers()]
+    if [n for n, _ in tensors_a] != [n for n, _ in tensors_b]:
+        return False
+    attrs = [(a, b, n.target) for n in a.graph.nodes if n.op == "get_attr"]
+    pairs = [(x, y) for (_, x), (_, y) in zip(tensors_a, tensors_b, strict=True)]
+    pairs += [(_attr(x, t), _attr(y, t)) for x, y, t in attrs]
+    return all(_same_value(x, y) for x, y in pairs)
+
+
+def _node_signature(gm: fx.GraphModule) -> list[tuple]:
+    """Every node but the input check as ``(op, name, target, args, kwargs)``, node arguments
+    by name (an input check's output by its input's), a module target with its type, its
+    ``repr`` (settings and children) and its mode."""
+    alias: dict[fx.Node, fx.Node] = {}
+    out = []
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if isinstance(module, InputShapeCheck):
+                alias[node] = alias.get(node.args[0], node.args[0])
+                continue
+            target = (node.target, type(module), repr(module), module.training)
+        args = fx.node.map_arg((node.args, node.kwargs), lambda n: ("node", alias.get(n, n).name))
+        out.append((node.op, node.name, target, repr(args)))
+    return out
+
+
+def _attr(gm: nn.Module, target: str):
+    for part in target.split("."):
+        gm = getattr(gm, part)
+    return gm
+
+
+def _same_value(x, y) -> bool:
+    if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+        return (
+            isinstance(x, torch.Tensor)
+            and isinstance(y, torch.Tensor)
+            and x.dtype == y.dtype
+            and x.shape == y.shape
+            and bool(torch.equal(x, y))
+        )
+    return type(x) is type(y) and x == y

@@ -26,6 +26,12 @@ the float PyTorch encoder: max relative error and mean cosine of the features
 (:func:`~entropi.export.quantize.int8_feature_error`); below ``min_cosine``, or with a pruned
 weight that is not an exact int8 zero, the export fails.
 
+Each format converts each distinct graph once (and, for int8, calibrates and quantizes it once):
+the compact forms share the compact module, and a compaction that removed nothing
+(:func:`~entropi.export.compact.same_graph`) is the folded graph, shared by every form; a form
+then only stores the file its way (sparse or dense weights, its own metadata), and every file is
+verified on its own.
+
 All files are written to a temporary directory next to ``OUT`` (``.OUT.<pid>.<random>.tmp``) and
 moved into place only after every file has passed verification, so a failed export leaves no
 model behind. A process killed mid-export leaves its temporary directory; the next export into
@@ -51,12 +57,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from entropi.common.files import default_mode
-from entropi.common.lock import LOCK_NAME
 from entropi.common.provenance import package_version
+from entropi.device.io import default_mode
+from entropi.device.lock import LOCK_NAME
 
 from ._errors import ExportError, VerificationError
-from .compact import compact_encoder
+from .compact import compact_encoder, same_graph
 from .fold import fold_batchnorm
 from .formats import (
     ENCODER_FORMS,
@@ -296,7 +302,12 @@ def export_encoder(
             torch_features(small, inputs), reference, **tol, what="compact encoder (PyTorch)"
         )
         compact_info = {**report.as_dict(), "torch_max_abs_diff": compact_diff.max_abs_diff}
-    variants = [(form, small if form.compact else folded) for form in wanted]
+    # one conversion (and one int8 calibration) per format and distinct graph: the compact
+    # forms share the compact module, and a compaction that removed nothing is the folded graph
+    graph = {False: 0, True: 0 if small is folded or same_graph(small, folded) else 1}
+    variants = [(form, small if form.compact else folded, graph[form.compact]) for form in wanted]
+    converted: dict[tuple[str, int], bytes] = {}
+    quantized: dict[tuple[str, int], tuple[bytes, dict[str, Any]]] = {}
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out_dir)
@@ -308,11 +319,15 @@ def export_encoder(
     os.chmod(tmp, default_mode(directory=True))
     try:
         files: dict[str, Any] = {}
-        for form, module in variants:
+        for form, module, key in variants:
             metadata = {**provenance, "form": form.name}
             for fmt in chosen:
                 path = tmp / fmt.filename(form.stem)
-                data, sparse = fmt.write(module, example, sparse=form.sparse, metadata=metadata)
+                if (fmt.name, key) not in converted:
+                    converted[fmt.name, key] = fmt.convert(module, example)
+                data, sparse = fmt.store(
+                    converted[fmt.name, key], sparse=form.sparse, metadata=metadata
+                )
                 path.write_bytes(data)
                 file_tol = {
                     "atol": fmt.atol if atol is None else atol,
@@ -339,13 +354,13 @@ def export_encoder(
                 if quantize == "none":
                     continue
                 qpath = tmp / fmt.filename(form.stem, quantize)
-                qdata, qsparse, io = fmt.quantize(
-                    module,
-                    data,
-                    calibration,
-                    input_shape=provenance["input_shape"],
-                    sparse=form.sparse,
-                    metadata={**metadata, "dtype": quantize},
+                if (fmt.name, key) not in quantized:
+                    quantized[fmt.name, key] = fmt.quantize(
+                        module, data, calibration, input_shape=provenance["input_shape"]
+                    )
+                qdense, io = quantized[fmt.name, key]
+                qdata, qsparse = fmt.store_quantized(
+                    qdense, sparse=form.sparse, metadata={**metadata, "dtype": quantize}
                 )
                 qpath.write_bytes(qdata)
                 files[qpath.name] = _check_int8(

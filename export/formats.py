@@ -2,19 +2,24 @@
 
 An :class:`ExportFormat` knows how to
 
-- ``write(module, example, *, sparse, metadata) -> (bytes, SparseStats)``: serialize one module
-  (the BN-folded or the compact encoder) traced at ``example`` (``1 x C x H x W``), pruned
-  weights stored sparse when ``sparse``, the provenance dict ``metadata`` stored inside the file;
+- ``convert(module, example) -> bytes``: the format's file of one module (the BN-folded or the
+  compact encoder) traced at ``example`` (``1 x C x H x W``), weights dense, no metadata: the
+  expensive step, done once per distinct graph;
+- ``store(data, *, sparse, metadata) -> (bytes, SparseStats)``: that file as one encoder form
+  stores it: pruned weights stored sparse when ``sparse``, the provenance dict ``metadata``
+  stored inside the file (``write`` = ``store`` of ``convert``);
 - ``run(path, inputs) -> np.ndarray``: run such a file in its stock runtime on a float32 NCHW
   batch (the verifier);
 - ``requires()``: raise :class:`~entropi.export.MissingDependencyError` naming the extra to
   install when its writer or runtime is missing (called before any work);
 
-- ``quantize(module, float_bytes, calibration, *, input_shape, sparse, metadata) -> (bytes,
-  SparseStats, io)``: the int8 form of the same module (:mod:`.quantize`), calibrated on float32
-  NCHW ``calibration`` inputs, int8 weights stored sparse when ``sparse`` (``io``: the file's
-  input / output ``{"dtype", "shape", "scale", "zero_point"}``), and ``run_quantized`` its
-  runner (float32 NCHW in, dequantized float32 features out);
+- ``quantize(module, float_bytes, calibration, *, input_shape) -> (bytes, io)``: the int8 file
+  of the same module (:mod:`.quantize`), calibrated on float32 NCHW ``calibration`` inputs,
+  weights dense (``float_bytes``: one of the module's float files, for a format that quantizes
+  the file rather than the module; ``io``: the file's input / output ``{"dtype", "shape",
+  "scale", "zero_point"}``), once per distinct graph; ``store_quantized(data, *, sparse,
+  metadata) -> (bytes, SparseStats)`` its storage as a form, and ``run_quantized`` its runner
+  (float32 NCHW in, dequantized float32 features out);
 
 and the tolerance ``atol + rtol * max|ref|`` its verification uses. :data:`FORMATS` holds them by
 name, in the order files are written; config validation, the CLI's ``--format`` choices and the
@@ -42,7 +47,7 @@ import torch
 from torch import nn
 
 from ._errors import ExportError, require
-from .onnx_export import ONNX_OPSET, export_onnx
+from .onnx_export import ONNX_OPSET, onnx_file, onnx_graph
 from .quantize import (
     onnx_qdq_bytes,
     run_onnx_qdq,
@@ -69,12 +74,14 @@ __all__ = [
 QUANTIZE: tuple[str, ...] = ("none", "int8")
 """What ``quantize`` may be: ``none`` (float32 files only) or ``int8`` (also full-integer files)."""
 
-Writer = Callable[..., tuple[bytes, SparseStats]]
-"""``write(module, example, *, sparse, metadata) -> (file bytes, what was stored sparse)``."""
+Converter = Callable[[nn.Module, torch.Tensor], bytes]
+"""``convert(module, example) -> the file, weights dense, no metadata``."""
+Storer = Callable[..., tuple[bytes, SparseStats]]
+"""``store(data, *, sparse, metadata) -> (file bytes, what was stored sparse)``."""
 Runner = Callable[[ModelSource, np.ndarray], np.ndarray]
 """``run(path or bytes, float32 NCHW inputs) -> N x feature_dim outputs``."""
-Quantizer = Callable[..., tuple[bytes, SparseStats, dict[str, Any]]]
-"""``quantize(module, float_bytes, calibration, *, input_shape, sparse, metadata)``."""
+Quantizer = Callable[..., tuple[bytes, dict[str, Any]]]
+"""``quantize(module, float_bytes, calibration, *, input_shape) -> (int8 file, io)``."""
 
 
 @dataclass(frozen=True)
@@ -87,15 +94,23 @@ class ExportFormat:
     """File suffix, dot included (``encoder`` + suffix is the file name)."""
     label: str
     """Human-readable name, in messages."""
-    write: Writer
+    convert: Converter
+    store: Storer
     run: Runner
     runtime: str
     """Distribution name of the runtime that ``run`` uses (its version goes into export.json)."""
     requires: Callable[[], None]
     quantize: Quantizer
+    store_quantized: Storer
     run_quantized: Runner
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+
+    def write(
+        self, module: nn.Module, example: torch.Tensor, *, sparse: bool, metadata: dict[str, Any]
+    ) -> tuple[bytes, SparseStats]:
+        """One file of ``module``: ``store`` of ``convert`` (file bytes, what was stored sparse)."""
+        return self.store(self.convert(module, example), sparse=sparse, metadata=metadata)
 
     def filename(self, stem: str, dtype: str = "float32") -> str:
         """``stem`` + suffix; an int8 file is ``<stem>_int8<suffix>``."""
@@ -110,11 +125,11 @@ class ExportFormat:
         return f"{self.runtime} {version}"
 
 
-def _write_onnx(
-    module: nn.Module, example: torch.Tensor, *, sparse: bool, metadata: dict[str, Any]
+def _store_onnx(
+    data: bytes, *, sparse: bool, metadata: dict[str, Any]
 ) -> tuple[bytes, SparseStats]:
-    """The dynamo exporter; ``metadata`` as ``metadata_props`` (:func:`_onnx_props`)."""
-    return export_onnx(module, example, sparse=sparse, metadata=_onnx_props(metadata))
+    """``metadata`` as ``metadata_props`` (:func:`_onnx_props`), pruned weights sparse."""
+    return onnx_file(data, sparse=sparse, metadata=_onnx_props(metadata))
 
 
 def _onnx_props(metadata: dict[str, Any]) -> dict[str, str]:
@@ -132,49 +147,45 @@ def _onnx_requires() -> None:
     require("onnxruntime", "export", "verifying the ONNX export")
 
 
-def _write_tflite(
-    module: nn.Module, example: torch.Tensor, *, sparse: bool, metadata: dict[str, Any]
+def _store_tflite(
+    data: bytes, *, sparse: bool, metadata: dict[str, Any]
 ) -> tuple[bytes, SparseStats]:
-    """litert-torch conversion, then TFLite sparse storage; ``metadata`` as one JSON entry."""
-    return sparsify_tflite(convert_tflite(module, example), sparse=sparse, metadata=metadata)
+    """TFLite sparse storage (float32 or int8 weights); ``metadata`` as one JSON entry."""
+    return sparsify_tflite(data, sparse=sparse, metadata=metadata)
 
 
 def _quantize_onnx(
-    module: nn.Module,
-    float_bytes: bytes,
-    calibration: np.ndarray,
-    *,
-    input_shape,
-    sparse: bool,
-    metadata: dict[str, Any],
-) -> tuple[bytes, SparseStats, dict[str, Any]]:
-    """onnxruntime's QDQ quantization of the float file (same graph), int8 weights sparse below
-    the density where ONNX's int64 indices pay; ``metadata`` replaces the float metadata."""
-    onnx = require("onnx", "export", "int8 ONNX export")
+    module: nn.Module, float_bytes: bytes, calibration: np.ndarray, *, input_shape
+) -> tuple[bytes, dict[str, Any]]:
+    """onnxruntime's QDQ quantization of the float file (same graph; its storage and metadata
+    do not change the result: sparse initializers are densified first, and the metadata is
+    replaced by :func:`_store_onnx_int8`)."""
     data, info = onnx_qdq_bytes(float_bytes, calibration)
+    return data, {"input": info["input"], "output": info["output"]}
+
+
+def _store_onnx_int8(
+    data: bytes, *, sparse: bool, metadata: dict[str, Any]
+) -> tuple[bytes, SparseStats]:
+    """``metadata`` replaces the QDQ file's; int8 weights sparse below the density where
+    ONNX's int64 indices pay."""
+    onnx = require("onnx", "export", "int8 ONNX export")
     model = onnx.load_from_string(data)
     del model.metadata_props[:]
     for key, value in _onnx_props(metadata).items():
         model.metadata_props.add(key=key, value=value)
     data = model.SerializeToString()
     if sparse:
-        return (*sparsify_onnx_int8(data), {"input": info["input"], "output": info["output"]})
-    return data, SparseStats(0, 0, 0), {"input": info["input"], "output": info["output"]}
+        return sparsify_onnx_int8(data)
+    return data, SparseStats(0, 0, 0)
 
 
 def _quantize_tflite(
-    module: nn.Module,
-    float_bytes: bytes,
-    calibration: np.ndarray,
-    *,
-    input_shape,
-    sparse: bool,
-    metadata: dict[str, Any],
-) -> tuple[bytes, SparseStats, dict[str, Any]]:
-    """litert-torch's PT2E full-integer conversion of ``module``, then int8 sparse storage."""
+    module: nn.Module, float_bytes: bytes, calibration: np.ndarray, *, input_shape
+) -> tuple[bytes, dict[str, Any]]:
+    """litert-torch's PT2E full-integer conversion of ``module`` (the float file is not read)."""
     data, info = tflite_int8_bytes(module, calibration, input_shape=input_shape)
-    data, stats = sparsify_tflite(data, sparse=sparse, metadata=metadata)
-    return data, stats, {"input": info["input"], "output": info["output"]}
+    return data, {"input": info["input"], "output": info["output"]}
 
 
 def _tflite_requires() -> None:
@@ -189,22 +200,26 @@ FORMATS: dict[str, ExportFormat] = {
             name="onnx",
             suffix=".onnx",
             label="ONNX",
-            write=_write_onnx,
+            convert=onnx_graph,
+            store=_store_onnx,
             run=run_onnx,
             runtime="onnxruntime",
             requires=_onnx_requires,
             quantize=_quantize_onnx,
+            store_quantized=_store_onnx_int8,
             run_quantized=run_onnx_qdq,
         ),
         ExportFormat(
             name="tflite",
             suffix=".tflite",
             label="TFLite",
-            write=_write_tflite,
+            convert=convert_tflite,
+            store=_store_tflite,
             run=run_tflite,
             runtime="ai-edge-litert",
             requires=_tflite_requires,
             quantize=_quantize_tflite,
+            store_quantized=_store_tflite,
             run_quantized=run_tflite_int8,
         ),
     )

@@ -19,7 +19,7 @@ from torch import nn
 from ._errors import require
 from .weights import SparseStats
 
-__all__ = ["ONNX_OPSET", "export_onnx", "sparsify_onnx"]
+__all__ = ["ONNX_OPSET", "export_onnx", "onnx_file", "onnx_graph", "sparsify_onnx"]
 
 ONNX_OPSET = 18
 INPUT_NAME = "input"
@@ -71,9 +71,17 @@ def export_onnx(
     """Export ``module`` (eval mode, batch dimension dynamic) to serialized ONNX bytes.
 
     ``metadata`` goes into ``metadata_props``; with ``sparse`` the pruned weights are moved to
-    ``sparse_initializer``. Returns the bytes and what was stored sparse.
+    ``sparse_initializer``. Returns the bytes and what was stored sparse. The same as
+    :func:`onnx_file` of :func:`onnx_graph`: an exporter that writes one module in several
+    storages traces it once.
     """
-    onnx = require("onnx", "export", "ONNX export")
+    return onnx_file(onnx_graph(module, example, opset=opset), sparse=sparse, metadata=metadata)
+
+
+def onnx_graph(module: nn.Module, example: torch.Tensor, *, opset: int = ONNX_OPSET) -> bytes:
+    """The dynamo exporter's ONNX model of ``module`` (eval mode, batch dimension dynamic),
+    debug annotations stripped, weights dense, no metadata: what :func:`onnx_file` stores."""
+    require("onnx", "export", "ONNX export")
     require("onnxscript", "export", "ONNX export (the torch dynamo exporter)")
     module.eval()
     with warnings.catch_warnings(), _quiet("torch.onnx"):
@@ -91,6 +99,14 @@ def export_onnx(
         )
     model = program.model_proto
     _strip_debug_info(model)
+    return model.SerializeToString()
+
+
+def onnx_file(graph: bytes, *, sparse: bool, metadata: dict[str, str]) -> tuple[bytes, SparseStats]:
+    """The ONNX file of ``graph`` (:func:`onnx_graph`'s bytes): pruned weights moved to
+    ``sparse_initializer`` when ``sparse``, ``metadata`` as ``metadata_props``, checked."""
+    onnx = require("onnx", "export", "ONNX export")
+    model = onnx.load_from_string(graph)
     stats = sparsify_onnx(model) if sparse else SparseStats(0, 0, 0)
     del model.metadata_props[:]
     for key, value in metadata.items():
