@@ -57,9 +57,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from entropi.common.files import default_mode
+from entropi.common.lock import LOCK_NAME
 from entropi.common.provenance import package_version
-from entropi.device.io import default_mode
-from entropi.device.lock import LOCK_NAME
 
 from ._errors import ExportError, VerificationError
 from .compact import compact_encoder, same_graph
