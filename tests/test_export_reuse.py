@@ -1,5 +1,5 @@
 """The exporter does each expensive step once: one conversion and one int8 quantization per
-format and distinct graph (entropi.export.compact.same_graph).
+format and distinct graph (entropi.export.compact.same_graph), one thread for calibration.
 
 References: the files a form's export writes alone (its own conversion and quantization), byte
 for byte, against the same form's files from an export of every form (shared ones).
@@ -17,6 +17,7 @@ from synthetic import fake_rung_meta, synthetic_encoder
 from entropi.export import compact_encoder, export_encoder, fold_batchnorm
 from entropi.export.compact import same_graph
 from entropi.export.formats import FORMATS
+from entropi.export.quantize import one_thread
 
 pytest.importorskip("onnxruntime")
 
@@ -108,3 +109,13 @@ def test_dead_channels_make_two_graphs(monkeypatch, tmp_path):
     files = result["files"]
     assert files["encoder_compact.onnx"]["params"] == files["encoder_compact_dense.onnx"]["params"]
     assert files["encoder_compact.onnx"]["params"] < files["encoder.onnx"]["params"]
+
+
+def test_one_thread_restores_the_thread_count():
+    before = torch.get_num_threads()
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), one_thread():
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
