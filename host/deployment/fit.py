@@ -247,6 +247,61 @@ class _Int8Inputs:
         return self.error is None
 
 
+def _runtime_forms(run: RunDir, runtime: str, forms: Sequence[str]) -> Sequence[str]:
+    """The forms a runtime can run: ``forms`` for litert, the MCU form alone (logged) for tflm."""
+    if runtime not in RUNTIMES:
+        raise DeployError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
+    if runtime == "tflm":
+        forms = (MCU_FORM,)
+        run.log(
+            "select: deploy: runtime tflm: the MCU form only (dead channels removed, dense "
+            "weights, NHWC input); TFLite Micro has no DENSIFY kernel, so the sparse forms "
+            "cannot run there"
+        )
+    return forms
+
+
+def _checked_dtypes_forms(
+    dtypes: Sequence[str] | None, forms: Sequence[str]
+) -> tuple[tuple[str, ...], Sequence[str]]:
+    """``dtypes`` (default :data:`DTYPES`) and ``forms``, refused when empty or unknown."""
+    dtypes = tuple(DTYPES if dtypes is None else dtypes)
+    bad = [d for d in dtypes if d not in DTYPES]
+    if bad or not dtypes:
+        raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: {list(DTYPES)}")
+    bad = [f for f in forms if f not in (*FORMS, MCU_FORM)]
+    if bad or not forms:
+        raise DeployError(f"unknown form(s) {bad or list(forms)}; valid: {list(FORMS)}")
+    return dtypes, forms
+
+
+def _cached_rows(run: RunDir, cache_path) -> dict[str, dict]:
+    """The measured rows of RUNDIR/deploy/table.json by key; none if damaged or of another
+    :data:`DEPLOY_VERSION`."""
+    try:
+        cache = run.read_json(cache_path, {}) or {}
+    except ValueError:  # a damaged cache is rebuilt
+        cache = {}
+    return cache.get("rows", {}) if cache.get("version") == DEPLOY_VERSION else {}
+
+
+def _target_class_count(run: RunDir) -> int | None:
+    """The number of the run's target classes, None when it has not recorded them."""
+    names = run.read_json(run.target_classes)
+    return len(names) if names else None
+
+
+def _below_min_cosine(measured: dict, min_cosine: float) -> str | None:
+    """Why an int8 row is left out (its features too far from float32's), or None."""
+    cos = measured.get("int8_mean_cos")
+    if cos is not None and not cos >= min_cosine:
+        return (
+            f"int8 features' mean cosine {cos:.4f} < [export] "
+            f"min_cosine {min_cosine}, so `entropi export` would refuse the file"
+        )
+    return None
+
+
 def deployment_table(
     cfg,
     run: RunDir,
@@ -265,36 +320,15 @@ def deployment_table(
     ``runtime="tflm"``: the rows are the MCU form's (:data:`MCU_FORM`) with TFLite Micro's
     measured arena (``forms`` is ignored). Rows left out (module docstring) are logged with
     their reason."""
-    if runtime not in RUNTIMES:
-        raise DeployError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
-    if runtime == "tflm":
-        forms = (MCU_FORM,)
-        run.log(
-            "select: deploy: runtime tflm: the MCU form only (dead channels removed, dense "
-            "weights, NHWC input); TFLite Micro has no DENSIFY kernel, so the sparse forms "
-            "cannot run there"
-        )
+    forms = _runtime_forms(run, runtime, forms)
     from ..ladder.rungs import load_rung
     from ..run.progress import progress
     from .rung_export import rung_hash
 
-    dtypes = tuple(DTYPES if dtypes is None else dtypes)
-    bad = [d for d in dtypes if d not in DTYPES]
-    if bad or not dtypes:
-        raise DeployError(f"unknown dtype(s) {bad or list(dtypes)}; valid: {list(DTYPES)}")
-    bad = [f for f in forms if f not in (*FORMS, MCU_FORM)]
-    if bad or not forms:
-        raise DeployError(f"unknown form(s) {bad or list(forms)}; valid: {list(FORMS)}")
+    dtypes, forms = _checked_dtypes_forms(dtypes, forms)
     cache_path = run.root / "deploy" / "table.json"
-    try:
-        cache = run.read_json(cache_path, {}) or {}
-    except ValueError:  # a damaged cache is rebuilt
-        cache = {}
-    rows_cache = cache.get("rows", {}) if cache.get("version") == DEPLOY_VERSION else {}
-    classes = num_classes
-    if classes is None:
-        names = run.read_json(run.target_classes)
-        classes = len(names) if names else None
+    rows_cache = _cached_rows(run, cache_path)
+    classes = num_classes if num_classes is not None else _target_class_count(run)
     n_rungs = len(run.rung_files())
     if n_rungs == 0:
         raise DeployError(f"{run.root} has no rungs; run `entropi run` or `entropi prune` first")
@@ -333,12 +367,9 @@ def deployment_table(
                     continue
                 rows_cache[key] = measured
                 fresh += 1
-            cos = measured.get("int8_mean_cos")
-            if cos is not None and not cos >= e.min_cosine:
-                left_out.append(
-                    (i, form, dtype, f"int8 features' mean cosine {cos:.4f} < [export] "
-                     f"min_cosine {e.min_cosine}, so `entropi export` would refuse the file")
-                )  # fmt: skip
+            why = _below_min_cosine(measured, e.min_cosine)
+            if why:
+                left_out.append((i, form, dtype, why))
                 continue
             rows.append(_table_row(cfg, run, i, form, dtype, measured, classes, head_plans))
     finally:
@@ -361,12 +392,7 @@ def _litert_row(built, modules, quantized, encoder, info, form, dtype, int8_inpu
         int8 = _int8_file(quantized, module, info, form, int8_inputs.calibration)
         extra["int8_mean_cos"] = _int8_cos(data, int8, info, int8_inputs.verify)
         data = int8
-    return {
-        **_measure(data),
-        **extra,
-        "feature_dim": int(info.feature_dim or encoder.feature_dim),
-        "alpha": float(info.alpha),
-    }
+    return _measured_row(data, "litert", extra, encoder, info)
 
 
 def _mcu_row(modules, quantized, encoder, info, dtype, int8_inputs) -> dict:
@@ -377,8 +403,14 @@ def _mcu_row(modules, quantized, encoder, info, dtype, int8_inputs) -> dict:
         int8 = _mcu_file(modules, quantized, encoder, info, "int8", int8_inputs.calibration)
         extra["int8_mean_cos"] = _mcu_int8_cos(data, int8, info, int8_inputs.verify)
         data = int8
+    return _measured_row(data, "tflm", extra, encoder, info)
+
+
+def _measured_row(data: bytes, runtime: str, extra: dict, encoder, info) -> dict:
+    """A row before the head: the file's measures in ``runtime`` (:func:`_measure`), ``extra``
+    (the int8 cosine), the rung's feature dimension and alpha."""
     return {
-        **_measure(data, "tflm"),
+        **_measure(data, runtime),
         **extra,
         "feature_dim": int(info.feature_dim or encoder.feature_dim),
         "alpha": float(info.alpha),
