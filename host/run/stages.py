@@ -451,25 +451,13 @@ def select(
     ``deployment``."""
     from .plot import plot_entropy_vs_alpha
 
-    n_rungs = len(run.rung_files())  # rungs 0..N-1: a gap is an error naming it
-    if not n_rungs:
-        raise CheckpointError(f"{run.root} has no pruning ladder; run `entropi run` first")
-    if not any(os.path.lexists(run.score(i)) for i in range(n_rungs)):
-        raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
-    rungs = [run.read_score(i) for i in range(n_rungs)]  # a missing one: named, never skipped
+    rungs = _scored_rungs(run)
     criterion = criterion or cfg.select.criterion
     boot = bootstrap_from_cache(cfg, run, len(rungs), criterion, _scored_n(run, rungs))
     choice = choose_rung(rungs, criterion, cfg.select.rule, boot, tie_se=cfg.select.tie_se)
-    sel = choice["selected_index"]
-    limits = cfg.deploy.limits()
-    flash = limits["flash"] if flash is None else flash
-    ram = limits["ram"] if ram is None else ram
-    deployment = None
-    if flash is not None or ram is not None:
-        deployment = _deployment(cfg, run, rungs, criterion, flash, ram, unconstrained=sel)
-        if cfg.select.rule != "argmax":  # the rule decides among the rungs that fit
-            deployment["pick"] = _rule_pick(cfg, rungs, criterion, boot, deployment)
-        sel = deployment["pick"]["rung"]
+    sel, deployment = _fitting_pick(
+        cfg, run, rungs, criterion, boot, choice["selected_index"], flash, ram
+    )
     probes = [r["probe_accuracy"] for r in rungs]
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
@@ -492,15 +480,7 @@ def select(
         "selection_rule": selection_rule(criterion, cfg.select.rule, cfg.select.tie_se),
         "rule": cfg.select.rule,
         "selection_ties": {k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
-        "selection_confidence": (
-            conf["wins"][sel] / conf["resamples"]
-            # the bootstrap ranks every rung; a pick restricted to what fits the device has no
-            # such share (its wins count the resamples where it beats rungs that do not fit)
-            if conf
-            and conf["resamples"]
-            and (deployment is None or sel == deployment["unconstrained_index"])
-            else None
-        ),
+        "selection_confidence": _selection_confidence(conf, sel, deployment),
         "selection_resamples": conf,
         "criteria_summary": summary,
         "criteria_undefined": undefined,
@@ -517,6 +497,56 @@ def select(
         "deployment": deployment,
         "stage_seconds": run.stage_seconds(),
     }
+    _log_select_notes(run, results)
+    if plot:
+        plot_entropy_vs_alpha(results, run.plot)
+    _log_pick(run, results)
+    return results
+
+
+def _scored_rungs(run: RunDir) -> list[dict]:
+    """Every rung's stored scores, rung 0 first; refused when there is no ladder or no score."""
+    n_rungs = len(run.rung_files())  # rungs 0..N-1: a gap is an error naming it
+    if not n_rungs:
+        raise CheckpointError(f"{run.root} has no pruning ladder; run `entropi run` first")
+    if not any(os.path.lexists(run.score(i)) for i in range(n_rungs)):
+        raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
+    return [run.read_score(i) for i in range(n_rungs)]  # a missing one: named, never skipped
+
+
+def _fitting_pick(cfg, run, rungs, criterion, boot, sel: int, flash, ram):
+    """(the pick, the deployment record): the rule's pick ``sel`` and None without a flash or
+    RAM limit (arguments, else ``[deploy]``), else the rule's pick among the rungs that fit."""
+    limits = cfg.deploy.limits()
+    flash = limits["flash"] if flash is None else flash
+    ram = limits["ram"] if ram is None else ram
+    deployment = None
+    if flash is not None or ram is not None:
+        deployment = _deployment(cfg, run, rungs, criterion, flash, ram, unconstrained=sel)
+        if cfg.select.rule != "argmax":  # the rule decides among the rungs that fit
+            deployment["pick"] = _rule_pick(cfg, rungs, criterion, boot, deployment)
+        sel = deployment["pick"]["rung"]
+    return sel, deployment
+
+
+def _selection_confidence(conf: dict | None, sel: int, deployment: dict | None) -> float | None:
+    """The share of bootstrap resamples on which the rule picks ``sel``; None without them."""
+    return (
+        conf["wins"][sel] / conf["resamples"]
+        # the bootstrap ranks every rung; a pick restricted to what fits the device has no
+        # such share (its wins count the resamples where it beats rungs that do not fit)
+        if conf
+        and conf["resamples"]
+        and (deployment is None or sel == deployment["unconstrained_index"])
+        else None
+    )
+
+
+def _log_select_notes(run: RunDir, results: dict[str, Any]) -> None:
+    """Log what the reader of a pick should know: saturated entropy, a low confidence,
+    criteria undefined on some rungs."""
+    rungs, criterion, sel = results["rungs"], results["criterion"], results["selected_index"]
+    saturated, conf = results["saturated_rungs"], results["selection_resamples"]
     if saturated:
         n = max(r.get("n", 0) for r in rungs)
         run.log(
@@ -531,10 +561,14 @@ def select(
             f"{100 * c:.0f}% of {conf['resamples']} bootstrap resamples of the target (wins per "
             f"rung {conf['wins']}); more target data would make the pick firmer"
         )
-    for line in undefined_notes(undefined, criterion, len(rungs)):
+    for line in undefined_notes(results["criteria_undefined"], criterion, len(rungs)):
         run.log(f"select: note: {line}")
-    if plot:
-        plot_entropy_vs_alpha(results, run.plot)
+
+
+def _log_pick(run: RunDir, results: dict[str, Any]) -> None:
+    """Log the pick in one line: its alpha, criterion value, probe accuracy, regret."""
+    rungs, criterion, sel = results["rungs"], results["criterion"], results["selected_index"]
+    best, c = results["best_probe_index"], results["selection_confidence"]
     value = stored_value(rungs[sel], criterion)
     value = "undefined" if value is None else f"{value:.4g}"  # every rung undefined: rung 0
     run.log(
@@ -543,7 +577,6 @@ def select(
         f"({rungs[best]['probe_accuracy']:.4f}); regret {100 * results['regret']:.2f} points"
         + (f"; confidence {c:.2f}" if c is not None else "")
     )
-    return results
 
 
 def _scored_n(run: RunDir, rungs: list[dict]) -> int | None:
