@@ -40,7 +40,7 @@ from entropi.export.formats import (
 )
 from entropi.export.rung import CheckpointError
 
-from ..ladder.rungs import load_rung, resolve_rung
+from ..ladder.rungs import as_rundir, load_rung, resolve_rung
 from ..run.rundir import RunDir
 
 __all__ = [
@@ -58,19 +58,15 @@ __all__ = [
 ]
 
 
-def _run(rundir: str | os.PathLike | RunDir) -> RunDir:
-    return rundir if isinstance(rundir, RunDir) else RunDir(rundir)
-
-
 def config_hash(rundir: str | os.PathLike | RunDir) -> str | None:
     """sha256 of ``RUNDIR/config.toml`` (the resolved config), or None if there is none."""
-    path = _run(rundir).config
+    path = as_rundir(rundir).config
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def rung_hash(rundir: str | os.PathLike | RunDir, rung: str | int = "selected") -> str:
     """sha256 of the file of rung ``rung`` (``"selected"`` or an index) of the run."""
-    run = _run(rundir)
+    run = as_rundir(rundir)
     path = run.rung(resolve_rung(run, rung))
     try:
         return sha256_file(path)
@@ -106,7 +102,7 @@ def export_rung(
     not exist or a corrupt checkpoint, :class:`~entropi.export.ExportError` for bad export
     arguments (checked before the rung is loaded).
     """
-    run = _run(rundir)
+    run = as_rundir(rundir)
     resolve_formats(formats)
     resolve_forms(forms)
     quantize = resolve_quantize(quantize)
@@ -153,7 +149,7 @@ def run_target(rundir: str | os.PathLike | RunDir):
     when the run wrote it (its device stage), else loaded again from the run's config."""
     from ..run.rundata import TargetData, load_target
 
-    run = _run(rundir)
+    run = as_rundir(rundir)
     path = run.target_data
     if path.is_file():
         try:
@@ -189,7 +185,7 @@ def run_calibration(
     """The run's int8 calibration set: :func:`calibration_images` of its target training images
     (``target``: the run's :func:`run_target`, when the caller has it) with its ``[export]``
     count (or ``n``) and its seed."""
-    run = _run(rundir)
+    run = as_rundir(rundir)
     cfg = _run_config(run)
     x_train = (target if target is not None else run_target(run)).x_train
     return calibration_images(x_train, cfg.export, n=n, seed=cfg.seed)
@@ -218,7 +214,7 @@ def ensure_export(
     """
     from entropi.export.exporter import calibration_digest
 
-    run = _run(rundir)
+    run = as_rundir(rundir)
     chosen = resolve_formats(formats)
     stems = [form.stem for form in resolve_forms(forms)]
     quantize = resolve_quantize(quantize)
@@ -308,7 +304,7 @@ def bundle_choice(
     and every format."""
     pick: dict = {}
     if rung == "selected" and (form is None or dtype is None or formats is None):
-        pick = _deploy_pick(_run(rundir))
+        pick = _deploy_pick(as_rundir(rundir))
     given = {"form": form, "dtype": dtype, "formats": tuple(formats) if formats else None}
     picked = tuple(k for k, v in given.items() if v is None and k in pick)
     if pick and formats is None and ("form" in picked or "dtype" in picked):
@@ -368,7 +364,7 @@ def bundle_rung(
     if dtype not in ("float32", "int8"):
         raise ExportError(f"bundle dtype must be 'float32' or 'int8', got {dtype!r}")
     check_bundle_out(out, overwrite)  # before minutes of export, not after
-    run = _run(rundir)
+    run = as_rundir(rundir)
     resolve_formats(formats)
     kwargs = dict(export_kwargs or {})
     if dtype == "int8":
@@ -512,7 +508,7 @@ def mcu_package(
     root = ensure_real_dir(out)
     for part, ours in (("encoder", not_an_mcu_folder), ("head_trainer", not_a_trainer_folder)):
         check_replaceable(root / part, overwrite, ours)  # before the conversions, not after
-    run = _run(rundir)
+    run = as_rundir(rundir)
     cfg = _run_config(run)
     encoder, info = load_rung(run, rung)
     target = run_target(run)

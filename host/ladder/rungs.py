@@ -22,6 +22,7 @@ from .models import ARCHITECTURES, Classifier, build_encoder, prunable_parameter
 
 __all__ = [
     "CheckpointError",
+    "as_rundir",
     "classifier_from_rung",
     "list_rungs",
     "load_rung",
@@ -29,13 +30,14 @@ __all__ = [
 ]
 
 
-def _run(rundir: str | os.PathLike | RunDir) -> RunDir:
+def as_rundir(rundir: str | os.PathLike | RunDir) -> RunDir:
+    """The run folder ``rundir`` names (a :class:`RunDir` is returned as it is)."""
     return rundir if isinstance(rundir, RunDir) else RunDir(rundir)
 
 
 def list_rungs(rundir: str | os.PathLike | RunDir) -> list[Path]:
     """Rung files of a run, in ladder order (dense first)."""
-    run = _run(rundir)
+    run = as_rundir(rundir)
     if not run.root.is_dir():
         raise CheckpointError(f"run directory {run.root} does not exist")
     return run.rung_files()
@@ -43,7 +45,7 @@ def list_rungs(rundir: str | os.PathLike | RunDir) -> list[Path]:
 
 def resolve_rung(rundir: str | os.PathLike | RunDir, rung: str | int = "selected") -> int:
     """Turn ``"selected"`` (``selected_index`` of results.json) or an index into a rung index."""
-    run = _run(rundir)
+    run = as_rundir(rundir)
     rungs = list_rungs(run)
     if not rungs:
         raise CheckpointError(
@@ -80,7 +82,7 @@ def load_rung(
     rundir: str | os.PathLike | RunDir, rung: str | int = "selected"
 ) -> tuple[torch.nn.Module, RungInfo]:
     """Load one rung of a run as an eval-mode encoder plus its :class:`RungInfo` (``index`` set)."""
-    run = _run(rundir)
+    run = as_rundir(rundir)
     index = resolve_rung(run, rung)
     path = run.rung(index)
     record = load_rung_file(path, index)
