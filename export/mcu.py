@@ -42,7 +42,7 @@ from .compact import compact_encoder
 from .fold import fold_batchnorm
 from .quantize import _folded, int8_feature_error, tflite_int8_bytes, tflite_io_quantization
 from .tflite_export import convert_tflite, quiet_converter
-from .tflm import compare_tflm_litert, resolver_ops, run_tflm, tflm_arena_bytes
+from .tflm import resolver_ops, tflm_arena_bytes, tflm_vs_litert
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_arrays
 
 __all__ = [
@@ -108,8 +108,7 @@ def _verify(
 ) -> dict[str, Any]:
     """TFLM against LiteRT and against PyTorch on NCHW float ``inputs`` (module docstring)."""
     x = _nhwc(inputs)
-    vs_litert = compare_tflm_litert(data, x, arena_size=arena)
-    ours = run_tflm(data, x, arena_size=arena)
+    vs_litert, ours = tflm_vs_litert(data, x, arena_size=arena)  # one TFLM pass for both
     with torch.no_grad():
         ref = encoder.eval()(torch.from_numpy(np.asarray(inputs, dtype=np.float32))).numpy()
     ref = ref.reshape(len(ref), -1)

@@ -50,6 +50,7 @@ __all__ = [
     "resolver_ops",
     "run_tflm",
     "tflm_arena_bytes",
+    "tflm_vs_litert",
 ]
 
 DEFAULT_PROBE_ARENA = 64 << 20
@@ -210,14 +211,21 @@ def run_tflm(
     batch axis), one image per invoke. Integer inputs are quantized with the file's input
     ``(s, z)``; integer outputs are dequantized with ``(q - z) * s`` unless ``raw`` (then the
     integers come back as they are). Returns ``N x prod(output shape)``."""
+    ys, out_quant = _tflm_raw(model, inputs, arena_size)
+    return ys if raw else _dequantized(ys, out_quant)
+
+
+def _tflm_raw(model: ModelSource, inputs: np.ndarray, arena_size: int):
+    """TFLM's outputs as the file writes them (``N x prod(output shape)``) and its output
+    ``(s, z)``."""
     interp = open_tflm(model, arena_size=arena_size)
     inp, out = interp.get_input_details(0), interp.get_output_details(0)
     shape = tuple(int(s) for s in inp["shape"])
     x = np.asarray(inputs, dtype=np.float32)
     if x.ndim != len(shape) or x.shape[1:] != shape[1:]:
         raise TFLMError(f"inputs of shape {x.shape} do not match the file's input {shape}")
-    in_dtype, out_dtype = np.dtype(inp["dtype"]), np.dtype(out["dtype"])
-    (s_in, z_in), (s_out, z_out) = _quant(inp), _quant(out)
+    in_dtype = np.dtype(inp["dtype"])
+    s_in, z_in = _quant(inp)
     if in_dtype.kind in "iu" and s_in <= 0:
         raise TFLMError(f"the file's {in_dtype.name} input has no quantization scale")
     results = []
@@ -227,11 +235,16 @@ def run_tflm(
             chunk = _quantize(chunk, s_in, z_in, in_dtype)
         interp.set_input(np.ascontiguousarray(chunk, dtype=in_dtype), 0)
         interp.invoke()
-        y = np.array(interp.get_output(0), copy=True).reshape(1, -1)
-        if out_dtype.kind in "iu" and not raw:
-            y = ((y.astype(np.float64) - z_out) * s_out).astype(np.float32)
-        results.append(y)
-    return np.concatenate(results, axis=0)
+        results.append(np.array(interp.get_output(0), copy=True).reshape(1, -1))
+    return np.concatenate(results, axis=0), _quant(out)
+
+
+def _dequantized(ys: np.ndarray, out_quant: tuple[float, int]) -> np.ndarray:
+    """Integer outputs as float32 ``(q - z) * s``; float outputs as they are."""
+    if ys.dtype.kind not in "iu":
+        return ys
+    s_out, z_out = out_quant
+    return ((ys.astype(np.float64) - z_out) * s_out).astype(np.float32)
 
 
 def compare_tflm_litert(
@@ -243,11 +256,19 @@ def compare_tflm_litert(
     = max|LiteRT's output|, dequantized) and, for an integer output, ``"max_step_diff"``
     (largest difference in output steps) and ``"within_one_step"`` (share of output values that
     differ by at most one step)."""
+    return tflm_vs_litert(model, inputs, arena_size=arena_size)[0]
+
+
+def tflm_vs_litert(
+    model: ModelSource, inputs: np.ndarray, *, arena_size: int = DEFAULT_PROBE_ARENA
+) -> tuple[dict[str, Any], np.ndarray]:
+    """:func:`compare_tflm_litert`'s figures and TFLM's outputs as :func:`run_tflm` returns
+    them (dequantized), from one TFLM pass over ``inputs``."""
     from .verify import open_tflite
 
     details = open_tflite(model).get_output_details()[0]
     out_dtype = np.dtype(details["dtype"])
-    ours = run_tflm(model, inputs, arena_size=arena_size, raw=True)
+    ours, out_quant = _tflm_raw(model, inputs, arena_size)
     ref = run_tflite_int8(model, inputs, raw=True)  # LiteRT, the same quantization of inputs
     if ours.shape != ref.shape:
         raise TFLMError(f"TFLM gave outputs of shape {ours.shape}, LiteRT {ref.shape}")
@@ -256,7 +277,7 @@ def compare_tflm_litert(
     if out_dtype.kind in "iu":  # diff counts output steps
         s, z = details["quantization"]
         scale = float(np.abs((ref.astype(np.float64) - z) * s).max(initial=0))
-        return {
+        figures = {
             "dtype": out_dtype.name,
             "n_inputs": int(len(ours)),
             "max_step_diff": int(worst),
@@ -265,11 +286,13 @@ def compare_tflm_litert(
             "max_rel_diff": worst * float(s) / scale if scale else 0.0,
             "ref_scale": scale,
         }
-    scale = float(np.abs(ref).max(initial=0))
-    return {
-        "dtype": out_dtype.name,
-        "n_inputs": int(len(ours)),
-        "max_abs_diff": worst,
-        "max_rel_diff": worst / scale if scale else 0.0,
-        "ref_scale": scale,
-    }
+    else:
+        scale = float(np.abs(ref).max(initial=0))
+        figures = {
+            "dtype": out_dtype.name,
+            "n_inputs": int(len(ours)),
+            "max_abs_diff": worst,
+            "max_rel_diff": worst / scale if scale else 0.0,
+            "ref_scale": scale,
+        }
+    return figures, _dequantized(ours, out_quant)

@@ -1,8 +1,10 @@
 """The exporter does each expensive step once: one conversion and one int8 quantization per
-format and distinct graph (entropi.export.compact.same_graph), one thread for calibration.
+format and distinct graph (entropi.export.compact.same_graph), one thread for calibration, one
+TFLite Micro pass for the MCU form's two checks.
 
 References: the files a form's export writes alone (its own conversion and quantization), byte
-for byte, against the same form's files from an export of every form (shared ones).
+for byte, against the same form's files from an export of every form (shared ones); run_tflm and
+compare_tflm_litert against tflm_vs_litert on the same file and inputs.
 """
 
 from __future__ import annotations
@@ -119,3 +121,21 @@ def test_one_thread_restores_the_thread_count():
     with pytest.raises(RuntimeError), one_thread():
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.tflite
+def test_tflm_vs_litert_is_one_pass_of_both_checks():
+    pytest.importorskip("tflite_micro")
+    from entropi.export.quantize import tflite_int8_bytes
+    from entropi.export.tflite_export import convert_tflite
+    from entropi.export.tflm import compare_tflm_litert, run_tflm, tflm_vs_litert
+
+    enc = fold_batchnorm(synthetic_encoder("smallnet", alpha=0.2))
+    x = np.random.default_rng(0).standard_normal((3, *SHAPE)).astype(np.float32)
+    int8, _ = tflite_int8_bytes(enc, x, input_shape=SHAPE)
+    for data in (convert_tflite(enc, EXAMPLE), int8):
+        figures, ours = tflm_vs_litert(data, x)
+        assert figures == compare_tflm_litert(data, x)
+        expected = run_tflm(data, x)
+        assert ours.dtype == expected.dtype == np.float32
+        np.testing.assert_array_equal(ours, expected)
