@@ -50,11 +50,11 @@ from torch.nn import functional as F
 from entropi.common.files import atomic_write_bytes
 
 from ..data import iterate_batches, normalize
-from ..errors import ConfigError
 from ..ladder.models import ARCHITECTURES, build_encoder, prunable_parameters
 from ..ladder.prune import Masks, apply_masks, dense_masks
 from ..ladder.train import TrainingDivergedError
 from ..selection.criteria import CriterionError, nc1
+from .finetune_config import FinetuneConfig, FinetuneError
 
 __all__ = [
     "FINETUNED_FORMAT",
@@ -88,10 +88,6 @@ FINETUNED_FORMAT = 1
 """Version of the fine-tuned model file written by :func:`save_finetuned`."""
 
 _LEAF_TYPES = (nn.Conv2d, nn.Linear)
-
-
-class FinetuneError(ConfigError):
-    """A fine-tuning mode, block, mask set or saved fine-tuned model is unusable."""
 
 
 # --- blocks and modes ---------------------------------------------------------------------------
@@ -290,46 +286,6 @@ class FinetuneModel(nn.Module):
 
 
 # --- training -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning (the same for every mode, so they compare)."""
-
-    epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1.0
-    """SGD learning rate of the (new) head, per-step cosine schedule to 0 (high: the head starts
-    from scratch on unnormalized features; 0.05-1.0 measured on the quickstart, 1.0 best)."""
-    encoder_lr: float = 0.02
-    """SGD learning rate of the fine-tuned encoder parameters (layer, scl, full)."""
-    momentum: float = 0.9
-    """Nesterov momentum (0: plain SGD)."""
-    weight_decay: float = 5e-4
-    """on weights (ndim > 1) only."""
-    augment: bool = False
-    """random crop (4 px, reflect) + flip; off: the frozen prefix is computed once and cached."""
-    cache_bytes: int = 2**30
-    """largest frozen-prefix cache (bytes, float32) before the prefix runs every step instead."""
-    eval_batch: int = 512
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch", "cache_bytes"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, int)
-                or v < (2 if name == "batch_size" else 1)
-            ):
-                raise FinetuneError(
-                    f"finetune {name} must be an integer >= 1 (batch >= 2), got {v!r}"
-                )
-        for name, hi in (("lr", 10.0), ("encoder_lr", 10.0), ("weight_decay", 1.0)):
-            v = getattr(self, name)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not 0.0 <= v <= hi:
-                raise FinetuneError(f"finetune {name} must be in [0, {hi}], got {v!r}")
-        if not isinstance(self.momentum, int | float) or not 0.0 <= self.momentum < 1.0:
-            raise FinetuneError(f"finetune momentum must be in [0, 1), got {self.momentum!r}")
 
 
 @dataclass

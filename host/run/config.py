@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from entropi.device.config import TrainConfig
-from entropi.export.rung import PRUNE_METHODS
 
 from ..deployment.runtimes import RUNTIMES
 from ..errors import ConfigError
@@ -275,6 +274,9 @@ class PruneConfig:
     weights, which every runtime (TFLite Micro included) runs smaller and faster."""
 
     def __post_init__(self) -> None:
+        # here, not at the top: entropi.export imports torch, and the CLI's flags read this module
+        from entropi.export.rung import PRUNE_METHODS
+
         if self.method not in PRUNE_METHODS:
             raise ConfigError(
                 f"prune.method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}"
