@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .bench_defaults import DEFAULTS
+from entropi.common.cliargs import add_dataclass_arguments, rung_arg
+
+from .bench_defaults import BenchDefaults
 
 __all__ = ["add_command"]
 
@@ -16,10 +18,10 @@ __all__ = ["add_command"]
 def _cmd_bench(a: argparse.Namespace) -> int:
     from .bench import BenchError, run_bench
 
-    given = {k: v for k, v in (("archs", a.arch), ("classes", a.classes)) if v}
+    given = {k: getattr(a, k) for k in ("archs", "classes") if getattr(a, k)}
     given |= {k: getattr(a, k) for k in ("batch", "alpha", "device") if getattr(a, k) is not None}
     if a.run is not None:
-        clash = [f"--{k}" for k in ("arch", "alpha") if getattr(a, k) is not None]
+        clash = [flag for flag, k in (("--arch", "archs"), ("--alpha", "alpha")) if k in given]
         if clash:
             raise BenchError(
                 f"{' and '.join(clash)} describe a randomly initialised model; with --run the "
@@ -38,32 +40,20 @@ def _cmd_bench(a: argparse.Namespace) -> int:
 def add_command(sub) -> dict:
     """Add ``bench`` to the ``entropi`` subparsers; return ``{name: run}``.
 
-    Flags left out are not passed, so :func:`run_bench`'s defaults (:data:`DEFAULTS`) apply.
+    Its measuring flags are generated from :class:`.BenchDefaults`, each unset: flags left out
+    are not passed, so :func:`run_bench`'s defaults (the same dataclass) apply.
     """
-    from entropi.host.run.rundir import rung_arg
-
     help_ = (
         "FLOPs and backprop memory of head-only vs full fine-tuning (bench.json/md/png), of "
         "randomly initialised architectures or of a rung of your own run (--run)."
     )
     p = sub.add_parser("bench", help=help_, description=help_)
-    p.add_argument(
-        "--arch",
-        action="append",
-        metavar="ARCH",
-        help=f"an architecture; repeat for several (default {', '.join(DEFAULTS['archs'])})",
-    )
-    p.add_argument(
-        "--classes",
-        action="append",
-        type=int,
-        help=f"repeat; default {' and '.join(map(str, DEFAULTS['classes']))}",
-    )
-    p.add_argument("--batch", type=int, help=f"batch size (default {DEFAULTS['batch']})")
-    p.add_argument(
-        "--alpha",
-        type=float,
-        help=f"kept fraction for the effective-sparse FLOPs (default {DEFAULTS['alpha']})",
+    repeat = {"also": "Repeat for several."}
+    add_dataclass_arguments(
+        p,
+        BenchDefaults,
+        unset=True,
+        options={"archs": {"flag": "--arch", "metavar": "ARCH", **repeat}, "classes": repeat},
     )
     p.add_argument(
         "--device",

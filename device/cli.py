@@ -1,8 +1,9 @@
 """``entropi-device``: train, evaluate and use a head on the device (numpy + an interpreter).
 
 The CLI only parses, calls :mod:`.app` and prints JSON; the command table is :data:`COMMANDS`.
-The ``train`` flags are generated from :class:`.config.TrainConfig` (:mod:`.cliargs`), so each
-setting has one default and one description. Bad input (any :class:`.errors.EntropiError`, a
+The ``train`` flags are generated from :class:`.config.TrainConfig`
+(:mod:`entropi.common.cliargs`, as the host CLI's are from its configs), so each setting has one
+default and one description. Bad input (any :class:`.errors.EntropiError`, a
 missing or unreadable path) is one ``entropi-device CMD: error: ...`` line and exit status 2; a
 :class:`.app.DeviceWarning` is one ``warning:`` line. Ctrl-C is one line and exit status 130,
 SIGTERM one line and 143.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from entropi.common.cliargs import add_dataclass_arguments, attach_dash_values, dataclass_from_args
 from entropi.common.errors import (
     EntropiError,
     Terminated,
@@ -32,7 +34,6 @@ from entropi.common.provenance import package_version
 from .app import WORK_DIR, DeviceWarning, evaluate, predict, train_on_bundle
 from .budget import format_size
 from .checkpoint import CHECKPOINT_NAME
-from .cliargs import add_dataclass_arguments, attach_dash_values, dataclass_from_args
 from .config import TrainConfig
 
 __all__ = ["COMMANDS", "build_parser", "main"]

@@ -3,8 +3,8 @@ and :class:`TrainResult`.
 
 :class:`TrainConfig` is the single source of every head-training parameter and its default: the
 device CLI generates its ``train`` flags and their help from the fields and their docstrings
-(:mod:`.cliargs`), and the host builds the same dataclass from its ``[device_train]`` TOML
-section. Every field is therefore a str, int, float or bool (no ``None``).
+(:mod:`entropi.common.cliargs`), and the host builds the same dataclass from its
+``[device_train]`` TOML section. Every field is therefore a str, int, float or bool (no ``None``).
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Subcommands beyond the pipeline's come from plugins: a package names a function
 ``add(subparsers) -> {name: run}`` in the ``entropi.commands`` entry-point group (the benchmarks
 add ``entropi bench`` this way, so the host never imports the layer above it). ``entropi finetune``
 and ``entropi analyze cka`` are host commands (:mod:`.analysis.commands`).
+
+Each subcommand's arguments are added by its ``_args_*`` function (:data:`COMMANDS`). A flag that
+sets a config field is generated from that field (:mod:`entropi.common.cliargs`): its type, its
+help and its default come from the dataclass, or it is unset and the run's own config decides.
+Building the parser imports no torch, so `entropi --help` stays fast.
 """
 
 from __future__ import annotations
@@ -12,37 +17,43 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from entropi.common.cliargs import (
+    LazyChoices,
+    add_dataclass_arguments,
+    add_field_argument,
+    attach_dash_values,
+    keep_choices_lazy,
+    rung_arg,
+)
+from entropi.common.errors import (
+    EntropiError,
+    Terminated,
+    one_line,
+    report_bug,
+    say,
+    sigterm_raises,
+)
+from entropi.common.provenance import package_version
+
 from .analysis.commands import add_command as add_analysis_commands
 from .deployment.runtimes import RUNTIMES
+from .run.config import DataConfig, DeployConfig, EntropyConfig, ExportConfig, SelectConfig
 
 __all__ = ["main"]
 
 PLUGIN_GROUP = "entropi.commands"
 
 
-class LazyChoices:
-    """argparse ``choices`` read from a registry on first use (keeps `entropi --help` fast:
-    the registries live in modules that import torch)."""
+# The export registries are read on first use (LazyChoices): entropi.export imports torch.
+def _dtypes() -> tuple[str, ...]:
+    from entropi.export.formats import QUANTIZE
 
-    def __init__(self, names: Callable[[], list[str]]) -> None:
-        self._names = names
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._names()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names())
-
-
-def _archs() -> list[str]:
-    from .ladder.models import ARCHITECTURES
-
-    return sorted(ARCHITECTURES)
+    return QUANTIZE
 
 
 def _formats() -> list[str]:
@@ -428,7 +439,7 @@ def _run_lock(rundir: str):
 def _cmd_export(a: argparse.Namespace) -> int:
     from .deployment.rung_export import export_rung
 
-    formats = tuple(a.format or _formats())
+    formats = tuple(a.formats or _formats())
     extra = _int8_kwargs(a, a.quantize == "int8")
     with _run_lock(a.run):
         info = export_rung(
@@ -484,7 +495,7 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
     from .deployment.rung_export import bundle_choice, bundle_rung
 
     quantize = {None: None, "none": "float32"}.get(a.quantize, a.quantize)
-    c = bundle_choice(a.run, a.rung, a.form, quantize, a.format)
+    c = bundle_choice(a.run, a.rung, a.form, quantize, a.formats)
     extra = _int8_kwargs(a, c.dtype == "int8")
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
@@ -522,28 +533,20 @@ def _why(c) -> str:
     return f"{fit}; {formats})"
 
 
-def _add_quantize_arg(p: argparse.ArgumentParser, default: str | None = "none") -> None:
-    p.add_argument(
-        "--quantize",
-        choices=["none", "int8"],
-        default=default,
-        help="int8: also full-integer int8 encoder files (calibrated on target images)"
-        + ("" if default else "; default: the dtype `entropi select --flash/--ram` picked"),
-    )
-
-
 def _add_config_args(
     p: argparse.ArgumentParser, *, source: bool = True, example: str = "pretrain.epochs=2"
 ) -> None:
+    """``--set`` and the dataset shorthands ``--source`` / ``--target`` ([data] source / target)."""
     p.add_argument(
         "--set",
         action="append",
         metavar="SECTION.KEY=VALUE",
         help=f"override a config key, validated like the file (repeat), e.g. {example}",
     )
-    if source:
-        p.add_argument("--source", metavar="SPEC", help="source dataset (--set data.source=)")
-    p.add_argument("--target", metavar="SPEC", help="target dataset (same as --set data.target=)")
+    for name in ("source", "target") if source else ("target",):
+        add_field_argument(
+            p, DataConfig, name, metavar="SPEC", unset=f"the config's; same as --set data.{name}="
+        )
 
 
 def _add_torchrun_args(p: argparse.ArgumentParser, resumes: str) -> None:
@@ -565,14 +568,24 @@ def _add_torchrun_args(p: argparse.ArgumentParser, resumes: str) -> None:
     )
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _add_rundir(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUNDIR", help="run directory made by `entropi run`/`pretrain`")
 
 
-def _add_export_args(p: argparse.ArgumentParser, formats: LazyChoices, what: str) -> None:
-    """``--run``, ``--rung`` and ``--format`` of `entropi export` / `entropi bundle`."""
-    from .run.rundir import rung_arg
+def _from_run(p: argparse.ArgumentParser, cls: type, section: str, **options: dict) -> None:
+    """Flags of the ``[section]`` fields named in ``options`` (their keywords), each unset: the
+    run's own setting applies unless the flag is given."""
+    add_dataclass_arguments(
+        p,
+        cls,
+        only=options,
+        options={k: {"unset": f"the run's [{section}] {k}", **kw} for k, kw in options.items()},
+    )
 
+
+def _add_export_args(p: argparse.ArgumentParser, formats: str) -> None:
+    """``--run``, ``--rung`` and ``--format`` of `entropi export` / `entropi bundle`; ``formats``:
+    what decides the format when none is given."""
     p.add_argument(
         "--run", required=True, metavar="RUNDIR", help="run directory made by `entropi run`"
     )
@@ -582,135 +595,66 @@ def _add_export_args(p: argparse.ArgumentParser, formats: LazyChoices, what: str
         default="selected",
         help="'selected' (default: the rung `entropi select` picked) or a rung index",
     )
-    p.add_argument(
-        "--format",
-        action="append",
-        choices=formats,
+    add_field_argument(
+        p,
+        ExportConfig,
+        "formats",
+        flag="--format",
+        unset=formats,
+        also="Repeat for several.",
+        choices=LazyChoices(_formats),
         metavar="FORMAT",
-        help=f"{what}: onnx or tflite; repeat for several (default: every format)",
     )
 
 
-def _add_int8_args(p: argparse.ArgumentParser) -> None:
-    """``--calibration-images`` and ``--min-cosine`` of an int8 export."""
-    p.add_argument(
-        "--calibration-images",
-        type=int,
-        metavar="N",
-        help="int8: target training images that calibrate the activations (default: the "
-        "run's [export] calibration_images)",
-    )
-    p.add_argument(
-        "--min-cosine",
-        type=float,
-        metavar="C",
-        help="int8: refuse a file whose features' mean cosine to float is below C (default: "
-        "the run's [export] min_cosine)",
+def _add_int8_args(p: argparse.ArgumentParser, **quantize: Any) -> None:
+    """``--quantize`` (``quantize``: its keywords), ``--calibration-images`` and
+    ``--min-cosine`` of an int8 export."""
+    choices = LazyChoices(_dtypes)
+    add_field_argument(p, ExportConfig, "quantize", choices=choices, metavar="DTYPE", **quantize)
+    _from_run(
+        p, ExportConfig, "export", calibration_images={"metavar": "N"}, min_cosine={"metavar": "C"}
     )
 
 
-def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
-    from entropi.common.provenance import package_version
-
-    from .run.config import EntropyConfig
-
-    parser = argparse.ArgumentParser(
-        prog="entropi",
-        description="ENTROPI: entropy-based pruning for transfer learning on tiny devices.",
-    )
-    parser.add_argument("--version", action="version", version=f"entropi {package_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    table: dict[str, Callable] = {}
-
-    def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        table[name] = fn
-        return sub.add_parser(name, help=help, description=help)
-
-    p = add(
-        "run",
-        _cmd_run,
-        "Run the whole pipeline: pretrain, prune, score, select, then export the selected rung, "
-        "bundle it for the device and train the device head ([export] / [device_train] "
-        "enabled = false skip those).",
-    )
-    p.add_argument(
-        "config",
-        nargs="?",
-        metavar="CONFIG",
-        help="TOML config file or shipped config name (quickstart, paper, ...)",
-    )
+def _args_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("--out", metavar="RUNDIR", help="run directory (default runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_torchrun_args(p, "the run continues from its last finished rung")
     _add_config_args(p)
 
-    p = add("pretrain", _cmd_pretrain, "Train the dense source model (rung 0).")
-    p.add_argument(
-        "config",
-        metavar="CONFIG",
-        help="TOML config file or shipped config name (quickstart, paper, ...)",
-    )
+
+def _args_pretrain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", metavar="CONFIG", help=CONFIG_HELP)
     p.add_argument("--out", metavar="RUNDIR", required=True, help="run directory to write")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted pretraining in --out"
     )
     _add_config_args(p)
 
-    _add_run_args(add("prune", _cmd_prune, "Build the pruning ladder of a pretrained run."))
-    p = add(
-        "probe",
-        _cmd_probe,
-        "Entropy and linear-probe accuracy of every rung on the target data; with --target / "
-        "--set and --out DIR, score RUNDIR's ladder (reused as it is) on another target in DIR.",
-    )
-    _add_run_args(p)
+
+def _args_probe(p: argparse.ArgumentParser) -> None:
+    _add_rundir(p)
     p.add_argument("--out", metavar="DIR", help="new run folder for scores on another target")
     _add_config_args(p, source=False, example="probe.epochs=10")
-    p = add(
-        "select",
-        _cmd_select,
-        "Pick the rung from the saved scores (no features recomputed); write results.json.",
-    )
-    _add_run_args(p)
-    p.add_argument(
-        "--criterion",
-        metavar="NAME",
-        help="criterion to select by (default: the run's [select] criterion); "
-        "`entropi criteria --list` names them",
-    )
-    p.add_argument(
-        "--rule",
-        metavar="NAME",
-        help="selection rule (default: the run's [select] rule): argmax (the best criterion "
-        "value) or smallest_tied (the fewest non-zero weights within one paired-bootstrap SE "
-        "of the best)",
-    )
-    p.add_argument(
-        "--flash",
-        metavar="SIZE",
-        help="device flash for the encoder file + head (e.g. 300KB): pick the best rung that "
-        "fits (default: the run's [deploy] flash)",
-    )
-    p.add_argument(
-        "--ram",
-        metavar="SIZE",
-        help="device RAM for inference activations + head training (default: [deploy] ram)",
-    )
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        help="what runs the encoder on the device: litert (a Linux board) or tflm (TensorFlow "
-        "Lite Micro on a microcontroller: the MCU form, RAM = TFLM's measured arena + the head "
-        "plan; default: the run's [deploy] runtime)",
+
+
+def _args_select(p: argparse.ArgumentParser) -> None:
+    _add_rundir(p)
+    _from_run(p, SelectConfig, "select", criterion={"metavar": "NAME"}, rule={"metavar": "NAME"})
+    _from_run(
+        p,
+        DeployConfig,
+        "deploy",
+        flash={"metavar": "SIZE"},
+        ram={"metavar": "SIZE"},
+        runtime={"choices": RUNTIMES},
     )
 
-    formats = LazyChoices(_formats)
-    p = add(
-        "export",
-        _cmd_export,
-        "Export a rung to ONNX / TFLite (pruned weights stored sparse), verified.",
-    )
-    _add_export_args(p, formats, "format to export")
+
+def _args_export(p: argparse.ArgumentParser) -> None:
+    _add_export_args(p, "every format")
     p.add_argument(
         "--compact",
         action="store_true",
@@ -724,26 +668,26 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         help="also export this encoder form (compact, compact-dense); repeat for several "
         "(the sparse form is always written)",
     )
-    _add_quantize_arg(p)
-    _add_int8_args(p)
+    _add_int8_args(
+        p,
+        help='"int8": also write full-integer int8 files (TFLite: int8 I/O; ONNX: QDQ), '
+        'calibrated on target images; "none": float32 only',
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the exported files")
 
-    p = add(
-        "bundle",
-        _cmd_bundle,
-        "Package a rung's encoder (exported into RUNDIR/export if needed) for the device runtime.",
-    )
-    _add_export_args(p, formats, "format to put in the bundle")
-    p.add_argument(
-        "--form",
+
+def _args_bundle(p: argparse.ArgumentParser) -> None:
+    pick = "`entropi select --flash/--ram`"
+    _add_export_args(p, f"the one format {pick} measured its pick in, else every format")
+    add_field_argument(
+        p,
+        ExportConfig,
+        "form",
+        unset=f"the form {pick} picked, else compact",
         choices=LazyChoices(_forms),
         metavar="FORM",
-        help="compact (dead channels removed, fastest), sparse (smallest file) or "
-        "compact-dense (weights stored dense: the least RAM); default: the form `entropi "
-        "select --flash/--ram` picked, else compact",
     )
-    _add_quantize_arg(p, default=None)
-    _add_int8_args(p)
+    _add_int8_args(p, unset=f"the dtype {pick} picked, else none")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
     p.add_argument(
@@ -754,18 +698,13 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "and op list) and the C head trainer with its static memory plan (head_trainer/)",
     )
 
-    p = add("entropy", _cmd_entropy, "Quantized-state entropy of a features .npy (nats, JSON).")
-    p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")
-    levels = EntropyConfig.levels
-    p.add_argument(
-        "--levels", type=int, default=levels, help=f"quantization levels M (default {levels})"
-    )
 
-    p = add(
-        "study",
-        _cmd_study,
-        "Selection study: build or reuse ladders, score them on targets, rank the criteria.",
-    )
+def _args_entropy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("features", metavar="FEATURES.npy", help="2-D float array, samples x units")
+    add_field_argument(p, EntropyConfig, "levels")
+
+
+def _args_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="study TOML file or shipped study name (cpu)")
     p.add_argument("--out", required=True, metavar="DIR", help="study folder (resumable)")
     _add_torchrun_args(p, "the study continues where it stopped (ladders and pairs done are kept)")
@@ -777,11 +716,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         "any process stops them all with its message."
     )
 
-    p = add(
-        "criteria",
-        _cmd_criteria,
-        "Transferability criteria of a features .npy (JSON): entropies, LogME, NC1, k-NN, ...",
-    )
+
+def _args_criteria(p: argparse.ArgumentParser) -> None:
     p.add_argument("features", nargs="?", metavar="FEATURES.npy", help="2-D float array, n x dim")
     p.add_argument(
         "--labels",
@@ -794,14 +730,74 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
         metavar="NAME",
         help="a criterion to compute (repeat; default: all that the inputs allow)",
     )
-    p.add_argument(
-        "--levels", type=int, default=levels, help=f"quantization levels M (default {levels})"
-    )
+    add_field_argument(p, EntropyConfig, "levels")
     p.add_argument("--list", action="store_true", help="list the criteria and exit")
 
+
+CONFIG_HELP = "TOML config file or shipped config name (quickstart, paper, ...)"
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": (
+        "Run the whole pipeline: pretrain, prune, score, select, then export the selected rung, "
+        "bundle it for the device and train the device head ([export] / [device_train] "
+        "enabled = false skip those).",
+        _args_run,
+    ),
+    "pretrain": ("Train the dense source model (rung 0).", _args_pretrain),
+    "prune": ("Build the pruning ladder of a pretrained run.", _add_rundir),
+    "probe": (
+        "Entropy and linear-probe accuracy of every rung on the target data; with --target / "
+        "--set and --out DIR, score RUNDIR's ladder (reused as it is) on another target in DIR.",
+        _args_probe,
+    ),
+    "select": (
+        "Pick the rung from the saved scores (no features recomputed); write results.json. With "
+        "--flash / --ram: the best rung whose encoder file and head fit the device.",
+        _args_select,
+    ),
+    "export": (
+        "Export a rung to ONNX / TFLite (pruned weights stored sparse), verified.",
+        _args_export,
+    ),
+    "bundle": (
+        "Package a rung's encoder (exported into RUNDIR/export if needed) for the device runtime.",
+        _args_bundle,
+    ),
+    "entropy": (
+        "Quantized-state entropy of a features .npy (nats, JSON).",
+        _args_entropy,
+    ),
+    "study": (
+        "Selection study: build or reuse ladders, score them on targets, rank the criteria.",
+        _args_study,
+    ),
+    "criteria": (
+        "Transferability criteria of a features .npy (JSON): entropies, LogME, NC1, k-NN, ...",
+        _args_criteria,
+    ),
+}
+"""The pipeline's subcommands: name -> (description, add its arguments); ``_cmd_NAME`` runs it
+(looked up when the parser is built). Flags that set a config field are generated from the
+config dataclasses (:mod:`entropi.common.cliargs`), so each has the field's default (or none:
+the run's own setting decides) and its description."""
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable]]:
+    """The parser and ``{subcommand: run}``; builds without importing torch (`entropi --help`)."""
+    parser = argparse.ArgumentParser(
+        prog="entropi",
+        description="ENTROPI: entropy-based pruning for transfer learning on tiny devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"entropi {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    table: dict[str, Callable] = {}
+    for name, (help_, add_args) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_, description=help_))
+        table[name] = globals()[f"_cmd_{name}"]
     table.update(add_analysis_commands(sub))  # entropi finetune, entropi analyze cka
     for ep in metadata.entry_points(group=PLUGIN_GROUP):
         table.update(ep.load()(sub))
+    keep_choices_lazy(parser)  # `entropi export --help` reads no registry (they import torch)
     return parser, table
 
 
@@ -818,16 +814,6 @@ def _how_to_continue(a: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from entropi.common.errors import (
-        EntropiError,
-        Terminated,
-        one_line,
-        report_bug,
-        say,
-        sigterm_raises,
-    )
-    from entropi.device.cliargs import attach_dash_values
-
     parser, table = _build_parser()
     args = parser.parse_args(attach_dash_values(sys.argv[1:] if argv is None else argv))
     try:

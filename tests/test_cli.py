@@ -124,7 +124,7 @@ def test_cli_defaults_are_the_dataclass_defaults():
     assert inspect.signature(state_entropy).parameters["levels"].default == DEFAULT_LEVELS
     # flags left out of `entropi bench` are not passed, so run_bench's own defaults apply
     bench = parser.parse_args(["bench", "--out", "o"])
-    assert all(getattr(bench, k) is None for k in ("arch", "classes", "batch", "alpha", "device"))
+    assert all(getattr(bench, k) is None for k in ("archs", "classes", "batch", "alpha", "device"))
     for name, default in DEFAULTS.items():
         assert inspect.signature(run_bench).parameters[name].default == default
 

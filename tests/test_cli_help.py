@@ -82,7 +82,7 @@ def test_bad_sizes_are_one_clear_line(tmp_path, capsys, value, message):
 
 
 def test_dash_values_join_only_after_a_long_option():
-    from entropi.device.cliargs import attach_dash_values
+    from entropi.common.cliargs import attach_dash_values
 
     assert attach_dash_values(["select", "R", "--flash", "-5KB", "--ram", "1MB"]) == [
         "select",

@@ -52,8 +52,8 @@ def test_unknown_config_name_lists_shipped():
 
 def test_run_and_device_cli_train_heads_the_same_way_by_default():
     """`entropi run quickstart` and `entropi-device train` with no overrides: same TrainConfig."""
+    from entropi.common.cliargs import dataclass_from_args
     from entropi.device.cli import build_parser
-    from entropi.device.cliargs import dataclass_from_args
     from entropi.device.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--bundle", "b", "--data", "d", "--out", "o"])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from test_device_bundle import smallnet_bundle
 
+from entropi.common.cliargs import field_docs
 from entropi.device import TrainConfig, TrainReport
 from entropi.device.cli import COMMANDS, build_parser, main
-from entropi.device.cliargs import field_docs
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_train_flags_are_the_train_config_fields_with_their_defaults():
         assert getattr(defaults, f.name) == f.default, f.name
         assert docs[f.name] in " ".join(actions[f.name].help.split())
     # one default per parameter: the CLI builds exactly TrainConfig()'s settings
-    from entropi.device.cliargs import dataclass_from_args
+    from entropi.common.cliargs import dataclass_from_args
 
     assert dataclass_from_args(TrainConfig, defaults) == TrainConfig()
     assert TrainConfig().budget == "256KB" and TrainConfig().budget_bytes == 262144

@@ -1,4 +1,4 @@
-"""Flags generated from a dataclass (entropi.device.cliargs): names, types, defaults, help."""
+"""Flags generated from a dataclass (entropi.common.cliargs): names, types, defaults, help."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from entropi.device.cliargs import add_dataclass_arguments, dataclass_from_args, field_docs
+from entropi.common.cliargs import add_dataclass_arguments, dataclass_from_args, field_docs
 
 
 @dataclass(frozen=True)

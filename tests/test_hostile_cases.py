@@ -212,8 +212,8 @@ def test_a_second_resume_of_a_run_in_use_is_one_line_and_writes_nothing(tmp_path
 
 
 def test_budget_in_gb_is_accepted_by_the_device_cli_parser():
+    from entropi.common.cliargs import dataclass_from_args
     from entropi.device.cli import build_parser
-    from entropi.device.cliargs import dataclass_from_args
     from entropi.device.config import TrainConfig
 
     argv = ["train", "--bundle", "b", "--data", "d", "--out", "o", "--budget", "10GB"]

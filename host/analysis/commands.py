@@ -18,6 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from entropi.common.cliargs import (
+    add_dataclass_arguments,
+    add_field_argument,
+    dataclass_from_args,
+    rung_arg,
+)
+
+from ..run.config import DataConfig, RunConfig
+from .finetune_config import FinetuneConfig, FinetuneError
+
 __all__ = ["add_command", "run_cka", "run_finetune"]
 
 
@@ -71,7 +81,6 @@ def run_finetune(
     from entropi.common.files import atomic_write_json, atomic_write_text
     from entropi.common.lock import lock_folder
     from entropi.host.analysis.finetune import (
-        FinetuneConfig,
         finetune_rung,
         load_run_target,
         load_rung_model,
@@ -198,7 +207,7 @@ def run_cka(
     from entropi.common.files import atomic_write_json
     from entropi.common.lock import lock_folder
     from entropi.host.analysis.cka import compare_models, diagonal, plot_cka
-    from entropi.host.analysis.finetune import FinetuneError, load_model_spec, load_run_target
+    from entropi.host.analysis.finetune import load_model_spec, load_run_target
     from entropi.host.run.torch_device import pick_device
 
     if split not in ("train", "test"):
@@ -246,8 +255,6 @@ def run_cka(
 
 
 def _seeds(text: str) -> list[int]:
-    from entropi.host.analysis.finetune import FinetuneError
-
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -258,15 +265,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
-    from dataclasses import fields
-
-    from entropi.host.analysis.finetune import FinetuneConfig
-
-    given = {
-        f.name: getattr(a, f.name)
-        for f in fields(FinetuneConfig)
-        if getattr(a, f.name, None) is not None
-    }
     result = run_finetune(
         a.run,
         modes=a.mode,
@@ -275,7 +273,7 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
         target=a.target,
         overrides=a.set or [],
         seeds=_seeds(a.seeds),
-        cfg=FinetuneConfig(**given),
+        cfg=dataclass_from_args(FinetuneConfig, a),
         device=a.device,
         save_models=not a.no_models,
     )
@@ -304,7 +302,7 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", metavar="SPEC", help="target dataset (default: the run's target)")
+    add_field_argument(p, DataConfig, "target", metavar="SPEC", unset="the run's target")
     p.add_argument(
         "--set",
         action="append",
@@ -312,18 +310,18 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help="override a key of the run's config for loading the target, e.g. "
         "data.target_train_per_class=100 (repeat)",
     )
-    p.add_argument(
-        "--device",
+    add_field_argument(
+        p,
+        RunConfig,
+        "device",
+        help='where to compute: "auto" (CUDA when present), "cpu" or "cuda"',
         choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="where to compute (default auto: CUDA if present)",
     )
 
 
 def add_command(sub) -> dict:
-    """Add ``finetune`` and ``analyze`` to the ``entropi`` subparsers; return ``{name: run}``."""
-    from entropi.host.run.rundir import rung_arg
-
+    """Add ``finetune`` and ``analyze`` to the ``entropi`` subparsers; return ``{name: run}``.
+    The training flags of ``finetune`` are generated from :class:`.FinetuneConfig`."""
     help_ = (
         "Fine-tune a rung on the target in modes head, layer:BLOCK, scl:BLOCK, full; accuracy, "
         "NC1, trainable parameters, FLOPs and backprop memory per step (finetune.json/md)."
@@ -342,22 +340,12 @@ def add_command(sub) -> dict:
         "e.g. smallnet 0-3, 4-7, 8-11, 12-16; an unknown block lists them); repeat",
     )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds (default 0,1)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: FinetuneConfig's)")
-    p.add_argument(
-        "--batch-size",
-        dest="batch_size",
-        type=int,
-        help="training batch size (default: FinetuneConfig's)",
+    add_dataclass_arguments(
+        p.add_argument_group("training (FinetuneConfig)"),
+        FinetuneConfig,
+        only=("epochs", "batch_size", "lr", "encoder_lr", "weight_decay", "augment"),
+        options={"augment": {"action": "store_true"}},
     )
-    p.add_argument("--lr", type=float, help="head learning rate (SGD)")
-    p.add_argument("--encoder-lr", dest="encoder_lr", type=float, help="fine-tuned encoder lr")
-    p.add_argument(
-        "--weight-decay",
-        dest="weight_decay",
-        type=float,
-        help="L2 penalty of SGD on weights (default: FinetuneConfig's)",
-    )
-    p.add_argument("--augment", action="store_true", default=None, help="crop + flip")
     p.add_argument("--no-models", action="store_true", help="do not save the fine-tuned models")
     _data_args(p)
     p.add_argument(

@@ -61,7 +61,6 @@ __all__ = [
     "RunDir",
     "RunExistsError",
     "open_run",
-    "rung_arg",
 ]
 
 MAX_JSON_BYTES = 64 << 20
@@ -538,9 +537,3 @@ def _check_unedited(run: RunDir) -> None:
             "by hand, and a ladder made with two configs means nothing. Undo the edit, or start "
             "a new run with the edited config in another --out"
         )
-
-
-def rung_arg(value: str) -> str | int:
-    """argparse type of a ``--rung`` option (``entropi export``, ``bundle``, ``finetune``):
-    ``selected`` or a rung index."""
-    return value if value == "selected" else int(value)
