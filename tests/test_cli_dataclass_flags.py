@@ -45,11 +45,10 @@ HAND_WRITTEN = {
     "--form": "export's extra forms (bundle's --form is generated)",
     # criteria / entropy over any features file, not a run
     **dict.fromkeys(("--labels", "--list", "--criterion"), "criteria of a features file"),
-    # finetune / analyze cka / bench / device options without a settings dataclass
+    # finetune / bench / device options without a settings dataclass
     **dict.fromkeys(("--mode", "--seeds", "--no-models"), "finetune's modes, seeds, outputs"),
-    **dict.fromkeys(("--split", "--images", "--kernel", "--batch"), "run_cka's arguments"),
     "--device": "bench: where the full step is measured (cpu / cuda; no auto)",
-    **dict.fromkeys(("--bundle", "--data", "--head", "--top"), "the device CLI's paths"),
+    **dict.fromkeys(("--bundle", "--data", "--head", "--top", "--split"), "the device CLI's data"),
     "--version": "the program's",
 }
 """Flags that set no config field, and why. A hand-written flag not listed here fails the test:

@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from entropi.common.cliargs import (
 from ..run.config import DataConfig, RunConfig
 from .finetune_config import FinetuneConfig, FinetuneError
 
-__all__ = ["add_command", "run_cka", "run_finetune"]
+__all__ = ["CKA", "CkaOptions", "add_command", "run_cka", "run_finetune"]
 
 
 def _provenance() -> dict[str, Any]:
@@ -188,6 +189,24 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class CkaOptions:
+    """What ``entropi analyze cka`` compares, unless told otherwise: :func:`run_cka`'s defaults
+    and its flags'."""
+
+    split: str = "test"
+    """the target split whose images are compared: test or train."""
+    images: int = 0
+    """the first N images of the split (0 = all)."""
+    kernels: tuple[str, ...] = ("linear", "rbf")
+    """CKA kernels: linear and / or rbf."""
+    batch_size: int = 256
+    """CKA minibatch size."""
+
+
+CKA = CkaOptions()
+
+
 def run_cka(
     a: str,
     b: str,
@@ -195,10 +214,10 @@ def run_cka(
     out_dir: str | os.PathLike,
     target: str | None = None,
     overrides: Sequence[str] = (),
-    split: str = "test",
-    images: int = 0,
-    kernels: Sequence[str] = ("linear", "rbf"),
-    batch_size: int = 256,
+    split: str = CKA.split,
+    images: int = CKA.images,
+    kernels: Sequence[str] = CKA.kernels,
+    batch_size: int = CKA.batch_size,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Layer-by-layer minibatch CKA of models ``a`` and ``b`` (``RUNDIR[:RUNG]`` or a fine-tuned
@@ -291,8 +310,8 @@ def _cmd_analyze(a: argparse.Namespace) -> int:
         overrides=a.set or [],
         split=a.split,
         images=a.images,
-        kernels=a.kernel or ["linear", "rbf"],
-        batch_size=a.batch,
+        kernels=a.kernels or CKA.kernels,
+        batch_size=a.batch_size,
         device=a.device,
     )
     for k, diag in result["diagonal"].items():
@@ -362,15 +381,16 @@ def add_command(sub) -> dict:
     q = what.add_parser("cka", help=help_, description=help_)
     q.add_argument("a", metavar="A", help="first model: RUNDIR[:RUNG] or a fine-tuned model folder")
     q.add_argument("b", metavar="B", help="second model, the same kinds as A")
-    q.add_argument(
-        "--split",
-        choices=("test", "train"),
-        default="test",
-        help="target images to compare on (default test)",
+    kernels = {"flag": "--kernel", "unset": True, "choices": ("linear", "rbf")}
+    add_dataclass_arguments(
+        q,
+        CkaOptions,
+        options={
+            "split": {"choices": ("test", "train")},
+            "kernels": {**kernels, "also": "Repeat for both."},
+            "batch_size": {"flag": "--batch", "metavar": "BATCH"},
+        },
     )
-    q.add_argument("--images", type=int, default=0, help="first N images (default 0 = all)")
-    q.add_argument("--kernel", action="append", choices=("linear", "rbf"), help="repeat")
-    q.add_argument("--batch", type=int, default=256, help="CKA minibatch size (default 256)")
     _data_args(q)
     q.add_argument("--out", required=True, metavar="DIR", help="folder for cka.json and cka.png")
     return {"finetune": _cmd_finetune, "analyze": _cmd_analyze}
