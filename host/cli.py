@@ -184,27 +184,28 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if not main:
         return 0  # rank 0 prints
     _print_summary(results, out)
-    if results.get("report"):
-        print(f"report: {Path(out) / results['report']}")
+    if results.report:
+        print(f"report: {Path(out) / results.report}")
     return 0
 
 
-def _print_summary(results: dict, out) -> None:
+def _print_summary(results: Any, out) -> None:
+    """The rung table and the pick of a :class:`~entropi.host.run.records.RunResults`."""
     from .selection.rules import stored_value
 
-    crit = results.get("criterion", "entropy")
+    crit = results.criterion
     value = f"{crit[:12]:>12}"
     print(f"{'rung':>4} {'alpha':>9} {'nnz':>9} {'src acc':>8} {'entropy':>8} {value} {'probe':>7}")
-    for r in results["rungs"]:
-        mark = " <- selected" if r["index"] == results["selected_index"] else ""
-        mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
+    for r in results.rungs:
+        mark = " <- selected" if r.index == results.selected_index else ""
+        mark += " (best probe)" if r.index == results.best_probe_index else ""
         v = stored_value(r, crit)
         v = float("nan") if v is None else v
         print(
-            f"{r['index']:>4} {r['alpha']:>9.5f} {r['nnz']:>9} {r['source_accuracy']:>8.4f} "
-            f"{r['entropy']:>8.4f} {v:>12.4f} {r['probe_accuracy']:>7.4f}{mark}"
+            f"{r.index:>4} {r.alpha:>9.5f} {r.nnz:>9} {r.source_accuracy:>8.4f} "
+            f"{r.entropy:>8.4f} {v:>12.4f} {r.probe_accuracy:>7.4f}{mark}"
         )
-    summary = results.get("criteria_summary", {})
+    summary = results.criteria_summary
     if summary:
         print(f"\n{'criterion':<16} {'pick':>4} {'regret':>7} {'tau':>6} {'w.tau':>6}")
         for name, s in summary.items():
@@ -217,15 +218,14 @@ def _print_summary(results: dict, out) -> None:
                 f"{tau:>6} {wtau:>6}{mark}"
             )
         print("(regret in probe points; tau = Kendall tau vs probe accuracy)")
-    conf = results.get("selection_confidence")
+    conf = results.selection_confidence
     tail = f"; confidence {conf:.2f}" if conf is not None else ""
-    rule = results.get("rule", "argmax")
-    se = results.get("probe_se")
+    se = results.probe_se
     se = f"test-set SE {100 * se:.2f}, " if se is not None else ""
     print(
-        f"selected rung {results['selected_index']} by {crit} ({rule}); regret "
-        f"{100 * results['regret']:.2f} points ({se}probe spread "
-        f"{100 * results.get('probe_spread', 0.0):.2f}){tail}; results in "
+        f"selected rung {results.selected_index} by {crit} ({results.rule}); regret "
+        f"{100 * results.regret:.2f} points ({se}probe spread "
+        f"{100 * results.probe_spread:.2f}){tail}; results in "
         f"{Path(out) / 'results.json'}"
     )
 
@@ -268,7 +268,7 @@ def _cmd_probe(a: argparse.Namespace) -> int:
     if not overrides and not a.out:
         cfg, run, device = _open(a)
         scores = stage_score(cfg, run, load_target(cfg), device)
-        print(json.dumps(scores, indent=2))
+        print(json.dumps([s.to_dict() for s in scores], indent=2))
         return 0
     # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
     # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
@@ -304,7 +304,7 @@ def _cmd_select(a: argparse.Namespace) -> int:
     if a.runtime is not None:  # the device's runtime for this selection ([deploy] runtime)
         cfg = dataclasses.replace(cfg, deploy=dataclasses.replace(cfg.deploy, runtime=a.runtime))
     results = stage_select(cfg, run, a.criterion, flash=flash, ram=ram)
-    dep = results.get("deployment")
+    dep = results.deployment
     if dep:
         print(table_markdown(dep["table"], dep["pick"]))
     _print_summary(results, run.root)

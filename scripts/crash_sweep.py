@@ -146,12 +146,14 @@ RUNG_KEYS = ("alpha", "nnz", "source_accuracy", "probe_accuracy", "criteria")
 
 def host_outcome(run: Path) -> dict:
     """What an uninterrupted and a resumed run must agree on."""
-    res = json.loads((run / "results.json").read_text())
+    from entropi.host.run.records import load_results
+
+    res = load_results(run / "results.json")
     with np.load(run / "head" / "head.npz", allow_pickle=False) as z:
         head = {k: z[k] for k in z.files}
     return {
-        "rungs": [{k: r.get(k) for k in RUNG_KEYS} for r in res["rungs"]],
-        "selected_index": res["selected_index"],
+        "rungs": [{k: getattr(r, k) for k in RUNG_KEYS} for r in res.rungs],
+        "selected_index": res.selected_index,
         "head": head,
     }
 

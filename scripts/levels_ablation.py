@@ -20,6 +20,7 @@ from entropi.common.files import atomic_write_json
 from entropi.host.ladder.rungs import list_rungs, load_rung
 from entropi.host.ladder.train import extract_features
 from entropi.host.run.config import load_config
+from entropi.host.run.records import load_results
 from entropi.host.run.rundata import load_target
 from entropi.host.selection.entropy import state_entropy
 from entropi.host.selection.rules import saturated_rungs, select_rung
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     cfg = load_config(a.run / "config.toml")
     tgt = load_target(cfg)
-    results = json.loads((a.run / "results.json").read_text())
+    results = load_results(a.run / "results.json")
     x = torch.as_tensor(tgt.x_train)
     rows = []
     for i in range(len(list_rungs(a.run))):
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
         row = {
             "rung": i,
             "alpha": meta.alpha,
-            "probe_accuracy": results["rungs"][i]["probe_accuracy"],
+            "probe_accuracy": results.rungs[i].probe_accuracy,
         }
         for m in a.levels:
             e = state_entropy(f, m)

@@ -24,6 +24,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from entropi.host.run.records import load_results
+
 __all__ = ["BEGIN", "END", "extract", "readme_block", "render", "replace_block"]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,47 +39,52 @@ _NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "cifar100:coarse": "CI
 
 def extract(run: str | os.PathLike) -> dict[str, Any]:
     """The table's numbers from ``run/results.json`` (a finished run)."""
-    res = json.loads((Path(run) / "results.json").read_text())
-    crit = res["criterion"]
+    res = load_results(Path(run) / "results.json")
+    crit = res.criterion
     rungs = [
         {
-            "alpha": r["alpha"],
-            "nnz": r["nnz"],
-            "source_accuracy": r["source_accuracy"],
-            "entropy": r["entropy"],
-            "subset_entropy": r["criteria"]["subset_entropy"],
-            "von_neumann": r["criteria"]["von_neumann"],
-            **({} if crit in _SHOWN else {crit: r["criteria"][crit]}),
-            "probe_accuracy": r["probe_accuracy"],
-            "probe_accuracy_std": r["probe_accuracy_std"],
+            "alpha": r.alpha,
+            "nnz": r.nnz,
+            "source_accuracy": r.source_accuracy,
+            "entropy": r.entropy,
+            "subset_entropy": r.criteria["subset_entropy"],
+            "von_neumann": r.criteria["von_neumann"],
+            **({} if crit in _SHOWN else {crit: r.criteria[crit]}),
+            "probe_accuracy": r.probe_accuracy,
+            "probe_accuracy_std": r.probe_accuracy_std,
         }
-        for r in res["rungs"]
+        for r in res.rungs
     ]
-    dev = res["device"]
-    ties = res.get("selection_ties") or {}
+    dev = res.device
+    ties = res.selection_ties or {}
     rule = {  # the rule's pick (results written before the rule seam: argmax, not recorded)
         k: v
         for k, v in (
-            ("rule", res.get("rule")),
+            ("rule", res.rule if "rule" in res else None),
             ("tie_se", ties.get("tie_se")),
             ("criterion_best_index", ties.get("best_index")),
-            ("probe_se", res.get("probe_se")),
+            ("probe_se", res.probe_se),
         )
         if v is not None
     }
     return {
         **rule,
-        "run": {k: res[k] for k in ("package_version", "config_sha256", "seed", "arch")},
-        "source": res["source"],
-        "target": res["target"],
+        "run": {
+            "package_version": res.package_version,
+            "config_sha256": res.config_sha256,
+            "seed": res.seed,
+            "arch": res.arch,
+        },
+        "source": res.source,
+        "target": res.target,
         "rungs": rungs,
         "criterion": crit,
-        "selected_index": res["selected_index"],
-        "best_probe_index": res["best_probe_index"],
-        "regret": res["regret"],
-        "kendall_tau": res["criteria_summary"][crit]["kendall_tau"],
-        "selection_confidence": res["selection_confidence"],
-        "resamples": res["selection_resamples"]["resamples"],
+        "selected_index": res.selected_index,
+        "best_probe_index": res.best_probe_index,
+        "regret": res.regret,
+        "kendall_tau": res.criteria_summary[crit]["kendall_tau"],
+        "selection_confidence": res.selection_confidence,
+        "resamples": res.selection_resamples["resamples"],
         "device": {k: dev[k] for k in ("accuracy", "peak_bytes", "analytic_bytes", "budget_bytes")},
     }
 

@@ -41,7 +41,7 @@ def finished_run(image_folder, tmp_path_factory):
 def test_results_and_artifacts(finished_run):
     out, results = finished_run
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk == json.loads(json.dumps(results.to_dict()))
     alphas = [r["alpha"] for r in results["rungs"]]
     assert alphas == pytest.approx([1.0, 0.5, 0.25, 0.125], abs=1e-5)
     for r in results["rungs"]:

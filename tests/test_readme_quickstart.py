@@ -40,19 +40,22 @@ def test_readme_table_equals_the_committed_results(table):
 
 
 def _results(tmp_path: Path) -> Path:
-    """A results.json with the keys the table reads (values made up, two rungs)."""
+    """A results.json (every key a results record needs; values made up, two rungs)."""
     rungs = [
         {
+            "index": i,
             "alpha": a,
             "nnz": n,
             "source_accuracy": 0.5,
             "entropy": 3.0,
+            "distinct_states": 9,
+            "n": 10,
             "criteria": {"subset_entropy": s, "von_neumann": 1.5},
             "probe_accuracy": p,
             "probe_accuracy_std": 0.01,
             "probe_accuracies": [p],
         }
-        for a, n, s, p in ((1.0, 100, 10.0, 0.4), (0.5, 50, 12.0, 0.3))
+        for i, (a, n, s, p) in enumerate(((1.0, 100, 10.0, 0.4), (0.5, 50, 12.0, 0.3)))
     ]
     res = {
         "package_version": "0",
@@ -61,12 +64,19 @@ def _results(tmp_path: Path) -> Path:
         "arch": "smallnet",
         "source": "cifar10",
         "target": "pacs",
+        "levels": 4,
+        "entropy_units": "nats",
         "rungs": rungs,
         "criterion": "subset_entropy",
         "selected_index": 1,
+        "selected_alpha": 0.5,
         "best_probe_index": 0,
+        "dense_probe_accuracy": 0.4,
+        "selected_probe_accuracy": 0.3,
+        "best_probe_accuracy": 0.4,
         "regret": 0.1,
-        "criteria_summary": {"subset_entropy": {"kendall_tau": -1.0}},
+        "stage_seconds": {},
+        "criteria_summary": {"subset_entropy": {"selected_index": 1, "kendall_tau": -1.0}},
         "selection_confidence": 0.75,
         "selection_resamples": {"resamples": 4},
         "device": {"accuracy": 0.3, "peak_bytes": 9, "analytic_bytes": 8, "budget_bytes": 10},

@@ -117,7 +117,7 @@ def test_resume_of_a_finished_run_says_it_is_complete(tmp_path):
     results = stage_select(cfg, run)
     # the data specs point nowhere: any stage that loads data would fail
     again = run_all(None, run.root, resume=True)
-    assert again == json.loads(json.dumps(results))
+    assert again.to_dict() == json.loads(json.dumps(results.to_dict()))
     assert "is already complete" in run.log_file.read_text().splitlines()[-1]
     run.score(2).unlink()  # new work: a rung to rescore, so the run goes on (and needs data)
     with pytest.raises(Exception, match="npz does not exist"):

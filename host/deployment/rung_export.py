@@ -41,6 +41,7 @@ from entropi.export.formats import (
 from entropi.export.rung import CheckpointError
 
 from ..ladder.rungs import as_rundir, load_rung, resolve_rung
+from ..run.records import read_selection
 from ..run.rundir import RunDir
 
 __all__ = [
@@ -322,13 +323,11 @@ def _deploy_pick(run: RunDir) -> dict:
     """``{"form", "dtype", "formats"}`` of the deployment pick of the selected rung in
     results.json; empty when there is none (or it names no known form, dtype or format)."""
     try:
-        results = run.read_json(run.results) or {}
+        selected, deployment = read_selection(run.results)
     except ValueError:
         return {}
-    if not isinstance(results, dict):
-        return {}
-    pick = (results.get("deployment") or {}).get("pick")
-    if not (isinstance(pick, dict) and pick.get("rung") == results.get("selected_index")):
+    pick = deployment.get("pick") if isinstance(deployment, dict) else None
+    if not (isinstance(pick, dict) and pick.get("rung") == selected):
         return {}
     form, dtype, fmt = pick.get("form"), pick.get("dtype"), pick.get("format", "tflite")
     if not all(isinstance(v, str) for v in (form, dtype, fmt)):

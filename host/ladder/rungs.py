@@ -16,6 +16,7 @@ import torch
 
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file
 
+from ..run.records import read_selection
 from ..run.rundir import RunDir
 from .channels import resize_to_widths
 from .models import ARCHITECTURES, Classifier, build_encoder, prunable_parameters
@@ -58,7 +59,7 @@ def resolve_rung(rundir: str | os.PathLike | RunDir, rung: str | int = "selected
                 f"{run.results} does not exist, so no rung is selected yet; run `entropi select` "
                 "or pass a rung index"
             )
-        index = run.read_json(run.results).get("selected_index")
+        index, _ = read_selection(run.results)
         if isinstance(index, bool) or not isinstance(index, int):
             raise CheckpointError(
                 f"{run.results} names no selected rung (selected_index is {index!r}); run "

@@ -20,6 +20,7 @@ from entropi.common.provenance import package_version
 
 from . import distributed
 from .config import RunConfig, config_from_dict, config_to_toml
+from .records import RunResults
 from .report import write_report
 from .rundata import check_data, describe_sizes, load_source, load_target
 from .rundir import RunDir, RunExistsError, open_run
@@ -68,8 +69,8 @@ def open_on_main(
 
 def run_all(
     cfg: RunConfig | None, rundir: str | os.PathLike, *, resume: bool = False, argv=None
-) -> dict[str, Any]:
-    """Every stage in order; returns the results dict (also RUNDIR/results.json).
+) -> RunResults | dict[str, Any]:
+    """Every stage in order; returns the results record (also RUNDIR/results.json).
 
     Under ``torchrun`` (:mod:`.distributed`) every process runs this: all of them train (DDP)
     and score rungs, rank 0 alone writes, selects, exports and returns the results; the others
@@ -90,8 +91,8 @@ def run_all(
     if done is not None:  # a finished run: nothing asks for new work
         run.log(
             f"run: {run.root} is already complete (every rung scored, selected"
-            + (", exported" if "export" in done else "")
-            + (", head trained" if "device" in done else "")
+            + (", exported" if done.export is not None else "")
+            + (", head trained" if done.device is not None else "")
             + "); nothing to redo. `entropi select` re-selects; delete results.json to redo "
             "select, export and device"
         )
@@ -113,19 +114,19 @@ def run_all(
     if not distributed.is_main():
         return {}  # rank 0 selects, exports, trains the head and writes the results
     results = select_rung_results(cfg, run)
-    sel = results["selected_index"]
+    sel = results.selected_index
     # with [deploy] limits, the device gets the form and dtype of the row that fits
-    pick = (results.get("deployment") or {}).get("pick") or {}
+    pick = (results.deployment or {}).get("pick") or {}
     form, dtype = pick.get("form"), pick.get("dtype")
     if cfg.export.enabled:
-        results["export"] = export_summary(
+        results.export = export_summary(
             _timed(run, "export", stage_export, cfg, run, tgt, sel, form, dtype)
         )
         if cfg.device_train.enabled:
             report = _timed(run, "device", stage_device, cfg, run, tgt, sel, form, dtype)
-            results["device"] = report.summary()
-        results["stage_seconds"] = run.stage_seconds()
-    results["data_sizes"] = sizes  # the images each spec held and those the run used
-    results["report"] = write_report(cfg, run, results).name
-    run.write_json(run.results, results)
+            results.device = report.summary()
+        results.stage_seconds = run.stage_seconds()
+    results.data_sizes = sizes  # the images each spec held and those the run used
+    results.report = write_report(cfg, run, results).name
+    run.write_json(run.results, results.to_dict())
     return results

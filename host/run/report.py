@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 from ..selection.criteria import CRITERIA
 from ..selection.rules import seconds_or_none, undefined_notes
 from .config import RunConfig
+from .records import RungScores, RunResults
 from .rundir import RunDir
 
 __all__ = ["num", "render_report", "write_report"]
@@ -68,43 +68,42 @@ def _points(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
 
 
-def _probe_cost(rungs: list[dict]) -> str:
+def _probe_cost(rungs: list[RungScores]) -> str:
     """The probe's seconds over every rung, beside the criteria's (empty when not recorded)."""
 
-    times = [seconds_or_none(r.get("probe_seconds")) for r in rungs]
+    times = [seconds_or_none(r.probe_seconds) for r in rungs]
     if any(t is None for t in times):
         return ""
     return f", against {sum(times):.2f} for the probe it predicts"
 
 
-def _regret_noise(results: dict[str, Any]) -> str:
+def _regret_noise(results: RunResults) -> str:
     """The noise a regret is read against: the test-set standard error of one probe accuracy
     (binomial, mean over rungs), in points."""
-    se = results.get("probe_se")
+    se = results.probe_se
     if se is None or not math.isfinite(se):
         return "test-set SE of a probe accuracy not recorded"
     return f"test-set SE of a probe accuracy {100 * se:.2f} points"
 
 
-def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
+def _answer(cfg: RunConfig, run: RunDir, results: RunResults) -> list[str]:
     """The pick, its size against dense, its accuracy, its confidence and what to run next."""
-    rungs = {r["index"]: r for r in results["rungs"]}
-    sel, dense = rungs[results["selected_index"]], rungs[0]
-    crit = results.get("criterion", "entropy")
+    sel, dense = results.selected, results.rungs[0]
+    crit = results.criterion
     size = (
-        f"the dense encoder itself ({dense['nnz']:,} weights)"
+        f"the dense encoder itself ({dense.nnz:,} weights)"
         if sel is dense
-        else f"{sel['nnz']:,} of the dense encoder's {dense['nnz']:,} weights "
-        f"({_pct(sel['nnz'] / dense['nnz']) if dense['nnz'] else 'n/a'}, alpha {sel['alpha']:.4g})"
+        else f"{sel.nnz:,} of the dense encoder's {dense.nnz:,} weights "
+        f"({_pct(sel.nnz / dense.nnz) if dense.nnz else 'n/a'}, alpha {sel.alpha:.4g})"
     )
-    export = run.read_json(run.export / "export.json") if "export" in results else None
+    export = run.read_json(run.export / "export.json") if results.export is not None else None
     if export and export.get("files"):
         name, f = min(export["files"].items(), key=lambda kv: kv[1]["bytes"])
         size += (
             f"; smallest file `{name}` {_kib(f['bytes'])} vs {_kib(export['dense_bytes'])} dense"
         )
-    conf = results.get("selection_confidence")
-    res = results.get("selection_resamples") or {}
+    conf = results.selection_confidence
+    res = results.selection_resamples or {}
     sure = (
         f"picked on {_pct(conf)} of {res.get('resamples')} bootstrap resamples of the target"
         if conf is not None
@@ -112,17 +111,17 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     )
     lines = [
         "",
-        f"**Pick: rung {sel['index']}** by `{crit}`: {size}. Probe accuracy "
-        f"**{_pct(sel['probe_accuracy'])}**"
-        + ("" if sel is dense else f" against {_pct(dense['probe_accuracy'])} for the dense rung")
-        + f"; the best in hindsight, rung {results['best_probe_index']}, has "
-        f"{_pct(results['best_probe_accuracy'])} (regret **{100 * results['regret']:.2f} "
+        f"**Pick: rung {sel.index}** by `{crit}`: {size}. Probe accuracy "
+        f"**{_pct(sel.probe_accuracy)}**"
+        + ("" if sel is dense else f" against {_pct(dense.probe_accuracy)} for the dense rung")
+        + f"; the best in hindsight, rung {results.best_probe_index}, has "
+        f"{_pct(results.best_probe_accuracy)} (regret **{100 * results.regret:.2f} "
         f"points**, {_regret_noise(results)}). Confidence: {sure}.",
     ]
-    undefined = results.get("criteria_undefined") or {}
+    undefined = results.criteria_undefined
     if undefined:
         lines += ["", "Criteria it could not use everywhere:", ""]
-        lines += [f"- {n}" for n in undefined_notes(undefined, crit, len(rungs))]
+        lines += [f"- {n}" for n in undefined_notes(undefined, crit, len(results.rungs))]
     lines += ["", "**Next:** " + " ".join(_next_steps(run, results))]
     target = _target_sizes(cfg, run, results)
     if target:
@@ -130,13 +129,13 @@ def _answer(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _next_steps(run: RunDir, results: dict[str, Any]) -> list[str]:
+def _next_steps(run: RunDir, results: RunResults) -> list[str]:
     steps = []
-    conf = results.get("selection_confidence")
+    conf = results.selection_confidence
     if conf is not None and conf < 0.5:
         steps.append("the pick is uncertain (under half of the resamples agree): more target "
                      "images would make it firmer.")  # fmt: skip
-    if results.get("device"):
+    if results.device:
         steps.append(
             "the device bundle is in [`bundle/`](bundle/) and its head in [`head/`](head/); on "
             "the device: `entropi-device train --bundle BUNDLE --data YOUR_IMAGES --out HEAD`."
@@ -144,43 +143,39 @@ def _next_steps(run: RunDir, results: dict[str, Any]) -> list[str]:
     else:
         steps.append(
             f"`entropi bundle --run {run.root} --out BUNDLE` bundles rung "
-            f"{results['selected_index']} for the device."
+            f"{results.selected_index} for the device."
         )
-    if not results.get("deployment"):
+    if not results.deployment:
         steps.append(
             f"To pick for a device's memory: `entropi select {run.root} --flash SIZE --ram SIZE`."
         )
     return steps
 
 
-def _target_sizes(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
+def _target_sizes(cfg: RunConfig, run: RunDir, results: RunResults) -> str:
     """The data's sizes: the images each spec held and those the run used (results.json
     ``data_sizes``, host/run/rundata.py), else the target's as the rungs were scored: training
     images (criteria and probe), test images (probe accuracy), classes."""
-    sizes = results.get("data_sizes") or {}
+    sizes = results.data_sizes or {}
     if sizes.get("target"):
         from .rundata import describe_sizes
 
         lines = [describe_sizes(k, sizes[k]) for k in ("target", "source") if sizes.get(k)]
         return "Data: " + "; ".join(lines) + "."
-    first = results["rungs"][0]
-    if "n" not in first:
-        return ""
+    first = results.rungs[0]
     classes = run.read_json(run.target_classes)
     k = f", {len(classes)} classes" if isinstance(classes, list) else ""
-    folds = first.get("probe_folds") or 0
-    test = first.get("probe_test_n")
+    folds = first.probe_folds or 0
+    test = first.probe_test_n
     test = (
         f"; the probe is {folds}-fold cross-validated over {test} images pooled"
         if folds and test
         else (f", {test:,} test images (probe accuracy)" if test else "")
     )
-    return (
-        f"Target `{cfg.data.target}`: {first['n']:,} training images (criteria and probe){test}{k}."
-    )
+    return f"Target `{cfg.data.target}`: {first.n:,} training images (criteria and probe){test}{k}."
 
 
-def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]:
+def _what_ran(cfg: RunConfig, run: RunDir, results: RunResults) -> list[str]:
     info = run.read_json(run.info, {})
     lines = [
         "",
@@ -196,7 +191,7 @@ def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]
         lines.append(
             f"- {inv['started']}: `{inv['argv']}`" + (" (resume)" if inv["resume"] else "")
         )
-    seconds = results.get("stage_seconds") or run.stage_seconds()
+    seconds = results.stage_seconds or run.stage_seconds()
     if seconds:
         rows = [[k, f"{v:.1f}"] for k, v in seconds.items()]
         rows.append(["**total**", f"**{sum(seconds.values()):.1f}**"])
@@ -205,48 +200,48 @@ def _what_ran(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> list[str]
     return lines
 
 
-def _rungs(results: dict[str, Any]) -> list[str]:
-    rungs = results["rungs"]
-    names = [n for n in CRITERIA if all(n in r.get("criteria", {}) for r in rungs)]
+def _rungs(results: RunResults) -> list[str]:
+    rungs = results.rungs
+    names = [n for n in CRITERIA if all(n in r.criteria for r in rungs)]
     if not names:  # scored by an older entropi: the paper's entropy only
         names = ["entropy"]
-    crit = results.get("criterion", "entropy")
+    crit = results.criterion
     header = [
         "rung", "alpha", "nnz", "source acc", *names, "states", "probe acc (sd)", "probe SE (pts)"
     ]  # fmt: skip
     rows = []
     for r in rungs:
-        mark = " **selected**" if r["index"] == results["selected_index"] else ""
-        mark += " (best probe)" if r["index"] == results["best_probe_index"] else ""
-        vals = r.get("criteria", {"entropy": r.get("entropy")})
+        mark = " **selected**" if r.index == results.selected_index else ""
+        mark += " (best probe)" if r.index == results.best_probe_index else ""
+        vals = r.criteria if "criteria" in r else {"entropy": r.entropy}
         rows.append(
             [
-                f"{r['index']}{mark}",
-                f"{r['alpha']:.5f}",
-                str(r["nnz"]),
-                _acc(r.get("source_accuracy")),
+                f"{r.index}{mark}",
+                f"{r.alpha:.5f}",
+                str(r.nnz),
+                _acc(r.source_accuracy),
                 *(num(vals.get(k)) for k in names),
-                str(r["distinct_states"]),
-                f"{r['probe_accuracy']:.4f} ({r.get('probe_accuracy_std', 0.0):.4f})",
-                _points(r.get("probe_accuracy_se")),
+                str(r.distinct_states),
+                f"{r.probe_accuracy:.4f} ({r.probe_accuracy_std:.4f})",
+                _points(r.probe_accuracy_se),
             ]
         )
-    lines = ["", "## Rungs", "", f"Selection: {results['selection_rule']} (criterion "]
-    lines[-1] += f"`{crit}`, M = {results['levels']} levels for the entropies)."
+    lines = ["", "## Rungs", "", f"Selection: {results.selection_rule} (criterion "]
+    lines[-1] += f"`{crit}`, M = {results.levels} levels for the entropies)."
     lines += [""] + _table(header, rows)
-    conf = results.get("selection_confidence")
-    res = results.get("selection_resamples") or {}
+    conf = results.selection_confidence
+    res = results.selection_resamples or {}
     lines += [
         "",
-        f"Selected rung {results['selected_index']} (alpha {results['selected_alpha']:.5f}): "
-        f"probe accuracy {results['selected_probe_accuracy']:.4f}; best in hindsight rung "
-        f"{results['best_probe_index']} ({results['best_probe_accuracy']:.4f}); regret "
-        f"{100 * results['regret']:.2f} points ({_regret_noise(results)}; mean probe sd over "
-        f"seeds {100 * results.get('probe_spread', 0):.2f} points); dense "
-        f"{results['dense_probe_accuracy']:.4f}. Criteria undefined on a rung show n/a.",
+        f"Selected rung {results.selected_index} (alpha {results.selected_alpha:.5f}): "
+        f"probe accuracy {results.selected_probe_accuracy:.4f}; best in hindsight rung "
+        f"{results.best_probe_index} ({results.best_probe_accuracy:.4f}); regret "
+        f"{100 * results.regret:.2f} points ({_regret_noise(results)}; mean probe sd over "
+        f"seeds {100 * results.probe_spread:.2f} points); dense "
+        f"{results.dense_probe_accuracy:.4f}. Criteria undefined on a rung show n/a.",
     ]
-    ties = results.get("selection_ties") or {}
-    if results.get("rule", "argmax") != "argmax" and ties:
+    ties = results.selection_ties or {}
+    if results.rule != "argmax" and ties:
         lines += [
             "",
             f"Rungs tied with the best by `{crit}` (rung {ties['best_index']}), within "
@@ -256,11 +251,11 @@ def _rungs(results: dict[str, Any]) -> list[str]:
     if conf is not None:
         lines += [
             "",
-            f"Selection confidence: `{crit}` ({results.get('rule', 'argmax')}) picks rung "
-            f"{results['selected_index']} on **{100 * conf:.0f}%** of {res['resamples']} "
+            f"Selection confidence: `{crit}` ({results.rule}) picks rung "
+            f"{results.selected_index} on **{100 * conf:.0f}%** of {res['resamples']} "
             f"bootstrap resamples of the target training set (wins per rung: {res['wins']}).",
         ]
-    summary = results.get("criteria_summary") or {}
+    summary = results.criteria_summary
     if summary:
         rows = [
             [
@@ -283,12 +278,12 @@ def _rungs(results: dict[str, Any]) -> list[str]:
             ["criterion", "pick", "regret", "Kendall tau", "weighted tau", "better", "seconds"],
             rows,
         )
-    if results.get("saturated_rungs"):
-        n = max(r.get("n", 0) for r in rungs)
+    if results.saturated_rungs:
+        n = max(r.n for r in rungs)
         lines += [
             "",
             f"**Note:** the paper's entropy saturated at log n (n = {n} target samples) on rungs "
-            f"{results['saturated_rungs']}: that estimator cannot rank them.",
+            f"{results.saturated_rungs}: that estimator cannot rank them.",
         ]
     lines += ["", "![selection criterion and probe accuracy vs alpha](entropy_vs_alpha.png)"]
     return lines
@@ -370,10 +365,10 @@ def _export(run: RunDir) -> list[str]:
     return lines
 
 
-def _deployment(results: dict[str, Any]) -> list[str]:
+def _deployment(results: RunResults) -> list[str]:
     from ..deployment.fit import table_markdown
 
-    dep = results.get("deployment")
+    dep = results.deployment
     if not dep:
         return []
     p = dep["pick"]
@@ -392,8 +387,8 @@ def _deployment(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _device(results: dict[str, Any]) -> list[str]:
-    d = results.get("device")
+def _device(results: RunResults) -> list[str]:
+    d = results.device
     if not d:
         return []
     return [
@@ -408,17 +403,17 @@ def _device(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_report(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> str:
+def render_report(cfg: RunConfig, run: RunDir, results: RunResults) -> str:
     lines = [_title(cfg, run), *_answer(cfg, run, results)]
     lines += [*_what_ran(cfg, run, results), *_rungs(results)]
     lines += _deployment(results)
-    if "export" in results:
+    if results.export is not None:
         lines += _export(run)
     lines += _device(results)
     return "\n".join(lines) + "\n"
 
 
-def write_report(cfg: RunConfig, run: RunDir, results: dict[str, Any]) -> Path:
+def write_report(cfg: RunConfig, run: RunDir, results: RunResults) -> Path:
     """Write RUNDIR/report.md (atomically) and return its path."""
     run.write_text(run.report, render_report(cfg, run, results))
     return run.report

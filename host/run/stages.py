@@ -52,6 +52,7 @@ from ..selection.rules import (
 )
 from . import distributed
 from .config import RunConfig
+from .records import RungScores, RunResults, load_results, previous_data_sizes, read_scores
 from .rundata import SourceData, TargetData, write_target_npz
 from .rundir import RunDir
 
@@ -291,7 +292,7 @@ def _score_one(cfg: RunConfig, index: int, rung: Rung, tgt: TargetData, device):
     return score, ftr.astype(np.float32)
 
 
-def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[dict]:
+def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[RungScores]:
     """Every selection criterion on the target training features and the linear probe (the
     ground truth, ``[probe] repeats`` seeds) for every rung; the features are kept in
     RUNDIR/features/ for the selection confidence and for re-selection.
@@ -300,7 +301,7 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
     one to each process, and their scores and features come back to rank 0, which writes them;
     each rung is scored as one process scores it (same seeds), so the scores do not depend on W.
     Rank 0 returns every rung's scores, the other processes an empty list."""
-    scores: dict[int, dict] = {}  # rank 0: rung index -> its scores
+    scores: dict[int, RungScores] = {}  # rank 0: rung index -> its scores
     rungs: list = []
 
     def plan() -> list[int]:
@@ -329,18 +330,19 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
             if not (os.path.lexists(spath) and os.path.lexists(run.features(index))):
                 todo.append(index)
                 continue
-            score = run.read_score(index)
-            if score.get("criteria_version") != CRITERIA_VERSION or set(
-                score.get("criteria", {})
-            ) != set(CRITERIA):
+            score = read_scores(run, index)
+            if score.criteria_version != CRITERIA_VERSION or set(score.criteria) != set(CRITERIA):
                 # criteria changed since these scores: recompute them from the cached features
                 feats = cached_features(run, index, len(labels))
-                score = {
-                    k: v for k, v in score.items() if k not in ("criteria", "criteria_undefined")
+                new = {
+                    k: v
+                    for k, v in score.to_dict().items()
+                    if k not in ("criteria", "criteria_undefined")
                 }
-                score |= score_rung(feats, labels, cfg)
-                score["criteria_version"] = CRITERIA_VERSION
-                run.write_json(spath, score)
+                new |= score_rung(feats, labels, cfg)
+                new["criteria_version"] = CRITERIA_VERSION
+                score = RungScores.from_dict(new, spath, index)
+                run.write_json(spath, score.to_dict())
                 run.log(f"score: rung {index}: criteria recomputed from the cached features")
             scores[index] = score
         return todo
@@ -361,16 +363,16 @@ def stage_score(cfg: RunConfig, run: RunDir, tgt: TargetData, device) -> list[di
         for out in done or ():
             if out is None:
                 continue
-            score, ftr = out
-            index = score["index"]
+            computed, ftr = out
+            index = computed["index"]
+            score = RungScores.from_dict(computed, run.score(index), index)
             run.write_array(run.features(index), ftr)
-            run.write_json(run.score(index), score)
-            for name, why in score.get("criteria_undefined", {}).items():
+            run.write_json(run.score(index), score.to_dict())
+            for name, why in score.criteria_undefined.items():
                 run.log(f"score: rung {index}: {name} is undefined ({why})")
             run.log(
-                f"score: rung {index} alpha {score['alpha']:.5f} entropy {score['entropy']:.4f} "
-                f"probe accuracy {score['probe_accuracy']:.4f} +- "
-                f"{score['probe_accuracy_std']:.4f}"
+                f"score: rung {index} alpha {score.alpha:.5f} entropy {score.entropy:.4f} "
+                f"probe accuracy {score.probe_accuracy:.4f} +- {score.probe_accuracy_std:.4f}"
             )
             scores[index] = score
     return [scores[i] for i in sorted(scores)]
@@ -441,7 +443,7 @@ def select(
     flash: int | None = None,
     ram: int | None = None,
     plot: bool = True,
-) -> dict[str, Any]:
+) -> RunResults:
     """Pick the rung by ``criterion`` (default: the config's) from the stored scores, summarize
     every criterion's pick, measure the pick's confidence, write the plot (unless ``plot`` is
     false); return the results.
@@ -458,45 +460,45 @@ def select(
     sel, deployment = _fitting_pick(
         cfg, run, rungs, criterion, boot, choice["selected_index"], flash, ram
     )
-    probes = [r["probe_accuracy"] for r in rungs]
+    probes = [r.probe_accuracy for r in rungs]
     best = int(np.argmax(probes))
     saturated = saturated_rungs(rungs)
     summary = criteria_summary(rungs)
     keys = ("resamples", "resamples_dropped", "wins", "picks")  # the rule's, on every resample
     conf = None if boot is None else {k: choice[k] for k in keys}
     undefined = undefined_criteria(rungs)
-    results = {
-        "package_version": package_version(),
-        "config_sha256": cfg.digest(),
-        "seed": cfg.seed,
-        "arch": cfg.pretrain.arch,
-        "source": cfg.data.source,
-        "target": cfg.data.target,
-        "levels": cfg.entropy.levels,
-        "entropy_units": "nats",
-        "rungs": rungs,
-        "criterion": criterion,
-        "selected_index": sel,
-        "selection_rule": selection_rule(criterion, cfg.select.rule, cfg.select.tie_se),
-        "rule": cfg.select.rule,
-        "selection_ties": {k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
-        "selection_confidence": _selection_confidence(conf, sel, deployment),
-        "selection_resamples": conf,
-        "criteria_summary": summary,
-        "criteria_undefined": undefined,
-        "saturated_rungs": saturated,
-        "selected_alpha": rungs[sel]["alpha"],
-        "best_probe_index": best,
-        "dense_probe_accuracy": rungs[0]["probe_accuracy"],
-        "selected_probe_accuracy": rungs[sel]["probe_accuracy"],
-        "best_probe_accuracy": rungs[best]["probe_accuracy"],
-        "probe_spread": float(np.mean([r.get("probe_accuracy_std", 0.0) for r in rungs])),
-        "probe_se": _mean_or_none([r.get("probe_accuracy_se") for r in rungs]),
-        "regret": rungs[best]["probe_accuracy"] - rungs[sel]["probe_accuracy"],
-        "regret_units": "fraction of the test images (x 100 = probe points, as printed)",
-        "deployment": deployment,
-        "stage_seconds": run.stage_seconds(),
-    }
+    results = RunResults(
+        package_version=package_version(),
+        config_sha256=cfg.digest(),
+        seed=cfg.seed,
+        arch=cfg.pretrain.arch,
+        source=cfg.data.source,
+        target=cfg.data.target,
+        levels=cfg.entropy.levels,
+        entropy_units="nats",
+        rungs=rungs,
+        criterion=criterion,
+        selected_index=sel,
+        selection_rule=selection_rule(criterion, cfg.select.rule, cfg.select.tie_se),
+        rule=cfg.select.rule,
+        selection_ties={k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
+        selection_confidence=_selection_confidence(conf, sel, deployment),
+        selection_resamples=conf,
+        criteria_summary=summary,
+        criteria_undefined=undefined,
+        saturated_rungs=saturated,
+        selected_alpha=rungs[sel].alpha,
+        best_probe_index=best,
+        dense_probe_accuracy=rungs[0].probe_accuracy,
+        selected_probe_accuracy=rungs[sel].probe_accuracy,
+        best_probe_accuracy=rungs[best].probe_accuracy,
+        probe_spread=float(np.mean([r.probe_accuracy_std for r in rungs])),
+        probe_se=_mean_or_none([r.probe_accuracy_se for r in rungs]),
+        regret=rungs[best].probe_accuracy - rungs[sel].probe_accuracy,
+        regret_units="fraction of the test images (x 100 = probe points, as printed)",
+        deployment=deployment,
+        stage_seconds=run.stage_seconds(),
+    )
     _log_select_notes(run, results)
     if plot:
         plot_entropy_vs_alpha(results, run.plot)
@@ -504,14 +506,14 @@ def select(
     return results
 
 
-def _scored_rungs(run: RunDir) -> list[dict]:
+def _scored_rungs(run: RunDir) -> list[RungScores]:
     """Every rung's stored scores, rung 0 first; refused when there is no ladder or no score."""
     n_rungs = len(run.rung_files())  # rungs 0..N-1: a gap is an error naming it
     if not n_rungs:
         raise CheckpointError(f"{run.root} has no pruning ladder; run `entropi run` first")
     if not any(os.path.lexists(run.score(i)) for i in range(n_rungs)):
         raise CheckpointError(f"{run.root} has no scored rungs; run `entropi probe` first")
-    return [run.read_score(i) for i in range(n_rungs)]  # a missing one: named, never skipped
+    return [read_scores(run, i) for i in range(n_rungs)]  # a missing one: named, never skipped
 
 
 def _fitting_pick(cfg, run, rungs, criterion, boot, sel: int, flash, ram):
@@ -542,47 +544,47 @@ def _selection_confidence(conf: dict | None, sel: int, deployment: dict | None) 
     )
 
 
-def _log_select_notes(run: RunDir, results: dict[str, Any]) -> None:
+def _log_select_notes(run: RunDir, results: RunResults) -> None:
     """Log what the reader of a pick should know: saturated entropy, a low confidence,
     criteria undefined on some rungs."""
-    rungs, criterion, sel = results["rungs"], results["criterion"], results["selected_index"]
-    saturated, conf = results["saturated_rungs"], results["selection_resamples"]
+    rungs, criterion, sel = results.rungs, results.criterion, results.selected_index
+    saturated, conf = results.saturated_rungs, results.selection_resamples
     if saturated:
-        n = max(r.get("n", 0) for r in rungs)
+        n = max(r.n for r in rungs)
         run.log(
             f"select: note: the paper's entropy saturated at log n = {np.log(n):.4f} on "
             f"rungs {saturated}; it cannot rank them"
             + (" (and it is the selection criterion)" if criterion == "entropy" else "")
         )
-    c = results["selection_confidence"]
+    c = results.selection_confidence
     if c is not None and c < 0.5:
         run.log(
             f"select: warning: low confidence: {criterion} picks rung {sel} on only "
             f"{100 * c:.0f}% of {conf['resamples']} bootstrap resamples of the target (wins per "
             f"rung {conf['wins']}); more target data would make the pick firmer"
         )
-    for line in undefined_notes(results["criteria_undefined"], criterion, len(rungs)):
+    for line in undefined_notes(results.criteria_undefined, criterion, len(rungs)):
         run.log(f"select: note: {line}")
 
 
-def _log_pick(run: RunDir, results: dict[str, Any]) -> None:
+def _log_pick(run: RunDir, results: RunResults) -> None:
     """Log the pick in one line: its alpha, criterion value, probe accuracy, regret."""
-    rungs, criterion, sel = results["rungs"], results["criterion"], results["selected_index"]
-    best, c = results["best_probe_index"], results["selection_confidence"]
-    value = stored_value(rungs[sel], criterion)
+    criterion, sel, best = results.criterion, results.selected, results.best
+    c = results.selection_confidence
+    value = stored_value(sel, criterion)
     value = "undefined" if value is None else f"{value:.4g}"  # every rung undefined: rung 0
     run.log(
-        f"select: rung {sel} (alpha {rungs[sel]['alpha']:.5f}, {criterion} {value}, probe "
-        f"{rungs[sel]['probe_accuracy']:.4f}); best probe rung {best} "
-        f"({rungs[best]['probe_accuracy']:.4f}); regret {100 * results['regret']:.2f} points"
+        f"select: rung {sel.index} (alpha {sel.alpha:.5f}, {criterion} {value}, probe "
+        f"{sel.probe_accuracy:.4f}); best probe rung {best.index} "
+        f"({best.probe_accuracy:.4f}); regret {100 * results.regret:.2f} points"
         + (f"; confidence {c:.2f}" if c is not None else "")
     )
 
 
-def _scored_n(run: RunDir, rungs: list[dict]) -> int | None:
+def _scored_n(run: RunDir, rungs: list[RungScores]) -> int | None:
     """The number of target samples every rung was scored on (their ``n``); rungs that
     disagree were scored on different targets: a :class:`CheckpointError`."""
-    ns = sorted({r["n"] for r in rungs})
+    ns = sorted({r.n for r in rungs})
     if len(ns) > 1:
         raise CheckpointError(
             f"the score files of {run.root} were computed on different targets (n = "
@@ -592,19 +594,19 @@ def _scored_n(run: RunDir, rungs: list[dict]) -> int | None:
     return ns[0] if ns else None
 
 
-def undefined_criteria(rungs: list[dict]) -> dict[str, dict[str, Any]]:
+def undefined_criteria(rungs: list[RungScores]) -> dict[str, dict[str, Any]]:
     """Per criterion undefined (None) on some rung: those rungs and the first reason stored."""
     out: dict[str, dict[str, Any]] = {}
     for r in rungs:
-        for name, value in r.get("criteria", {}).items():
+        for name, value in r.criteria.items():
             if value is None:
                 entry = out.setdefault(name, {"rungs": [], "reason": None})
-                entry["rungs"].append(r["index"])
-                entry["reason"] = entry["reason"] or r.get("criteria_undefined", {}).get(name)
+                entry["rungs"].append(r.index)
+                entry["reason"] = entry["reason"] or r.criteria_undefined.get(name)
     return out
 
 
-def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
+def completed_results(cfg: RunConfig, run: RunDir) -> RunResults | None:
     """The saved results of a run that has nothing left to do, else None: every planned rung
     scored with the current criteria (features cached), results.json, and the export and head
     the config asks for, with the report. ``entropi run --resume`` on such a
@@ -615,16 +617,16 @@ def completed_results(cfg: RunConfig, run: RunDir) -> dict[str, Any] | None:
     for i in range(n):
         if not (run.score(i).is_file() and run.features(i).is_file()):
             return None
-        if run.read_score(i).get("criteria_version") != CRITERIA_VERSION:
+        if read_scores(run, i).criteria_version != CRITERIA_VERSION:
             return None
-    results = run.read_json(run.results)
+    results = load_results(run.results)
     wanted = [
-        (cfg.export.enabled, "export", run.export / "export.json"),
-        (cfg.export.enabled and cfg.device_train.enabled, "device", run.head / "train.json"),
+        (cfg.export.enabled, results.export, run.export / "export.json"),
+        (cfg.export.enabled and cfg.device_train.enabled, results.device, run.head / "train.json"),
     ]
     if not run.report.is_file():  # (the config cannot have changed: open_run refuses that)
         return None
-    if any(want and (key not in results or not path.is_file()) for want, key, path in wanted):
+    if any(want and (part is None or not path.is_file()) for want, part, path in wanted):
         return None
     return results
 
@@ -639,7 +641,7 @@ def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
 
     fits = set(deployment["fitting_rungs"])
     masked = [
-        r if i in fits else {**r, "criteria": {**r.get("criteria", {}), criterion: None}}
+        r if i in fits else dataclasses.replace(r, criteria={**r.criteria, criterion: None})
         for i, r in enumerate(rungs)
     ]
     if boot is not None:
@@ -697,16 +699,15 @@ def stage_select(
     *,
     flash: int | None = None,
     ram: int | None = None,
-) -> dict[str, Any]:
+) -> RunResults:
     """:func:`select`, then write results.json and report.md (``entropi select``)."""
     from .report import write_report
 
     results = select(cfg, run, criterion, flash=flash, ram=ram)
-    before = run.read_json(run.results, {})
-    if before.get("data_sizes"):  # what the run loaded: the same for any selection
-        results["data_sizes"] = before["data_sizes"]
-    results["report"] = write_report(cfg, run, results).name
-    run.write_json(run.results, results)
+    # what the run loaded: the same for any selection
+    results.data_sizes = previous_data_sizes(run.results)
+    results.report = write_report(cfg, run, results).name
+    run.write_json(run.results, results.to_dict())
     return results
 
 

@@ -63,6 +63,7 @@ from entropi.common.lock import lock_folder
 from ..errors import ConfigError
 from ..run import distributed
 from ..run.config import load_config
+from ..run.records import RunResults, load_results
 from ..run.rundir import RunDir
 from .criteria import CRITERIA
 from .rules import seconds_or_none
@@ -294,9 +295,9 @@ def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
                 )
 
             def collect(ladder=ladder, target=target, tcfg=tcfg, trun=trun) -> None:
-                results = trun.read_json(trun.results)
+                results = load_results(trun.results)
                 pairs.append(_pair(ladder, target, results, trun.stage_seconds()))
-                runs.append((tcfg, trun, len(results["rungs"])))
+                runs.append((tcfg, trun, len(results.rungs)))
 
             distributed.from_main(collect, share=False)
     return distributed.from_main(partial(_write_study, study, out, pairs, runs, t_start))
@@ -367,12 +368,12 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) -> dict:
-    rungs = results["rungs"]
-    log_alpha = np.log10([r["alpha"] for r in rungs])
-    best = results["best_probe_index"]
+def _pair(ladder: LadderSpec, target: TargetSpec, results: RunResults, seconds: dict) -> dict:
+    rungs = results.rungs
+    log_alpha = np.log10([r.alpha for r in rungs])
+    best = results.best_probe_index
     crit = {}
-    for name, s in results["criteria_summary"].items():
+    for name, s in results.criteria_summary.items():
         crit[name] = {
             **{k: s[k] for k in ("selected_index", "regret", "kendall_tau", "weighted_tau")},
             "seconds": seconds_or_none(s.get("seconds")),
@@ -385,17 +386,17 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: dict, seconds: dict) 
         "ladder": ladder.name,
         "target": target.name,
         "holdout": target.holdout,
-        "n": rungs[0].get("n"),
-        "alphas": [r["alpha"] for r in rungs],
-        "probe": [r["probe_accuracy"] for r in rungs],
-        "probe_std": [r.get("probe_accuracy_std", 0.0) for r in rungs],
-        "probe_spread": results.get("probe_spread", 0.0),
-        "probe_se": results.get("probe_se"),
-        "probe_test_n": rungs[0].get("probe_test_n"),
+        "n": rungs[0].n,
+        "alphas": [r.alpha for r in rungs],
+        "probe": [r.probe_accuracy for r in rungs],
+        "probe_std": [r.probe_accuracy_std for r in rungs],
+        "probe_spread": results.probe_spread,
+        "probe_se": results.probe_se,
+        "probe_test_n": rungs[0].probe_test_n,
         "best_probe_index": best,
-        "criterion": results["criterion"],
-        "selection_confidence": results.get("selection_confidence"),
-        "saturated_rungs": results.get("saturated_rungs", []),
+        "criterion": results.criterion,
+        "selection_confidence": results.selection_confidence,
+        "saturated_rungs": results.saturated_rungs,
         "criteria": crit,
         "score_seconds": float(seconds.get("score", 0.0)),
     }
