@@ -34,6 +34,7 @@ from entropi.export.mcu import mcu_module, mcu_tflite_bytes
 from entropi.export.tflm import compare_tflm_litert, tflm_arena_bytes
 from entropi.host.deployment.rung_export import run_calibration, run_target
 from entropi.host.ladder.rungs import list_rungs, load_rung
+from entropi.host.run.records import read_scores
 from entropi.host.run.rundir import RunDir
 
 
@@ -47,11 +48,8 @@ def _macs(module: torch.nn.Module, shape) -> int:
 
 
 def _probe(run: RunDir, index: int) -> dict[str, float | None]:
-    score = run.read_json(run.score(index))
-    return {
-        "probe_accuracy": score.get("probe_accuracy"),
-        "probe_se": score.get("probe_accuracy_se"),
-    }
+    score = read_scores(run, index)
+    return {"probe_accuracy": score.probe_accuracy, "probe_se": score.probe_accuracy_se}
 
 
 def measure_rung(run: RunDir, index: int, cal: np.ndarray, verify: np.ndarray) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from entropi.common.errors import EntropiError
 from entropi.device.budget import format_size, parse_size
 from entropi.device.errors import BudgetError, TrainConfigError
 
+from ..run.records import read_scores
 from ..run.rundir import RunDir
 from .runtimes import MCU_FORM, RUNTIMES
 
@@ -419,7 +420,7 @@ def _measured_row(data: bytes, runtime: str, extra: dict, encoder, info) -> dict
 
 def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) -> dict:
     """One row of the table: a measured file plus the head's flash and training RAM."""
-    score = run.read_json(run.score(i)) if run.score(i).is_file() else {}
+    accuracy = read_scores(run, i).probe_accuracy if run.score(i).is_file() else None
     d = measured["feature_dim"]
     c = classes or 2
     if (d, c) not in head_plans:
@@ -454,7 +455,7 @@ def _table_row(cfg, run: RunDir, i, form, dtype, measured, classes, head_plans) 
             if arena is not None
             else {}
         ),
-        "accuracy": score.get("probe_accuracy"),
+        "accuracy": accuracy,
         **({"int8_mean_cos": measured["int8_mean_cos"]} if dtype == "int8" else {}),
     }
 
