@@ -47,6 +47,8 @@ from entropi.host.analysis.memory import (
 )
 from entropi.host.ladder.models import ARCHITECTURES, Classifier, build_model
 from entropi.host.ladder.prune import apply_masks, dense_masks, global_magnitude_masks
+from entropi.host.ladder.rungs import load_rung
+from entropi.host.run.rundir import RunDir
 
 from .bench_defaults import DEFAULTS
 
@@ -106,8 +108,6 @@ def _rung_rows(run, rung, classes: Sequence[int] | None, batch: int, device) -> 
     """The head and full rows of rung ``rung`` of run folder ``run`` (its own weights: sparse
     FLOPs from its non-zeros) for each of ``classes`` (default: the run's target classes), and
     what the rows measure."""
-    from entropi.host.ladder.rungs import load_rung
-    from entropi.host.run.rundir import RunDir
 
     rundir = RunDir(run)
     encoder, info = load_rung(rundir, rung)
@@ -269,9 +269,11 @@ def render_markdown(result: dict) -> str:
 
 def plot_bench(result: dict, path: Path) -> None:
     """Bar chart (log scale) of head-only vs full FLOPs and memory per (arch, classes)."""
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
     rows = result["rows"]

@@ -16,6 +16,7 @@ __all__ = ["add_command"]
 
 
 def _cmd_bench(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .bench import BenchError, run_bench
 
     given = {k: getattr(a, k) for k in ("archs", "classes") if getattr(a, k)}

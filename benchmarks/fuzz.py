@@ -51,6 +51,7 @@ __all__ = ["TARGETS", "fuzz", "main", "scored_run"]
 
 
 def _strategies():
+    # lazy: a dev dependency: only the fuzzers use it
     from hypothesis import strategies as st
 
     scalars = (
@@ -134,7 +135,10 @@ class _Target:
 def _tiny_onnx(path: Path) -> None:
     """An encoder (N, 3, 8, 8) -> (N, 3): the spatial mean (ReduceMean, an operator entropi's
     exports write, so the device accepts it), written with onnx.helper."""
+    # lazy: optional: the export extra (onnx)
     import onnx
+
+    # lazy: optional: the export extra (onnx)
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])
@@ -148,6 +152,7 @@ def _tiny_onnx(path: Path) -> None:
 
 class ManifestTarget(_Target):
     def setup(self, folder: Path) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.device.bundle import MANIFEST, write_bundle
 
         super().setup(folder)
@@ -165,6 +170,7 @@ class ManifestTarget(_Target):
         self.manifest = json.loads(self.text)
 
     def case(self, data) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.device import load_bundle
 
         st, json_values = _strategies()
@@ -206,6 +212,7 @@ class NpzTarget(_Target):
 
     def _lying_header(self, data) -> bytes:
         """An uncompressed npz whose one member's header claims a drawn shape and dtype."""
+        # lazy: a fuzz target imports only the parser it fuzzes
         import zipfile
 
         st, _ = _strategies()
@@ -225,6 +232,7 @@ class NpzTarget(_Target):
         return buf.getvalue()
 
     def case(self, data) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.device.data import load_images
 
         st, _ = _strategies()
@@ -237,6 +245,7 @@ class NpzTarget(_Target):
 
 class ImageTarget(_Target):
     def setup(self, folder: Path) -> None:
+        # lazy: optional: Pillow, only for image folders
         from PIL import Image
 
         super().setup(folder)
@@ -251,7 +260,10 @@ class ImageTarget(_Target):
             (self.root / c / "ok.png").write_bytes(self.raw["PNG"])
 
     def case(self, data) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.device.data import load_images
+
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.device.imageprep import Preprocess
 
         st, _ = _strategies()
@@ -268,6 +280,7 @@ class ImageTarget(_Target):
 
 class ConfigTarget(_Target):
     def setup(self, folder: Path) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.run.config import config_to_toml, load_config
 
         super().setup(folder)
@@ -277,6 +290,7 @@ class ConfigTarget(_Target):
         self.path = folder / "c.toml"
 
     def case(self, data) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.run.config import config_from_dict, load_config
 
         st, json_values = _strategies()
@@ -292,13 +306,25 @@ def scored_run(root: Path, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed:
     records (one untrained smallnet, dense masks), random features of ``n`` samples x ``dim``
     per rung scored by :func:`~entropi.host.selection.rules.score_rung`, made-up probe accuracies.
     ``cfg``: config sections to set. Returns ``(cfg, run)``, the folder's lock released."""
+    # lazy: a fuzz target imports only the parser it fuzzes
     import torch
 
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.export.rung import Rung, RungInfo, save_rung
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.ladder.models import build_model
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.ladder.prune import dense_masks
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.run.config import config_from_dict
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.run.rundir import open_run
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.selection.rules import score_rung
 
     raw = {
@@ -370,6 +396,7 @@ class RunFolderTarget(_Target):
         return _mutate_bytes(data, raw)
 
     def _mutated_rung(self, data, json_values) -> bytes:
+        # lazy: a fuzz target imports only the parser it fuzzes
         import torch
 
         st, _ = _strategies()
@@ -395,10 +422,19 @@ class RunFolderTarget(_Target):
         return buf.getvalue()
 
     def case(self, data) -> None:
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.export.rung import load_rung_file
+
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.ladder.rungs import classifier_from_rung
+
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.run.report import render_report
+
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.run.rundir import open_run
+
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.host.run.stages import select
 
         st, _ = _strategies()
@@ -436,8 +472,13 @@ def fuzz(
 ) -> dict[str, Any]:
     """Run ``target`` for about ``seconds``; ``{"target", "inputs", "seconds", "crashes"}``,
     each crash with its seed, exception and traceback (hypothesis's shrunk example)."""
+    # lazy: a dev dependency: only the fuzzers use it
     from hypothesis import HealthCheck, Phase, given, settings
+
+    # lazy: a dev dependency: only the fuzzers use it
     from hypothesis import seed as hseed
+
+    # lazy: a dev dependency: only the fuzzers use it
     from hypothesis import strategies as st
 
     name = target if isinstance(target, str) else type(target).__name__
@@ -512,8 +553,10 @@ def main(argv: list[str] | None = None) -> int:
         for c in r["crashes"]:
             print(c["traceback"])
     if a.out:
+        # lazy: a fuzz target imports only the parser it fuzzes
         import platform
 
+        # lazy: a fuzz target imports only the parser it fuzzes
         from entropi.common.files import atomic_write_json
 
         atomic_write_json(

@@ -22,6 +22,7 @@ The emulator packages are imported only when used; the device runtime never impo
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import subprocess
@@ -35,6 +36,7 @@ import numpy as np
 
 from entropi.common.errors import EntropiError
 from entropi.device.mcu_trainer import FLASH_ORIGIN, SRAM_ORIGIN, McuTrainer, linker_script
+from entropi.device.schedule import batch_rows
 
 __all__ = [
     "CLOCK_HZ",
@@ -137,6 +139,7 @@ class Image:
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Image:
+        # lazy: the mcu extra: only when the emulator runs
         from elftools.elf.elffile import ELFFile
 
         path = Path(path)
@@ -193,6 +196,7 @@ class Emulator:
     _fault: list = field(init=False, repr=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import (
             UC_ARCH_ARM,
             UC_HOOK_MEM_INVALID,
@@ -202,6 +206,8 @@ class Emulator:
             UC_MODE_THUMB,
             Uc,
         )
+
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import arm_const as arm
 
         if self.flash_bytes % _PAGE or self.sram_bytes < 1:
@@ -235,12 +241,14 @@ class Emulator:
         uc.mem_write(self.free_start, _PAINT * (self.top - self.free_start))
 
     def _on_invalid(self, uc, access, address, size, value, user_data) -> bool:
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import arm_const as arm
 
         self._fault.append((access, address, size, uc.reg_read(arm.UC_ARM_REG_PC)))
         return False
 
     def _on_past_sram(self, uc, access, address, size, value, user_data) -> None:
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import arm_const as arm
 
         self._fault.append((access, address, size, uc.reg_read(arm.UC_ARM_REG_PC)))
@@ -254,7 +262,10 @@ class Emulator:
 
     def call(self, name: str, *args: int) -> int:
         """Run ``name(*args)`` (up to 4 integer or pointer arguments) to its return; r0."""
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import UcError
+
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import arm_const as arm
 
         uc = self.uc
@@ -320,6 +331,7 @@ class Emulator:
         each executed block's Thumb instructions (decoded once per block: a 32-bit encoding's
         first halfword starts 0b11101, 0b11110 or 0b11111). A block left early (a conditional
         return inside an IT block) is counted whole: 0.05% over on the trainer here."""
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import UC_HOOK_BLOCK
 
         sizes: dict[tuple[int, int], int] = {}
@@ -338,6 +350,7 @@ class Emulator:
         """Instructions executed by ``run()``, counted by a code hook (called once per executed
         instruction: exact, and slow, about a million instructions a second; a block hook would
         overcount the blocks left early from an IT block's conditional return)."""
+        # lazy: the mcu extra: only when the emulator runs
         from unicorn import UC_HOOK_CODE
 
         total = [0]
@@ -469,7 +482,6 @@ class HostTrainer:
     """The trainer compiled for the host (:func:`build_host`), called through ctypes."""
 
     def __init__(self, trainer: McuTrainer, library: str | os.PathLike) -> None:
-        import ctypes
 
         self.t, self.lib = trainer, ctypes.CDLL(str(library))
         f32, i32, u32 = ctypes.c_float, ctypes.c_int32, ctypes.c_uint32
@@ -538,7 +550,6 @@ class HostTrainer:
 def numpy_batches(x: np.ndarray, y: np.ndarray, n_train: int, batch: int, seed: int, epochs: int):
     """The batches of :func:`entropi.device.trainer.train_head` in its order (each epoch's
     affine order over the first ``n_train`` rows, the last incomplete batch dropped)."""
-    from entropi.device.schedule import batch_rows
 
     for epoch in range(epochs):
         for k in range(n_train // batch):

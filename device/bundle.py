@@ -38,6 +38,7 @@ interpreter for its format where the bundle was written), loads without that che
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -52,7 +53,7 @@ import numpy as np
 from entropi.common.files import atomic_dir, atomic_write_json, check_replaceable
 
 from ._npz import npy_member, npz_names, read_member, save_npz
-from .encoder import inspect_encoder
+from .encoder import EncoderRunner, inspect_encoder
 from .errors import BundleError, ChecksumError, DataError, FormatVersionError
 from .imageprep import Preprocess
 from .schema import SchemaViolation, check, json_path, load_schema
@@ -246,7 +247,6 @@ def _record_check(
 ) -> dict[str, np.ndarray] | None:
     """The ``check.npz`` arrays of the encoder files in ``folder`` an installed interpreter runs
     (None when there is none)."""
-    from .encoder import EncoderRunner
 
     available = _available_formats()
     inputs = _check_inputs(manifest)
@@ -430,7 +430,6 @@ class Bundle:
         """An :class:`.encoder.EncoderRunner` for the chosen encoder file, which has reproduced
         its recorded check outputs (see the module docstring; :class:`.errors.BundleError`
         otherwise)."""
-        from .encoder import EncoderRunner
 
         runner = EncoderRunner(
             self.encoder_file,
@@ -565,7 +564,6 @@ def load_bundle(path: str | os.PathLike, *, prefer: tuple[str, ...] = ("tflite",
 
 
 def _available_formats() -> set[str]:
-    import importlib.util
 
     out = set()
     if importlib.util.find_spec("ai_edge_litert") is not None:

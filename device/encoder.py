@@ -33,6 +33,7 @@ import numpy as np
 
 from entropi.common.errors import escape_controls
 
+from ._onnx import summarize_onnx
 from .errors import BundleError, DataError
 
 __all__ = [
@@ -197,6 +198,7 @@ class EncoderRunner:
             self.batch_size = None if int(sig[0]) == -1 else int(inp["shape"][0])
             self._resized_to = int(inp["shape"][0])
         else:
+            # lazy: optional: onnxruntime, only for .onnx encoders
             import onnxruntime as ort
 
             inspect_encoder(
@@ -331,7 +333,6 @@ def _check_input_shape(shape: tuple, input_shape, label: str) -> None:
 
 
 def _inspect_onnx(path: Path, data_files: Collection[str], label: str) -> tuple:
-    from ._onnx import summarize_onnx
 
     try:
         summary = summarize_onnx(path.read_bytes())
@@ -370,9 +371,8 @@ def refused_ops(model: bytes, fmt: str) -> list[str]:
     that :func:`inspect_encoder` refuses (ONNX: ``domain::op`` outside the default domain):
     what an exporter checks so that it never writes a file the device will not load."""
     if fmt == "onnx":
-        from ._onnx import summarize_onnx
-
         return _refused_onnx(summarize_onnx(model).ops)
+    # lazy: optional: LiteRT, only for .tflite encoders
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_content=model)
@@ -385,6 +385,7 @@ def _refused_onnx(ops: set[tuple[str, str]]) -> list[str]:
 
 
 def _tflite_interpreter(path: Path, num_threads: int):
+    # lazy: optional: LiteRT, only for .tflite encoders
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter(model_path=str(path), num_threads=num_threads)

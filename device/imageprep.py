@@ -120,6 +120,7 @@ class Preprocess:
 
 def _pil():
     try:
+        # lazy: optional: Pillow, only for image folders
         from PIL import Image
     except ImportError as e:
         raise DataError(

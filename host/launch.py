@@ -14,6 +14,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+
 from entropi.common.errors import say
 
 CLEAN_EXIT = 2
@@ -21,9 +24,6 @@ CLEAN_EXIT = 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
-
     # its "failed (exitcode: N) local_rank: ..." lines: the ranks' own errors, or ours, say it
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:

@@ -35,7 +35,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from entropi.common.files import atomic_write
+
+from ..data import normalize
 from ..errors import ConfigError
+from .finetune import layer_representations
 
 __all__ = [
     "KERNELS",
@@ -230,8 +234,6 @@ def compare_models(
 
     Returns ``{"layers_a", "layers_b", "n", "batch_size", "cka": {kernel: matrix}}``; a last
     minibatch of fewer than 4 images is left out (the unbiased HSIC needs 4)."""
-    from ..data import normalize
-    from .finetune import layer_representations
 
     for k in kernels:
         _check_kernel(k)
@@ -280,12 +282,12 @@ def diagonal(result: dict, kernel: str = "linear") -> dict[str, float]:
 
 def plot_cka(result: dict, path, *, title: str = "") -> None:
     """One heatmap per kernel (layers of A down, layers of B across), values written in."""
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
-
-    from entropi.common.files import atomic_write
 
     kernels = list(result["cka"])
     la, lb = result["layers_a"], result["layers_b"]

@@ -33,15 +33,20 @@ __all__ = ["CKA", "CkaOptions", "add_command", "run_cka", "run_finetune"]
 
 
 def _provenance() -> dict[str, Any]:
+    # lazy: keeps `entropi --help` from importing torch
     import torch  # noqa: F401 - loaded, so the provenance records its version and threads
 
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.provenance import provenance
 
     return provenance()
 
 
 def _mode_costs(model, batch: int, input_shape) -> dict[str, Any]:
+    # lazy: keeps `entropi --help` from importing torch
     from .finetune_cost import step_flops, step_memory
+
+    # lazy: keeps `entropi --help` from importing torch
     from .memory import head_device_memory
 
     f = step_flops(model, batch, input_shape)
@@ -79,8 +84,13 @@ def run_finetune(
     """Fine-tune rung ``rung`` of ``run`` on its target (or ``target``) in every mode x seed;
     write ``finetune.json``, ``finetune.md`` and (``save_models``) ``models/MODE-sSEED/model.pt``
     into ``out_dir``. Returns the ``finetune.json`` content."""
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.files import atomic_write_json, atomic_write_text
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.lock import lock_folder
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.host.analysis.finetune import (
         finetune_rung,
         load_run_target,
@@ -88,9 +98,14 @@ def run_finetune(
         parse_mode,
         save_finetuned,
     )
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.host.run.torch_device import pick_device
 
+    # lazy: keeps `entropi --help` from importing torch
     from .finetune_cost import __doc__ as cost_doc
+
+    # lazy: keeps `entropi --help` from importing torch
     from .flops import CONVENTIONS as FLOP_CONVENTIONS
 
     t0 = time.perf_counter()
@@ -136,6 +151,7 @@ def run_finetune(
 
 def _plain(doc: str) -> str:
     """A docstring as one line of Markdown: Sphinx roles (``:mod:`.flops```) as code spans."""
+    # lazy: keeps `entropi --help` from importing torch
     import re
 
     text = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"`\1`", " ".join(doc.split()))
@@ -169,6 +185,7 @@ def mode_table(result: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
+    # lazy: keeps `entropi --help` from importing torch
     from .memory import conventions_lines
 
     src, cfg = result["source"], result["config"]
@@ -223,10 +240,19 @@ def run_cka(
     """Layer-by-layer minibatch CKA of models ``a`` and ``b`` (``RUNDIR[:RUNG]`` or a fine-tuned
     model folder) on the target images of ``split`` (the first ``images``; 0 = all); writes
     ``cka.json`` and ``cka.png`` into ``out_dir``."""
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.files import atomic_write_json
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.lock import lock_folder
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.host.analysis.cka import compare_models, diagonal, plot_cka
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.host.analysis.finetune import load_model_spec, load_run_target
+
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.host.run.torch_device import pick_device
 
     if split not in ("train", "test"):

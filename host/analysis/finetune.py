@@ -35,6 +35,8 @@ better test accuracy.
 
 from __future__ import annotations
 
+import copy
+import io
 import math
 import time
 from collections.abc import Sequence
@@ -48,11 +50,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from entropi.common.files import atomic_write_bytes
+from entropi.export.rung import load_rung_file
 
 from ..data import iterate_batches, normalize
 from ..ladder.models import ARCHITECTURES, build_encoder, prunable_parameters
 from ..ladder.prune import Masks, apply_masks, dense_masks
+from ..ladder.rungs import classifier_from_rung, resolve_rung
 from ..ladder.train import TrainingDivergedError
+from ..run.config import load_config
+from ..run.rundata import load_target
+from ..run.rundir import NotARunError, RunDir
 from ..selection.criteria import CriterionError, nc1
 from .finetune_config import FinetuneConfig, FinetuneError
 
@@ -496,7 +503,6 @@ def finetune(
     ``cache_prefix`` (default: when not augmenting and the cache fits ``cfg.cache_bytes``) runs
     the frozen prefix once. Returns the accuracies, NC1 before / after and the trained model.
     """
-    import copy
 
     device = torch.device(device)
     enc = copy.deepcopy(encoder).to(device)
@@ -575,7 +581,6 @@ def save_finetuned(path: str | Path, model: FinetuneModel, meta: dict[str, Any])
 
     ``meta`` must hold ``arch`` and the input ``normalization``; ``source`` (run, rung) and
     ``target`` are recorded for :func:`load_finetuned`'s callers."""
-    import io
 
     payload = {
         "format": FINETUNED_FORMAT,
@@ -652,10 +657,6 @@ def _run_and_rung(spec: str) -> tuple[str, str | int]:
 def load_rung_model(run: str | Path, rung: str | int = "selected") -> LoadedModel:
     """Rung ``rung`` (an index or ``selected``) of ``run`` as a head-mode :class:`FinetuneModel`
     (its head is the source head), with the rung's masks and normalization."""
-    from entropi.export.rung import load_rung_file
-
-    from ..ladder.rungs import classifier_from_rung, resolve_rung
-    from ..run.rundir import RunDir
 
     rd = RunDir(run)
     index = resolve_rung(rd, rung)
@@ -703,9 +704,6 @@ def load_model_spec(spec: str) -> LoadedModel:
 def load_run_target(run: str | Path, target: str | None = None, overrides: Sequence[str] = ()):
     """The run's config with ``data.target`` (and ``overrides``) replaced, and its target data
     as the run loads it (the same per-class subsets and seed): ``(cfg, TargetData)``."""
-    from ..run.config import load_config
-    from ..run.rundata import load_target
-    from ..run.rundir import NotARunError, RunDir
 
     rd = RunDir(run)
     if not rd.config.is_file():

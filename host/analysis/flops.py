@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .trace import OpRecord, trace_forward
 
@@ -356,7 +357,6 @@ def _conv_backward_flop_grouped(
     """torch's ``convolution_backward`` FLOP formula with the weight-gradient term divided by
     ``groups``, as in pytorch/pytorch PR 183405 (torch 2.13 counts a depthwise conv's weight
     gradient ``groups`` times over)."""
-    from torch.utils.flop_counter import conv_flop_count
 
     def t(shape: list[int]) -> list[int]:
         return [shape[1], shape[0], *shape[2:]]
@@ -388,7 +388,6 @@ def flop_counter_step_flops(
     are divided by ``groups``, the upstream fix (PR 183405) that torch 2.13 lacks; everything else
     is torch's own formulas.
     """
-    from torch.utils.flop_counter import FlopCounterMode
 
     _check_mode(mode, batch)
     mapping = (

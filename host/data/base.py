@@ -144,6 +144,7 @@ def progress_bar(total: int | None, desc: str, *, unit: str = "B", enabled: bool
     if not enabled or os.environ.get(QUIET_ENV, "") not in ("", "0"):
         return None
     try:
+        # lazy: tqdm loads only when a bar is shown
         from tqdm import tqdm
     except ImportError:  # pragma: no cover - tqdm is a host dependency
         return None

@@ -150,6 +150,7 @@ def _output_layer(encoder: nn.Module) -> nn.Module:
 def _pruned_copy(model: nn.Module, ratio: float, example: torch.Tensor) -> nn.Module:
     """A deep copy of ``model`` (a Classifier) with ``ratio`` of every prunable group's channels
     removed, features and head kept."""
+    # lazy: optional: only channel pruning uses it
     import torch_pruning as tp
 
     clone = copy.deepcopy(model).eval()

@@ -52,8 +52,10 @@ initialized process group (or with one rank) it returns the features as they are
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+import torch.distributed as dist
 from torch.nn import functional as F
 
 from ..errors import ConfigError
@@ -179,12 +181,9 @@ def regularizer_views(name: str) -> int:
 def gather_features(z: torch.Tensor) -> torch.Tensor:
     """Every rank's ``z`` concatenated in rank order (differentiable; see the module docstring),
     or ``z`` itself outside a multi-process group."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    import warnings
-
+    # lazy: only under torchrun (torch builds without distributed support lack this module)
     from torch.distributed.nn.functional import all_gather
 
     # the ranks' slices may differ by a row (distributed.shard): gather padded to the largest
