@@ -40,6 +40,7 @@ model behind. A process killed mid-export leaves its temporary directory; the ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -50,6 +51,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -265,125 +267,22 @@ def export_encoder(
         raise ExportError(f"n_random must be >= 1 (random verification inputs), got {n_random}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)  # before any work
-    tol = {
-        "atol": DEFAULT_ATOL if atol is None else atol,
-        "rtol": DEFAULT_RTOL if rtol is None else rtol,
-    }
     encoder = encoder.eval()
     provenance = _provenance(info, encoder, config_sha256)
-    inputs = _verification_inputs(provenance, verify_images, n_random, seed)
-    example = torch.from_numpy(inputs[:1].copy())
+    checks = _Checks.of(encoder, provenance, verify_images, n_random, seed, (atol, rtol))
     if quantize != "none":
-        calibration = _real_inputs(provenance, calibration_images, "calibration")
-        real = inputs[n_random:] if verify_images is not None else calibration
-
-    # the PyTorch reference every form and file is checked against, computed once
-    try:
-        reference = torch_features(encoder, inputs)
-    except RuntimeError as e:
-        raise ExportError(
-            f"encoder {info.arch!r} does not run on inputs of the rung's input_shape "
-            f"{provenance['input_shape']} (C x H x W): {e}"
-        ) from e
-    folded = fold_batchnorm(encoder)
-    fold_diff = compare_arrays(
-        torch_features(folded, inputs), reference, **tol, what="BN-folded encoder"
-    )
-    if quantize != "none":
-        real_reference = (
-            reference[n_random:] if verify_images is not None else torch_features(encoder, real)
-        )
-    stats = weight_stats(encoder)
-    compact_info = None
-    small = folded
-    if any(form.compact for form in wanted):
-        small, report = compact_encoder(folded, example)
-        compact_diff = compare_arrays(
-            torch_features(small, inputs), reference, **tol, what="compact encoder (PyTorch)"
-        )
-        compact_info = {**report.as_dict(), "torch_max_abs_diff": compact_diff.max_abs_diff}
-    # one conversion (and one int8 calibration) per format and distinct graph: the compact
-    # forms share the compact module, and a compaction that removed nothing is the folded graph
-    graph = {False: 0, True: 0 if small is folded or same_graph(small, folded) else 1}
-    variants = [(form, small if form.compact else folded, graph[form.compact]) for form in wanted]
-    converted: dict[tuple[str, int], bytes] = {}
-    quantized: dict[tuple[str, int], tuple[bytes, dict[str, Any]]] = {}
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out_dir)
-    tmp = Path(
-        tempfile.mkdtemp(
-            prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent
-        )
-    )
-    os.chmod(tmp, default_mode(directory=True))
-    try:
-        files: dict[str, Any] = {}
-        for form, module, key in variants:
-            metadata = {**provenance, "form": form.name}
-            for fmt in chosen:
-                path = tmp / fmt.filename(form.stem)
-                if (fmt.name, key) not in converted:
-                    converted[fmt.name, key] = fmt.convert(module, example)
-                data, sparse = fmt.store(
-                    converted[fmt.name, key], sparse=form.sparse, metadata=metadata
-                )
-                path.write_bytes(data)
-                file_tol = {
-                    "atol": fmt.atol if atol is None else atol,
-                    "rtol": fmt.rtol if rtol is None else rtol,
-                }
-                diff = compare_arrays(
-                    fmt.run(path, inputs),
-                    reference,
-                    **file_tol,
-                    what=f"{fmt.label} model {path.name}",
-                )
-                files[path.name] = _file_entry(
-                    path,
-                    diff,
-                    runtime=fmt.runtime_version(),
-                    sparse_tensors=sparse.tensors,
-                    sparse_nnz=sparse.nnz,
-                    params=_param_count(module),
-                    # a format with its own tolerance records it; the common one is below
-                    **({} if file_tol == tol else {"tolerance": file_tol}),
-                )
-                if fmt.name == "tflite":
-                    _add_tflm(files[path.name], path, inputs, file_tol)
-                if quantize == "none":
-                    continue
-                qpath = tmp / fmt.filename(form.stem, quantize)
-                if (fmt.name, key) not in quantized:
-                    quantized[fmt.name, key] = fmt.quantize(
-                        module, data, calibration, input_shape=provenance["input_shape"]
-                    )
-                qdense, io = quantized[fmt.name, key]
-                qdata, qsparse = fmt.store_quantized(
-                    qdense, sparse=form.sparse, metadata={**metadata, "dtype": quantize}
-                )
-                qpath.write_bytes(qdata)
-                files[qpath.name] = _check_int8(
-                    fmt, module, qpath, real, real_reference, min_cosine, qsparse, io
-                )
-                if fmt.name == "tflite":
-                    _add_tflm(files[qpath.name], qpath, real, None)
+        checks.add_int8(encoder, provenance, quantize, calibration_images, min_cosine)
+    variants, fold_diff, compact_info = _variants(encoder, wanted, checks)
+    with _staging(out_dir) as tmp:
+        files = _write_files(tmp, chosen, variants, provenance, checks)
         result = {
             "export_format": EXPORT_FORMAT,
             "provenance": provenance,
             "rung_sha256": rung_sha256,
             "onnx_opset": ONNX_OPSET,
-            "nnz": stats.nnz,
-            "n_weights": stats.n_weights,
-            "dense_bytes": stats.dense_bytes,
-            "index_bytes": INDEX_BYTES,
-            "floor_bytes": stats.nnz * (4 + INDEX_BYTES),
-            "floor_convention": (
-                f"non-zero conv/linear weights x (4 bytes float32 + {INDEX_BYTES}-byte index); "
-                "dense_bytes = 4 x all encoder parameters (BN included)"
-            ),
+            **_sizes(encoder),
             "tolerance": {
-                **tol,
+                **checks.tol,
                 "criterion": "max|out - ref| <= atol + rtol * max|ref| over all inputs",
                 "max_rel_diff": "max|out - ref| / max|ref|",
             },
@@ -395,30 +294,212 @@ def export_encoder(
             "bn_fold_max_abs_diff": fold_diff.max_abs_diff,
             "forms": [form.name for form in wanted],
             "compact": compact_info,
-            "quantization": None
-            if quantize == "none"
-            else {
-                "dtype": quantize,
-                "scheme": (
-                    "weights int8 per output channel, symmetric (zero point 0); activations "
-                    "int8 per tensor, affine, calibrated; biases int32"
-                ),
-                "calibration_images": int(len(calibration)),
-                "calibration_sha256": calibration_digest(calibration_images),
-                "checked_on": "verification images"
-                if verify_images is not None
-                else ("calibration images"),
-                "checked_images": int(len(real)),
-                "min_cosine": float(min_cosine),
-            },
+            "quantization": checks.quantization(calibration_images),
             "files": files,
         }
         (tmp / "export.json").write_text(json.dumps(result, indent=2) + "\n")
         _move_into_place(tmp, out_dir, [*files, "export.json"])
+    return result
+
+
+@dataclass
+class _Checks:
+    """What every file of one export is checked against, computed once."""
+
+    inputs: np.ndarray
+    """The verification inputs: ``n_random`` standard-normal ones, then the images."""
+    n_random: int
+    on_images: bool
+    """Whether there are verification images (int8 files are then checked on them)."""
+    reference: np.ndarray
+    """The PyTorch encoder's features on ``inputs``."""
+    tol: dict[str, float]
+    """The common tolerance (the PyTorch forms; export.json's ``tolerance``)."""
+    given: tuple[float | None, float | None]
+    """The caller's ``atol`` / ``rtol``, which replace every format's own."""
+    example: torch.Tensor
+    """The ``1 x C x H x W`` input every module is traced and compacted at."""
+    quantize: str = "none"
+    calibration: np.ndarray | None = None
+    """int8: the normalized calibration inputs."""
+    real: np.ndarray | None = None
+    """int8: the real inputs int8 files are checked on (the images, else the calibration)."""
+    real_reference: np.ndarray | None = None
+    min_cosine: float = DEFAULT_MIN_COSINE
+
+    @classmethod
+    def of(cls, encoder, provenance, verify_images, n_random, seed, given) -> _Checks:
+        """The verification inputs and the PyTorch reference on them."""
+        inputs = _verification_inputs(provenance, verify_images, n_random, seed)
+        try:
+            reference = torch_features(encoder, inputs)
+        except RuntimeError as e:
+            raise ExportError(
+                f"encoder {provenance['arch']!r} does not run on inputs of the rung's "
+                f"input_shape {provenance['input_shape']} (C x H x W): {e}"
+            ) from e
+        atol, rtol = given
+        tol = {
+            "atol": DEFAULT_ATOL if atol is None else atol,
+            "rtol": DEFAULT_RTOL if rtol is None else rtol,
+        }
+        example = torch.from_numpy(inputs[:1].copy())
+        on_images = verify_images is not None
+        return cls(inputs, n_random, on_images, reference, tol, given, example)
+
+    def add_int8(self, encoder, provenance, quantize, calibration_images, min_cosine) -> None:
+        """The calibration inputs, the real inputs and the float features on them."""
+        self.quantize, self.min_cosine = quantize, min_cosine
+        self.calibration = _real_inputs(provenance, calibration_images, "calibration")
+        if self.on_images:
+            self.real = self.inputs[self.n_random :]
+            self.real_reference = self.reference[self.n_random :]
+        else:
+            self.real = self.calibration
+            self.real_reference = torch_features(encoder, self.real)
+
+    def file_tol(self, fmt) -> dict[str, float]:
+        """The tolerance of a float file of ``fmt``: its own unless the caller gave one."""
+        atol, rtol = self.given
+        return {
+            "atol": fmt.atol if atol is None else atol,
+            "rtol": fmt.rtol if rtol is None else rtol,
+        }
+
+    def quantization(self, calibration_images) -> dict[str, Any] | None:
+        """export.json's ``quantization`` (None for a float export)."""
+        if self.quantize == "none":
+            return None
+        return {
+            "dtype": self.quantize,
+            "scheme": (
+                "weights int8 per output channel, symmetric (zero point 0); activations "
+                "int8 per tensor, affine, calibrated; biases int32"
+            ),
+            "calibration_images": int(len(self.calibration)),
+            "calibration_sha256": calibration_digest(calibration_images),
+            "checked_on": "verification images" if self.on_images else "calibration images",
+            "checked_images": int(len(self.real)),
+            "min_cosine": float(self.min_cosine),
+        }
+
+
+def _variants(encoder, wanted, checks: _Checks):
+    """``(form, module, graph)`` per wanted form (``graph`` numbers the distinct graphs: each
+    is converted once per format), the BN fold's diff and export.json's ``compact``."""
+    folded = fold_batchnorm(encoder)
+    fold_diff = compare_arrays(
+        torch_features(folded, checks.inputs),
+        checks.reference,
+        **checks.tol,
+        what="BN-folded encoder",
+    )
+    compact_info = None
+    small = folded
+    if any(form.compact for form in wanted):
+        small, report = compact_encoder(folded, checks.example)
+        compact_diff = compare_arrays(
+            torch_features(small, checks.inputs),
+            checks.reference,
+            **checks.tol,
+            what="compact encoder (PyTorch)",
+        )
+        compact_info = {**report.as_dict(), "torch_max_abs_diff": compact_diff.max_abs_diff}
+    # the compact forms share the compact module; a compaction that removed nothing is the
+    # folded graph
+    graph = {False: 0, True: 0 if small is folded or same_graph(small, folded) else 1}
+    variants = [(form, small if form.compact else folded, graph[form.compact]) for form in wanted]
+    return variants, fold_diff, compact_info
+
+
+@contextlib.contextmanager
+def _staging(out_dir: Path):
+    """A temporary folder next to ``out_dir`` (module docstring), removed on any error."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out_dir)
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".tmp", dir=out_dir.parent
+        )
+    )
+    os.chmod(tmp, default_mode(directory=True))
+    try:
+        yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return result
+
+
+def _write_files(tmp: Path, chosen, variants, provenance, checks: _Checks) -> dict[str, Any]:
+    """Every file into ``tmp``, verified; export.json's ``files``. One conversion and one int8
+    quantization per format and graph (``made``), each form stores them its way."""
+    files: dict[str, Any] = {}
+    made: dict[tuple[str, str, int], Any] = {}
+    for form, module, graph in variants:
+        metadata = {**provenance, "form": form.name}
+        for fmt in chosen:
+            key = (fmt.name, graph)
+            if ("float", *key) not in made:
+                made["float", *key] = fmt.convert(module, checks.example)
+            data, sparse = fmt.store(made["float", *key], sparse=form.sparse, metadata=metadata)
+            path = tmp / fmt.filename(form.stem)
+            path.write_bytes(data)
+            files[path.name] = _check_float(fmt, module, path, checks, sparse)
+            if checks.quantize == "none":
+                continue
+            if ("int8", *key) not in made:
+                made["int8", *key] = fmt.quantize(
+                    module, data, checks.calibration, input_shape=provenance["input_shape"]
+                )
+            qdense, io = made["int8", *key]
+            qdata, qsparse = fmt.store_quantized(
+                qdense, sparse=form.sparse, metadata={**metadata, "dtype": checks.quantize}
+            )
+            qpath = tmp / fmt.filename(form.stem, checks.quantize)
+            qpath.write_bytes(qdata)
+            files[qpath.name] = _check_int8(fmt, module, qpath, checks, qsparse, io)
+    return files
+
+
+def _check_float(fmt, module, path: Path, checks: _Checks, sparse) -> dict[str, Any]:
+    """export.json's entry of float file ``path``, verified against the PyTorch reference in
+    the format's runtime (and, for TFLite, in TensorFlow Lite Micro)."""
+    file_tol = checks.file_tol(fmt)
+    diff = compare_arrays(
+        fmt.run(path, checks.inputs),
+        checks.reference,
+        **file_tol,
+        what=f"{fmt.label} model {path.name}",
+    )
+    entry = _file_entry(
+        path,
+        diff,
+        runtime=fmt.runtime_version(),
+        sparse_tensors=sparse.tensors,
+        sparse_nnz=sparse.nnz,
+        params=_param_count(module),
+        # a format with its own tolerance records it; the common one is export.json's
+        **({} if file_tol == checks.tol else {"tolerance": file_tol}),
+    )
+    if fmt.name == "tflite":
+        _add_tflm(entry, path, checks.inputs, file_tol)
+    return entry
+
+
+def _sizes(encoder: nn.Module) -> dict[str, Any]:
+    """export.json's weight counts and the information floor."""
+    stats = weight_stats(encoder)
+    return {
+        "nnz": stats.nnz,
+        "n_weights": stats.n_weights,
+        "dense_bytes": stats.dense_bytes,
+        "index_bytes": INDEX_BYTES,
+        "floor_bytes": stats.nnz * (4 + INDEX_BYTES),
+        "floor_convention": (
+            f"non-zero conv/linear weights x (4 bytes float32 + {INDEX_BYTES}-byte index); "
+            "dense_bytes = 4 x all encoder parameters (BN included)"
+        ),
+    }
 
 
 _IMPORTED_AT = time.time()
@@ -479,10 +560,12 @@ def remove_stale_tmp(out_dir: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _check_int8(fmt, module, path: Path, real, reference, min_cosine, sparse, io) -> dict:
+def _check_int8(fmt, module, path: Path, checks: _Checks, sparse, io) -> dict:
     """export.json's entry of int8 file ``path``: its feature error on the real inputs against
-    the float encoder, the zeros check, its I/O quantization; refused below ``min_cosine``."""
-    error = int8_feature_error(reference, fmt.run_quantized(path, real))
+    the float encoder, the zeros check, its I/O quantization (and, for TFLite, TensorFlow Lite
+    Micro's agreement); refused below ``min_cosine``."""
+    error = int8_feature_error(checks.real_reference, fmt.run_quantized(path, checks.real))
+    min_cosine = checks.min_cosine
     if not error["mean_cos"] >= min_cosine:
         raise VerificationError(
             f"int8 {fmt.label} model {path.name}: mean cosine of its features to the float "
@@ -498,7 +581,7 @@ def _check_int8(fmt, module, path: Path, real, reference, min_cosine, sparse, io
             "int8 zeros"
         )
     data = path.read_bytes()
-    return {
+    entry = {
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "dtype": "int8",
@@ -510,6 +593,9 @@ def _check_int8(fmt, module, path: Path, real, reference, min_cosine, sparse, io
         "zeros": {k: v for k, v in zeros.items() if k != "layers"},
         "params": _param_count(module),
     }
+    if fmt.name == "tflite":
+        _add_tflm(entry, path, checks.real, None)
+    return entry
 
 
 def _real_inputs(provenance: dict, images: np.ndarray, what: str) -> np.ndarray:
