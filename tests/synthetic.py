@@ -21,6 +21,9 @@ from entropi.export import RungInfo, prunable_parameters
 from entropi.host.ladder.models import build_encoder
 
 __all__ = [
+    "SLOW_ARCHS",
+    "LazyTable",
+    "arch_params",
     "fake_rung_meta",
     "kill_channels_",
     "magnitude_prune_",
@@ -130,3 +133,29 @@ def fake_rung_meta(encoder: nn.Module, arch: str, **overrides: object) -> RungIn
         index=0,
     )
     return dataclasses.replace(info, **overrides)
+
+
+# the architectures slow to convert and export (about a minute of the per-architecture export tests)
+SLOW_ARCHS = ("mobilenetv3_small", "resnet18_imagenet")
+
+
+def arch_params(archs):
+    """``archs`` as pytest params, those in SLOW_ARCHS marked slow (the full suite runs them)."""
+    # lazy: the benchmarks import this module (entropi.benchmarks.synthetic_models) without pytest
+    import pytest
+
+    return [pytest.param(a, marks=pytest.mark.slow) if a in SLOW_ARCHS else a for a in archs]
+
+
+class LazyTable(dict):
+    """A dict that builds a missing entry as ``make(*key)`` on first use: a module fixture of
+    several architectures then builds only those whose tests run (the slow ones are left to the
+    full suite by ``pytest.mark.slow`` params)."""
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, key):
+        value = self[key] = self._make(*key)
+        return value

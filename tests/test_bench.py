@@ -135,6 +135,7 @@ def test_summarize_rejects_other_files(tmp_path):
         render_results({"rows": []})
 
 
+@pytest.mark.slow
 def test_table2_reproduces_the_papers_head_numbers(tmp_path):
     run_table2 = load_script("table2").run_table2
 

@@ -138,6 +138,7 @@ def test_select_for_tflm_fits_what_tflm_measures(channel_run, capsys):
     assert len(errors) == 1 and "smallest flash need" in errors[0]  # one line, no traceback
 
 
+@pytest.mark.slow
 def test_bundle_mcu_writes_what_a_firmware_links(channel_run, tmp_path, capsys):
     pytest.importorskip("tflite_micro")
     pytest.importorskip("litert_torch")

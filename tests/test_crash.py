@@ -21,6 +21,7 @@ def _check(rows):
         assert r["identical"], r
 
 
+@pytest.mark.slow
 def test_kill_and_resume_host_and_device(sweep, tmp_path):
     host = sweep.sweep_host(tmp_path, points=2, seed=3, log=lambda m: None)
     _check(host["points"])

@@ -338,6 +338,7 @@ def test_train_on_a_folder_of_mixed_grayscale_pngs(bundle, tmp_path, capsys):
     assert len(preds) == 1 and preds[0]["class"] in (0, 1, 2)
 
 
+@pytest.mark.slow
 def test_device_rss_script_measures_both_sizes(tmp_path):
     from scripts_loader import load_script
 

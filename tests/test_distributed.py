@@ -296,6 +296,7 @@ def _rung_states(run: Path) -> list:
     return [load_rung_file(p, i) for i, p in enumerate(sorted((run / "rungs").glob("rung_*.pt")))]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_without_batch_norm(runs):
     """(a) Ladder C (no batch norm), 2 processes vs 1, same global batch: alphas and nnz exact,
     weights and the rung table within float rounding of the gradient sum (see the docstring)."""
@@ -317,6 +318,7 @@ def test_two_processes_match_one_process_without_batch_norm(runs):
             assert value == pytest.approx(b["criteria"][name], rel=1e-4, abs=1e-6), name
 
 
+@pytest.mark.slow
 def test_scores_split_over_ranks_equal_one_process_scores(runs):
     """(a) Scoring is exact: ladder A's scores from 2 ranks (rung 0 and 2 on rank 0, rung 1 on
     rank 1) equal a 1-process scoring of the same rung files: features and probes bit for bit."""
@@ -345,6 +347,7 @@ def test_scores_split_over_ranks_equal_one_process_scores(runs):
         )
 
 
+@pytest.mark.slow
 def test_every_rank_holds_identical_weights_and_masks(runs):
     """(b) After every rung both ranks hold the same weights, buffers and masks (sha256), equal
     to the rung file rank 0 wrote, and every pruned weight is exactly 0."""
@@ -363,6 +366,7 @@ def test_every_rank_holds_identical_weights_and_masks(runs):
         assert f.info.nnz == int(sum(int(m.sum()) for m in f.masks.values()))
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes(runs):
     """(d) The audit hook saw rank 0 write every artifact (and the dataset cache) and rank 1
     write nothing of the run: no artifact, no cache, nothing in the test's folders."""
@@ -381,6 +385,7 @@ def test_only_rank_0_writes(runs):
         assert not any(p.is_relative_to(runs["tmp"].resolve()) for p in paths), writes
 
 
+@pytest.mark.slow
 def test_a_failure_on_one_rank_fails_every_rank(runs):
     audit = _audit(runs["tmp"] / "audit1")
     errors = [audit[r, 0]["errors"] for r in (0, 1)]
@@ -398,6 +403,7 @@ def test_a_failure_on_one_rank_fails_every_rank(runs):
     assert audit[0, 0]["views"] and audit[1, 0]["views"]
 
 
+@pytest.mark.slow
 def test_killed_worker_restarts_and_the_run_equals_an_uninterrupted_one(runs):
     """(c) Rank 1 SIGKILLed in rung 2's retraining, torchrun --max-restarts 1 restarts both
     workers, the run resumes (rungs 0 and 1 reused) and ends identical to ladder A."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic import synthetic_encoder
+from synthetic import arch_params, synthetic_encoder
 from torch import nn
 from torch.nn import functional as F
 
@@ -89,7 +89,7 @@ def test_positive_constants_read_through_padding_become_bias_maps(compacted):
         assert (m.bias_map[..., 1:-1, 1:-1] == 0).all() and (m.bias_map != 0).any()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", arch_params(ARCHS))
 def test_compact_onnx_matches_sparse_encoder(compacted, arch):
     encoder, _, small, _ = compacted[arch, 0.1]
     data, _ = export_onnx(small, torch.zeros(1, 3, 32, 32), sparse=False, metadata={})

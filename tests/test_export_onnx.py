@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from synthetic import fake_rung_meta, synthetic_encoder
+from synthetic import LazyTable, arch_params, fake_rung_meta, synthetic_encoder
 from torch import nn
 
 from entropi.common.errors import EntropiError
@@ -38,6 +38,7 @@ from entropi.export.weights import prunable_parameters
 from entropi.host.ladder.models import prunable_parameters as host_prunable_parameters
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small", "resnet18_imagenet"]
+ARCH_PARAMS = arch_params(ARCHS)
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
 
 
@@ -59,30 +60,31 @@ def inputs(n: int = 3, seed: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported():
-    """(encoder, onnx bytes) for every arch, dense and pruned to alpha = 0.05."""
-    out = {}
-    for arch in ARCHS:
-        for alpha in (1.0, 0.05):
-            enc = make_encoder(arch, alpha)
-            data, _ = export_onnx(
-                fold_batchnorm(enc),
-                torch.zeros(1, 3, 32, 32),
-                sparse=True,
-                metadata={"entropi.alpha": str(alpha)},
-            )
-            out[arch, alpha] = enc, data
-    return out
+    """(encoder, onnx bytes) for every arch, dense and pruned to alpha = 0.05, each exported
+    when a test first asks for it."""
+
+    def export(arch, alpha):
+        enc = make_encoder(arch, alpha)
+        data, _ = export_onnx(
+            fold_batchnorm(enc),
+            torch.zeros(1, 3, 32, 32),
+            sparse=True,
+            metadata={"entropi.alpha": str(alpha)},
+        )
+        return enc, data
+
+    return LazyTable(export)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.05], ids=["dense", "pruned"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_onnx_matches_torch(exported, arch, alpha):
     encoder, data = exported[arch, alpha]
     diff = compare_onnx_torch(data, encoder, inputs(), **TOL)
     assert diff.max_rel_diff < 1e-5
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_pruned_weights_are_sparse_initializers(exported, arch):
     encoder, data = exported[arch, 0.05]
     model = onnx.load_from_string(data)

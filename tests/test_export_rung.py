@@ -298,6 +298,7 @@ def test_compact_dense_form_stores_the_compact_encoder_dense(exported, run, tmp_
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     from entropi.device import load_bundle
     from entropi.host.deployment import rung_export as host_bundle

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
-from synthetic import fake_rung_meta, synthetic_encoder
+from synthetic import LazyTable, arch_params, fake_rung_meta, synthetic_encoder
 from torch import nn
 
 from entropi.export import (
@@ -33,6 +33,7 @@ from entropi.export.weights import prunable_parameters
 pytest.importorskip("litert_torch")
 
 ARCHS = ["smallnet", "resnet18", "mobilenetv3_small", "resnet18_imagenet"]
+ARCH_PARAMS = arch_params(ARCHS)
 TOL = {"atol": DEFAULT_ATOL, "rtol": DEFAULT_RTOL}
 
 
@@ -46,21 +47,24 @@ def inputs(n: int = 3, seed: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported():
-    """(encoder, sparse tflite bytes) for every arch, dense and pruned to alpha = 0.05."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = {}
-    for arch in ARCHS:
-        for alpha in (1.0, 0.05):
+    """(encoder, sparse tflite bytes) for every arch, dense and pruned to alpha = 0.05, each
+    converted when a test first asks for it."""
+
+    def convert(arch, alpha):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
             enc = make_encoder(arch, alpha)
             dense = convert_tflite(fold_batchnorm(enc), torch.zeros(1, 3, 32, 32))
-            out[arch, alpha] = (enc, *sparsify_tflite(dense, metadata={"alpha": alpha}))
-    torch.set_num_threads(threads)
-    return out
+            return (enc, *sparsify_tflite(dense, metadata={"alpha": alpha}))
+        finally:
+            torch.set_num_threads(threads)
+
+    return LazyTable(convert)
 
 
 @pytest.mark.parametrize("alpha", [1.0, 0.05], ids=["dense", "pruned"])
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_tflite_matches_torch(exported, arch, alpha):
     encoder, data, _ = exported[arch, alpha]
     diff = compare_tflite_torch(data, encoder, inputs(), **TOL)
@@ -84,7 +88,7 @@ def _sparse_tensors_and_densify_ops(data: bytes):
     return sparse, densify, values
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ARCH_PARAMS)
 def test_pruned_weights_are_stored_sparse(exported, arch):
     encoder, data, stats = exported[arch, 0.05]
     sparse, densify, values = _sparse_tensors_and_densify_ops(data)

@@ -384,6 +384,7 @@ def test_commands_refuse_bad_modes_in_one_line(tiny_run, tmp_path, capsys):
     assert rc == 2 and "neither a run folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_finetune_study_script_on_a_tiny_run(tiny_run, tmp_path):
     from scripts_loader import load_script
 

@@ -10,6 +10,7 @@ from entropi.benchmarks import fuzz
 from entropi.host.run.config import ConfigError, config_from_dict, load_config, parse_override
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", sorted(fuzz.TARGETS))
 def test_fuzz_target_short_run_has_no_crash(target, tmp_path):
     r = fuzz.fuzz(target, seconds=4, seed=1, examples=40, folder=tmp_path)

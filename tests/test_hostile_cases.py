@@ -153,6 +153,7 @@ RACE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_fresh_runs_started_together_one_wins(tmp_path):
     """Both processes pass their imports, then open the same new folder at the same moment: one
     opens it, the other is refused by the lock (not by a half-made run, not both)."""

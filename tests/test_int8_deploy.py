@@ -471,6 +471,7 @@ def int8_run(image_folder, tmp_path_factory):
     return cfg, out, results
 
 
+@pytest.mark.slow
 def test_run_exports_and_bundles_int8(int8_run):
     cfg, out, results = int8_run
     files = results["export"]["files"]
@@ -487,6 +488,7 @@ def test_run_exports_and_bundles_int8(int8_run):
     assert "int8 mean cos" in report and "probe acc, int8 features" in report
 
 
+@pytest.mark.slow
 def test_select_fits_flash(int8_run, capsys, tmp_path):
     from entropi.host.cli import main
     from entropi.host.run.rundir import RunDir
@@ -530,6 +532,7 @@ def test_select_fits_flash(int8_run, capsys, tmp_path):
     assert main(["select", str(out), "--flash", "lots"]) == 2
 
 
+@pytest.mark.slow
 def test_compact_dense_rows_trade_flash_for_ram(int8_run):
     """The compact-dense file of a pruned rung stores every weight: no DENSIFY, so its RAM is
     the activations and the head plan alone, below the compact (sparse-stored) file's, for a
@@ -556,6 +559,7 @@ def test_compact_dense_rows_trade_flash_for_ram(int8_run):
     assert (pick["rung"], pick["form"]) == (1, "compact-dense") and pick["ram_bytes"] <= limit
 
 
+@pytest.mark.slow
 def test_a_run_with_a_ram_limit_bundles_the_row_that_fits(
     int8_run, image_folder, tmp_path, monkeypatch
 ):
@@ -694,6 +698,7 @@ def test_hardsigmoid_folds_into_its_conv_exactly():
     assert _hardsigmoid_into_conv(free) == 0
 
 
+@pytest.mark.slow
 def test_mobilenetv3_is_full_integer_and_its_sparse_file_loads():
     """MobileNetV3-small (hardswish, squeeze-excitation gates, a final linear) converts with no
     float op left, its int8 features match the float encoder, and its sparse-stored file loads

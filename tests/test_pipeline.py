@@ -201,6 +201,7 @@ def test_artifacts_are_readable_by_others(finished_run):
         assert path.stat().st_mode & 0o044, f"{path} is not group/world readable"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenetv3_small"])
 def test_paper_architectures_run_end_to_end(image_folder, tmp_path, arch):
     """The `paper` configs' encoders through every stage (tiny data, one epoch, two rungs)."""

@@ -237,6 +237,7 @@ def _ddp_worker(rank: int, world: int, init: str, x: torch.Tensor, out: str) -> 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gathers_features_across_ranks(tmp_path):
     """Two gloo ranks, each with half the batch: after DDP's gradient averaging, the gradient of
     -gamma * R(gathered features) equals the one-process gradient on the whole batch."""

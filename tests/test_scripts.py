@@ -36,6 +36,7 @@ def test_device_head_bench_memory_and_speed():
     assert speed["samples_per_second_wall"] > 0 and speed["sgemm_gflops"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.tflite
 def test_export_bench_quick(tmp_path):
     res = load_script("export_bench").main(

@@ -72,6 +72,7 @@ def test_only_an_int8_row_fits_and_select_picks_it(float_run, tmp_path, capsys):
     assert (quant["calibration_images"], quant["min_cosine"]) == (4, 0.5)  # the flags were used
 
 
+@pytest.mark.slow
 def test_int8_rows_left_out_say_why(float_run, monkeypatch, capsys):
     """No target to calibrate on: the int8 rows are left out, each logged with its reason, and
     the float32 rows stay; an int8 row below [export] min_cosine is left out the same way."""

@@ -93,6 +93,7 @@ def _untimed(obj):
     return obj
 
 
+@pytest.mark.slow
 def test_two_process_study_equals_one_process_study(studies):
     """(a) Same ladders, scored by 2 ranks and by 1 process: every pair's scores, features,
     picks (every criterion's), confidences and the study summary are equal exactly (scoring is
@@ -120,6 +121,7 @@ def test_two_process_study_equals_one_process_study(studies):
     assert (studies["two"] / "study.md").read_text().count("| s1 | folder |") == 1
 
 
+@pytest.mark.slow
 def test_ladders_are_reused_or_built_by_both_ranks(studies):
     """The 1-process ladder s0 is reused as it is (its rung files untouched); s1 is built in DDP
     by the two ranks, each of them holding the weights rank 0 wrote (sha256 per rung)."""
@@ -143,6 +145,7 @@ def test_ladders_are_reused_or_built_by_both_ranks(studies):
     assert timings["ladder"] > 0 and _doc(two)["seconds"]["ladders"]["s1"] == timings["ladder"]
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_prints(studies):
     """(b) The audit hook saw rank 0 write the study's files and the pairs' results, and rank 1
     write nothing in the test's folders (only torch's own temporaries); rank 0 alone printed."""
@@ -161,6 +164,7 @@ def test_only_rank_0_writes_and_prints(studies):
     assert "study: s1 x folder scored in" in studies["launch"].stderr
 
 
+@pytest.mark.slow
 def test_an_error_on_rank_0_fails_both_ranks_with_its_message(studies, tmp_path):
     """A study whose ladder s0 now has another seed: rank 0 refuses the folder, rank 1 fails
     with rank 0's message instead of waiting; both exit 2 and nothing is written."""
