@@ -10,8 +10,16 @@ clone); a ``#fragment`` on a Markdown file (or alone, on the page itself) must b
 headings' anchors, made the way GitHub makes them. Every ``docs/*.md`` page must be linked from
 the README, or a reader of the first page cannot reach it.
 
-Reference: the checker is run on a small tree made by the test, with a broken link, a broken
-anchor, links that must be ignored and links that must resolve, against the list written here.
+ARCHITECTURE.md is the map of the code, so every repository path it names must exist: a word
+``a/b/c.py`` or ``a/b/`` whose first part is a top-level file or folder of the repository (not
+one git ignores), in prose, code spans and fenced blocks alike, ``{x,y}`` expanded and ``*``
+globbed; and, in a table row whose first cell names a folder (```host/run/```), each ``.py`` file
+and each path into one of that folder's subfolders named in its code spans, under that folder.
+Words whose first part is not in the repository (``rungs/rung_NNN.pt``, ``DIR/encoder/``: what a
+run writes) are not paths of it.
+
+Reference: each checker is run on a small tree made by the test, with broken and good links or
+paths, and those that must be ignored, against the list written here.
 """
 
 from __future__ import annotations
@@ -132,6 +140,72 @@ def broken(page: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+_SEGMENT = r"(?:[\w*.-]|\{[\w.,-]*\})+"  # a path part; {a,b} alternatives, * globs
+_PATH_WORD = re.compile(rf"(?<![\w./{{}}-]){_SEGMENT}(?:/{_SEGMENT})*/?")
+_SPAN = re.compile(r"`([^`]+)`")
+
+
+def expand(path: str) -> list[str]:
+    """``path`` with every ``{a,b}`` alternative spelled out."""
+    m = re.search(r"\{([^{}]*)\}", path)
+    if m is None:
+        return [path]
+    return [
+        q
+        for alt in m.group(1).split(",")
+        for q in expand(path[: m.start()] + alt + path[m.end() :])
+    ]
+
+
+def top_level(root: Path) -> set[str]:
+    """The names at the top of the repository that a clone has (not ``.git``, nothing ignored)."""
+    entries = [p for p in root.iterdir() if p.name != ".git"]
+    hidden = ignored(root, entries)
+    return {p.name for p in entries if p.resolve() not in hidden}
+
+
+def _exists(folder: Path, path: str) -> bool:
+    if "*" in path:
+        return any(folder.glob(path.rstrip("/")))
+    target = folder / path
+    return target.is_dir() if path.endswith("/") else target.exists()
+
+
+def _row_paths(line: str, root: Path, names: set[str]) -> list[tuple[Path, str]]:
+    """(folder, path) of the names a table row makes relative to the folder in its first cell
+    (a ``.py`` file, or a path into one of that folder's subfolders); none for another line."""
+    spans = _SPAN.findall(line) if line.startswith("|") else []
+    first = line.split("|")[1].strip() if spans else ""
+    if not (spans and spans[0].endswith("/") and first.startswith(f"`{spans[0]}`")):
+        return []
+    folder = root / spans[0]
+    found = []
+    for span in spans[1:]:
+        for m in _PATH_WORD.finditer(span):
+            word = m.group(0)
+            head = word.split("/")[0]
+            inside = "/" in word and (folder / head).is_dir()  # not a file name it writes
+            if (inside or word.endswith(".py")) and head not in names:
+                found.append((folder, word))
+    return found
+
+
+def missing_paths(page: Path, root: Path = ROOT) -> list[str]:
+    """Every repository path ``page`` names that does not exist: ``"PAGE:LINE: PATH: why"``."""
+    names = top_level(root)
+    problems = []
+    for number, line in enumerate(page.read_text().split("\n"), 1):
+        words = (m.group(0).rstrip(".") for m in _PATH_WORD.finditer(line))
+        checked = [(root, w) for w in words if "/" in w and w.split("/")[0] in names]
+        for folder, word in checked + _row_paths(line, root, names):
+            if not all(_exists(folder, p) for p in expand(word)):
+                under = "" if folder == root else f" (under {folder.relative_to(root)}/)"
+                problems.append(
+                    f"{page.relative_to(root)}:{number}: {word}{under}: no such file or folder"
+                )
+    return problems
+
+
 @pytest.mark.parametrize("page", pages(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_resolves(page):
     assert links(page.read_text()), f"{page.name} has no links: the parser missed them"
@@ -202,4 +276,38 @@ def test_a_link_to_a_file_git_ignores_is_broken(tmp_path):
     (tmp_path / "README.md").write_text("[local](runs/report.md) [kept](kept.md#kept)\n")
     assert broken(tmp_path / "README.md", tmp_path) == [
         "README.md:1: runs/report.md: ignored by git, so missing from a clone",
+    ]
+
+
+def test_every_repository_path_in_the_architecture_page_exists():
+    page = ROOT / "ARCHITECTURE.md"
+    assert missing_paths(page) == []
+
+
+def test_the_path_checker_finds_what_is_missing_and_only_that(tmp_path):
+    for rel in ("host/run/a.py", "host/b.py", "device/c/t.c", "device/c/t.h", "bench/test_x_1.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    page = tmp_path / "ARCHITECTURE.md"
+    page.write_text(
+        "# Map\n\n"
+        "`host/run/a.py`, host/b.py and `host/run/` exist; host/run/gone.py does not.\n"
+        "```\nhost/run/a.py   -> rungs/rung_000.pt, DIR/encoder/, export/\n"
+        "host/nothere/ device/c/t.{c,h} device/c/t.{c,x}\n```\n"
+        "A sentence ends at host/b.py. See https://example.com/host/x.py and host/b.pyc.\n\n"
+        "| path | what |\n|---|---|\n"
+        "| `host/run/` | `a.py`, `b.py`, `sub/c.py`, `head_plan.h`, `host/b.py`, `device/` |\n"
+        "| `device/` | `c/t.{c,h}` and `c/t.x`; made on the device: `model.c/.h` |\n"
+        "| `bench/` | `test_x_*.py`, `test_y_*.py` |\n"
+        "| `.ci/run` | `x.py` (no folder row) |\n"
+    )
+    assert missing_paths(page, tmp_path) == [
+        "ARCHITECTURE.md:3: host/run/gone.py: no such file or folder",
+        "ARCHITECTURE.md:6: host/nothere/: no such file or folder",
+        "ARCHITECTURE.md:6: device/c/t.{c,x}: no such file or folder",
+        "ARCHITECTURE.md:8: host/b.pyc: no such file or folder",
+        "ARCHITECTURE.md:12: b.py (under host/run/): no such file or folder",
+        "ARCHITECTURE.md:12: sub/c.py (under host/run/): no such file or folder",
+        "ARCHITECTURE.md:13: c/t.x (under device/): no such file or folder",
+        "ARCHITECTURE.md:14: test_y_*.py (under bench/): no such file or folder",
     ]
