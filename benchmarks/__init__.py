@@ -1,10 +1,11 @@
 """entropi.benchmarks: what head-only vs full fine-tuning costs, and how fast every stage runs.
 
-- :func:`count_step_flops`: FLOPs of one training step (head-only or full, dense or effective-
-  sparse), checked against torch's ``FlopCounterMode`` (:func:`flop_counter_step_flops`).
-- :func:`measure_step` / :func:`analytic_step`: backprop memory by category, measured with
-  ``saved_tensors_hooks`` and counted from shapes.
-- :func:`run_bench`: ``entropi bench`` (bench.json, bench.md, bench.png).
+- :func:`run_bench` / :func:`collect_bench`: ``entropi bench`` (bench.json, bench.md, bench.png),
+  from the cost models of :mod:`entropi.host.analysis` (``flops``: FLOPs of one training step,
+  checked against torch's ``FlopCounterMode``; ``memory``: backprop memory by category, measured
+  with ``saved_tensors_hooks`` and counted from shapes).
+- the pytest-benchmark suite (``test_bench_*.py``), the fuzzers (``fuzz.py``) and the Cortex-M
+  emulator of the C head trainer (``mcu_emulator.py``).
 
 The experiments that use these (the paper's Table 2, the export and head-training studies, the
 levels ablation, the RESULTS.md summarizer) are scripts in ``scripts/``, outside the package.
@@ -14,14 +15,6 @@ from importlib import import_module
 
 # imported on first use, so that `entropi --help` (which loads .command) does not pay for torch
 _EXPORTS = {
-    "CONVENTIONS": "flops",
-    "FlopReport": "flops",
-    "count_step_flops": "flops",
-    "flop_counter_step_flops": "flops",
-    "MemoryBreakdown": "memory",
-    "MemoryMeasurement": "memory",
-    "analytic_step": "memory",
-    "measure_step": "memory",
     "collect_bench": "bench",
     "run_bench": "bench",
 }

@@ -1,5 +1,10 @@
 """entropi.common: the plumbing every layer uses, importable with numpy alone.
 
+- :mod:`.errors`: :class:`~.errors.EntropiError`, the root of every error entropi raises on bad
+  input, and how both CLIs print errors (one line, control characters escaped, SIGTERM).
+- :mod:`.files`: atomic writes and real folders (nothing written through a link).
+- :mod:`.lock`: one writer per output folder.
 - :mod:`.provenance`: the installed entropi version and what a result records about the machine
   and the libraries it ran with (one function, :func:`~.provenance.provenance`, for every layer).
+- :mod:`.cliargs`: CLI flags generated from a dataclass's fields (both CLIs).
 """

@@ -1,7 +1,6 @@
-"""Atomic writes for every artifact of entropi, and the package version.
+"""Atomic writes for every artifact of entropi, and real folders to write them into.
 
-These are shared by every layer; they live here, in the lowest layer (numpy-free stdlib code),
-so that export and host use them without the device ever importing host code.
+Shared by every layer; standard library only.
 
 Every file is written to a temp file in the target folder, fsynced and renamed over the target,
 so a failure leaves the previous file (or nothing), never a half-written one. Nothing is written
