@@ -210,12 +210,9 @@ def _print_summary(results: Any, out) -> None:
         print(f"\n{'criterion':<16} {'pick':>4} {'regret':>7} {'tau':>6} {'w.tau':>6}")
         for name, s in summary.items():
             mark = " <- used" if name == crit else ""
-            tau, wtau = (
-                "-" if s[k] is None else f"{s[k]:.2f}" for k in ("kendall_tau", "weighted_tau")
-            )
+            tau, wtau = ("-" if t is None else f"{t:.2f}" for t in (s.kendall_tau, s.weighted_tau))
             print(
-                f"{name:<16} {s['selected_index']:>4} {100 * s['regret']:>7.2f} "
-                f"{tau:>6} {wtau:>6}{mark}"
+                f"{name:<16} {s.selected_index:>4} {100 * s.regret:>7.2f} {tau:>6} {wtau:>6}{mark}"
             )
         print("(regret in probe points; tau = Kendall tau vs probe accuracy)")
     conf = results.selection_confidence

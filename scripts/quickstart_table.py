@@ -82,7 +82,7 @@ def extract(run: str | os.PathLike) -> dict[str, Any]:
         "selected_index": res.selected_index,
         "best_probe_index": res.best_probe_index,
         "regret": res.regret,
-        "kendall_tau": res.criteria_summary[crit]["kendall_tau"],
+        "kendall_tau": res.criteria_summary[crit].kendall_tau,
         "selection_confidence": res.selection_confidence,
         "resamples": res.selection_resamples["resamples"],
         "device": {k: dev[k] for k in ("accuracy", "peak_bytes", "analytic_bytes", "budget_bytes")},

@@ -76,7 +76,9 @@ def _results(tmp_path: Path) -> Path:
         "best_probe_accuracy": 0.4,
         "regret": 0.1,
         "stage_seconds": {},
-        "criteria_summary": {"subset_entropy": {"selected_index": 1, "kendall_tau": -1.0}},
+        "criteria_summary": {
+            "subset_entropy": {"selected_index": 1, "regret": 0.1, "kendall_tau": -1.0}
+        },
         "selection_confidence": 0.75,
         "selection_resamples": {"resamples": 4},
         "device": {"accuracy": 0.3, "peak_bytes": 9, "analytic_bytes": 8, "budget_bytes": 10},

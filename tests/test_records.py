@@ -12,6 +12,7 @@ from test_hostile2_rundir import fake_run
 
 from entropi.common.errors import EntropiError
 from entropi.host.run.records import (
+    CriterionSummary,
     RecordError,
     RungScores,
     RunResults,
@@ -69,6 +70,9 @@ def test_attribute_access_and_the_read_only_mapping_view_agree(selected):
     assert results.get("export") is None and "export" not in results  # none in this run
     assert results.best.probe_accuracy == results.best_probe_accuracy
     assert dict(results.rungs[0].items()) == results.rungs[0].to_dict()
+    summary = results.criteria_summary["subset_entropy"]
+    assert isinstance(summary, CriterionSummary) and summary.higher_is_better
+    assert results["criteria_summary"]["subset_entropy"]["selected_index"] == summary.selected_index
 
 
 def test_an_oldest_format_file_loads_with_defaults_and_keeps_its_keys(selected, tmp_path):
@@ -118,7 +122,12 @@ def test_a_record_built_by_entropi_leaves_out_what_it_does_not_have(selected):
         (lambda d: d.update(rungs=[]), "rungs is not a list of rungs"),
         (lambda d: d["rungs"][1].pop("probe_accuracy"), r"rungs\[1\]: it lacks 'probe_accuracy'"),
         (lambda d: d["rungs"][1].update(index=0), r"rungs\[1\]: its index is 0, not 1"),
-        (lambda d: d["criteria_summary"].update(x={"selected_index": -1}), "criteria_summary"),
+        (
+            lambda d: d["criteria_summary"].update(x={"selected_index": -1, "regret": 0}),
+            r"criteria_summary\['x'\]: selected_index is -1, not a rung",
+        ),
+        (lambda d: d["criteria_summary"].update(x=[]), r"criteria_summary\['x'\] is not a table"),
+        (lambda d: d["criteria_summary"].update(x={"selected_index": 0}), "lacks 'regret'"),
     ],
 )
 def test_a_damaged_or_newer_results_file_is_one_error_naming_file_and_key(

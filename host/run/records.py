@@ -1,5 +1,6 @@
-"""The run folder's JSON records: ``results.json`` (:class:`RunResults`) and
-``scores/rung_NNN.json`` (:class:`RungScores`), typed and versioned like the rung record
+"""The run folder's JSON records: ``results.json`` (:class:`RunResults`, each entry of its
+``criteria_summary`` a :class:`CriterionSummary`, each row of ``rungs`` a :class:`RungScores`)
+and ``scores/rung_NNN.json`` (:class:`RungScores`), typed and versioned like the rung record
 (:mod:`entropi.export.rung`), each read through one loader (:func:`load_results`,
 :func:`load_scores`).
 
@@ -7,8 +8,9 @@ A record is a dataclass whose fields are the file's keys. ``to_dict()`` gives ba
 JSON object entropi writes, key for key and in the same order, so a file read and written again
 is byte-identical: a record read from a file remembers its keys in their order (``key_order``)
 and the keys this entropi does not know (``extra``); a record built by entropi writes its fields
-in their declared order, leaving out an optional field that is None (``export``, ``device``,
-``data_sizes``, ``report`` of a run that had none).
+in their declared order, leaving out an optional key that holds nothing (``export``,
+``device``, ``data_sizes``, ``report`` of a run that had none; a score's empty
+``criteria_undefined``).
 
 Versions: both records are format 1, and a format-1 file has no ``format_version`` key (every
 file entropi wrote before the records existed is one); a file with a ``format_version`` above
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ from .rundir import RunDir, _is_number, _remake, check_score
 __all__ = [
     "RESULTS_FORMAT",
     "SCORES_FORMAT",
+    "CriterionSummary",
     "RecordError",
     "RunResults",
     "RungScores",
@@ -50,6 +54,7 @@ __all__ = [
     "load_scores",
     "read_scores",
     "read_selection",
+    "summaries",
 ]
 
 RESULTS_FORMAT = 1
@@ -66,6 +71,11 @@ _BOOKKEEPING = ("extra", "key_order")
 class RecordError(CheckpointError):
     """A ``results.json`` or score file that is not the record entropi writes; the message names
     the file, the key and what to do."""
+
+
+def _fix(where: str) -> str:
+    """What to do about the damaged file ``where`` names (``PATH`` or ``PATH rungs[i]``...)."""
+    return _remake(Path(re.sub(r" (rungs|criteria_summary)\[.*$", "", where)))
 
 
 # --- the generic record --------------------------------------------------------------------
@@ -98,6 +108,8 @@ def _json(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, list):
         return [_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
     return value
 
 
@@ -147,7 +159,7 @@ def _split(cls, d: dict[str, Any], where: str, what: str) -> dict[str, Any]:
     """The constructor arguments of ``cls`` from the file's object ``d``: known keys as fields,
     the others in ``extra``, the keys' order in ``key_order``; a missing required key or a newer
     format is a :class:`RecordError`."""
-    fix = _remake(Path(where))
+    fix = _fix(where)
     version = d.get("format_version", 1)
     newest = cls.FORMAT
     if not (isinstance(version, int) and not isinstance(version, bool) and version >= 1):
@@ -169,7 +181,7 @@ def _split(cls, d: dict[str, Any], where: str, what: str) -> dict[str, Any]:
 
 def _need(ok: bool, where: str, key: str, what: str) -> None:
     if not ok:
-        raise RecordError(f"{where}: {key} is {what}; the file is damaged: {_remake(Path(where))}")
+        raise RecordError(f"{where}: {key} is {what}; the file is damaged: {_fix(where)}")
 
 
 def _is_index(v: Any, n: int) -> bool:
@@ -227,7 +239,7 @@ class RungScores(_Record):
         where = str(where)
         if not isinstance(d, dict):
             raise RecordError(f"{where} holds a {type(d).__name__}, not a table; "
-                              f"{_remake(Path(where))}")  # fmt: skip
+                              f"{_fix(where)}")  # fmt: skip
         try:
             check_score(d, d.get("index") if index is None else index, where)
         except CheckpointError as e:
@@ -253,7 +265,40 @@ def read_scores(run: RunDir, index: int) -> RungScores:
     return RungScores.from_dict(run.read_score(index), run.score(index), index)
 
 
-# --- results.json --------------------------------------------------------------------------
+# --- results.json ------------------------------------------------------------------------
+@dataclass(kw_only=True)
+class CriterionSummary(_Record):
+    """One criterion's entry in :class:`RunResults` ``criteria_summary``: the rung its argmax
+    picks, that pick's regret, its rank agreement with the probe, its cost."""
+
+    FORMAT = RESULTS_FORMAT
+
+    selected_index: int
+    regret: float
+    """Best probe accuracy minus the pick's, a fraction of the test images."""
+    kendall_tau: float | None = None
+    """Against the probe accuracies (None: undefined, e.g. constant values)."""
+    weighted_tau: float | None = None
+    higher_is_better: bool = True
+    needs_labels: bool = False
+    seconds: float | None = None
+    """Over every rung (None: not timed by the entropi that scored them)."""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    key_order: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str, n_rungs: int) -> CriterionSummary:
+        """The entry ``d`` (at ``where``, a results file's ``criteria_summary[NAME]``) of a
+        ladder of ``n_rungs``, its pick and regret checked."""
+        if not isinstance(d, dict):
+            raise RecordError(f"{where} is not a table; the file is damaged: {_fix(where)}")
+        kwargs = _split(cls, d, where, "a summary of")
+        pick, regret = kwargs["selected_index"], kwargs["regret"]
+        _need(_is_index(pick, n_rungs), where, "selected_index", f"{pick!r}, not a rung")
+        _need(_is_number(regret), where, "regret", f"{regret!r}, not a finite number")
+        return cls(**kwargs)
+
+
 @dataclass(kw_only=True)
 class RunResults(_Record):
     """``results.json``: the rung table, the selection, and the export / device summaries
@@ -282,8 +327,8 @@ class RunResults(_Record):
     selection_confidence: float | None = None
     selection_resamples: dict[str, Any] | None = None
     """``resamples``, ``resamples_dropped``, ``wins``, ``picks`` of the bootstrap."""
-    criteria_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per criterion: its pick (``selected_index``), regret, Kendall and weighted tau, ..."""
+    criteria_summary: dict[str, CriterionSummary] = field(default_factory=dict)
+    """Per criterion: its pick, regret, Kendall and weighted tau against the probe, cost."""
     criteria_undefined: dict[str, dict[str, Any]] = field(default_factory=dict)
     saturated_rungs: list[int] = field(default_factory=list)
     selected_alpha: float
@@ -324,7 +369,7 @@ class RunResults(_Record):
         where = str(where)
         if not isinstance(d, dict):
             raise RecordError(f"{where} holds a {type(d).__name__}, not a table; "
-                              f"{_remake(Path(where))}")  # fmt: skip
+                              f"{_fix(where)}")  # fmt: skip
         kwargs = _split(cls, d, where, "a results file of")
         rows = kwargs["rungs"]
         _need(isinstance(rows, list) and bool(rows), where, "rungs", "not a list of rungs")
@@ -332,6 +377,7 @@ class RunResults(_Record):
             RungScores.from_dict(r, f"{where} rungs[{i}]", i) for i, r in enumerate(rows)
         ]
         _check_results(kwargs, where, len(rows))
+        kwargs["criteria_summary"] = summaries(kwargs.get("criteria_summary", {}), len(rows), where)
         return cls(**kwargs)
 
 
@@ -360,10 +406,15 @@ def _check_results(d: dict[str, Any], where: str, n: int) -> None:
                 "data_sizes"):  # fmt: skip
         v = d.get(key)
         _need(v is None or isinstance(v, dict), where, key, "not a table or null")
-    summary = d.get("criteria_summary", {})
-    bad = [k for k, s in summary.items() if not (
-        isinstance(s, dict) and _is_index(s.get("selected_index"), n))]  # fmt: skip
-    _need(not bad, where, f"criteria_summary[{bad[0]!r}]" if bad else "", "not a pick of a rung")
+
+
+def summaries(table: dict[str, Any], n_rungs: int, where: str = "(in memory)"):
+    """``criteria_summary``'s entries (dicts, as the selection rules compute them, or read from
+    ``where``) as :class:`CriterionSummary` records, checked against a ladder of ``n_rungs``."""
+    return {
+        name: CriterionSummary.from_dict(s, f"{where} criteria_summary[{name!r}]", n_rungs)
+        for name, s in table.items()
+    }
 
 
 def load_results(path: str | os.PathLike) -> RunResults:

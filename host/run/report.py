@@ -260,11 +260,11 @@ def _rungs(results: RunResults) -> list[str]:
         rows = [
             [
                 f"`{k}`" + (" (used)" if k == crit else ""),
-                str(v["selected_index"]),
-                f"{100 * v['regret']:.2f}",
-                *("-" if v[k] is None else f"{v[k]:.2f}" for k in ("kendall_tau", "weighted_tau")),
-                "higher" if v["higher_is_better"] else "lower",
-                "-" if v.get("seconds") is None else f"{v['seconds']:.2f}",
+                str(v.selected_index),
+                f"{100 * v.regret:.2f}",
+                *("-" if t is None else f"{t:.2f}" for t in (v.kendall_tau, v.weighted_tau)),
+                "higher" if v.higher_is_better else "lower",
+                "-" if v.seconds is None else f"{v.seconds:.2f}",
             ]
             for k, v in summary.items()
         ]

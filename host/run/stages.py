@@ -52,7 +52,14 @@ from ..selection.rules import (
 )
 from . import distributed
 from .config import RunConfig
-from .records import RungScores, RunResults, load_results, previous_data_sizes, read_scores
+from .records import (
+    RungScores,
+    RunResults,
+    load_results,
+    previous_data_sizes,
+    read_scores,
+    summaries,
+)
 from .rundata import SourceData, TargetData, write_target_npz
 from .rundir import RunDir
 
@@ -484,7 +491,7 @@ def select(
         selection_ties={k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
         selection_confidence=_selection_confidence(conf, sel, deployment),
         selection_resamples=conf,
-        criteria_summary=summary,
+        criteria_summary=summaries(summary, len(rungs)),
         criteria_undefined=undefined,
         saturated_rungs=saturated,
         selected_alpha=rungs[sel].alpha,

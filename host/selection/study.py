@@ -375,12 +375,13 @@ def _pair(ladder: LadderSpec, target: TargetSpec, results: RunResults, seconds: 
     crit = {}
     for name, s in results.criteria_summary.items():
         crit[name] = {
-            **{k: s[k] for k in ("selected_index", "regret", "kendall_tau", "weighted_tau")},
-            "seconds": seconds_or_none(s.get("seconds")),
-            "hit": s["selected_index"] == best,
-            "peak_distance_log10_alpha": float(
-                abs(log_alpha[s["selected_index"]] - log_alpha[best])
-            ),
+            "selected_index": s.selected_index,
+            "regret": s.regret,
+            "kendall_tau": s.kendall_tau,
+            "weighted_tau": s.weighted_tau,
+            "seconds": seconds_or_none(s.seconds),
+            "hit": s.selected_index == best,
+            "peak_distance_log10_alpha": float(abs(log_alpha[s.selected_index] - log_alpha[best])),
         }
     return {
         "ladder": ladder.name,
