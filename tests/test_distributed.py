@@ -335,7 +335,7 @@ def test_scores_split_over_ranks_equal_one_process_scores(runs):
         mp.setenv("ENTROPI_CACHE", str(runs["tmp"] / "cache"))
         one = stage_score(cfg, again, load_target(cfg), torch.device("cpu"))
     scored = [json.loads((two / "scores" / f"rung_{i:03d}.json").read_text()) for i in range(3)]
-    one = json.loads(json.dumps(one))
+    one = json.loads(json.dumps([s.to_dict() for s in one]))
     for a, b in zip(_table({"rungs": scored}), _table({"rungs": one}), strict=True):
         # numpy's BLAS runs 1 thread in the workers (OMP_NUM_THREADS=1), more here: its
         # reductions may round differently in the last bit (seen: h_score 2.0 vs 1.9999999999999998)
