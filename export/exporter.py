@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from entropi.common.dtypes import DEFAULT_MIN_COSINE
 from entropi.common.files import default_mode
 from entropi.common.lock import LOCK_NAME
 from entropi.common.provenance import package_version
@@ -77,12 +78,13 @@ from .formats import (
 from .onnx_export import ONNX_OPSET
 from .quantize import int8_feature_error, pruned_zeros_kept
 from .rung import RungInfo
-from .tflm import TFLMError, compare_tflm_litert, tflm_arena_bytes
+from .tflm import MIN_WITHIN_ONE_STEP, TFLMError, compare_tflm_litert, tflm_arena_bytes
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, Diff, compare_arrays, torch_features
 from .weights import weight_stats
 
 __all__ = [
     "DEFAULT_MIN_COSINE",
+    "DEFAULT_N_RANDOM",
     "EXPORT_FORMAT",
     "INDEX_BYTES",
     "export_encoder",
@@ -96,8 +98,8 @@ EXPORT_FORMAT = 1
 # that addresses every position of every weight tensor of these encoders (the largest has
 # 512 * 512 * 9 = 2.36 M entries). ONNX itself mandates int64 indices.
 INDEX_BYTES = 4
-DEFAULT_MIN_COSINE = 0.99
-"""The lowest mean cosine of int8 to float features on real images an int8 file may have."""
+DEFAULT_N_RANDOM = 4
+"""Standard-normal inputs every file is verified on, besides the real images."""
 
 
 def images_to_inputs(images: np.ndarray, normalization: dict[str, Sequence[float]]) -> np.ndarray:
@@ -189,7 +191,7 @@ def _add_tflm(entry: dict[str, Any], path: Path, inputs: np.ndarray, tol: dict |
     if tol is not None:
         ok = vs["max_abs_diff"] <= tol["atol"] + tol["rtol"] * vs["ref_scale"]
     else:
-        ok = vs["within_one_step"] >= 0.99
+        ok = vs["within_one_step"] >= MIN_WITHIN_ONE_STEP
     if not ok:
         raise VerificationError(f"TFLite Micro's outputs of {path.name} differ from LiteRT's: {vs}")
     entry["tflm"] = {"arena_bytes": arena, "vs_litert": vs}
@@ -213,7 +215,7 @@ def export_encoder(
     compact: bool = False,
     forms: Sequence[str] | None = None,
     verify_images: np.ndarray | None = None,
-    n_random: int = 4,
+    n_random: int = DEFAULT_N_RANDOM,
     seed: int = 0,
     atol: float | None = None,
     rtol: float | None = None,

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from entropi.common.dtypes import QUANTIZE
+
 from ._errors import ExportError, require
 from .onnx_export import ONNX_OPSET, onnx_file, onnx_graph
 from .quantize import (
@@ -71,8 +73,6 @@ __all__ = [
     "resolve_quantize",
 ]
 
-QUANTIZE: tuple[str, ...] = ("none", "int8")
-"""What ``quantize`` may be: ``none`` (float32 files only) or ``int8`` (also full-integer files)."""
 
 Converter = Callable[[nn.Module, torch.Tensor], bytes]
 """``convert(module, example) -> the file, weights dense, no metadata``."""

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from entropi.common.dtypes import DEFAULT_MIN_COSINE
 from entropi.common.files import atomic_dir
 
 from ._errors import ExportError, VerificationError
@@ -42,7 +43,7 @@ from .compact import compact_encoder
 from .fold import fold_batchnorm
 from .quantize import _folded, int8_feature_error, tflite_int8_bytes, tflite_io_quantization
 from .tflite_export import convert_tflite, quiet_converter
-from .tflm import resolver_ops, tflm_arena_bytes, tflm_vs_litert
+from .tflm import MIN_WITHIN_ONE_STEP, resolver_ops, tflm_arena_bytes, tflm_vs_litert
 from .verify import DEFAULT_ATOL, DEFAULT_RTOL, compare_arrays
 
 __all__ = [
@@ -57,9 +58,6 @@ __all__ = [
 ]
 
 MCU_DTYPES = ("int8", "float32")
-MIN_WITHIN_ONE_STEP = 0.99
-"""Least share of int8 outputs on which TFLM and LiteRT agree within one quantization step
-(their kernels may round a half step differently; measured 1.0 on smallnet and resnet18)."""
 
 
 class NHWCInput(nn.Module):
@@ -236,7 +234,7 @@ def mcu_export(
     verify_inputs: np.ndarray,
     dtype: str = "int8",
     calibration: np.ndarray | None = None,
-    min_cosine: float = 0.99,
+    min_cosine: float = DEFAULT_MIN_COSINE,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the MCU form of ``encoder`` into ``out_dir`` (module docstring); return mcu.json.

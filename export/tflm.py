@@ -44,6 +44,7 @@ from .verify import ModelSource, load_model_bytes
 
 __all__ = [
     "DEFAULT_PROBE_ARENA",
+    "MIN_WITHIN_ONE_STEP",
     "TFLMError",
     "compare_tflm_litert",
     "open_tflm",
@@ -56,6 +57,10 @@ __all__ = [
 DEFAULT_PROBE_ARENA = 64 << 20
 """Arena (bytes) a file is first loaded into to measure what it really needs: larger than any
 encoder this project exports needs (the dense resnet18 float file's activations are ~2 MB)."""
+
+MIN_WITHIN_ONE_STEP = 0.99
+"""Least share of int8 outputs on which TFLM and LiteRT agree within one quantization step
+(their kernels may round a half step differently; measured 1.0 on smallnet and resnet18)."""
 
 # Builtin ops that TFLM has no kernel for although the exporters may write them.
 _NO_TFLM_KERNEL = ("DENSIFY",)

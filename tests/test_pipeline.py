@@ -164,8 +164,8 @@ def test_select_rung_ties_go_to_the_denser_rung():
         {"entropy": 3.0, "per_unit_bound": 7.0},
         {"entropy": 2.5, "per_unit_bound": 8.0},
     ]
-    assert selection.select_rung(rungs) == 1  # first (densest) rung of the tied maximum
-    assert selection.select_rung(rungs[:2]) == 1
+    assert selection.select_rung(rungs, "entropy") == 1  # first (densest) rung of the tied maximum
+    assert selection.select_rung(rungs[:2], "entropy") == 1
 
 
 def test_export_and_bundle_commands(finished_run, tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_ties_go_to_the_denser_rung_and_nan_never_wins():
 
 def test_old_score_files_still_select_by_entropy():
     rungs = [{"index": 0, "entropy": 1.0}, {"index": 1, "entropy": 2.0}]
-    assert selection.select_rung(rungs) == 1
+    assert selection.select_rung(rungs, "entropy") == 1
     with pytest.raises(CriterionError, match="no stored 'knn'"):
         selection.select_rung(rungs, "knn")
     with pytest.raises(CriterionError, match="unknown criterion"):

@@ -53,10 +53,12 @@ from typing import Any
 
 import numpy as np
 
+from entropi.common.dtypes import DTYPES
 from entropi.common.errors import EntropiError
 from entropi.device.budget import format_size, parse_size
 from entropi.device.errors import BudgetError, TrainConfigError
 
+from ..run.config import DEFAULT_VERIFY_IMAGES
 from ..run.records import read_scores
 from ..run.rundir import RunDir
 from .runtimes import MCU_FORM, RUNTIMES
@@ -76,8 +78,6 @@ __all__ = [
 
 DEPLOY_VERSION = 3
 """Version of RUNDIR/deploy/table.json's rows (a change recomputes them)."""
-DTYPES = ("float32", "int8")
-"""The dtypes of the table: every dtype a device bundle can hold."""
 FORMS = ("compact", "sparse", "compact-dense")
 """The encoder forms of the table (every form of ENCODER_FORMS)."""
 
@@ -240,9 +240,9 @@ class _Int8Inputs:
             tgt = run_target(self.run)
             if self.calibration is None:
                 self.calibration = run_calibration(self.run, target=tgt)
-            self.verify = tgt.x_test[: self.cfg.export.verify_images or 64]
+            self.verify = tgt.x_test[: self.cfg.export.checked_images]
             if len(self.verify) == 0:
-                self.verify = self.calibration[:64]
+                self.verify = self.calibration[:DEFAULT_VERIFY_IMAGES]
         except (EntropiError, OSError) as e:
             self.error = f"the run's target images (int8 calibration) cannot be loaded: {e}"
         return self.error is None

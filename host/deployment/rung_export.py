@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from entropi.common.dtypes import DEFAULT_MIN_COSINE, DTYPES
 from entropi.device.bundle import sha256_file
-from entropi.export import DEFAULT_MIN_COSINE, ExportError, export_encoder
+from entropi.export import ExportError, export_encoder
+from entropi.export.exporter import DEFAULT_N_RANDOM
 from entropi.export.formats import (
     ENCODER_FORMS,
     FORMAT_NAMES,
@@ -41,6 +43,7 @@ from entropi.export.formats import (
 from entropi.export.rung import CheckpointError
 
 from ..ladder.rungs import as_rundir, load_rung, resolve_rung
+from ..run.config import DEFAULT_CALIBRATION_IMAGES, load_config
 from ..run.records import read_selection
 from ..run.rundir import RunDir
 
@@ -83,7 +86,7 @@ def export_rung(
     forms: Sequence[str] = ("sparse",),
     out_dir: str | os.PathLike | None = None,
     verify_images: np.ndarray | None = None,
-    n_random: int = 4,
+    n_random: int = DEFAULT_N_RANDOM,
     atol: float | None = None,
     rtol: float | None = None,
     quantize: str = "none",
@@ -114,7 +117,7 @@ def export_rung(
         if calibration is None:
             calibration = run_calibration(run, target=tgt)
         if verify_images is None:
-            verify_images = tgt.x_test[: _run_config(run).export.verify_images or 64]
+            verify_images = tgt.x_test[: _run_config(run).export.checked_images]
     if min_cosine is None:
         int8 = quantize != "none"
         min_cosine = _run_config(run).export.min_cosine if int8 else DEFAULT_MIN_COSINE
@@ -138,8 +141,6 @@ def export_rung(
 
 
 def _run_config(run: RunDir):
-    from ..run.config import load_config
-
     if not run.config.is_file():
         raise CheckpointError(f"{run.root} has no config.toml: is it a run folder?")
     return load_config(run.config)
@@ -170,7 +171,7 @@ def calibration_images(
     replacement by ``seed`` (every image when there are fewer), in index order: the int8
     calibration set, the same for the same data and seed."""
     if n is None:
-        n = export_cfg.calibration_images if export_cfg is not None else 256
+        n = export_cfg.calibration_images if export_cfg is not None else DEFAULT_CALIBRATION_IMAGES
     if len(x_train) == 0:
         raise ExportError("the calibration set is empty: the target has no training images")
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
@@ -332,7 +333,7 @@ def _deploy_pick(run: RunDir) -> dict:
     form, dtype, fmt = pick.get("form"), pick.get("dtype"), pick.get("format", "tflite")
     if not all(isinstance(v, str) for v in (form, dtype, fmt)):
         return {}
-    if form not in ENCODER_FORMS or dtype not in ("float32", "int8") or fmt not in FORMATS:
+    if form not in ENCODER_FORMS or dtype not in DTYPES or fmt not in FORMATS:
         return {}
     return {"form": form, "dtype": dtype, "formats": (fmt,)}
 
@@ -360,7 +361,7 @@ def bundle_rung(
 
     if form not in ENCODER_FORMS:
         raise ExportError(f"form must be one of {list(ENCODER_FORMS)}, got {form!r}")
-    if dtype not in ("float32", "int8"):
+    if dtype not in DTYPES:
         raise ExportError(f"bundle dtype must be 'float32' or 'int8', got {dtype!r}")
     check_bundle_out(out, overwrite)  # before minutes of export, not after
     run = as_rundir(rundir)
@@ -439,9 +440,7 @@ def int8_downstream(
     out = {}
     for name in dict.fromkeys([formats] if isinstance(formats, str) else formats):
         fmt = FORMATS[name]
-        float_file, int8_file = (
-            fmt.filename(ENCODER_FORMS[form].stem, d) for d in ("float32", "int8")
-        )
+        float_file, int8_file = (fmt.filename(ENCODER_FORMS[form].stem, d) for d in DTYPES)
         if int8_file not in info["files"]:
             raise ExportError(f"export has no {int8_file}; export with quantize = 'int8' first")
         feats = {}
@@ -514,7 +513,7 @@ def mcu_package(
     classes = len(target.classes)
     plan = mcu_plan(info.feature_dim, classes, cfg.head_training, n_train=len(target.x_train))
     module = mcu_module(encoder, tuple(info.input_shape))
-    verify = target.x_test[: cfg.export.verify_images or 64]
+    verify = target.x_test[: cfg.export.checked_images]
     cal = run_calibration(run, target=target) if dtype == "int8" else None
     enc = mcu_export(
         module,

@@ -28,15 +28,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from entropi.common.dtypes import DEFAULT_MIN_COSINE, QUANTIZE, QUANTIZE_DTYPE
 from entropi.device.config import TrainConfig
 
 from ..deployment.runtimes import RUNTIMES
 from ..errors import ConfigError
 from ..ladder.alphas import planned_rungs
+from ..selection.criteria import DEFAULT_CRITERION
 from ..selection.entropy import DEFAULT_LEVELS, LevelsError, check_levels
+from ..selection.rules import DEFAULT_RULE, DEFAULT_TIE_SE
 
 __all__ = [
     "ConfigError",
+    "DEFAULT_CALIBRATION_IMAGES",
+    "DEFAULT_VERIFY_IMAGES",
     "DataConfig",
     "DeviceTrainConfig",
     "EntropyConfig",
@@ -304,18 +309,18 @@ class EntropyConfig:
 
 @dataclass
 class SelectConfig:
-    criterion: str = "subset_entropy"
+    criterion: str = DEFAULT_CRITERION
     """how the rung is picked: a name of :data:`entropi.host.selection.criteria.CRITERIA` (`entropi
     criteria --list`); every criterion is scored and summarized either way. The default is the
     entropy with the lowest mean regret in the CPU selection study (README, "Selection study");
     "entropy" is the paper's estimator."""
     resamples: int = 100
     """bootstrap resamples of the target training set for the selection confidence (0 = off)."""
-    rule: str = "argmax"
+    rule: str = DEFAULT_RULE
     """how the criterion picks (:data:`entropi.host.selection.rules.RULES`): "argmax" (the paper's:
     the best value) or "smallest_tied" (the fewest non-zero weights among the rungs within
     tie_se paired-bootstrap standard errors of the best; needs resamples >= 2)."""
-    tie_se: float = 1.0
+    tie_se: float = DEFAULT_TIE_SE
     """smallest_tied: how many paired-bootstrap standard errors below the best still tie."""
 
     def __post_init__(self) -> None:
@@ -367,6 +372,13 @@ class ProbeConfig:
         _check_range("probe.weight_decay", self.weight_decay, 0.0, 1.0)
 
 
+DEFAULT_VERIFY_IMAGES = 64
+"""Real target images that verify the exported files; int8 and MCU files are checked on this
+many even with ``[export] verify_images = 0`` (:attr:`ExportConfig.checked_images`)."""
+DEFAULT_CALIBRATION_IMAGES = 256
+"""Target training images that calibrate the int8 activation ranges."""
+
+
 @dataclass
 class ExportConfig:
     enabled: bool = True
@@ -377,19 +389,19 @@ class ExportConfig:
     """encoder form in the device bundle: compact (dead channels removed, the rest stored
     sparse), sparse (every channel, pruned weights stored sparse: the smallest file) or
     compact-dense (dead channels removed, weights stored dense: read in place, the least RAM)."""
-    verify_images: int = 64
+    verify_images: int = DEFAULT_VERIFY_IMAGES
     """real target images used (besides random inputs) to verify the exported files."""
     quantize: str = "none"
     """"int8": also write full-integer int8 files (TFLite: int8 I/O; ONNX: QDQ) and bundle
     them for the device; "none": float32 only."""
-    calibration_images: int = 256
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     """target training images (seeded draw) that calibrate the int8 activation ranges."""
-    min_cosine: float = 0.99
+    min_cosine: float = DEFAULT_MIN_COSINE
     """an int8 file whose features' mean cosine to the float encoder's on the verification
     images is below this is refused."""
 
     def __post_init__(self) -> None:
-        from entropi.export.formats import ENCODER_FORMS, FORMATS, QUANTIZE
+        from entropi.export.formats import ENCODER_FORMS, FORMATS
 
         bad = [f for f in self.formats if f not in FORMATS]
         twice = len(set(self.formats)) < len(self.formats)
@@ -403,6 +415,17 @@ class ExportConfig:
         _check_name("export.quantize", self.quantize, list(QUANTIZE), "quantization dtype")
         _check_int("export.calibration_images", self.calibration_images, lo=1)
         _check_range("export.min_cosine", self.min_cosine, -1.0, 1.0)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype of the encoder the run deploys: ``quantize`` resolved ("none": float32)."""
+        return QUANTIZE_DTYPE[self.quantize]
+
+    @property
+    def checked_images(self) -> int:
+        """How many target test images check int8 and MCU files: ``verify_images``, or
+        :data:`DEFAULT_VERIFY_IMAGES` when that is 0 (they are accepted on real images only)."""
+        return self.verify_images or DEFAULT_VERIFY_IMAGES
 
 
 @dataclass
@@ -478,13 +501,14 @@ class DeviceTrainConfig(TrainConfig):
                 fused_update=True,
             )
         except BudgetError as e:
+            defaults = DeviceTrainConfig.__dataclass_fields__
             raise ConfigError(
                 f"device_train.budget = {self.budget!r} ({budget} B) cannot hold any head "
                 f"training loop: even 1 feature x 2 classes over {self.epochs} epochs needs "
                 f"{format_size(e.minimum_bytes)} (the per-epoch history is part of it); the real "
                 "minimum grows with the encoder's feature width, the target's classes and the "
-                'epochs (the defaults are "256KB" and '
-                f"{DeviceTrainConfig.__dataclass_fields__['epochs'].default} epochs)"
+                f'epochs (the defaults are "{defaults["budget"].default}" and '
+                f"{defaults['epochs'].default} epochs)"
             ) from None
 
 

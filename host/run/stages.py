@@ -794,10 +794,8 @@ def stage_export(
     e = cfg.export
     form = form or e.form
     quantize = "int8" if dtype == "int8" else e.quantize
-    images = tgt.x_test[: e.verify_images] if e.verify_images else None
     int8 = quantize != "none"
-    if int8 and images is None:
-        images = tgt.x_test[:64]
+    images = tgt.x_test[: e.checked_images] if e.verify_images or int8 else None
     export_dir, info = ensure_export(
         run.root,
         rung,

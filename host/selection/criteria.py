@@ -50,6 +50,7 @@ from entropi.host.selection.entropy import DEFAULT_LEVELS, FeatureError, check_l
 __all__ = [
     "CRITERIA",
     "CRITERIA_VERSION",
+    "DEFAULT_CRITERION",
     "Criterion",
     "CriterionError",
     "CriterionOptions",
@@ -156,6 +157,9 @@ criterion) are recomputed from the cached features by ``stage_score``."""
 
 CRITERIA: dict[str, Criterion] = {}
 """Every registered criterion by name, in registration order."""
+DEFAULT_CRITERION = "subset_entropy"
+"""The criterion a rung is picked by unless told otherwise (``[select] criterion``): the entropy
+with the lowest mean regret in the CPU selection study; ``entropy`` is the paper's estimator."""
 
 
 def register(criterion: Criterion) -> Criterion:

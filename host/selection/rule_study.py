@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .criteria import CriterionError, CriterionOptions, compute_criteria
+from .criteria import DEFAULT_CRITERION, CriterionError, CriterionOptions, compute_criteria
 from .rules import bootstrap_values, choose_rung, one_blas_thread
 from .study import _share, _stats
 
@@ -45,7 +45,7 @@ STUDY_CRITERIA = ("subset_entropy", "cv_probe", "logme", "von_neumann")
 RULE_VARIANTS = (("argmax", 1.0), ("smallest_tied", 1.0), ("smallest_tied", 2.0))
 """(rule, tie_se) pairs the study compares; argmax ignores tie_se."""
 
-BASE_CRITERION = "subset_entropy"
+BASE_CRITERION = DEFAULT_CRITERION
 """Today's default criterion: another replaces it only by the decision rule's margin."""
 
 MIN_SIZE_RATIO = 2.0

@@ -58,6 +58,8 @@ from .criteria import CRITERIA, CriterionOptions, compute_criteria
 __all__ = [
     "undefined_notes",
     "CRITERIA",
+    "DEFAULT_RULE",
+    "DEFAULT_TIE_SE",
     "RULES",
     "TIE_TOLERANCE",
     "SelectionRule",
@@ -80,6 +82,11 @@ __all__ = [
 
 TIE_TOLERANCE = 1e-9
 """Scores within this of the best tie; the tie goes to the denser rung."""
+DEFAULT_RULE = "argmax"
+"""The rule that picks unless told otherwise (``[select] rule``): the paper's."""
+DEFAULT_TIE_SE = 1.0
+"""``smallest_tied``: paired-bootstrap standard errors below the best that still tie (the
+one-SE rule; ``[select] tie_se``)."""
 
 
 @contextlib.contextmanager
@@ -184,7 +191,7 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     return out
 
 
-def selection_rule(criterion: str, rule: str = "argmax", tie_se: float = 1.0) -> str:
+def selection_rule(criterion: str, rule: str = DEFAULT_RULE, tie_se: float = DEFAULT_TIE_SE) -> str:
     """One line saying how the rung is picked."""
     c = CRITERIA[criterion]
     way = "argmax" if c.higher_is_better else "argmin"
@@ -235,7 +242,7 @@ def _argbest(values: np.ndarray) -> int:
     return int(np.flatnonzero(v >= v.max() - TIE_TOLERANCE)[0])
 
 
-def select_rung(rungs: Sequence[dict], criterion: str = "entropy") -> int:
+def select_rung(rungs: Sequence[dict], criterion: str) -> int:
     """Index of the rung ``criterion`` rates best; ties go to the denser rung.
 
     For the paper's entropy: when it saturates at log n (every target sample in its own
@@ -453,11 +460,11 @@ def resample_summary(
 def choose_rung(
     rungs: Sequence[dict],
     criterion: str,
-    rule: str = "argmax",
+    rule: str = DEFAULT_RULE,
     boot: np.ndarray | None = None,
     *,
     sizes: np.ndarray | None = None,
-    tie_se: float = 1.0,
+    tie_se: float = DEFAULT_TIE_SE,
 ) -> dict[str, Any]:
     """The rung ``rule`` picks by ``criterion`` from the stored scores, and how sure it is.
 
