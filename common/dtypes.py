@@ -9,13 +9,15 @@ spellings. Plain Python: the config reads this module before torch is imported.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MIN_COSINE", "DTYPES", "QUANTIZE", "QUANTIZE_DTYPE"]
+__all__ = ["DEFAULT_MIN_COSINE", "DEFAULT_QUANTIZE", "DTYPES", "QUANTIZE", "QUANTIZE_DTYPE"]
 
 DTYPES: tuple[str, ...] = ("float32", "int8")
 """The dtypes an encoder file can have."""
 
 QUANTIZE: tuple[str, ...] = ("none", "int8")
 """What ``quantize`` may be: ``none`` (float32 files only) or ``int8`` (also full-integer files)."""
+DEFAULT_QUANTIZE = "none"
+"""float32 files only, unless int8 is asked for."""
 
 QUANTIZE_DTYPE: dict[str, str] = {"none": "float32", "int8": "int8"}
 """The dtype of the encoder a ``quantize`` setting deploys (``none``: the float32 files)."""

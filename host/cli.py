@@ -30,6 +30,7 @@ from entropi.common.cliargs import (
     keep_choices_lazy,
     rung_arg,
 )
+from entropi.common.dtypes import QUANTIZE, QUANTIZE_DTYPE
 from entropi.common.errors import (
     EntropiError,
     Terminated,
@@ -50,12 +51,6 @@ PLUGIN_GROUP = "entropi.commands"
 
 
 # The export registries are read on first use (LazyChoices): entropi.export imports torch.
-def _dtypes() -> tuple[str, ...]:
-    from entropi.export.formats import QUANTIZE
-
-    return QUANTIZE
-
-
 def _formats() -> list[str]:
     from entropi.export.formats import FORMATS
 
@@ -286,12 +281,10 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 def _cmd_select(a: argparse.Namespace) -> int:
     from .run.stages import stage_select
-    from .selection.criteria import CRITERIA, CriterionError
+    from .selection.criteria import as_criterion
 
-    if a.criterion is not None and a.criterion not in CRITERIA:
-        raise CriterionError(
-            f"unknown criterion {a.criterion!r}; known: {', '.join(sorted(CRITERIA))}"
-        )
+    if a.criterion is not None:  # before the run is opened
+        as_criterion(a.criterion)
     from .deployment.fit import parse_limit, table_markdown
 
     flash, ram = parse_limit(a.flash, "--flash"), parse_limit(a.ram, "--ram")
@@ -378,7 +371,13 @@ def _load_npy(path: str, what: str, error: type[Exception]):
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
-    from .selection.criteria import CRITERIA, CriterionError, CriterionOptions, compute_criteria
+    from .selection.criteria import (
+        CRITERIA,
+        CriterionError,
+        CriterionOptions,
+        as_criterion,
+        compute_criteria,
+    )
 
     if a.list:
         for name, c in CRITERIA.items():
@@ -392,9 +391,7 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
     labels = _load_npy(a.labels, "labels", CriterionError) if a.labels else None
     names = a.criterion or None
     for name in names or ():
-        if name not in CRITERIA:
-            raise CriterionError(f"unknown criterion {name!r}; known: {', '.join(CRITERIA)}")
-        if CRITERIA[name].needs_labels and labels is None:
+        if as_criterion(name).needs_labels and labels is None:
             raise CriterionError(f"criterion {name!r} needs --labels LABELS.npy")
     values = compute_criteria(feats, labels, names, CriterionOptions(levels=a.levels))
     out = {
@@ -491,8 +488,8 @@ def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
 def _cmd_bundle(a: argparse.Namespace) -> int:
     from .deployment.rung_export import bundle_choice, bundle_rung
 
-    quantize = {None: None, "none": "float32"}.get(a.quantize, a.quantize)
-    c = bundle_choice(a.run, a.rung, a.form, quantize, a.formats)
+    dtype = None if a.quantize is None else QUANTIZE_DTYPE[a.quantize]
+    c = bundle_choice(a.run, a.rung, a.form, dtype, a.formats)
     extra = _int8_kwargs(a, c.dtype == "int8")
     with _run_lock(a.run):  # it may export into RUNDIR/export
         path = bundle_rung(
@@ -607,8 +604,7 @@ def _add_export_args(p: argparse.ArgumentParser, formats: str) -> None:
 def _add_int8_args(p: argparse.ArgumentParser, **quantize: Any) -> None:
     """``--quantize`` (``quantize``: its keywords), ``--calibration-images`` and
     ``--min-cosine`` of an int8 export."""
-    choices = LazyChoices(_dtypes)
-    add_field_argument(p, ExportConfig, "quantize", choices=choices, metavar="DTYPE", **quantize)
+    add_field_argument(p, ExportConfig, "quantize", choices=QUANTIZE, metavar="DTYPE", **quantize)
     _from_run(
         p, ExportConfig, "export", calibration_images={"metavar": "N"}, min_cosine={"metavar": "C"}
     )

@@ -705,9 +705,9 @@ def test_ensure_export_is_keyed_by_the_rung_file(tmp_path, monkeypatch):
     assert json.loads((out / "export.json").read_text())["rung_sha256"] == info["rung_sha256"]
 
     calls = []
-    real = host_bundle.export_rung
+    real = host_bundle.export_encoder
     monkeypatch.setattr(
-        host_bundle, "export_rung", lambda *a, **k: calls.append(1) or real(*a, **k)
+        host_bundle, "export_encoder", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     assert ensure_export(run, 1, formats=("onnx",), forms=("sparse",)) == (out, info)
     assert calls == []

@@ -313,7 +313,7 @@ def test_ensure_export_reuses_and_bundle_rung(tmp_path, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(host_bundle, "export_rung", no_export)
+    monkeypatch.setattr(host_bundle, "export_encoder", no_export)
     assert ensure_export(run, 1, formats=["onnx"], forms=["sparse"]) == (out, info)
     path = bundle_rung(rundir, tmp_path / "bundle", form="sparse", formats=("onnx",))
     b = load_bundle(path, prefer=("onnx",))

@@ -734,9 +734,9 @@ def test_an_int8_export_is_reused_only_for_the_same_calibration(tmp_path, monkey
 
     run = RunDir(write_run(tmp_path / "run"))
     calls = []
-    real = host_bundle.export_rung
+    real = host_bundle.export_encoder
     monkeypatch.setattr(
-        host_bundle, "export_rung", lambda *a, **k: calls.append(1) or real(*a, **k)
+        host_bundle, "export_encoder", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     kw = {
         "formats": ("onnx",),

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from entropi.common.dtypes import DEFAULT_MIN_COSINE, DTYPES
+from entropi.common.dtypes import DEFAULT_MIN_COSINE, DEFAULT_QUANTIZE, DTYPES, QUANTIZE_DTYPE
 from entropi.device.bundle import sha256_file
 from entropi.export import ExportError, export_encoder
 from entropi.export.exporter import DEFAULT_N_RANDOM
@@ -89,7 +89,7 @@ def export_rung(
     n_random: int = DEFAULT_N_RANDOM,
     atol: float | None = None,
     rtol: float | None = None,
-    quantize: str = "none",
+    quantize: str = DEFAULT_QUANTIZE,
     calibration: np.ndarray | None = None,
     min_cosine: float | None = None,
 ) -> dict[str, Any]:
@@ -110,16 +110,39 @@ def export_rung(
     resolve_formats(formats)
     resolve_forms(forms)
     quantize = resolve_quantize(quantize)
-    index = resolve_rung(run, rung)
+    return _export(
+        run, resolve_rung(run, rung), quantize, formats=formats, forms=forms, out_dir=out_dir,
+        verify_images=verify_images, n_random=n_random, atol=atol, rtol=rtol,
+        calibration=calibration, min_cosine=min_cosine,
+    )  # fmt: skip
+
+
+def _export(
+    run: RunDir,
+    index: int,
+    quantize: str,
+    *,
+    formats: Sequence[str],
+    forms: Sequence[str],
+    out_dir: str | os.PathLike | None = None,
+    verify_images: np.ndarray | None = None,
+    n_random: int = DEFAULT_N_RANDOM,
+    atol: float | None = None,
+    rtol: float | None = None,
+    calibration: np.ndarray | None = None,
+    min_cosine: float | None = None,
+) -> dict[str, Any]:
+    """:func:`export_rung` of rung ``index``, its arguments already checked (``quantize``
+    resolved: ``"none"`` or ``"int8"``)."""
+    int8 = QUANTIZE_DTYPE[quantize] == "int8"
     digest = rung_hash(run, index)
-    if quantize != "none" and (calibration is None or verify_images is None):
+    if int8 and (calibration is None or verify_images is None):
         tgt = run_target(run)  # loaded once for both
         if calibration is None:
             calibration = run_calibration(run, target=tgt)
         if verify_images is None:
             verify_images = tgt.x_test[: _run_config(run).export.checked_images]
     if min_cosine is None:
-        int8 = quantize != "none"
         min_cosine = _run_config(run).export.min_cosine if int8 else DEFAULT_MIN_COSINE
     encoder, info = load_rung(run, index)
     return export_encoder(
@@ -200,7 +223,7 @@ def ensure_export(
     formats: tuple[str, ...] = FORMAT_NAMES,
     forms: Sequence[str] = ("sparse", "compact"),
     verify_images=None,
-    quantize: str = "none",
+    quantize: str = DEFAULT_QUANTIZE,
     calibration: np.ndarray | None = None,
     min_cosine: float | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -220,11 +243,12 @@ def ensure_export(
     chosen = resolve_formats(formats)
     stems = [form.stem for form in resolve_forms(forms)]
     quantize = resolve_quantize(quantize)
-    dtypes = ["float32"] if quantize == "none" else ["float32", quantize]
+    dtypes = dict.fromkeys(("float32", QUANTIZE_DTYPE[quantize]))
+    int8 = "int8" in dtypes
     index = resolve_rung(run, rung)
-    if quantize != "none" and calibration is None:
+    if int8 and calibration is None:
         calibration = run_calibration(run)
-    if quantize != "none" and min_cosine is None:
+    if int8 and min_cosine is None:
         min_cosine = _run_config(run).export.min_cosine
     out = run.export
     try:
@@ -234,7 +258,7 @@ def ensure_export(
     if isinstance(info, dict):
         wanted = {fmt.filename(stem, dtype) for fmt in chosen for stem in stems for dtype in dtypes}
         quant = info.get("quantization")
-        same_int8 = quantize == "none" or (
+        same_int8 = not int8 or (
             isinstance(quant, dict)
             and quant.get("calibration_sha256") == calibration_digest(calibration)
             and quant.get("min_cosine") == float(min_cosine)
@@ -245,14 +269,14 @@ def ensure_export(
         if info.get("rung_sha256") == digest and isinstance(info.get("forms"), list):
             # the forms this rung's export has stay (a bundle of another form adds one)
             forms = [f for f in ENCODER_FORMS if f in forms or f in info["forms"]]
-    info = export_rung(
+    info = _export(
         run,
         index,
+        quantize,
         formats=formats,
         forms=forms,
         out_dir=out,
         verify_images=verify_images,
-        quantize=quantize,
         calibration=calibration,
         min_cosine=min_cosine,
     )

@@ -28,15 +28,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from entropi.common.dtypes import DEFAULT_MIN_COSINE, QUANTIZE, QUANTIZE_DTYPE
+from entropi.common.dtypes import DEFAULT_MIN_COSINE, DEFAULT_QUANTIZE, QUANTIZE, QUANTIZE_DTYPE
 from entropi.device.config import TrainConfig
 
 from ..deployment.runtimes import RUNTIMES
 from ..errors import ConfigError
 from ..ladder.alphas import planned_rungs
-from ..selection.criteria import DEFAULT_CRITERION
+from ..selection.criteria import CRITERIA, DEFAULT_CRITERION, Criterion
 from ..selection.entropy import DEFAULT_LEVELS, LevelsError, check_levels
-from ..selection.rules import DEFAULT_RULE, DEFAULT_TIE_SE
+from ..selection.rules import DEFAULT_RULE, DEFAULT_TIE_SE, RULES
 
 __all__ = [
     "ConfigError",
@@ -324,9 +324,6 @@ class SelectConfig:
     """smallest_tied: how many paired-bootstrap standard errors below the best still tie."""
 
     def __post_init__(self) -> None:
-        from ..selection.criteria import CRITERIA
-        from ..selection.rules import RULES
-
         _check_name("select.criterion", self.criterion, sorted(CRITERIA), "selection criterion")
         _check_name("select.rule", self.rule, list(RULES), "selection rule")
         _check_range("select.tie_se", self.tie_se, 0.0, 100.0)
@@ -340,6 +337,11 @@ class SelectConfig:
             raise ConfigError(
                 f"select.resamples must be in [0, {MAX_RESAMPLES}], got {self.resamples}"
             )
+
+    @property
+    def chosen_criterion(self) -> Criterion:
+        """``criterion`` as its :class:`~entropi.host.selection.criteria.Criterion`."""
+        return CRITERIA[self.criterion]
 
 
 @dataclass
@@ -391,7 +393,7 @@ class ExportConfig:
     compact-dense (dead channels removed, weights stored dense: read in place, the least RAM)."""
     verify_images: int = DEFAULT_VERIFY_IMAGES
     """real target images used (besides random inputs) to verify the exported files."""
-    quantize: str = "none"
+    quantize: str = DEFAULT_QUANTIZE
     """"int8": also write full-integer int8 files (TFLite: int8 I/O; ONNX: QDQ) and bundle
     them for the device; "none": float32 only."""
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES

@@ -34,7 +34,7 @@ from ..ladder.prune import (
 )
 from ..ladder.rungs import classifier_from_rung
 from ..ladder.train import evaluate, extract_features, train
-from ..selection.criteria import CRITERIA_VERSION
+from ..selection.criteria import CRITERIA_VERSION, Criterion, as_criterion
 from ..selection.probe import cross_validated_probe, linear_probe
 from ..selection.rules import (
     CRITERIA,
@@ -403,7 +403,7 @@ def cached_features(run: RunDir, index: int, rows: int) -> np.ndarray:
 
 
 def confidence_from_cache(
-    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str, n: int | None = None
+    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: Criterion | str, n: int | None = None
 ):
     """The argmax's wins over the bootstrap resamples (:func:`bootstrap_from_cache`), or None
     when the cached features are gone."""
@@ -412,7 +412,7 @@ def confidence_from_cache(
 
 
 def bootstrap_from_cache(
-    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: str, n: int | None = None
+    cfg: RunConfig, run: RunDir, n_rungs: int, criterion: Criterion | str, n: int | None = None
 ) -> np.ndarray | None:
     """:func:`bootstrap_values` (resamples x rungs) from the cached features, or None when they
     are gone or ``[select] resamples`` is 0.
@@ -461,11 +461,11 @@ def select(
     from .plot import plot_entropy_vs_alpha
 
     rungs = _scored_rungs(run)
-    criterion = criterion or cfg.select.criterion
-    boot = bootstrap_from_cache(cfg, run, len(rungs), criterion, _scored_n(run, rungs))
-    choice = choose_rung(rungs, criterion, cfg.select.rule, boot, tie_se=cfg.select.tie_se)
+    crit = as_criterion(criterion) if criterion else cfg.select.chosen_criterion
+    boot = bootstrap_from_cache(cfg, run, len(rungs), crit, _scored_n(run, rungs))
+    choice = choose_rung(rungs, crit, cfg.select.rule, boot, tie_se=cfg.select.tie_se)
     sel, deployment = _fitting_pick(
-        cfg, run, rungs, criterion, boot, choice["selected_index"], flash, ram
+        cfg, run, rungs, crit, boot, choice["selected_index"], flash, ram
     )
     probes = [r.probe_accuracy for r in rungs]
     best = int(np.argmax(probes))
@@ -484,9 +484,9 @@ def select(
         levels=cfg.entropy.levels,
         entropy_units="nats",
         rungs=rungs,
-        criterion=criterion,
+        criterion=crit.name,
         selected_index=sel,
-        selection_rule=selection_rule(criterion, cfg.select.rule, cfg.select.tie_se),
+        selection_rule=selection_rule(crit, cfg.select.rule, cfg.select.tie_se),
         rule=cfg.select.rule,
         selection_ties={k: choice[k] for k in ("best_index", "tied", "paired_se", "tie_se")},
         selection_confidence=_selection_confidence(conf, sel, deployment),
@@ -509,7 +509,7 @@ def select(
     _log_select_notes(run, results)
     if plot:
         plot_entropy_vs_alpha(results, run.plot)
-    _log_pick(run, results)
+    _log_pick(run, results, crit)
     return results
 
 
@@ -523,7 +523,7 @@ def _scored_rungs(run: RunDir) -> list[RungScores]:
     return [read_scores(run, i) for i in range(n_rungs)]  # a missing one: named, never skipped
 
 
-def _fitting_pick(cfg, run, rungs, criterion, boot, sel: int, flash, ram):
+def _fitting_pick(cfg, run, rungs, criterion: Criterion, boot, sel: int, flash, ram):
     """(the pick, the deployment record): the rule's pick ``sel`` and None without a flash or
     RAM limit (arguments, else ``[deploy]``), else the rule's pick among the rungs that fit."""
     limits = cfg.deploy.limits()
@@ -574,14 +574,14 @@ def _log_select_notes(run: RunDir, results: RunResults) -> None:
         run.log(f"select: note: {line}")
 
 
-def _log_pick(run: RunDir, results: RunResults) -> None:
+def _log_pick(run: RunDir, results: RunResults, criterion: Criterion) -> None:
     """Log the pick in one line: its alpha, criterion value, probe accuracy, regret."""
-    criterion, sel, best = results.criterion, results.selected, results.best
+    sel, best = results.selected, results.best
     c = results.selection_confidence
     value = stored_value(sel, criterion)
     value = "undefined" if value is None else f"{value:.4g}"  # every rung undefined: rung 0
     run.log(
-        f"select: rung {sel.index} (alpha {sel.alpha:.5f}, {criterion} {value}, probe "
+        f"select: rung {sel.index} (alpha {sel.alpha:.5f}, {criterion.name} {value}, probe "
         f"{sel.probe_accuracy:.4f}); best probe rung {best.index} "
         f"({best.probe_accuracy:.4f}); regret {100 * results.regret:.2f} points"
         + (f"; confidence {c:.2f}" if c is not None else "")
@@ -638,7 +638,7 @@ def completed_results(cfg: RunConfig, run: RunDir) -> RunResults | None:
     return results
 
 
-def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
+def _rule_pick(cfg, rungs, criterion: Criterion, boot, deployment: dict) -> dict:
     """The ``[select] rule``'s pick among the rungs that fit the device, "smallest" by the
     device's flash: rungs that do not fit are undefined to the rule (never tied, never picked),
     and each fitting rung's size is its smallest fitting row's flash; that row is the pick."""
@@ -648,7 +648,7 @@ def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
 
     fits = set(deployment["fitting_rungs"])
     masked = [
-        r if i in fits else dataclasses.replace(r, criteria={**r.criteria, criterion: None})
+        r if i in fits else dataclasses.replace(r, criteria={**r.criteria, criterion.name: None})
         for i, r in enumerate(rungs)
     ]
     if boot is not None:
@@ -665,7 +665,7 @@ def _rule_pick(cfg, rungs, criterion, boot, deployment: dict) -> dict:
     return {k: v for k, v in best.items() if k != "fits"}
 
 
-def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -> dict:
+def _deployment(cfg, run, rungs, criterion: Criterion, flash, ram, *, unconstrained: int) -> dict:
     """The deployment table of every rung and the fit rule's pick (host/deployment/fit.py)."""
     from ..deployment.fit import deployment_table, fit_rule
 
@@ -675,8 +675,8 @@ def _deployment(cfg, run, rungs, criterion, flash, ram, *, unconstrained: int) -
     pick = fit_rule(rows, list(values), flash=flash, ram=ram)
     run.log(
         f"select: deploy ({runtime}): rung {pick['rung']} ({pick['form']} {pick['dtype']}: flash "
-        f"{pick['flash_bytes']} B, RAM {pick['ram_bytes']} B) is the best by {criterion} of the "
-        f"rungs {pick['fits']} that fit flash {flash} B / RAM {ram} B"
+        f"{pick['flash_bytes']} B, RAM {pick['ram_bytes']} B) is the best by {criterion.name} "
+        f"of the rungs {pick['fits']} that fit flash {flash} B / RAM {ram} B"
         + ("" if pick["rung"] == unconstrained else f" (unconstrained pick: rung {unconstrained})")
     )
     return {
@@ -793,8 +793,8 @@ def stage_export(
 
     e = cfg.export
     form = form or e.form
-    quantize = "int8" if dtype == "int8" else e.quantize
-    int8 = quantize != "none"
+    int8 = "int8" in (dtype, e.dtype)  # the pick's dtype or [export] quantize
+    quantize = "int8" if int8 else e.quantize
     images = tgt.x_test[: e.checked_images] if e.verify_images or int8 else None
     export_dir, info = ensure_export(
         run.root,
@@ -807,7 +807,7 @@ def stage_export(
         min_cosine=e.min_cosine,
     )
     measured = info.get("downstream") if isinstance(info.get("downstream"), dict) else {}
-    wanted = [FORMATS[f].filename(ENCODER_FORMS[form].stem, quantize) for f in e.formats]
+    wanted = [FORMATS[f].filename(ENCODER_FORMS[form].stem, "int8") for f in e.formats]
     if int8 and not all(name in measured for name in wanted):
         info["downstream"] = int8_downstream(
             export_dir, info, tgt, cfg.probe, form=form, formats=e.formats, seed=cfg.seed
@@ -865,7 +865,7 @@ def stage_device(
         formats=tuple(cfg.export.formats),
         class_names=tgt.classes,
         overwrite=True,
-        dtype=dtype or ("float32" if cfg.export.quantize == "none" else cfg.export.quantize),
+        dtype=dtype or cfg.export.dtype,
     )
     data = write_target_npz(tgt, run.target_data)
     report = train_on_bundle(bundle, data, run.head, cfg.head_training)

@@ -54,6 +54,7 @@ __all__ = [
     "Criterion",
     "CriterionError",
     "CriterionOptions",
+    "as_criterion",
     "cdnv",
     "check_inputs",
     "compute_criteria",
@@ -168,6 +169,18 @@ def register(criterion: Criterion) -> Criterion:
         raise ValueError(f"criterion {criterion.name!r} is already registered")
     CRITERIA[criterion.name] = criterion
     return criterion
+
+
+def as_criterion(criterion: Criterion | str) -> Criterion:
+    """``criterion`` as its :class:`Criterion` (a name is looked up in :data:`CRITERIA`; an
+    unknown one is a :class:`CriterionError` listing the known names)."""
+    if isinstance(criterion, Criterion):
+        return criterion
+    try:
+        return CRITERIA[criterion]
+    except KeyError:
+        known = ", ".join(sorted(CRITERIA))
+        raise CriterionError(f"unknown criterion {criterion!r}; known: {known}") from None
 
 
 def criterion_names(*, with_labels: bool = True) -> list[str]:

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from .criteria import CRITERIA, CriterionOptions, compute_criteria
+from .criteria import CRITERIA, Criterion, CriterionOptions, as_criterion, compute_criteria
 
 __all__ = [
     "undefined_notes",
@@ -191,19 +191,21 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     return out
 
 
-def selection_rule(criterion: str, rule: str = DEFAULT_RULE, tie_se: float = DEFAULT_TIE_SE) -> str:
+def selection_rule(
+    criterion: Criterion | str, rule: str = DEFAULT_RULE, tie_se: float = DEFAULT_TIE_SE
+) -> str:
     """One line saying how the rung is picked."""
-    c = CRITERIA[criterion]
+    c = as_criterion(criterion)
     way = "argmax" if c.higher_is_better else "argmin"
     if check_rule(rule) == "argmax":
-        return f"{way} {criterion}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
+        return f"{way} {c.name}; ties (within {TIE_TOLERANCE:g}) go to the denser rung"
     return (
-        f"smallest rung (fewest non-zero weights) whose {criterion} is within {tie_se:g} paired-"
+        f"smallest rung (fewest non-zero weights) whose {c.name} is within {tie_se:g} paired-"
         f"bootstrap SE of the {way} rung's"
     )
 
 
-def stored_value(rung: dict, criterion: str) -> float | None:
+def stored_value(rung: dict, criterion: Criterion | str) -> float | None:
     """The value of ``criterion`` stored for one rung, as computed (None: undefined there).
 
     Score files written before the criteria table (``entropy`` at the top level only) still
@@ -211,26 +213,24 @@ def stored_value(rung: dict, criterion: str) -> float | None:
     """
     from .criteria import CriterionError
 
-    if criterion not in CRITERIA:
-        raise CriterionError(
-            f"unknown criterion {criterion!r}; known: {', '.join(sorted(CRITERIA))}"
-        )
+    name = as_criterion(criterion).name
     table = rung.get("criteria", {})
-    if criterion in table:
-        return table[criterion]
-    if criterion == "entropy" and "entropy" in rung:
+    if name in table:
+        return table[name]
+    if name == "entropy" and "entropy" in rung:
         return rung["entropy"]
     raise CriterionError(
-        f"rung {rung.get('index')} has no stored {criterion!r} score (scored by an older "
+        f"rung {rung.get('index')} has no stored {name!r} score (scored by an older "
         "entropi, or the criterion needs labels); rescore with `entropi probe`"
     )
 
 
-def criterion_values(rungs: Sequence[dict], criterion: str) -> np.ndarray:
+def criterion_values(rungs: Sequence[dict], criterion: Criterion | str) -> np.ndarray:
     """:func:`stored_value` of every rung, signed so that higher is better (None -> NaN)."""
-    values = [stored_value(r, criterion) for r in rungs]
+    c = as_criterion(criterion)
+    values = [stored_value(r, c) for r in rungs]
     v = np.array([np.nan if x is None else x for x in values], dtype=np.float64)
-    return v if CRITERIA[criterion].higher_is_better else -v
+    return v if c.higher_is_better else -v
 
 
 def _argbest(values: np.ndarray) -> int:
@@ -242,7 +242,7 @@ def _argbest(values: np.ndarray) -> int:
     return int(np.flatnonzero(v >= v.max() - TIE_TOLERANCE)[0])
 
 
-def select_rung(rungs: Sequence[dict], criterion: str) -> int:
+def select_rung(rungs: Sequence[dict], criterion: Criterion | str) -> int:
     """Index of the rung ``criterion`` rates best; ties go to the denser rung.
 
     For the paper's entropy: when it saturates at log n (every target sample in its own
@@ -283,20 +283,20 @@ def criteria_summary(rungs: Sequence[dict]) -> dict[str, dict[str, Any]]:
     minus the pick's, as a fraction), Kendall's tau and the weighted tau against the probe, and
     its cost (``seconds`` over every rung)."""
     probes = np.array([r["probe_accuracy"] for r in rungs], dtype=np.float64)
-    names = [n for n in CRITERIA if all(n in r.get("criteria", {}) for r in rungs)]
+    stored = [c for c in CRITERIA.values() if all(c.name in r.get("criteria", {}) for r in rungs)]
     out = {}
-    for name in names:
-        v = criterion_values(rungs, name)
+    for c in stored:
+        v = criterion_values(rungs, c)
         pick = _argbest(v)
         tau, wtau = rank_agreement(v, probes)
-        out[name] = {
+        out[c.name] = {
             "selected_index": pick,
             "regret": float(probes.max() - probes[pick]),
             "kendall_tau": tau,
             "weighted_tau": wtau,
-            "higher_is_better": CRITERIA[name].higher_is_better,
-            "needs_labels": CRITERIA[name].needs_labels,
-            "seconds": _total_seconds(rungs, name),
+            "higher_is_better": c.higher_is_better,
+            "needs_labels": c.needs_labels,
+            "seconds": _total_seconds(rungs, c.name),
         }
     return out
 
@@ -327,7 +327,7 @@ def bootstrap_values(
     load_features: Callable[[int], np.ndarray],
     labels: np.ndarray,
     n_rungs: int,
-    criterion: str,
+    criterion: Criterion | str,
     opts: CriterionOptions,
     *,
     resamples: int,
@@ -339,7 +339,7 @@ def bootstrap_values(
     twice). ``load_features(i)``: rung ``i``'s target-training features; one rung in memory at
     a time. A criterion with a ``resampled`` form computes all resamples of a rung at once
     (same numbers as the direct loop); the others are recomputed per resample."""
-    c = CRITERIA[criterion]
+    c = as_criterion(criterion)
     idx = bootstrap_indices(len(labels), resamples, seed)
     sign = 1.0 if c.higher_is_better else -1.0
     values = np.empty((resamples, n_rungs))
@@ -459,7 +459,7 @@ def resample_summary(
 
 def choose_rung(
     rungs: Sequence[dict],
-    criterion: str,
+    criterion: Criterion | str,
     rule: str = DEFAULT_RULE,
     boot: np.ndarray | None = None,
     *,
