@@ -1,7 +1,7 @@
 """Training batches on the training device: shuffle, augment and normalize whole batches at once.
 
 The dataset lives on the device as one ``uint8`` NHWC tensor (:func:`to_device`); each batch is
-gathered by index, augmented with one advanced-indexing gather (random crop with ``padding``
+gathered by index, augmented with one gather of whole pixels (random crop with ``padding``
 pixels of **reflect** padding by default, or zero padding, fused with a per-sample random
 horizontal flip), then converted to normalized float NCHW. No per-sample Python, no CPU round
 trip; given the same ``torch.Generator`` state the batches are identical.
@@ -107,14 +107,24 @@ def augment_crop_flip(
     ar_w = torch.arange(w, device=dev)
     rows = dy + ar_h - padding  # [n, h] source row of each output row (may be outside)
     cols = dx + torch.where(flip, w - 1 - ar_w, ar_w) - padding  # [n, w]
-    batch = torch.arange(n, device=dev)[:, None, None]
     if pad_mode == "reflect":
         rows = (h - 1) - ((h - 1) - rows.abs()).abs()
         cols = (w - 1) - ((w - 1) - cols.abs()).abs()
-        return x[batch, rows[:, :, None], cols[:, None, :]]
+        return _gather_pixels(x, rows, cols)
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    out = x[batch, rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+    out = _gather_pixels(x, rows.clamp(0, h - 1), cols.clamp(0, w - 1))
     return out * inside[..., None].to(out.dtype)
+
+
+def _gather_pixels(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[b, i, j] = x[b, rows[b, i], cols[b, j]]`` (every channel) for NHWC ``x``: one
+    ``index_select`` of whole pixels by flat index (the same values as advanced indexing with
+    three index tensors, which took 1.4x to 4x the CPU time on a 2-core CPU at batch 256)."""
+    n, h, w, c = x.shape
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    flat = (batch * h + rows[:, :, None]) * w + cols[:, None, :]
+    pixels = x.reshape(n * h * w, c).index_select(0, flat.reshape(-1))
+    return pixels.view(n, rows.shape[1], cols.shape[1], c)
 
 
 def normalize(
@@ -141,9 +151,11 @@ def normalize(
     s = torch.tensor(std, dtype=torch.float64)
     scale = (1.0 / (255.0 * s)).to(device=x.device, dtype=dtype).view(1, c, 1, 1)
     shift = (m / s).to(device=x.device, dtype=dtype).view(1, c, 1, 1)
-    out = x.permute(0, 3, 1, 2).to(dtype) * scale - shift
+    # reorder the uint8 pixels (a quarter of the float bytes), then scale and shift in place:
+    # the same values as (x.float() * scale - shift), a third of its CPU time or less
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return out.contiguous(memory_format=fmt)
+    out = x.permute(0, 3, 1, 2).contiguous(memory_format=fmt).to(dtype, copy=True)
+    return out.mul_(scale).sub_(shift)
 
 
 def iterate_batches(
