@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from entropi.common.errors import EntropiError
 
 __all__ = [
@@ -30,8 +32,6 @@ class MissingDependencyError(EntropiError, ImportError):
 
 def require(module: str, extra: str, purpose: str):
     """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:

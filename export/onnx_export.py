@@ -32,6 +32,7 @@ def sparsify_onnx(model, *, index_bytes: int = 8) -> SparseStats:
     """Move sparse-enough weight initializers of ``model`` (an ``onnx.ModelProto``, edited in
     place) to ``graph.sparse_initializer``."""
     onnx = require("onnx", "export", "ONNX export")
+    # lazy: onnx is an optional extra ("export"); the require() above names it when missing
     from onnx import helper, numpy_helper
 
     graph = model.graph

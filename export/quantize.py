@@ -238,10 +238,13 @@ def _quantizer(pt2e):
     that also annotates :data:`_ACTIVATIONS`: each such node not annotated by the stock
     annotators gets the config's input and output activation specs, so it is quantized between
     observed int8 tensors like any other op."""
+    # lazy: litert-torch is an optional extra ("tflite"); tflite_int8_bytes require()s it
     from litert_torch.quantize.pt2e_quantizer_utils import (
         get_input_act_qspec,
         get_output_act_qspec,
     )
+
+    # lazy: torchao comes with the "tflite" extra; tflite_int8_bytes require()s it
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
     class _FullInteger(pt2e.PT2EQuantizer):
@@ -506,6 +509,7 @@ def tflite_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
 def _densified(model) -> None:
     """Move every ``sparse_initializer`` of ``model`` back to a dense initializer (in place):
     onnxruntime's quantization tools read only ``graph.initializer``."""
+    # lazy: onnx is an optional extra ("export"); the callers require() it first
     from onnx import numpy_helper
 
     for sp in model.graph.sparse_initializer:
@@ -630,6 +634,7 @@ def sparsify_onnx_int8(model: ModelSource) -> tuple[bytes, SparseStats]:
     indices), the form :mod:`.onnx_export` uses for float weights; onnxruntime densifies them
     once at load. Returns the model bytes and what was stored sparse."""
     onnx = require("onnx", "export", "int8 ONNX export")
+    # lazy: onnx is an optional extra ("export"); the require() above names it when missing
     from onnx import numpy_helper
 
     m = onnx.load_from_string(load_model_bytes(model))
@@ -717,6 +722,7 @@ def onnx_int8_weights(model: ModelSource) -> list[dict[str, Any]]:
     ``in x out`` transposed), each ``{"op", "q", "scale", "sparse"}`` (``sparse``: stored as a
     ``sparse_initializer``, read back dense)."""
     onnx = require("onnx", "export", "reading ONNX weights")
+    # lazy: onnx is an optional extra ("export"); the require() above names it when missing
     from onnx import numpy_helper
 
     m = onnx.load_from_string(load_model_bytes(model))

@@ -18,7 +18,7 @@ dicts). On disk a rung is a ``torch.save`` of a flat dict, loaded with ``weights
                           weight name
 
 This module lives in the export layer because export is the lowest layer that reads rungs; it
-needs torch only to save and load.
+needs torch to save, load and check the tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from entropi.common.errors import EntropiError
 from entropi.common.files import atomic_write_bytes
@@ -265,7 +267,6 @@ def _check_tensors(rung: Rung, where: str) -> None:
     """Tensors only, finite weights; the source head a ``num_source_classes x feature_dim``
     linear layer; a bool mask per encoder weight of that weight's shape. So a mask of the wrong
     shape, or a head of 10**9 classes, is refused before any module is built."""
-    import torch
 
     def fail(what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {where}: {what}; the rung file is damaged")
@@ -303,8 +304,6 @@ def _check_tensors(rung: Rung, where: str) -> None:
 
 def save_rung(path: str | os.PathLike, rung: Rung) -> Path:
     """Atomically ``torch.save`` the rung's payload to ``path``."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(rung.to_payload(), buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -312,8 +311,6 @@ def save_rung(path: str | os.PathLike, rung: Rung) -> Path:
 
 def load_payload(path: str | os.PathLike) -> Any:
     """``torch.load`` with ``weights_only=True``; a missing or corrupt file is a CheckpointError."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections import Counter
 
@@ -98,7 +99,6 @@ def import_converter():
 def fd2_captured():
     """Send file descriptor 2 to a temp file while the converter runs: its C++ logging (absl,
     TF, torchao) bypasses Python's sys.stderr. The text is replayed if the conversion fails."""
-    import tempfile
 
     class _State:
         show = False

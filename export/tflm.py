@@ -40,7 +40,7 @@ import numpy as np
 from ._errors import ExportError, require
 from .footprint import tflite_op_names
 from .quantize import _quantize, run_tflite_int8
-from .verify import ModelSource, load_model_bytes
+from .verify import ModelSource, load_model_bytes, open_tflite
 
 __all__ = [
     "DEFAULT_PROBE_ARENA",
@@ -269,8 +269,6 @@ def tflm_vs_litert(
 ) -> tuple[dict[str, Any], np.ndarray]:
     """:func:`compare_tflm_litert`'s figures and TFLM's outputs as :func:`run_tflm` returns
     them (dequantized), from one TFLM pass over ``inputs``."""
-    from .verify import open_tflite
-
     details = open_tflite(model).get_output_details()[0]
     out_dtype = np.dtype(details["dtype"])
     ours, out_quant = _tflm_raw(model, inputs, arena_size)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from entropi.device.encoder import refused_ops
+
 from ._errors import ExportError, VerificationError, require
 
 __all__ = [
@@ -107,8 +109,6 @@ def device_ops_check(model: ModelSource, fmt: str) -> None:
     runtime would refuse when it loads the bundle (:data:`entropi.device.encoder.ONNX_OPS` /
     ``TFLITE_OPS``): an export that adds an operator must add it there too, or every bundle of
     it would be unusable."""
-    from entropi.device.encoder import refused_ops
-
     unknown = refused_ops(load_model_bytes(model), fmt)
     if unknown:
         raise ExportError(

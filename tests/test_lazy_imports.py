@@ -20,7 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ("common", "device", "export", "host", "benchmarks")
 PENDING = {
-    "export": "the exporters' optional dependencies, annotated once the export rework settles",
     "host/run": "the run room: stages and config, being reworked for typed records",
     "host/selection": "the selection room, being reworked for the rule study",
     "host/deployment": "the deployment room, being reworked for one vocabulary",
