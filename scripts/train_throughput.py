@@ -46,6 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NUM_CLASSES = 10
+PREP_EPOCHS = 25
+"""epochs of batch preparation per timed call of the `batches` comparison"""
 WEIGHT_TOLERANCE = 1e-5
 """the weight tolerance of tests/test_distributed.py (the same ladder on 2 processes and on 1);
 features must be bit-identical (the entropy quantizes them, a moved value can change bin)"""
@@ -172,25 +174,28 @@ class Bench:
         return xb[batch, rows[:, :, None], cols[:, None, :]]
 
     def entropi_prep(self) -> int:
-        """One epoch of entropi's batch preparation (shuffle, crop-and-flip, normalize)."""
+        """``PREP_EPOCHS`` epochs of entropi's batch preparation (shuffle, crop-and-flip,
+        normalize): one epoch is milliseconds, too short to time on a shared machine."""
         iterate_batches = self.lib["iterate_batches"]
         gen = self.torch.Generator().manual_seed(0)
         b = self.cfg.batch_size
         kw = {"mean": self.mean, "std": self.std, "generator": gen, "drop_last": True}
-        for _ in iterate_batches(self.x, self.y, b, shuffle=True, augment=True, **kw):
-            pass
-        return len(self.x)
+        for _ in range(PREP_EPOCHS):
+            for _ in iterate_batches(self.x, self.y, b, shuffle=True, augment=True, **kw):
+                pass
+        return PREP_EPOCHS * len(self.x)
 
     def plain_prep(self) -> int:
         """The same batches, prepared as the plain loop does."""
         gen = self.torch.Generator().manual_seed(0)
-        order = self.torch.randperm(len(self.x), generator=gen)
         b = self.cfg.batch_size
-        for step in range(len(self.x) // b):
-            idx = order[step * b : (step + 1) * b]
-            self.normalize(self.crop_flip(self.x[idx], gen))
-            self.y[idx]
-        return len(self.x)
+        for _ in range(PREP_EPOCHS):
+            order = self.torch.randperm(len(self.x), generator=gen)
+            for step in range(len(self.x) // b):
+                idx = order[step * b : (step + 1) * b]
+                self.normalize(self.crop_flip(self.x[idx], gen))
+                self.y[idx]
+        return PREP_EPOCHS * len(self.x)
 
     # --- training -----------------------------------------------------------------------------
     def entropi_train(self, model, seed: int = 0) -> int:
@@ -461,14 +466,6 @@ def run(args: argparse.Namespace) -> dict:
         f"entropi train() against the plain loop in its layout ({tl}; same augmentation, "
         "same weights at the end): the trainer's overhead",
     )
-    if layout:
-        compare(
-            "train: entropi / plain NCHW",
-            lambda: bench.entropi_train(me),
-            lambda: bench.plain_train(mn),
-            vreps,
-            "entropi train() against the plain loop in the default NCHW layout",
-        )
     compare(
         "batches: entropi / plain",
         bench.entropi_prep,
@@ -485,7 +482,7 @@ def run(args: argparse.Namespace) -> dict:
         vreps,
         "what the on-the-fly crop-and-flip and normalization cost (below 1: their share)",
     )
-    ee, ep, en = bench.model(1).encoder, bench.model(1).encoder, bench.model(1).encoder
+    ee, ep = bench.model(1).encoder, bench.model(1).encoder
     compare(
         "extract: entropi / plain",
         lambda: bench.entropi_extract(ee),
@@ -494,14 +491,6 @@ def run(args: argparse.Namespace) -> dict:
         f"entropi extract_features() against the plain no_grad loop in its layout ({el}; "
         "same features)",
     )
-    if elayout:
-        compare(
-            "extract: entropi / plain NCHW",
-            lambda: bench.entropi_extract(ee),
-            lambda: bench.plain_extract(en),
-            vreps,
-            "entropi extract_features() against the plain loop in the default NCHW layout",
-        )
 
     # --- variants of the plain loops, each against the fp32 plain loop -------------------------
     variants: dict = {}
