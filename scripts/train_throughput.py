@@ -65,10 +65,10 @@ What entropi keeps (the measurements behind each line are in the table above):
   `result moved`; one thread instead of two moves them about 20x less) and extraction moves the
   features, so the quickstart rung table would change. Adopting it needs a quickstart before /
   after, on a quiet machine (its training ratio is not stable from run to run here).
-- Not kept: bfloat16 autocast: it moves weights and features by about 1e-3 (8 bits of
-  mantissa), and its ratio is within this machine's noise although the CPU has avx512_bf16
-  (the bf16 matmul rate below is higher; this network's small convolutions and the casts eat
-  it).
+- Not kept: bfloat16 autocast (the CPU has avx512_bf16: see the bf16 matmul rate below): it
+  moves weights and features by about 1e-3 (8 bits of mantissa), a change of results that
+  needs the quickstart table before / after, and its ratios are not stable from run to run on
+  this shared machine.
 - Not kept: `torch.compile`: weights and features not bit-identical, and the compile seconds
   (below; a cold inductor cache took 70 s for training and 23 s for extraction on this machine,
   a warm one far less) are paid by every process that trains or scores.
