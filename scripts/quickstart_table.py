@@ -97,7 +97,7 @@ def _row(i: int, r: dict, data: dict) -> str:
         f"{r['source_accuracy']:.4f}",
         f"{r['entropy']:.4f}",
         f"{r['subset_entropy']:.1f}",
-        f"{r['von_neumann']:.4f}" if data["criterion"] in _SHOWN else f"{r[data['criterion']]:.4f}",
+        f"{r['von_neumann']:.4f}" if data["criterion"] in _SHOWN else f"{r[data['criterion']]:.5f}",
         f"{100 * r['probe_accuracy']:.2f} ± {100 * r['probe_accuracy_std']:.2f}",
     ]
     selected, best = i == data["selected_index"], i == data["best_probe_index"]

@@ -313,7 +313,8 @@ class SelectConfig:
     """how the rung is picked: a name of :data:`entropi.host.selection.criteria.CRITERIA` (`entropi
     criteria --list`); every criterion is scored and summarized either way. The default is the
     entropy with the lowest mean regret in the CPU selection study (README, "Selection study");
-    "entropy" is the paper's estimator."""
+    "entropy" is the paper's estimator. The shipped quickstart uses the rule study's pick,
+    "logme" with rule "smallest_tied" and tie_se 2 (docs/studies.md, "Selection rule study")."""
     resamples: int = 100
     """bootstrap resamples of the target training set for the selection confidence (0 = off)."""
     rule: str = DEFAULT_RULE
