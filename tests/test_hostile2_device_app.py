@@ -206,11 +206,15 @@ def test_an_interrupted_device_train_is_one_line(setup, tmp_path, sig, status):
     # fast machine finished first and the signal hit the interpreter's shutdown: status -2)
     argv = _train_argv(setup, out, "--checkpoint-every", "1", "--patience", "0")
     argv[argv.index("--epochs") + 1] = "10000"  # never reached: killed once a checkpoint exists
+    # SIGINT at its default in the child: a shell that starts the suite as a background job
+    # ignores SIGINT, the child inherits that, and Python then installs no Ctrl-C handler
     proc = subprocess.Popen(
         [sys.executable, "-m", "entropi.device.cli", *map(str, argv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     _wait_for(out / ".work" / "checkpoint.npz", proc)
+    assert proc.poll() is None, "training ended before the signal could interrupt it"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
