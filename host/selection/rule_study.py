@@ -171,8 +171,12 @@ def _aggregate(pairs: list[dict], c: str, v: str) -> dict[str, Any]:
             "min": min((f for f in flash if f is not None), default=None),
         },
         "confidence": _stats(conf),
-        "same_pick_threads": _share([_same(p, "threads1", _two(p), c, v) for p in pairs]),
-        "same_pick_seeds": _share([_same(p, "seed0", "seed1", c, v) for p in pairs]),
+        "same_pick_threads": _share(
+            threads := [_same(p, "threads1", _two(p), c, v) for p in pairs]
+        ),
+        "same_pick_threads_pairs": sum(t is not None for t in threads),
+        "same_pick_seeds": _share(seeds := [_same(p, "seed0", "seed1", c, v) for p in pairs]),
+        "same_pick_seeds_pairs": sum(t is not None for t in seeds),
     }
 
 
@@ -291,6 +295,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _of(s: dict, key: str) -> str:
+    """``share`` of ``n`` pairs (the pairs that have both replicates)."""
+    n = s.get(f"{key}_pairs")
+    return _pct(s[key]) if n is None or s[key] is None else f"{_pct(s[key])} of {n}"
+
+
 def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}x"
 
@@ -311,7 +321,7 @@ def rules_table(per: dict) -> list[str]:
                 f"{_ratio(s['size_ratio_nnz']['min'])} | "
                 f"{_ratio(s['size_ratio_flash_int8']['median'])}, "
                 f"{_ratio(s['size_ratio_flash_int8']['min'])} | {_fmt(s['confidence'])} | "
-                f"{_pct(s['same_pick_threads'])} | {_pct(s['same_pick_seeds'])} |"
+                f"{_of(s, 'same_pick_threads')} | {_of(s, 'same_pick_seeds')} |"
             )
     return lines
 
@@ -334,8 +344,9 @@ def render_rules(doc: dict) -> str:
         f"run: cross-validated where folds are set). SE = {s['se_points']:.2f} points, the mean "
         "test-set SE of a probe accuracy over the study pairs; '> 1 SE' counts pairs whose regret "
         "exceeds their own SE. Size ratio: dense / pick. Stability: share of pairs with the same "
-        "pick when the target features are recomputed with 1 and with 2 torch threads, and "
-        "under selection seeds 0 and 1.",
+        "pick when the target features are recomputed with 1 and with 2 torch threads (2: "
+        "recomputed, or the cached features, which `entropi run` / `probe` computed with torch's "
+        "default 2 threads), and under selection seeds 0 and 1, 'of N': the pairs that have both.",
         "",
         "## Study pairs",
         "",
