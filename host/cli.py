@@ -52,12 +52,14 @@ PLUGIN_GROUP = "entropi.commands"
 
 # The export registries are read on first use (LazyChoices): entropi.export imports torch.
 def _formats() -> list[str]:
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.export.formats import FORMATS
 
     return list(FORMATS)
 
 
 def _forms() -> list[str]:
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.export.formats import ENCODER_FORMS
 
     return list(ENCODER_FORMS)
@@ -71,6 +73,7 @@ def _overrides(a: argparse.Namespace) -> list[str]:
 
 
 def _load(a: argparse.Namespace):
+    # lazy: keeps `entropi --help` from importing torch
     from .run.config import load_config
 
     return load_config(a.config, _overrides(a))
@@ -108,6 +111,7 @@ def _torchrun_argv(a: argparse.Namespace, command: str = "run") -> list[str]:
 def _torchrun(a: argparse.Namespace, command: str) -> int | None:
     """With ``--nproc N`` > 1 or ``--max-restarts K`` > 0: run ``command`` under torchrun and
     return its exit status; None when this process is to run it itself."""
+    # lazy: keeps `entropi --help` from importing torch
     from .run.config import ConfigError
 
     if a.nproc < 1 or a.max_restarts < 0:
@@ -116,7 +120,10 @@ def _torchrun(a: argparse.Namespace, command: str) -> int | None:
         )
     if a.nproc == 1 and a.max_restarts == 0:
         return None
+    # lazy: keeps `entropi --help` from importing torch
     import os
+
+    # lazy: keeps `entropi --help` from importing torch
     import subprocess
 
     if os.environ.get("TORCHELASTIC_RUN_ID"):
@@ -129,8 +136,10 @@ def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
     process group is left afterwards. A peer lost mid-collective, or a collective timed out,
     becomes a :class:`~entropi.host.run.distributed.RankFailedError` saying so (``again``: how to
     continue by hand)."""
+    # lazy: keeps `entropi --help` from importing torch
     from torch.distributed import DistError
 
+    # lazy: keeps `entropi --help` from importing torch
     from .run import distributed
 
     try:
@@ -150,13 +159,17 @@ def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .run.config import ConfigError
 
     status = _torchrun(a, "run")
     if status is not None:
         return status
 
+    # lazy: keeps `entropi --help` from importing torch
     from .run import distributed
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.pipeline import run_all
 
     cfg = _load(a) if a.config else None
@@ -186,6 +199,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 def _print_summary(results: Any, out) -> None:
     """The rung table and the pick of a :class:`~entropi.host.run.records.RunResults`."""
+    # lazy: keeps `entropi --help` from importing torch
     from .selection.rules import stored_value
 
     crit = results.criterion
@@ -224,7 +238,10 @@ def _print_summary(results: Any, out) -> None:
 
 def _open(a: argparse.Namespace):
     """Reopen RUNDIR with its saved config."""
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundir import open_run
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.torch_device import pick_device
 
     cfg, run = open_run(None, a.run, resume=True)
@@ -232,9 +249,16 @@ def _open(a: argparse.Namespace):
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundata import load_source
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundir import open_run
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.stages import stage_pretrain
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.torch_device import pick_device
 
     cfg, run = open_run(_load(a), a.out, resume=a.resume)
@@ -244,7 +268,10 @@ def _cmd_pretrain(a: argparse.Namespace) -> int:
 
 
 def _cmd_prune(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundata import load_source
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.stages import stage_prune
 
     cfg, run, device = _open(a)
@@ -253,7 +280,10 @@ def _cmd_prune(a: argparse.Namespace) -> int:
 
 
 def _cmd_probe(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundata import load_target
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.stages import reuse_ladder, stage_score, stage_select
 
     overrides = _overrides(a)
@@ -264,8 +294,13 @@ def _cmd_probe(a: argparse.Namespace) -> int:
         return 0
     # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
     # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
+    # lazy: keeps `entropi --help` from importing torch
     from .run.config import load_config
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.rundir import NotARunError, RunDir
+
+    # lazy: keeps `entropi --help` from importing torch
     from .run.torch_device import pick_device
 
     run = RunDir(a.run)
@@ -280,11 +315,15 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 
 
 def _cmd_select(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .run.stages import stage_select
+
+    # lazy: keeps `entropi --help` from importing torch
     from .selection.criteria import as_criterion
 
     if a.criterion is not None:  # before the run is opened
         as_criterion(a.criterion)
+    # lazy: keeps `entropi --help` from importing torch
     from .deployment.fit import parse_limit, table_markdown
 
     flash, ram = parse_limit(a.flash, "--flash"), parse_limit(a.ram, "--ram")
@@ -312,6 +351,7 @@ def _cmd_study(a: argparse.Namespace) -> int:
     status = _torchrun(a, "study")
     if status is not None:
         return status
+    # lazy: keeps `entropi --help` from importing torch
     from .selection.study import load_study, run_study
 
     study = load_study(a.study)
@@ -333,7 +373,10 @@ def _load_npy(path: str, what: str, error: type[Exception]):
     """A ``.npy`` array file, its header checked before anything is read: ``error`` (one line)
     for a folder, a file that is not ``.npy``, object arrays, or a header claiming more data than
     the file holds."""
+    # lazy: keeps `entropi --help` from importing torch
     import numpy as np
+
+    # lazy: keeps `entropi --help` from importing torch
     from numpy.lib import format as npy
 
     p = Path(path)
@@ -371,6 +414,7 @@ def _load_npy(path: str, what: str, error: type[Exception]):
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .selection.criteria import (
         CRITERIA,
         CriterionError,
@@ -411,6 +455,7 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
 
 
 def _cmd_entropy(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .selection.entropy import FeatureError, state_entropy
 
     feats = _load_npy(a.features, "features", FeatureError)
@@ -421,8 +466,10 @@ def _cmd_entropy(a: argparse.Namespace) -> int:
 def _run_lock(rundir: str):
     """The run folder's lock (another writer of it is refused), or nothing when ``rundir`` is no
     run folder (the command then says what is wrong with the path)."""
+    # lazy: keeps `entropi --help` from importing torch
     import contextlib
 
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.common.lock import lock_folder
 
     if not (Path(rundir) / "config.toml").is_file():  # not a run: nothing to lock or clean
@@ -431,6 +478,7 @@ def _run_lock(rundir: str):
 
 
 def _cmd_export(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .deployment.rung_export import export_rung
 
     formats = tuple(a.formats or _formats())
@@ -468,6 +516,7 @@ def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
     """``calibration`` / ``min_cosine`` of an int8 export from ``--calibration-images`` /
     ``--min-cosine`` (each left to the run's ``[export]`` settings when not given); a flag that
     has nothing to act on is refused rather than ignored."""
+    # lazy: keeps `entropi --help` from importing torch
     from entropi.export import ExportError
 
     given = [f for f, v in (("--calibration-images", a.calibration_images),
@@ -479,6 +528,7 @@ def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
     if a.min_cosine is not None:
         kwargs["min_cosine"] = a.min_cosine
     if a.calibration_images is not None:
+        # lazy: keeps `entropi --help` from importing torch
         from .deployment.rung_export import run_calibration
 
         kwargs["calibration"] = run_calibration(a.run, n=a.calibration_images)
@@ -486,6 +536,7 @@ def _int8_kwargs(a: argparse.Namespace, int8: bool) -> dict[str, Any]:
 
 
 def _cmd_bundle(a: argparse.Namespace) -> int:
+    # lazy: keeps `entropi --help` from importing torch
     from .deployment.rung_export import bundle_choice, bundle_rung
 
     dtype = None if a.quantize is None else QUANTIZE_DTYPE[a.quantize]
@@ -498,8 +549,10 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
         )  # fmt: skip
     print(f"bundle written to {path}: {c.form} {c.dtype}{_why(c)}")
     if a.mcu:
+        # lazy: keeps `entropi --help` from importing torch
         from entropi.device.budget import format_size
 
+        # lazy: keeps `entropi --help` from importing torch
         from .deployment.rung_export import mcu_package
 
         with _run_lock(a.run):

@@ -5,9 +5,6 @@ inside a function stays only where it keeps torch (or another heavy or optional 
 a module that must import without it: the device runtime, the config modules, `entropi --help`,
 an optional extra such as the exporters, TFLite Micro or the emulator. Each carries its reason
 on the line above, ``# lazy: <reason>``; this test fails on one without it.
-
-``PENDING`` lists the folders and files still to be annotated; the test also fails when one of
-them has no unexplained lazy import left, so the list can only shrink.
 """
 
 from __future__ import annotations
@@ -19,12 +16,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ("common", "device", "export", "host", "benchmarks")
-PENDING = {
-    "host/run": "the run room: stages and config, being reworked for typed records",
-    "host/selection": "the selection room, being reworked for the rule study",
-    "host/deployment": "the deployment room, being reworked for one vocabulary",
-    "host/cli.py": "every command's import is lazy to keep `entropi --help` fast",
-}
 
 
 def unexplained(root: Path) -> dict[str, list[str]]:
@@ -57,20 +48,10 @@ def unexplained(root: Path) -> dict[str, list[str]]:
     return found
 
 
-def _pending(rel: str) -> str | None:
-    return next((p for p in PENDING if rel == p or rel.startswith(p + "/")), None)
-
-
-def test_every_lazy_import_outside_pending_says_why():
+def test_every_lazy_import_says_why():
     found = unexplained(REPO)
-    bad = [line for rel, lines in found.items() if _pending(rel) is None for line in lines]
+    bad = [line for lines in found.values() for line in lines]
     assert not bad, "imports inside functions without a `# lazy: reason` line:\n" + "\n".join(bad)
-
-
-def test_pending_only_lists_what_is_still_pending():
-    found = unexplained(REPO)
-    done = [p for p in PENDING if not any(_pending(rel) == p for rel in found)]
-    assert not done, f"no unexplained lazy import left in {done}: remove them from PENDING"
 
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:

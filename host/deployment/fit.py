@@ -52,15 +52,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from entropi.common.dtypes import DTYPES
 from entropi.common.errors import EntropiError
-from entropi.device.budget import format_size, parse_size
+from entropi.device.budget import format_size, parse_size, plan_memory
 from entropi.device.errors import BudgetError, TrainConfigError
+from entropi.export import compact_encoder, fold_batchnorm, images_to_inputs
+from entropi.export.footprint import tflite_footprint, tflite_latency_ms
+from entropi.export.formats import ENCODER_FORMS, FORMATS
+from entropi.export.mcu import mcu_tflite_bytes
+from entropi.export.quantize import int8_feature_error, run_tflite_int8, tflite_int8_bytes
+from entropi.export.tflite_export import sparsify_tflite
+from entropi.export.tflm import tflm_arena_bytes
 
+from ..ladder.rungs import load_rung
 from ..run.config import DEFAULT_VERIFY_IMAGES
+from ..run.progress import progress
 from ..run.records import read_scores
 from ..run.rundir import RunDir
+from .rung_export import run_calibration, run_target, rung_hash
 from .runtimes import MCU_FORM, RUNTIMES
 
 __all__ = [
@@ -103,7 +114,6 @@ def _head_bytes(feature_dim: int, classes: int) -> int:
 def _head_plan_bytes(cfg, feature_dim: int, classes: int) -> int | None:
     """Head-training RAM of the device planner for ``[device_train]`` (None: it cannot fit the
     configured budget at all)."""
-    from entropi.device.budget import plan_memory
 
     t = cfg.head_training
     try:
@@ -126,10 +136,6 @@ def _float_file(modules: dict[bool, Any], encoder, info, form: str) -> tuple[Any
     """The module of ``form`` of a rung (folded; compacted for the compact forms, kept in
     ``modules`` by whether it is compacted) and its float32 TFLite file, weights stored as the
     form says."""
-    import torch
-
-    from entropi.export.formats import ENCODER_FORMS, FORMATS
-
     spec = ENCODER_FORMS[form]
     module = _module(modules, encoder, info, spec.compact)
     example = torch.zeros(1, *info.input_shape)
@@ -139,10 +145,6 @@ def _float_file(modules: dict[bool, Any], encoder, info, form: str) -> tuple[Any
 
 def _module(modules: dict[bool, Any], encoder, info, compact: bool):
     """The rung's BN-folded module, compacted or not, made once per rung (``modules``)."""
-    import torch
-
-    from entropi.export import compact_encoder, fold_batchnorm
-
     if False not in modules:
         modules[False] = fold_batchnorm(encoder)
     if compact and True not in modules:
@@ -154,10 +156,6 @@ def _module(modules: dict[bool, Any], encoder, info, compact: bool):
 def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibration) -> bytes:
     """The int8 TFLite file of ``form``, quantized once per module (``quantized``, keyed by
     whether it is compacted: compact and compact-dense share it) and stored as the form says."""
-    from entropi.export import images_to_inputs
-    from entropi.export.formats import ENCODER_FORMS
-    from entropi.export.quantize import tflite_int8_bytes
-    from entropi.export.tflite_export import sparsify_tflite
 
     spec = ENCODER_FORMS[form]
     if spec.compact not in quantized:
@@ -169,8 +167,6 @@ def _int8_file(quantized: dict[bool, bytes], module, info, form: str, calibratio
 def _mcu_file(modules: dict[bool, Any], quantized: dict, encoder, info, dtype, calibration):
     """The MCU form's file of a rung (:func:`~entropi.export.mcu.mcu_tflite_bytes` of the
     compacted module) in ``dtype``; ``quantized`` keeps the float and int8 files of the rung."""
-    from entropi.export import images_to_inputs
-    from entropi.export.mcu import mcu_tflite_bytes
 
     key = ("mcu", dtype)
     if key not in quantized:
@@ -184,8 +180,6 @@ def _mcu_file(modules: dict[bool, Any], quantized: dict, encoder, info, dtype, c
 
 def _mcu_int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray) -> float:
     """Mean cosine of the int8 MCU file's features to the float MCU file's on ``images``."""
-    from entropi.export import images_to_inputs
-    from entropi.export.quantize import int8_feature_error, run_tflite_int8
 
     x = np.ascontiguousarray(images_to_inputs(images, info.normalization).transpose(0, 2, 3, 1))
     return int8_feature_error(run_tflite_int8(float_data, x), run_tflite_int8(int8_data, x))[
@@ -195,7 +189,6 @@ def _mcu_int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray)
 
 def _measure(data: bytes, runtime: str = "litert") -> dict:
     """What one TFLite file needs: its bytes, activation peak, densified weights, latency."""
-    from entropi.export.footprint import tflite_footprint, tflite_latency_ms
 
     fp = tflite_footprint(data)
     out = {
@@ -205,17 +198,12 @@ def _measure(data: bytes, runtime: str = "litert") -> dict:
         "latency_ms": tflite_latency_ms(data, num_threads=1),
     }
     if runtime == "tflm":
-        from entropi.export.tflm import tflm_arena_bytes
-
         out["tflm_arena_bytes"] = tflm_arena_bytes(data)
     return out
 
 
 def _int8_cos(float_data: bytes, int8_data: bytes, info, images: np.ndarray) -> float:
     """Mean cosine of the int8 file's features to the float file's on ``images`` (uint8)."""
-    from entropi.export import images_to_inputs
-    from entropi.export.formats import FORMATS
-    from entropi.export.quantize import int8_feature_error
 
     x = images_to_inputs(images, info.normalization)
     tfl = FORMATS["tflite"]
@@ -234,7 +222,6 @@ class _Int8Inputs:
     def load(self) -> bool:
         if self.verify is not None or self.error is not None:
             return self.error is None
-        from .rung_export import run_calibration, run_target
 
         try:
             tgt = run_target(self.run)
@@ -322,9 +309,6 @@ def deployment_table(
     measured arena (``forms`` is ignored). Rows left out (module docstring) are logged with
     their reason."""
     forms = _runtime_forms(run, runtime, forms)
-    from ..ladder.rungs import load_rung
-    from ..run.progress import progress
-    from .rung_export import rung_hash
 
     dtypes, forms = _checked_dtypes_forms(dtypes, forms)
     cache_path = run.root / "deploy" / "table.json"

@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 
 from entropi.common.dtypes import DEFAULT_MIN_COSINE, DEFAULT_QUANTIZE, DTYPES, QUANTIZE_DTYPE
-from entropi.device.bundle import sha256_file
-from entropi.export import ExportError, export_encoder
-from entropi.export.exporter import DEFAULT_N_RANDOM
+from entropi.common.files import check_replaceable, ensure_real_dir
+from entropi.device.bundle import check_bundle_out, sha256_file, write_bundle
+from entropi.device.mcu_trainer import mcu_plan, not_a_trainer_folder, write_mcu_trainer
+from entropi.export import ExportError, export_encoder, images_to_inputs
+from entropi.export.exporter import DEFAULT_N_RANDOM, calibration_digest
 from entropi.export.formats import (
     ENCODER_FORMS,
     FORMAT_NAMES,
@@ -40,12 +42,16 @@ from entropi.export.formats import (
     resolve_forms,
     resolve_quantize,
 )
+from entropi.export.mcu import mcu_export, mcu_module, not_an_mcu_folder
+from entropi.export.quantize import int8_feature_error
 from entropi.export.rung import CheckpointError
 
 from ..ladder.rungs import as_rundir, load_rung, resolve_rung
 from ..run.config import DEFAULT_CALIBRATION_IMAGES, load_config
 from ..run.records import read_selection
+from ..run.rundata import TargetData, load_target
 from ..run.rundir import RunDir
+from ..selection.probe import linear_probe
 
 __all__ = [
     "BundleChoice",
@@ -172,7 +178,6 @@ def _run_config(run: RunDir):
 def run_target(rundir: str | os.PathLike | RunDir):
     """The run's target data (:class:`~entropi.host.run.rundata.TargetData`): RUNDIR/target_data.npz
     when the run wrote it (its device stage), else loaded again from the run's config."""
-    from ..run.rundata import TargetData, load_target
 
     run = as_rundir(rundir)
     path = run.target_data
@@ -237,7 +242,6 @@ def ensure_export(
     min_cosine``). A new export of the same rung also writes the forms the old one had. Returns
     the export folder and export.json's content.
     """
-    from entropi.export.exporter import calibration_digest
 
     run = as_rundir(rundir)
     chosen = resolve_formats(formats)
@@ -381,7 +385,6 @@ def bundle_rung(
     ``export_kwargs`` go to :func:`ensure_export`): the manifest records each one's input
     quantization and output dequantization.
     """
-    from entropi.device.bundle import check_bundle_out, write_bundle
 
     if form not in ENCODER_FORMS:
         raise ExportError(f"form must be one of {list(ENCODER_FORMS)}, got {form!r}")
@@ -426,8 +429,6 @@ def bundle_rung(
 
 
 def _features(run_fn, path: Path, images: np.ndarray, normalization, chunk: int = 512):
-    from entropi.export import images_to_inputs
-
     parts = [
         run_fn(path, images_to_inputs(images[i : i + chunk], normalization))
         for i in range(0, len(images), chunk)
@@ -453,9 +454,6 @@ def int8_downstream(
     kind of feature and tested on the same kind; plus the int8 feature error over the test
     images. Returns ``{file: {"float_file", "float_accuracy", "int8_accuracy", "delta_points",
     "feature_error"}}`` keyed by the int8 file name."""
-    from entropi.export.quantize import int8_feature_error
-
-    from ..selection.probe import linear_probe
 
     export_dir = Path(export_dir)
     prov = info["provenance"]
@@ -521,11 +519,6 @@ def mcu_package(
     (flash: the model array + the head's float32 weights; RAM: TFLM's arena + the trainer's
     static buffers, from its plan). A budget the trainer cannot fit raises the planner's
     ``BudgetError`` before anything is written."""
-
-    from entropi.common.files import check_replaceable, ensure_real_dir
-    from entropi.device.mcu_trainer import mcu_plan, not_a_trainer_folder, write_mcu_trainer
-    from entropi.export import images_to_inputs
-    from entropi.export.mcu import mcu_export, mcu_module, not_an_mcu_folder
 
     root = ensure_real_dir(out)
     for part, ours in (("encoder", not_an_mcu_folder), ("head_trainer", not_a_trainer_folder)):

@@ -28,8 +28,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from entropi.common.dtypes import DEFAULT_MIN_COSINE, DEFAULT_QUANTIZE, QUANTIZE, QUANTIZE_DTYPE
+from entropi.device.budget import format_size, parse_size, plan_memory
 from entropi.device.config import TrainConfig
+from entropi.device.errors import BudgetError, TrainConfigError
 
 from ..deployment.runtimes import RUNTIMES
 from ..errors import ConfigError
@@ -171,6 +175,7 @@ class DataConfig:
     """deprecated: PACS domains, read as target = "pacs:DOMAIN,..."."""
 
     def __post_init__(self) -> None:
+        # lazy: keeps this module importable without torch
         from ..data import DataError, parse_spec
 
         if self.root:
@@ -241,6 +246,7 @@ class PretrainConfig:
     """temperature of the InfoNCE cosine logits (> 0; used by regularizer = "nce")."""
 
     def __post_init__(self) -> None:
+        # lazy: keeps this module importable without torch
         from ..ladder.models import ARCHITECTURES
 
         _check_name("pretrain.arch", self.arch, sorted(ARCHITECTURES), "architecture")
@@ -255,6 +261,7 @@ class PretrainConfig:
         _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("pretrain.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        # lazy: keeps this module importable without torch
         from ..ladder.regularizers import check_regularizer
 
         check_regularizer(self.regularizer, self.gamma, self.nce_temperature, prefix="pretrain.")
@@ -280,6 +287,7 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         # here, not at the top: entropi.export imports torch, and the CLI's flags read this module
+        # lazy: keeps this module importable without torch
         from entropi.export.rung import PRUNE_METHODS
 
         if self.method not in PRUNE_METHODS:
@@ -404,6 +412,7 @@ class ExportConfig:
     images is below this is refused."""
 
     def __post_init__(self) -> None:
+        # lazy: keeps this module importable without torch
         from entropi.export.formats import ENCODER_FORMS, FORMATS
 
         bad = [f for f in self.formats if f not in FORMATS]
@@ -445,7 +454,6 @@ class DeployConfig:
     (TensorFlow Lite Micro on a microcontroller: the MCU form, RAM = TFLM's measured arena)."""
 
     def __post_init__(self) -> None:
-
         if self.runtime not in RUNTIMES:
             raise ConfigError(
                 f"deploy.runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}"
@@ -456,8 +464,6 @@ class DeployConfig:
                 raise ConfigError(f'deploy.{key} must be a size such as "300KB", got {value!r}')
             if value == "":
                 continue
-            from entropi.device.budget import parse_size
-            from entropi.device.errors import TrainConfigError
 
             try:
                 parse_size(value)
@@ -466,7 +472,6 @@ class DeployConfig:
 
     def limits(self) -> dict[str, int | None]:
         """``{"flash": bytes or None, "ram": bytes or None}`` (None: no limit)."""
-        from entropi.device.budget import parse_size
 
         return {
             k: None if getattr(self, k) == "" else parse_size(getattr(self, k))
@@ -488,10 +493,6 @@ class DeviceTrainConfig(TrainConfig):
         budget = self.budget_bytes
         if budget is None:
             return
-        import numpy as np
-
-        from entropi.device.budget import format_size, plan_memory
-        from entropi.device.errors import BudgetError
 
         try:  # the smallest loop there is: 1 feature x 2 classes, batch 1, fused update
             plan_memory(
@@ -585,8 +586,8 @@ def _check_ladder(prune: PruneConfig, arch: str) -> None:
     n = planned_rungs(prune.keep_per_round, prune.alpha_min)
     if n <= MAX_RUNGS:
         return
-    from entropi.device.budget import format_size
 
+    # lazy: keeps this module importable without torch
     from ..ladder.models import build_encoder, prunable_parameters
 
     encoder = build_encoder(arch)  # a rung file: float32 state dict + one bool per pruned weight
@@ -720,6 +721,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 if ("data", cap) not in changed:
                     raw["data"].pop(cap, None)
     if isinstance(raw.get("data"), dict):
+        # lazy: keeps this module importable without torch
         from ..data import resolve_data_paths
 
         raw["data"] = resolve_data_paths(raw["data"], [Path.cwd()])
@@ -753,6 +755,7 @@ def load_config(path_or_name: str | os.PathLike, overrides: Sequence[str] = ()) 
         raise ConfigError(f"{path} is not a config: its values are nested too deeply") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    # lazy: keeps this module importable without torch
     from ..data import absolute_roots, config_file_bases, resolve_data_paths
 
     if isinstance(raw.get("data"), dict):  # the file's relative data paths: from its folder

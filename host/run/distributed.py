@@ -54,6 +54,7 @@ from typing import Any
 import torch
 from torch import distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from entropi.common.errors import EntropiError, one_line
 
@@ -423,8 +424,6 @@ def ddp(module: nn.Module, *, device: torch.device, sync_bn: bool = False) -> It
     if world_size() == 1:
         yield module
         return
-    from torch.nn.parallel import DistributedDataParallel
-
     kinds: dict[int, type] = {}
     if sync_bn:
         if device.type != "cuda":

@@ -12,14 +12,19 @@ from typing import Any
 
 from entropi.common.files import atomic_write_bytes
 
+from ..selection.criteria import CRITERIA
+from ..selection.rules import stored_value
+
 __all__ = ["plot_entropy_vs_alpha", "pyplot", "write_png"]
 
 
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: matplotlib loads only when a plot is drawn
     import matplotlib.pyplot as plt
 
     return plt
@@ -36,8 +41,6 @@ def write_png(fig, path: str | Path) -> Path:
 
 
 def plot_entropy_vs_alpha(results: dict[str, Any], path: str | Path) -> Path:
-    from ..selection.rules import stored_value
-
     plt = pyplot()
 
     rungs = results["rungs"]
@@ -100,7 +103,6 @@ def plot_entropy_vs_alpha(results: dict[str, Any], path: str | Path) -> Path:
 def _criterion_band(ax, results: dict[str, Any], alphas: list, values: list) -> None:
     """The rule's tie band on the criterion: per rung, from the best rung's value down (up, for
     a lower-is-better criterion) by tie_se x that rung's paired-bootstrap SE of the difference."""
-    from ..selection.criteria import CRITERIA
 
     ties = results.get("selection_ties") or {}
     se = ties.get("paired_se")

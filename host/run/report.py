@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..deployment.fit import table_markdown
 from ..selection.criteria import CRITERIA
 from ..selection.rules import seconds_or_none, undefined_notes
 from .config import RunConfig
 from .records import RungScores, RunResults
+from .rundata import describe_sizes
 from .rundir import RunDir
 
 __all__ = ["num", "render_report", "write_report"]
@@ -158,8 +160,6 @@ def _target_sizes(cfg: RunConfig, run: RunDir, results: RunResults) -> str:
     images (criteria and probe), test images (probe accuracy), classes."""
     sizes = results.data_sizes or {}
     if sizes.get("target"):
-        from .rundata import describe_sizes
-
         lines = [describe_sizes(k, sizes[k]) for k in ("target", "source") if sizes.get(k)]
         return "Data: " + "; ".join(lines) + "."
     first = results.rungs[0]
@@ -366,8 +366,6 @@ def _export(run: RunDir) -> list[str]:
 
 
 def _deployment(results: RunResults) -> list[str]:
-    from ..deployment.fit import table_markdown
-
     dep = results.deployment
     if not dep:
         return []

@@ -33,16 +33,22 @@ naming it and what to do.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import platform
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from entropi.common.errors import EntropiError, say
+import numpy as np
+import torch
+
+from entropi.common.errors import EntropiError, LinkError, say
 from entropi.common.files import (
     atomic_write_bytes,
     atomic_write_json,
@@ -54,6 +60,9 @@ from entropi.common.lock import lock_folder
 from entropi.common.provenance import package_version
 from entropi.device.errors import DataError
 from entropi.export.rung import CheckpointError
+
+from .config import ConfigError, config_to_toml, load_config
+from .torch_device import pick_device
 
 __all__ = [
     "MAX_JSON_BYTES",
@@ -122,10 +131,6 @@ class RunDir:
         return self.features_dir / "labels.npy"
 
     def write_array(self, path: Path, array) -> Path:
-        import io
-
-        import numpy as np
-
         buf = io.BytesIO()
         np.save(buf, array, allow_pickle=False)
         return atomic_write_bytes(path, buf.getvalue())
@@ -139,8 +144,6 @@ class RunDir:
         before anything is allocated; the checks run on the map, the copy comes last. Anything
         wrong is a :class:`~entropi.device.errors.DataError` naming the file.
         """
-        import numpy as np
-
         fix = "delete it and run `entropi run --resume` (or `entropi probe RUNDIR`) to remake it"
         if not path.is_file():  # a FIFO would block the reader, /dev/zero would never end
             raise DataError(f"{path} is not a regular file; {fix}")
@@ -328,8 +331,6 @@ def _remake(path: Path) -> str:
 
 
 def _link_error(path: Path, what: str = "real files of a run folder") -> EntropiError:
-    from entropi.common.errors import LinkError
-
     return LinkError(
         f"{path} is a symbolic link; entropi writes only {what}, never through a link it did "
         "not create: remove the link, or choose another folder"
@@ -425,12 +426,6 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
     RUNDIR/config.toml and refuses a different ``cfg``, since mixing two configs in one ladder
     would make the results meaningless. Returns ``(cfg, RunDir)``.
     """
-    import platform
-    import shlex
-
-    import torch
-
-    from .config import config_to_toml
 
     run = RunDir(root)
     if os.path.islink(run.root):  # the lock file, config and rungs would land where it points
@@ -468,8 +463,6 @@ def open_run(cfg, root: str | os.PathLike, *, resume: bool = False, argv=None):
 def _checked_config(run: RunDir, cfg, resume: bool):
     """The config of the run in ``run``: ``cfg`` for a new run, the saved one when resuming
     (refusing a different ``cfg``)."""
-    from .config import ConfigError, load_config
-    from .torch_device import pick_device
 
     if run.config.is_file():
         try:
@@ -519,7 +512,6 @@ def _check_unedited(run: RunDir) -> None:
     A hand-edited config would mix two configs in one ladder: a :class:`RunExistsError`. A
     folder with no run.json yet (a run stopped right after writing its config) holds nothing
     made with it unless it has rungs."""
-    from .config import ConfigError
 
     info = run.read_json(run.info)
     recorded = info.get("config_sha256") if info is not None else None

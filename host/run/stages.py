@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from functools import partial
 from typing import Any
@@ -20,10 +21,15 @@ import numpy as np
 import torch
 
 from entropi.common.provenance import package_version
+from entropi.device.app import train_on_bundle
 from entropi.device.errors import DataError
+from entropi.export.formats import ENCODER_FORMS, FORMATS
 from entropi.export.rung import CheckpointError, Rung, RungInfo, load_rung_file, save_rung
 
+from ..deployment.fit import deployment_table, fit_rule, fits_device
+from ..deployment.rung_export import bundle_rung, calibration_images, ensure_export, int8_downstream
 from ..ladder.channels import channel_prune, channel_widths
+from ..ladder.init_state import load_init
 from ..ladder.models import build_model
 from ..ladder.prune import (
     apply_masks,
@@ -51,7 +57,8 @@ from ..selection.rules import (
     undefined_notes,
 )
 from . import distributed
-from .config import RunConfig
+from .config import ConfigError, RunConfig, apply_overrides, config_from_dict
+from .plot import plot_entropy_vs_alpha
 from .records import (
     RungScores,
     RunResults,
@@ -60,8 +67,9 @@ from .records import (
     read_scores,
     summaries,
 )
+from .report import write_report
 from .rundata import SourceData, TargetData, write_target_npz
-from .rundir import RunDir
+from .rundir import RunDir, open_run
 
 __all__ = [
     "cached_features",
@@ -123,8 +131,6 @@ def stage_pretrain(cfg: RunConfig, run: RunDir, src: SourceData, device) -> Rung
     p = cfg.pretrain
     model = build_model(p.arch, len(src.classes)).to(device)
     if p.init:
-        from ..ladder.init_state import load_init
-
         run.log(f"pretrain: {load_init(model.encoder, p.arch, p.init)}")
     run.log(
         f"pretrain: {p.arch} on {len(src.x_train)} {cfg.data.source} images, "
@@ -458,7 +464,6 @@ def select(
     With a ``flash`` / ``ram`` limit in bytes (default: ``[deploy]``), the pick is the best rung
     whose encoder file plus head fit (host/deployment/fit.py), and results.json gets
     ``deployment``."""
-    from .plot import plot_entropy_vs_alpha
 
     rungs = _scored_rungs(run)
     crit = as_criterion(criterion) if criterion else cfg.select.chosen_criterion
@@ -642,9 +647,6 @@ def _rule_pick(cfg, rungs, criterion: Criterion, boot, deployment: dict) -> dict
     """The ``[select] rule``'s pick among the rungs that fit the device, "smallest" by the
     device's flash: rungs that do not fit are undefined to the rule (never tied, never picked),
     and each fitting rung's size is its smallest fitting row's flash; that row is the pick."""
-    from ..deployment.fit import (
-        fits_device,  # as _deployment: deploy is imported when select needs it
-    )
 
     fits = set(deployment["fitting_rungs"])
     masked = [
@@ -667,7 +669,6 @@ def _rule_pick(cfg, rungs, criterion: Criterion, boot, deployment: dict) -> dict
 
 def _deployment(cfg, run, rungs, criterion: Criterion, flash, ram, *, unconstrained: int) -> dict:
     """The deployment table of every rung and the fit rule's pick (host/deployment/fit.py)."""
-    from ..deployment.fit import deployment_table, fit_rule
 
     runtime = cfg.deploy.runtime
     rows = deployment_table(cfg, run, runtime=runtime)  # every dtype (int8 on demand) and form
@@ -708,7 +709,6 @@ def stage_select(
     ram: int | None = None,
 ) -> RunResults:
     """:func:`select`, then write results.json and report.md (``entropi select``)."""
-    from .report import write_report
 
     results = select(cfg, run, criterion, flash=flash, ram=ram)
     # what the run loaded: the same for any selection
@@ -730,10 +730,6 @@ def reuse_ladder(
     scoring settings). Overrides that would change what made the ladder (its source, seed,
     [pretrain] or [prune]) are refused; setting one to the value it already has is allowed. With
     ``resume``, a folder made by an earlier call with the same overrides is continued."""
-    import shutil
-
-    from .config import ConfigError, apply_overrides, config_from_dict
-    from .rundir import open_run
 
     if out is None:
         raise ConfigError("scoring a ladder on another target needs --out DIR (a new folder)")
@@ -787,9 +783,6 @@ def stage_export(
     against PyTorch, also on real target images; with ``[export] quantize = "int8"`` (or
     ``dtype`` int8: the deployment pick's) also its int8 files, calibrated on a seeded draw of
     the target training images, and what int8 costs the head (export.json ``downstream``)."""
-    from entropi.export.formats import ENCODER_FORMS, FORMATS
-
-    from ..deployment.rung_export import calibration_images, ensure_export, int8_downstream
 
     e = cfg.export
     form = form or e.form
@@ -853,9 +846,6 @@ def stage_device(
 ):
     """Bundle rung ``rung``'s encoder (``form`` / ``dtype``, default ``[export] form`` /
     ``quantize``) and train the head with the numpy device runtime."""
-    from entropi.device.app import train_on_bundle
-
-    from ..deployment.rung_export import bundle_rung
 
     bundle = bundle_rung(
         run.root,

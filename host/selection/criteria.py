@@ -45,7 +45,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from entropi.common.errors import EntropiError
-from entropi.host.selection.entropy import DEFAULT_LEVELS, FeatureError, check_levels, state_entropy
+from entropi.host.selection.entropy import (
+    DEFAULT_LEVELS,
+    FeatureError,
+    _row_keys,
+    check_levels,
+    state_entropy,
+)
 
 __all__ = [
     "CRITERIA",
@@ -271,7 +277,6 @@ def _entropy_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray) -> np
     (the hash subtracts the minimum state), and never counted. Should two distinct rows share
     both hash keys (the direct call then falls back to ``np.unique``), those resamples are
     computed directly."""
-    from entropi.host.selection.entropy import _row_keys
 
     n = len(x)
     m = opts.levels

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..run.plot import pyplot, write_png
 from .criteria import DEFAULT_CRITERION, CriterionError, CriterionOptions, compute_criteria
 from .rules import bootstrap_values, choose_rung, one_blas_thread
 from .study import _share, _stats
@@ -394,7 +395,6 @@ def render_rules(doc: dict) -> str:
 
 def plot_rules(doc: dict, path) -> Any:
     """Mean regret (with the SE line) and median size ratio per criterion x rule, study pairs."""
-    from ..run.plot import pyplot, write_png
 
     plt = pyplot()
     per = doc["summary"]["study"]

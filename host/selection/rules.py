@@ -53,7 +53,16 @@ from typing import Any
 
 import numpy as np
 
-from .criteria import CRITERIA, Criterion, CriterionOptions, as_criterion, compute_criteria
+from .criteria import (
+    CRITERIA,
+    Criterion,
+    CriterionError,
+    CriterionOptions,
+    as_criterion,
+    check_inputs,
+    compute_criteria,
+)
+from .entropy import state_entropy
 
 __all__ = [
     "undefined_notes",
@@ -102,6 +111,7 @@ def one_blas_thread() -> Iterator[None]:
     threadpoolctl when it is installed, else through the thread setter of numpy's bundled
     OpenBLAS (ctypes); with neither, the block runs unchanged."""
     try:
+        # lazy: loads only when BLAS threads are limited
         from threadpoolctl import threadpool_limits
     except ImportError:
         threadpool_limits = None
@@ -160,8 +170,6 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
     with the reason in ``criteria_undefined``; such a rung never wins by that criterion. Bad
     features (NaN, wrong shape) still raise.
     """
-    from .criteria import CriterionError, check_inputs
-    from .entropy import state_entropy
 
     x, y = check_inputs(features, labels)
     ent = state_entropy(x, cfg.entropy.levels)
@@ -211,7 +219,6 @@ def stored_value(rung: dict, criterion: Criterion | str) -> float | None:
     Score files written before the criteria table (``entropy`` at the top level only) still
     give the entropy.
     """
-    from .criteria import CriterionError
 
     name = as_criterion(criterion).name
     table = rung.get("criteria", {})
@@ -265,6 +272,7 @@ def rank_agreement(values: np.ndarray, probes: np.ndarray) -> tuple[float | None
     """Kendall's tau-b and the weighted tau (hyperbolic weights, ``scipy.stats.weightedtau``
     with its defaults) between signed criterion values and probe accuracies; a rung on which the
     criterion is undefined ranks last; None when either side is constant."""
+    # lazy: scipy loads only for this statistic
     from scipy import stats
 
     finite = np.isfinite(values)
@@ -352,7 +360,6 @@ def bootstrap_values(
 
 def _resampled_values(c, f: np.ndarray, labels: np.ndarray, opts, idx: np.ndarray) -> np.ndarray:
     """Criterion ``c`` on every bootstrap row of ``f`` (NaN where undefined)."""
-    from .criteria import CriterionError, check_inputs
 
     if c.resampled is not None:
         x, y = check_inputs(f, labels if c.needs_labels else None)
@@ -433,8 +440,6 @@ RULES: dict[str, SelectionRule] = {
 
 
 def check_rule(rule: str) -> str:
-    from .criteria import CriterionError
-
     if rule not in RULES:
         raise CriterionError(f"unknown selection rule {rule!r}; known: {', '.join(RULES)}")
     return rule
@@ -476,7 +481,6 @@ def choose_rung(
     difference to the best, in criterion units; None without bootstrap), ``tie_se``,
     ``confidence`` (share of usable resamples on which the rule picks ``selected_index``) and
     the resample summary (``resamples``, ``resamples_dropped``, ``wins``, ``picks``)."""
-    from .criteria import CriterionError
 
     spec = RULES[check_rule(rule)]
     values = criterion_values(rungs, criterion)

@@ -48,23 +48,40 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 import tomllib
 from dataclasses import dataclass, field
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from entropi.common.files import atomic_write_json, atomic_write_text
 from entropi.common.lock import lock_folder
+from entropi.common.provenance import package_version
 
 from ..errors import ConfigError
+from ..ladder.prune import geometric_alphas
 from ..run import distributed
 from ..run.config import load_config
+from ..run.pipeline import open_on_main
+from ..run.plot import pyplot, write_png
 from ..run.records import RunResults, load_results
-from ..run.rundir import RunDir
+from ..run.rundata import check_data, load_source, load_target
+from ..run.rundir import RunDir, RunExistsError, open_run
+from ..run.stages import (
+    confidence_from_cache,
+    reuse_ladder,
+    stage_pretrain,
+    stage_prune,
+    stage_score,
+    stage_select,
+)
+from ..run.torch_device import pick_device
 from .criteria import CRITERIA
 from .rules import seconds_or_none
 
@@ -124,8 +141,6 @@ def load_study(path: str | os.PathLike) -> StudyConfig:
     """Read and validate a study file; every ladder's and target's config is validated too."""
     p = Path(path)
     if not p.is_file():
-        from importlib import resources
-
         shipped = resources.files("entropi.host") / "studies" / f"{path}.toml"
         if not shipped.is_file():
             raise ConfigError(f"study file {path} does not exist")
@@ -188,7 +203,6 @@ def _ladder_identity(cfg) -> dict[str, Any]:
 def _open_ladder(study: StudyConfig, ladder: LadderSpec, root: Path):
     """Rank 0: open (or reopen) the ladder's run folder, refusing one that holds another
     ladder."""
-    from ..run.rundir import RunExistsError, open_run
 
     cfg = _ladder_config(study, ladder)
     if (root / "config.toml").is_file():
@@ -207,11 +221,6 @@ def _build_ladder(study: StudyConfig, ladder: LadderSpec, root: Path, log):
 
     Under ``torchrun`` rank 0 opens the folder and decides whether the ladder is complete; if
     not, every process loads the source and trains (DDP), rank 0 writes the rungs."""
-    from ..ladder.prune import geometric_alphas
-    from ..run.pipeline import open_on_main
-    from ..run.rundata import load_source
-    from ..run.stages import stage_pretrain, stage_prune
-    from ..run.torch_device import pick_device
 
     cfg, run = open_on_main(partial(_open_ladder, study, ladder, root), root)
     want = len(geometric_alphas(cfg.prune.keep_per_round, cfg.prune.alpha_min))
@@ -249,7 +258,6 @@ def _quiet(message: str) -> None:
 def _check_study_data(study: StudyConfig) -> None:
     """Every data spec of every ladder x target pair checked (listed, not loaded; each distinct
     one once) before the first ladder is built: a bad target fails now, not after the ladders."""
-    from ..run.rundata import check_data
 
     seen = set()
     for ladder in study.ladders:
@@ -263,11 +271,6 @@ def _check_study_data(study: StudyConfig) -> None:
 
 
 def _run_study(study: StudyConfig, out: Path, log) -> dict[str, Any]:
-    from ..run.pipeline import open_on_main
-    from ..run.rundata import load_target
-    from ..run.stages import reuse_ladder, stage_score, stage_select
-    from ..run.torch_device import pick_device
-
     t_start = time.perf_counter()
     _check_study_data(study)
     pairs, runs = [], []  # filled on rank 0
@@ -312,8 +315,6 @@ def _write_study(study: StudyConfig, out: Path, pairs: list, runs: list, t_start
     summary = summarize_study(pairs)
     rec = summary["recommended"]
     if rec:  # how sure the recommended criterion is of its pick, pair by pair (cached features)
-        from ..run.stages import confidence_from_cache
-
         for pair, (tcfg, trun, n_rungs) in zip(pairs, runs, strict=True):
             if pair["criterion"] == rec:
                 pair["recommended_confidence"] = pair["selection_confidence"]
@@ -351,12 +352,6 @@ def _write_study(study: StudyConfig, out: Path, pairs: list, runs: list, t_start
 
 
 def _machine() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    from entropi.common.provenance import package_version
-
     return {
         "host": platform.node(),
         "cpus": os.cpu_count(),
@@ -602,8 +597,6 @@ def render_study(doc: dict[str, Any]) -> str:
 
 
 def plot_study(doc: dict[str, Any], path: Path) -> Path:
-    from ..run.plot import pyplot, write_png
-
     plt = pyplot()
 
     per = doc["summary"]["criteria"]
