@@ -77,13 +77,16 @@ def test_int8_rows_left_out_say_why(float_run, monkeypatch, capsys):
     """No target to calibrate on: the int8 rows are left out, each logged with its reason, and
     the float32 rows stay; an int8 row below [export] min_cosine is left out the same way."""
     from entropi.export import ExportError
+    from entropi.host.deployment import fit
     from entropi.host.deployment import rung_export as bundle
     from entropi.host.deployment.fit import deployment_table
 
     cfg, out = float_run
     other = copy.deepcopy(cfg)
     other.export.calibration_images = 5  # another calibration set: int8 rows not cached
-    monkeypatch.setattr(bundle, "run_target", _raise(ExportError("the target folder is gone")))
+    gone = _raise(ExportError("the target folder is gone"))
+    monkeypatch.setattr(bundle, "run_target", gone)
+    monkeypatch.setattr(fit, "run_target", gone)  # the table's own binding of it
     capsys.readouterr()
     rows = deployment_table(other, RunDir(out), forms=("compact",))
     assert {(r["rung"], r["dtype"]) for r in rows} == {(0, "float32"), (1, "float32")}
