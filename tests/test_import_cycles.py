@@ -15,6 +15,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from test_layers import _tree  # writes a small tree of module files
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("common", "device", "export", "host", "benchmarks")
@@ -116,14 +117,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_no_module_imports_itself_through_others():
     loops = cycles(import_graph(REPO))
     assert not loops, "import loops:\n" + "\n".join(" <-> ".join(c) for c in loops)
-
-
-def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = tmp_path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return tmp_path
 
 
 @pytest.mark.parametrize(

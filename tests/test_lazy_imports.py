@@ -13,6 +13,7 @@ import ast
 from pathlib import Path
 
 import pytest
+from test_layers import _tree  # writes a small tree of module files
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ("common", "device", "export", "host", "benchmarks")
@@ -52,13 +53,6 @@ def test_every_lazy_import_says_why():
     found = unexplained(REPO)
     bad = [line for lines in found.values() for line in lines]
     assert not bad, "imports inside functions without a `# lazy: reason` line:\n" + "\n".join(bad)
-
-
-def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(text)
-    return tmp_path
 
 
 @pytest.mark.parametrize(
