@@ -244,6 +244,12 @@ class PretrainConfig:
     """weight of the regularizer (>= 0; ignored with regularizer = "none")."""
     nce_temperature: float = 0.1
     """temperature of the InfoNCE cosine logits (> 0; used by regularizer = "nce")."""
+    threads: int = 0
+    """on the CPU, torch's intra-op threads for every source training (rung 0 and each rung's
+    retraining); 0 = torch's default (the cores, or OMP_NUM_THREADS). The thread count changes
+    the last bits of the weight gradients' sums, so each count trains a slightly different ladder;
+    a fixed count trains the same ladder on any machine of the same CPU kind, whatever its cores
+    or OMP_NUM_THREADS (the quickstart pins 2: its pick is the same at OMP_NUM_THREADS=1)."""
 
     def __post_init__(self) -> None:
         # lazy: keeps this module importable without torch
@@ -257,6 +263,9 @@ class PretrainConfig:
         if not isinstance(self.init, str) or (self.init and not self.init.strip()):
             raise ConfigError(f"pretrain.init must be a path string (or empty), got {self.init!r}")
         _check_int("pretrain.batch_size", self.batch_size)
+        _check_int("pretrain.threads", self.threads, lo=0)
+        if self.threads > MAX_THREADS:
+            raise ConfigError(f"pretrain.threads must be in [0, {MAX_THREADS}], got {self.threads}")
         _check_range("pretrain.lr", self.lr, 0.0, 10.0, lo_open=True)
         _check_range("pretrain.momentum", self.momentum, 0.0, 1.0, hi_open=True)
         _check_range("pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
@@ -565,6 +574,9 @@ class RunConfig:
         """sha256 of the canonical TOML form (a stable config hash for provenance)."""
         return hashlib.sha256(config_to_toml(self).encode()).hexdigest()
 
+
+MAX_THREADS = 1024
+"""The most torch intra-op threads ``[pretrain] threads`` may ask for."""
 
 MAX_RESAMPLES = 10_000
 """Most bootstrap resamples of the selection confidence (they are drawn as one resamples x n
