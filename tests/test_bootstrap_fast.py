@@ -115,3 +115,36 @@ def test_resampled_paper_entropy_falls_back_on_a_hash_collision(monkeypatch):
     fast = crit._entropy_resampled(x, None, CriterionOptions(), idx)
     assert (fast == [crit.entropy(x[rows]) for rows in idx]).all()  # both via np.unique
     np.testing.assert_allclose(fast, direct, rtol=1e-12)  # the same counts as the hashes give
+
+
+def _labelled(n=400, d=24, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    centers = rng.normal(size=(k, d)) * 2
+    x = np.maximum(centers[y] + rng.normal(size=(n, d)), 0.0)
+    x[:, 3] = 0.0  # a dead unit: rank-deficient F^T F
+    return x, y
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(400, 24, 6), (120, 10, 3), (60, 80, 4)])
+def test_resampled_logme_equals_the_direct_loop(n, d, k):
+    """Counts-weighted F^T F and class sums against logme() on each resampled copy (the
+    N <= D case, 60 x 80, takes the direct path); 1e-9 relative: the sums add in another
+    order, and the eigendecomposition carries that round-off."""
+    x, y = _labelled(n, d, k, seed=n)
+    idx = selection.bootstrap_indices(n, 25, seed=1)
+    fast = crit._logme_resampled(x, y, CriterionOptions(), idx)
+    direct = np.array([crit.logme(x[rows], y[rows]) for rows in idx])
+    np.testing.assert_allclose(fast, direct, rtol=1e-9, atol=0)
+
+
+def test_resampled_logme_leaves_an_undrawn_class_out_as_the_direct_call_does():
+    x, y = _labelled(200, 12, 5, seed=3)
+    y[:2] = 5  # class 5 has 2 samples: the rows below never draw them
+    idx = np.stack([np.arange(2, 200), np.r_[np.arange(3, 200), 2]])
+    idx = np.concatenate([idx, np.zeros((2, 2), dtype=idx.dtype) + 7], axis=1)
+    fast = crit._logme_resampled(x, y, CriterionOptions(), idx)
+    direct = [crit.logme(x[rows], y[rows]) for rows in idx]
+    np.testing.assert_allclose(fast, direct, rtol=1e-9)
+    one_class = np.full((1, 200), 10)  # every draw the same sample: one class, rank 1
+    assert np.isnan(crit._logme_resampled(x, y, CriterionOptions(), one_class)).all()

@@ -565,19 +565,33 @@ def logme(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
     k = int(y.max()) + 1
     counts = np.bincount(y, minlength=k).astype(np.float64)
     if n > d:
-        sigma, v = np.linalg.eigh(x.T @ x)
-        keep = sigma > d * np.finfo(np.float64).eps * max(float(sigma[-1]), 0.0)
-        sigma, v = sigma[keep], v[:, keep]
         class_sums = np.zeros((k, d))
         for c, g in enumerate(_classes(y, "logme")):
             class_sums[c] = x[g].sum(axis=0)
-        proj = (v.T @ class_sums.T) / np.sqrt(sigma)[:, None]  # r x K, = U^T Y
-    else:
-        u, s, _ = np.linalg.svd(x, full_matrices=False)
-        sigma = s**2
-        keep = sigma > max(n, d) * np.finfo(np.float64).eps * max(float(sigma.max()), 0.0)
-        sigma, u = sigma[keep], u[:, keep]
-        proj = np.stack([u[y == c].sum(axis=0) for c in range(k)], axis=1)
+        return _logme_gram(x.T @ x, class_sums, counts, n)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    sigma = s**2
+    keep = sigma > max(n, d) * np.finfo(np.float64).eps * max(float(sigma.max()), 0.0)
+    sigma, u = sigma[keep], u[:, keep]
+    proj = np.stack([u[y == c].sum(axis=0) for c in range(k)], axis=1)
+    return _logme_evidence(sigma, proj, counts, n, d)
+
+
+def _logme_gram(gram: np.ndarray, class_sums: np.ndarray, counts: np.ndarray, n: int) -> float:
+    """:func:`logme` for N > D from F^T F (D x D), the class sums F^T y_k (K x D) and the class
+    sizes n_k: the eigendecomposition of F^T F gives sigma and U^T y_k = V^T (F^T y_k) / s."""
+    d = len(gram)
+    sigma, v = np.linalg.eigh(gram)
+    keep = sigma > d * np.finfo(np.float64).eps * max(float(sigma[-1]), 0.0)
+    sigma, v = sigma[keep], v[:, keep]
+    proj = (v.T @ class_sums.T) / np.sqrt(sigma)[:, None]  # r x K, = U^T Y
+    return _logme_evidence(sigma, proj, counts, n, d)
+
+
+def _logme_evidence(sigma: np.ndarray, proj: np.ndarray, counts, n: int, d: int) -> float:
+    """LogME's fixed point and mean evidence per sample from the non-zero squared singular
+    values ``sigma`` (r) of F, ``proj`` = U^T Y (r x K) and the class sizes (K)."""
+    k = len(counts)
     # the authors' code keeps min(n, d) directions, numerically-zero ones included (which then
     # cancel): its first term counts d - (min(n, d) - rank) directions
     if not len(sigma):
@@ -612,6 +626,49 @@ def logme(features, labels=None, opts: CriterionOptions = _DEFAULTS) -> float:
         - n / 2 * np.log(2 * np.pi)
     )
     return float(np.mean(evidence / n))
+
+
+def _logme_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray) -> np.ndarray:
+    """:func:`logme` of every bootstrap row ``x[idx[b]]``, equal to the direct call to float
+    round-off (tests/test_bootstrap_fast.py): a resample that draws sample i w_i times has
+    F^T F = sum_i w_i f_i f_i^T and class sums sum_i w_i f_i over the class, so neither the
+    resampled copy of F (n x D) nor its class split is made, and the class sums come from one
+    pass over the samples sorted by class. A class the resample did not draw is left out, as the
+    direct call's relabelling leaves it out; NaN where that call raises (fewer than 2 classes
+    drawn, all-zero features). N <= D: the direct call per row."""
+    n, d = x.shape
+    if n <= d:
+        return np.array([_logme_or_nan(x[rows], labels[rows], opts) for rows in idx])
+    order = np.argsort(labels, kind="stable")
+    where = np.empty(n, dtype=np.int64)
+    where[order] = np.arange(n)  # sample i sits at row where[i] of the class-sorted copy
+    xs, ys = x[order], labels[order]
+    out = np.empty(len(idx))
+    for b, rows in enumerate(idx):
+        w = np.bincount(where[rows], minlength=n)
+        drawn = np.flatnonzero(w)  # ascending, so grouped by class
+        wd = w[drawn].astype(np.float64)
+        xd = xs[drawn]
+        cls = ys[drawn]
+        starts = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
+        if len(starts) < 2:
+            out[b] = np.nan
+            continue
+        rooted = xd * np.sqrt(wd)[:, None]
+        class_sums = np.add.reduceat(xd * wd[:, None], starts)
+        counts = np.add.reduceat(wd, starts)
+        try:  # rooted^T rooted: numpy's symmetric product, half a general one's work
+            out[b] = _logme_gram(rooted.T @ rooted, class_sums, counts, n)
+        except CriterionError:
+            out[b] = np.nan
+    return out
+
+
+def _logme_or_nan(x: np.ndarray, y: np.ndarray, opts: CriterionOptions) -> float:
+    try:
+        return logme(x, y, opts)
+    except CriterionError:
+        return np.nan
 
 
 def _topk(sims: np.ndarray, k: int) -> np.ndarray:
@@ -801,7 +858,14 @@ _TABLE = [
     ("numerical_rank", "mean ||H_k||_F^2 / ||H_k||_2^2, paper 001", numerical_rank, True, True),
     ("nc1", "(1/K) tr(Sigma_W pinv(Sigma_B)), paper 001 eq. 4", nc1, False, True),
     ("cdnv", "mean (Var_i + Var_j) / (2 ||mu_i - mu_j||^2), paper 001", cdnv, False, True),
-    ("logme", "LogME evidence per sample, You et al. ICML 2021", logme, True, True),
+    (
+        "logme",
+        "LogME evidence per sample, You et al. ICML 2021",
+        logme,
+        True,
+        True,
+        _logme_resampled,
+    ),
     ("knn", "leave-one-out cosine k-NN accuracy", knn, True, True),
     ("h_score", "tr(pinv(cov f) cov E[f|y]), Bao et al. 2019", h_score, True, True),
     (

@@ -46,8 +46,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -351,10 +353,20 @@ def bootstrap_values(
     idx = bootstrap_indices(len(labels), resamples, seed)
     sign = 1.0 if c.higher_is_better else -1.0
     values = np.empty((resamples, n_rungs))
-    for r in range(n_rungs):
-        f = load_features(r)
-        with one_blas_thread():
-            values[:, r] = _resampled_values(c, f, labels, opts, idx) * sign
+
+    def column(r: int) -> None:
+        values[:, r] = _resampled_values(c, load_features(r), labels, opts, idx) * sign
+
+    # one rung per core, each on one BLAS thread (numpy releases the GIL in its linear algebra
+    # and bincounts): the columns are independent, so the values are the same at any count
+    workers = min(n_rungs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    with one_blas_thread():
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(column, range(n_rungs)))
+        else:
+            for r in range(n_rungs):
+                column(r)
     return values
 
 
