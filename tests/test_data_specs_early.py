@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import entropi.host
@@ -16,7 +17,13 @@ from entropi.common.errors import EntropiError
 from entropi.host import cli
 from entropi.host.data import DownloadError, check_spec, load_spec
 from entropi.host.run import pipeline, rundata
-from entropi.host.run.config import apply_overrides, config_from_dict, config_to_toml, load_config
+from entropi.host.run.config import (
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_toml,
+    load_config,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -131,11 +138,30 @@ def test_a_new_target_drops_the_caps_set_for_the_old_one():
     same = apply_overrides(raw, ["data.target=cifar100"])["data"]  # not another target
     assert same["target_train_per_class"] == 50 and same["target_test_per_class"] == 20
     assert "source_per_class" not in apply_overrides(raw, ["data.source=pacs"])["data"]
+    raw["data"]["source_test_per_class"] = 200
+    assert "source_test_per_class" not in apply_overrides(raw, ["data.source=pacs"])["data"]
+    assert apply_overrides(raw, ["data.target=pacs"])["data"]["source_test_per_class"] == 200
+
+
+def test_the_source_test_cap_subsamples_the_source_test_split_per_class(tmp_path):
+    root = _pngs(tmp_path / "src" / "train", "abc", 12).parent
+    _pngs(root / "test", "abc", 9)
+    sets = [f"data.source=imagefolder:{root}", "pretrain.input_size=8", "data.source_per_class=0"]
+    whole = rundata.load_source(load_config("quickstart", sets), torch.device("cpu"))
+    capped = rundata.load_source(
+        load_config("quickstart", [*sets, "data.source_test_per_class=4"]), torch.device("cpu")
+    )
+    assert len(whole.y_test) == 27 and whole.sizes["test_per_class"] is None
+    assert np.bincount(capped.y_test.numpy()).tolist() == [4, 4, 4]
+    assert capped.sizes["test_images"] == 12 and capped.sizes["test_per_class"] == 4
+    assert torch.equal(capped.y_train, whole.y_train)  # the training images are untouched
+    with pytest.raises(ConfigError, match="data.source_test_per_class"):
+        load_config("quickstart", ["data.source_test_per_class=-1"])
 
 
 def test_the_quickstart_keeps_its_cifar_caps_and_your_folder_is_whole(tmp_path):
     q = load_config("quickstart")
-    assert (q.data.target_train_per_class, q.data.target_test_per_class) == (50, 20)
+    assert (q.data.target_train_per_class, q.data.target_test_per_class) == (100, 20)
     assert q.data.source_per_class == 1000
     root = _pngs(tmp_path / "mine" / "train", "abc", 60).parent
     _pngs(root / "test", "abc", 25)

@@ -155,6 +155,10 @@ class DataConfig:
     source_per_class: int = 0
     """source training images per class (0 = all). Like the target caps, it belongs to its
     spec: --source / --set data.source=... drops it unless set along."""
+    source_test_per_class: int = 0
+    """source test images per class that measure each rung's source accuracy (0 = all): the
+    accuracy is reported, never used to pick, and on the CPU every rung spends a forward pass
+    over them. Dropped with a new source like source_per_class."""
     target_train_per_class: int = 0
     """target training images per class used for entropy and the probe (0 = all). It belongs
     to the target it was set with: --target / --set data.target=... (another target) drops it
@@ -201,7 +205,8 @@ class DataConfig:
             except DataError as e:
                 raise ConfigError(f"data.{name}: {e}") from e
         _check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
-        for name in ("source_per_class", "target_train_per_class", "target_test_per_class"):
+        caps = ("source_per_class", "source_test_per_class")
+        for name in caps + ("target_train_per_class", "target_test_per_class"):
             _check_int(f"data.{name}", getattr(self, name), lo=0)
         _check_range("data.target_fraction", self.target_fraction, 0.0, 1.0, lo_open=True)
         if self.target_fraction < 1 and self.target_train_per_class > 0:
@@ -697,7 +702,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 _SPEC_CAPS = {
-    "source": ("source_per_class",),
+    "source": ("source_per_class", "source_test_per_class"),
     "target": ("target_train_per_class", "target_test_per_class"),
 }
 """The per-class caps of each data spec: they were chosen for that spec."""

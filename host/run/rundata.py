@@ -122,6 +122,7 @@ def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
     train_ds = _load(cfg, "source", "train")
     test_ds = _load(cfg, "source", spec_test_split(cfg.data.source))
     x, y = _subset(train_ds, cfg.data.source_per_class, cfg.seed)
+    xte, yte = _subset(test_ds, cfg.data.source_test_per_class, cfg.seed)
     mean, std = channel_stats(x)
 
     def to(a, dtype):
@@ -131,17 +132,17 @@ def load_source(cfg: RunConfig, device: torch.device) -> SourceData:
         "spec": cfg.data.source,
         "classes": len(train_ds.classes),
         "train_images": len(y),
-        "test_images": len(test_ds),
+        "test_images": len(yte),
         "train_available": len(train_ds),
         "test_available": len(test_ds),
         "train_per_class": _cap(cfg.data.source_per_class),
-        "test_per_class": None,
+        "test_per_class": _cap(cfg.data.source_test_per_class),
     }
     return SourceData(
         to(x, torch.uint8),
         to(y, torch.int64),
-        to(test_ds.x, torch.uint8),
-        to(test_ds.y, torch.int64),
+        to(xte, torch.uint8),
+        to(yte, torch.int64),
         list(train_ds.classes),
         mean,
         std,
