@@ -81,7 +81,7 @@ def _config(images: Path, arch: str, name: str) -> dict:
         "pretrain": {"arch": arch, "epochs": 2, "batch_size": 16, "lr": 0.05},
         "prune": {"keep_per_round": 0.5, "alpha_min": 0.2, "retrain_epochs": 1},
         "probe": {"epochs": 3, "batch_size": 16, "repeats": 1},
-        "select": {"resamples": 0},
+        "select": {"resamples": 0, "rule": "argmax"},  # no bootstrap: the best value picks
         "export": {"enabled": False},
         "device_train": {"enabled": False},
     }

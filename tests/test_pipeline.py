@@ -55,10 +55,13 @@ def test_results_and_artifacts(finished_run):
         ):
             assert key in r
         assert r["entropy"] <= r["per_unit_bound"] + 1e-12
-    # the default criterion (the study's pick) selects; ties go to the denser rung
+    # the default (the rule study's decision): LogME's smallest rung tied with its best
     crit = [r["criteria"][results["criterion"]] for r in results["rungs"]]
-    assert results["criterion"] == "subset_entropy"
-    assert results["selected_index"] == crit.index(max(crit))
+    assert (results["criterion"], results["rule"]) == ("logme", "smallest_tied")
+    ties = results["selection_ties"]
+    assert ties["best_index"] == crit.index(max(crit)) and ties["best_index"] in ties["tied"]
+    nnz = [r["nnz"] for r in results["rungs"]]
+    assert results["selected_index"] == min(ties["tied"], key=lambda i: nnz[i])
     probes = [r["probe_accuracy"] for r in results["rungs"]]
     assert results["best_probe_index"] == probes.index(max(probes))
     assert results["regret"] == pytest.approx(max(probes) - probes[results["selected_index"]])
@@ -271,7 +274,7 @@ def test_every_rung_has_every_criterion_and_the_summary_agrees(finished_run):
     assert set(summary) == set(CRITERIA)
     for name, s in summary.items():
         assert s["selected_index"] == selection.select_rung(results["rungs"], name)
-    assert results["criterion"] == "subset_entropy"
+    assert results["criterion"] == "logme"  # the default
     conf = results["selection_resamples"]
     assert sum(conf["wins"]) == conf["resamples"] == 100 - conf["resamples_dropped"]
     assert results["selection_confidence"] == conf["wins"][results["selected_index"]] / 100

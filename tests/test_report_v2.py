@@ -66,7 +66,7 @@ def test_the_report_gives_the_answer_first_in_points(tmp_path):
     assert report.startswith("# entropi run `fake`\n")
     assert report.index("**Pick: rung") < report.index("## What ran") < report.index("## Rungs")
     sel = results["selected_index"]
-    assert f"**Pick: rung {sel}** by `subset_entropy`" in report
+    assert f"**Pick: rung {sel}** by `logme`" in report  # the default criterion
     assert f"regret **{100 * results['regret']:.2f} points**" in report
     assert "**Next:** `entropi bundle --run" in report
     assert "Target `npz:/no/tgt.npz`: 24 training images" in report

@@ -64,7 +64,7 @@ def test_smallest_tied_picks_the_sparsest_rung_within_one_se_of_the_best():
     values = [10.0, 9.97, 9.95, 9.0, 5.0]  # rungs 1 and 2 within noise of 0; 3 and 4 far below
     boot = _boot(values, noise=0.05)
     rungs = _rungs(values)
-    got = selection.choose_rung(rungs, "subset_entropy", "smallest_tied", boot)
+    got = selection.choose_rung(rungs, "subset_entropy", "smallest_tied", boot, tie_se=1.0)
     assert got["best_index"] == 0 and got["tied"] == [0, 1, 2]
     assert got["selected_index"] == 2  # the fewest non-zero weights among the tied
     assert selection.choose_rung(rungs, "subset_entropy", "argmax", boot)["selected_index"] == 0
@@ -154,7 +154,8 @@ def test_bad_inputs_are_clear_errors():
 def test_select_config_is_validated(kw, match):
     with pytest.raises(ConfigError, match=match):
         SelectConfig(**kw)
-    assert SelectConfig().rule == "argmax"  # the paper's rule stays the default
+    default = SelectConfig()  # the rule study's decision (docs/studies.md)
+    assert (default.criterion, default.rule, default.tie_se) == ("logme", "smallest_tied", 2.0)
 
 
 def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
@@ -169,7 +170,7 @@ def test_select_cli_reselects_by_rule_from_saved_scores(tmp_path, capsys):
             "name": "t",
             "device": "cpu",
             "data": {"source": "cifar10", "target": "cifar100"},
-            "select": {"resamples": 30},
+            "select": {"resamples": 30, "criterion": "subset_entropy", "rule": "argmax"},
         }
     )
     cfg, run = open_run(cfg, tmp_path / "r")

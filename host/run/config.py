@@ -333,12 +333,13 @@ class EntropyConfig:
 class SelectConfig:
     criterion: str = DEFAULT_CRITERION
     """how the rung is picked: a name of :data:`entropi.host.selection.criteria.CRITERIA` (`entropi
-    criteria --list`); every criterion is scored and summarized either way. The default is the
-    entropy with the lowest mean regret in the CPU selection study (README, "Selection study");
-    "entropy" is the paper's estimator. The shipped quickstart uses the rule study's pick,
-    "logme" with rule "smallest_tied" and tie_se 2 (docs/studies.md, "Selection rule study")."""
+    criteria --list`); every criterion is scored and summarized either way. The default,
+    "logme" with rule "smallest_tied" and tie_se 2, is the rule study's decision (docs/studies.md,
+    "Selection rule study"); "entropy" is the paper's estimator, "subset_entropy" the label-free
+    choice for a target without labels."""
     resamples: int = 100
-    """bootstrap resamples of the target training set for the selection confidence (0 = off)."""
+    """bootstrap resamples of the target training set for the selection confidence and the
+    smallest_tied rule's ties (0 = off, with rule = "argmax" only)."""
     rule: str = DEFAULT_RULE
     """how the criterion picks (:data:`entropi.host.selection.rules.RULES`): "argmax" (the paper's:
     the best value) or "smallest_tied" (the fewest non-zero weights among the rungs within
@@ -354,7 +355,8 @@ class SelectConfig:
         if RULES[self.rule].needs_bootstrap and self.resamples < 2:
             raise ConfigError(
                 f"select.rule = {self.rule!r} decides ties by a paired bootstrap: "
-                f"select.resamples must be >= 2, got {self.resamples}"
+                f"select.resamples must be >= 2, got {self.resamples} (or pick by the "
+                'best value alone: select.rule = "argmax")'
             )
         if self.resamples > MAX_RESAMPLES:  # each resample scores every rung again
             raise ConfigError(

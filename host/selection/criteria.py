@@ -164,9 +164,11 @@ criterion) are recomputed from the cached features by ``stage_score``."""
 
 CRITERIA: dict[str, Criterion] = {}
 """Every registered criterion by name, in registration order."""
-DEFAULT_CRITERION = "subset_entropy"
-"""The criterion a rung is picked by unless told otherwise (``[select] criterion``): the entropy
-with the lowest mean regret in the CPU selection study; ``entropy`` is the paper's estimator."""
+DEFAULT_CRITERION = "logme"
+"""The criterion a rung is picked by unless told otherwise (``[select] criterion``): the rule
+study's pick by its pre-stated decision rule (docs/studies.md, "Selection rule study": the lowest
+mean regret, 0.10 points under argmax, of the criteria studied); ``entropy`` is the paper's
+estimator, ``subset_entropy`` the label-free one for targets without labels."""
 
 
 def register(criterion: Criterion) -> Criterion:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..run.plot import pyplot, write_png
-from .criteria import DEFAULT_CRITERION, CriterionError, CriterionOptions, compute_criteria
+from .criteria import CriterionError, CriterionOptions, compute_criteria
 from .rules import bootstrap_values, choose_rung, one_blas_thread
 from .study import _share, _stats
 
@@ -46,8 +46,9 @@ STUDY_CRITERIA = ("subset_entropy", "cv_probe", "logme", "von_neumann")
 RULE_VARIANTS = (("argmax", 1.0), ("smallest_tied", 1.0), ("smallest_tied", 2.0))
 """(rule, tie_se) pairs the study compares; argmax ignores tie_se."""
 
-BASE_CRITERION = DEFAULT_CRITERION
-"""Today's default criterion: another replaces it only by the decision rule's margin."""
+BASE_CRITERION = "subset_entropy"
+"""The default criterion when the study's decision rule was stated (before it ran): another
+replaces it only by that rule's margin. The study's decision made ``logme`` the default since."""
 
 MIN_SIZE_RATIO = 2.0
 """The decision rule's (b): smallest_tied's median size ratio must be at least this."""

@@ -93,11 +93,12 @@ __all__ = [
 
 TIE_TOLERANCE = 1e-9
 """Scores within this of the best tie; the tie goes to the denser rung."""
-DEFAULT_RULE = "argmax"
-"""The rule that picks unless told otherwise (``[select] rule``): the paper's."""
-DEFAULT_TIE_SE = 1.0
-"""``smallest_tied``: paired-bootstrap standard errors below the best that still tie (the
-one-SE rule; ``[select] tie_se``)."""
+DEFAULT_RULE = "smallest_tied"
+"""The rule that picks unless told otherwise (``[select] rule``): the rule study's decision
+(docs/studies.md); ``argmax`` is the paper's."""
+DEFAULT_TIE_SE = 2.0
+"""``smallest_tied``: paired-bootstrap standard errors below the best that still tie
+(``[select] tie_se``): 2, the rule study's decision (1 is the classic one-SE rule)."""
 
 
 @contextlib.contextmanager
@@ -202,7 +203,7 @@ def score_rung(features: np.ndarray, labels: np.ndarray, cfg) -> dict[str, Any]:
 
 
 def selection_rule(
-    criterion: Criterion | str, rule: str = DEFAULT_RULE, tie_se: float = DEFAULT_TIE_SE
+    criterion: Criterion | str, rule: str = "argmax", tie_se: float = DEFAULT_TIE_SE
 ) -> str:
     """One line saying how the rung is picked."""
     c = as_criterion(criterion)
@@ -477,7 +478,7 @@ def resample_summary(
 def choose_rung(
     rungs: Sequence[dict],
     criterion: Criterion | str,
-    rule: str = DEFAULT_RULE,
+    rule: str = "argmax",
     boot: np.ndarray | None = None,
     *,
     sizes: np.ndarray | None = None,
