@@ -162,8 +162,9 @@ class Criterion:
 
 
 CRITERIA_VERSION = 3
-"""Bumped whenever a registered formula or default changes (3: knn_max_queries 5,000): stored scores of an older version (or missing a
-criterion) are recomputed from the cached features by ``stage_score``."""
+"""Bumped whenever a registered formula or default changes (3: knn_max_queries 5,000): stored
+scores of an older version (or missing a criterion) are recomputed from the cached features by
+``stage_score``."""
 
 CRITERIA: dict[str, Criterion] = {}
 """Every registered criterion by name, in registration order."""
