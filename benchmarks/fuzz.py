@@ -325,6 +325,9 @@ def scored_run(root: Path, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed:
     from entropi.host.run.rundir import open_run
 
     # lazy: a fuzz target imports only the parser it fuzzes
+    from entropi.host.selection.criteria import CRITERIA_VERSION
+
+    # lazy: a fuzz target imports only the parser it fuzzes
     from entropi.host.selection.rules import score_rung
 
     raw = {
@@ -358,7 +361,11 @@ def scored_run(root: Path, n_rungs: int = 3, *, n: int = 24, dim: int = 8, seed:
         score = {"index": i, "alpha": 0.5**i, "nnz": 100 >> i, "source_accuracy": 0.5}
         score |= score_rung(feats, labels, config)
         acc = [0.6, 0.8, 0.7, 0.5, 0.4][i % 5]
-        score |= {"probe_accuracy": acc, "probe_accuracy_std": 0.01, "criteria_version": 2}
+        score |= {
+            "probe_accuracy": acc,
+            "probe_accuracy_std": 0.01,
+            "criteria_version": CRITERIA_VERSION,
+        }
         run.write_json(run.score(i), score)
     run.write_json(run.timings, {"score": 1.0})
     return config, run

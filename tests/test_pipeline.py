@@ -83,6 +83,9 @@ def test_results_and_artifacts(finished_run):
     sel = results["selected_index"]
     assert results["report"] == "report.md"
     assert f"| {sel} **selected**" in report and "## Selected encoder" in report
+    cost = results["selection_resamples"]  # the bootstrap's cost, against the probe's
+    assert cost["seconds"] > 0 and cost["cpu_seconds"] > 0
+    assert "Selection cost: every criterion on every rung" in report and "(ratio " in report
     assert f"accuracy **{dev['accuracy']:.4f}**" in report and "encoder_compact.onnx" in report
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and info["package_version"]

@@ -79,6 +79,27 @@ def _probe_cost(rungs: list[RungScores]) -> str:
     return f", against {sum(times):.2f} for the probe it predicts"
 
 
+def _selection_cost(rungs: list[RungScores], res: dict) -> list[str]:
+    """One paragraph: what the selection cost (every criterion on every rung, plus the
+    bootstrap) against the probe it predicts; nothing when a time was not recorded."""
+    boot = seconds_or_none(res.get("seconds"))
+    probe = [seconds_or_none(r.probe_seconds) for r in rungs]
+    crit = [
+        sum(t.values()) if isinstance(t := r.criterion_seconds, dict) and t else None for r in rungs
+    ]
+    if boot is None or any(t is None for t in probe + crit):
+        return []
+    criteria_s = sum(crit)
+    total = criteria_s + boot
+    return [
+        "",
+        f"Selection cost: every criterion on every rung {criteria_s:.1f} s, the bootstrap "
+        f"{boot:.1f} s ({res.get('cpu_seconds', float('nan')):.1f} s of CPU), together "
+        f"{total:.1f} s against {sum(probe):.1f} s for the probe it predicts "
+        f"(ratio {total / max(sum(probe), 1e-9):.2f}).",
+    ]
+
+
 def _regret_noise(results: RunResults) -> str:
     """The noise a regret is read against: the test-set standard error of one probe accuracy
     (binomial, mean over rungs), in points."""
@@ -255,6 +276,7 @@ def _rungs(results: RunResults) -> list[str]:
             f"{results.selected_index} on **{100 * conf:.0f}%** of {res['resamples']} "
             f"bootstrap resamples of the target training set (wins per rung: {res['wins']}).",
         ]
+        lines += _selection_cost(rungs, res)
     summary = results.criteria_summary
     if summary:
         rows = [

@@ -479,7 +479,10 @@ def select(
 
     rungs = _scored_rungs(run)
     crit = as_criterion(criterion) if criterion else cfg.select.chosen_criterion
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     boot = bootstrap_from_cache(cfg, run, len(rungs), crit, _scored_n(run, rungs))
+    # what the confidence costs: wall, and the CPU of every thread of the process
+    boot_cost = {"seconds": time.perf_counter() - wall0, "cpu_seconds": time.process_time() - cpu0}
     choice = choose_rung(rungs, crit, cfg.select.rule, boot, tie_se=cfg.select.tie_se)
     sel, deployment = _fitting_pick(
         cfg, run, rungs, crit, boot, choice["selected_index"], flash, ram
@@ -489,7 +492,7 @@ def select(
     saturated = saturated_rungs(rungs)
     summary = criteria_summary(rungs)
     keys = ("resamples", "resamples_dropped", "wins", "picks")  # the rule's, on every resample
-    conf = None if boot is None else {k: choice[k] for k in keys}
+    conf = None if boot is None else {k: choice[k] for k in keys} | boot_cost
     undefined = undefined_criteria(rungs)
     results = RunResults(
         package_version=package_version(),
