@@ -63,9 +63,10 @@ def _pick(results: dict) -> dict:
         "probe_se": results.get("probe_se"),
         "size_ratio_nnz": (nnz[0] / nnz[sel]) if sel is not None and nnz and nnz[sel] else None,
         "probe_accuracy": [r.get("probe_accuracy") for r in rungs],
-        "target_train_images": (results.get("data_sizes") or {})
-        .get("target", {})
-        .get("train_images"),
+        # older results have no data_sizes: the rungs' n is the target images they were scored on
+        "target_train_images": ((results.get("data_sizes") or {}).get("target") or {}).get(
+            "train_images", rungs[0].get("n") if rungs else None
+        ),
     }
 
 
@@ -165,11 +166,13 @@ def markdown(result: dict) -> str:
         r = result["cases"][c]
         p = r["pick"]
         commit = (r["tree"].get("commit") or "?")[:7]
+        regret = None if p["regret"] is None else 100 * p["regret"]  # a fraction in results
+        se = None if p.get("probe_se") is None else 100 * p["probe_se"]
         pick = (
             f"rung {p['selected_index']} by {p['criterion']} ({p['rule'] or 'argmax'}), "
             f"{_fmt(p['size_ratio_nnz'])}x fewer non-zero weights, confidence "
-            f"{_fmt(p['confidence'], '.2f')}, regret {_fmt(p['regret'], '.4g')} "
-            f"{p['regret_units'] or ''}; {p['target_train_images']} target training images"
+            f"{_fmt(p['confidence'], '.2f')}, regret {_fmt(regret, '.2f')} points (SE "
+            f"{_fmt(se, '.2f')}); {p['target_train_images'] or 'all'} target training images"
         )
         load = f"{r['load_average_before'][0]:.1f} -> {r['load_average_after'][0]:.1f}"
         lines.append(f"| {c} | {commit} | {' '.join(r['overrides']) or '-'} | {load} | {pick} |")
@@ -202,14 +205,23 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--before", required=True, help="checkout of the commit before the change")
+    ap.add_argument("--before", help="checkout of the commit before the change (required)")
     ap.add_argument("--after", default=str(ROOT), help="checkout after it (default: this one)")
     ap.add_argument("--runs", default="runs/quickstart_profile", help="run folders (new)")
     ap.add_argument("--out", default=str(RESULTS), help="where the results files go")
     ap.add_argument("--order", default="after,before,after_before_data", help="cases, in order")
     ap.add_argument("--same-data", nargs="*", default=list(SAME_DATA),
                     help="--set overrides of after_before_data")  # fmt: skip
+    ap.add_argument("--render", help="only rewrite the .md and .png from this saved .json")
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        out = Path(args.out)
+        (out / "quickstart_profile.md").write_text(markdown(result))
+        plot(result, out / "quickstart_profile.png")
+        return result
+    if not args.before:
+        ap.error("--before is required (unless --render)")
     order = [c.strip() for c in args.order.split(",") if c.strip()]
     unknown = sorted(set(order) - set(CASES))
     if unknown:
