@@ -137,3 +137,27 @@ def test_the_data_sizes_of_the_run_are_in_the_report_and_survive_a_reselect(tmp_
     assert "Data: target npz:/no/tgt.npz: 24 train / 6 test images, 3 classes" in report
     assert "of 3000 / 600" in report
     assert json.loads(run.results.read_text())["data_sizes"]["target"] == sizes
+
+
+def test_the_selection_cost_line_skips_times_that_are_not_seconds(tmp_path):
+    # found by the rundir fuzzer: a hand-edited score file's criterion_seconds value of None
+    import dataclasses
+
+    from entropi.host.run.report import _selection_cost
+    from entropi.host.run.stages import _scored_rungs
+
+    cfg, run = fake_run(tmp_path / "run")
+    unprobed = _scored_rungs(run)  # the fake run records no probe seconds: no line
+    assert _selection_cost(unprobed, {"seconds": 2.0, "cpu_seconds": 3.5}) == []
+    rungs = [dataclasses.replace(r, probe_seconds=1.5 + r.index) for r in unprobed]
+    res = {"seconds": 2.0, "cpu_seconds": 3.5}
+    line = _selection_cost(rungs, res)
+    crit = sum(sum(r.criterion_seconds.values()) for r in rungs)
+    probe = sum(r.probe_seconds for r in rungs)
+    assert line[-1].startswith(f"Selection cost: every criterion on every rung {crit:.1f} s")
+    assert f"ratio {(crit + 2.0) / probe:.2f})" in line[-1] and "(3.5 s of CPU)" in line[-1]
+    for bad in (None, "1", True, float("nan"), -1.0):
+        broken = dataclasses.replace(rungs[1], criterion_seconds={"entropy": bad})
+        assert _selection_cost([rungs[0], broken, *rungs[2:]], res) == []
+        assert _selection_cost(rungs, {"seconds": bad, "cpu_seconds": 1.0}) == []
+        assert _selection_cost(rungs, {"seconds": 1.0, "cpu_seconds": bad}) == []

@@ -81,22 +81,24 @@ def _probe_cost(rungs: list[RungScores]) -> str:
 
 def _selection_cost(rungs: list[RungScores], res: dict) -> list[str]:
     """One paragraph: what the selection cost (every criterion on every rung, plus the
-    bootstrap) against the probe it predicts; nothing when a time was not recorded."""
-    boot = seconds_or_none(res.get("seconds"))
+    bootstrap) against the probe it predicts; nothing when a time was not recorded (or a
+    stored one is not a number of seconds)."""
+    boot, cpu = seconds_or_none(res.get("seconds")), seconds_or_none(res.get("cpu_seconds"))
     probe = [seconds_or_none(r.probe_seconds) for r in rungs]
-    crit = [
-        sum(t.values()) if isinstance(t := r.criterion_seconds, dict) and t else None for r in rungs
-    ]
-    if boot is None or any(t is None for t in probe + crit):
+    crit = []
+    for r in rungs:
+        t = r.criterion_seconds
+        times = [seconds_or_none(v) for v in t.values()] if isinstance(t, dict) and t else [None]
+        crit += times
+    if boot is None or cpu is None or any(t is None for t in probe + crit):
         return []
-    criteria_s = sum(crit)
+    criteria_s, probe_s = sum(crit), sum(probe)
     total = criteria_s + boot
     return [
         "",
         f"Selection cost: every criterion on every rung {criteria_s:.1f} s, the bootstrap "
-        f"{boot:.1f} s ({res.get('cpu_seconds', float('nan')):.1f} s of CPU), together "
-        f"{total:.1f} s against {sum(probe):.1f} s for the probe it predicts "
-        f"(ratio {total / max(sum(probe), 1e-9):.2f}).",
+        f"{boot:.1f} s ({cpu:.1f} s of CPU), together {total:.1f} s against {probe_s:.1f} s "
+        f"for the probe it predicts (ratio {total / max(probe_s, 1e-9):.2f}).",
     ]
 
 
