@@ -148,3 +148,18 @@ def test_resampled_logme_leaves_an_undrawn_class_out_as_the_direct_call_does():
     np.testing.assert_allclose(fast, direct, rtol=1e-9)
     one_class = np.full((1, 200), 10)  # every draw the same sample: one class, rank 1
     assert np.isnan(crit._logme_resampled(x, y, CriterionOptions(), one_class)).all()
+
+
+@pytest.mark.parametrize("criterion", ["logme", "subset_entropy", "von_neumann"])
+def test_bootstrap_values_are_the_same_with_one_worker_or_several(monkeypatch, criterion):
+    """The rungs are resampled one per core (threads): every column is the serial one."""
+    feats = [_labelled(150, 12, 4, seed=s)[0] for s in range(5)]
+    labels = _labelled(150, 12, 4, seed=0)[1]
+    opts = CriterionOptions(subsets=20)
+    kw = {"resamples": 12, "seed": 3}
+    monkeypatch.setattr(selection, "BOOTSTRAP_WORKERS", 1)
+    serial = selection.bootstrap_values(lambda i: feats[i], labels, 5, criterion, opts, **kw)
+    monkeypatch.setattr(selection, "BOOTSTRAP_WORKERS", 4)
+    monkeypatch.setattr(selection.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    threaded = selection.bootstrap_values(lambda i: feats[i], labels, 5, criterion, opts, **kw)
+    np.testing.assert_array_equal(threaded, serial)

@@ -68,6 +68,7 @@ from .entropy import state_entropy
 
 __all__ = [
     "undefined_notes",
+    "BOOTSTRAP_WORKERS",
     "CRITERIA",
     "DEFAULT_RULE",
     "DEFAULT_TIE_SE",
@@ -99,6 +100,12 @@ DEFAULT_RULE = "smallest_tied"
 DEFAULT_TIE_SE = 2.0
 """``smallest_tied``: paired-bootstrap standard errors below the best that still tie
 (``[select] tie_se``): 2, the rule study's decision (1 is the classic one-SE rule)."""
+
+
+BOOTSTRAP_WORKERS = 4
+"""The most rungs :func:`bootstrap_values` resamples at once (one per core, each with its
+features and per-resample arrays in memory: at paper scale, 50,000 x 512 features are 200 MB a
+rung)."""
 
 
 @contextlib.contextmanager
@@ -347,9 +354,10 @@ def bootstrap_values(
     """``resamples x n_rungs`` values of ``criterion``, signed so that higher is better, on the
     paired resamples of :func:`bootstrap_indices` (row b: the same resample for every rung);
     NaN where the criterion is undefined on that resample (e.g. a class drawn fewer than
-    twice). ``load_features(i)``: rung ``i``'s target-training features; one rung in memory at
-    a time. A criterion with a ``resampled`` form computes all resamples of a rung at once
-    (same numbers as the direct loop); the others are recomputed per resample."""
+    twice). ``load_features(i)``: rung ``i``'s target-training features; at most
+    :data:`BOOTSTRAP_WORKERS` rungs (one per core) in memory at a time. A criterion with a
+    ``resampled`` form computes all resamples of a rung at once (same numbers as the direct
+    loop); the others are recomputed per resample."""
     c = as_criterion(criterion)
     idx = bootstrap_indices(len(labels), resamples, seed)
     sign = 1.0 if c.higher_is_better else -1.0
@@ -360,7 +368,8 @@ def bootstrap_values(
 
     # one rung per core, each on one BLAS thread (numpy releases the GIL in its linear algebra
     # and bincounts): the columns are independent, so the values are the same at any count
-    workers = min(n_rungs, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = min(n_rungs, cores, BOOTSTRAP_WORKERS)
     with one_blas_thread():
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
