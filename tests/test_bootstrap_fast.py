@@ -163,3 +163,13 @@ def test_bootstrap_values_are_the_same_with_one_worker_or_several(monkeypatch, c
     monkeypatch.setattr(selection.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     threaded = selection.bootstrap_values(lambda i: feats[i], labels, 5, criterion, opts, **kw)
     np.testing.assert_array_equal(threaded, serial)
+
+
+def test_resampled_logme_in_blocks_equals_one_block(monkeypatch):
+    x, y = _labelled(300, 16, 5, seed=9)
+    idx = selection.bootstrap_indices(300, 23, seed=4)
+    whole = crit._logme_resampled(x, y, CriterionOptions(), idx)
+    monkeypatch.setattr(crit, "LOGME_RESAMPLE_BLOCK", 5)  # 23 = 4 blocks of 5 and one of 3
+    blocked = crit._logme_resampled(x, y, CriterionOptions(), idx)
+    # the class sums' matrix products round by block shape (BLAS kernels): 1e-12 relative
+    np.testing.assert_allclose(blocked, whole, rtol=1e-12, atol=0)

@@ -81,6 +81,9 @@ __all__ = [
 
 PINV_RTOL = 1e-10
 """Pseudo-inverses (nc1, h_score) drop eigenvalues <= PINV_RTOL x the largest (scale-free)."""
+LOGME_RESAMPLE_BLOCK = 64
+"""LogME's bootstrap weighs this many resamples at a time (their counts and class sums: 64 x n
+and 64 x K x D floats)."""
 KNN_CHUNK_BYTES = 32 * 2**20
 """Working memory of one block of k-NN similarities (float32 similarities + int64 indices).
 32 MB: a block's passes (similarities, block maxima, candidates) stay closer to the caches;
@@ -654,27 +657,34 @@ def _logme_resampled(x, labels, opts: CriterionOptions, idx: np.ndarray) -> np.n
     xs, ys = x[order], labels[order]
     where = np.empty(n, dtype=np.int64)
     where[order] = np.arange(n)  # sample i sits at row where[i] of the class-sorted copy
-    weights = np.stack([np.bincount(where[rows], minlength=n) for rows in idx]).astype(np.float64)
     bounds = np.r_[np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]]), n]
-    class_sums = np.stack(  # resamples x K x D
-        [weights[:, lo:hi] @ xs[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
-        axis=1,
-    )
-    counts = np.add.reduceat(weights, bounds[:-1], axis=1)  # resamples x K
     out = np.empty(len(idx))
-    for b, w in enumerate(weights):
-        drawn_classes = counts[b] > 0
-        if drawn_classes.sum() < 2:
-            out[b] = np.nan
-            continue
-        drawn = np.flatnonzero(w)
-        rooted = xs[drawn] * np.sqrt(w[drawn])[:, None]
-        try:
-            gram = rooted.T @ rooted
-            out[b] = _logme_gram(gram, class_sums[b, drawn_classes], counts[b, drawn_classes], n)
-        except CriterionError:
-            out[b] = np.nan
+    for start in range(0, len(idx), LOGME_RESAMPLE_BLOCK):  # bounded memory at any resamples
+        block = idx[start : start + LOGME_RESAMPLE_BLOCK]
+        weights = np.stack([np.bincount(where[rows], minlength=n) for rows in block])
+        weights = weights.astype(np.float64)
+        class_sums = np.stack(  # resamples x K x D
+            [weights[:, lo:hi] @ xs[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)],
+            axis=1,
+        )
+        counts = np.add.reduceat(weights, bounds[:-1], axis=1)  # resamples x K
+        for b, w in enumerate(weights):
+            out[start + b] = _logme_weighted(xs, w, class_sums[b], counts[b], n)
     return out
+
+
+def _logme_weighted(xs, w, class_sums, counts, n: int) -> float:
+    """LogME of the resample that draws row i of ``xs`` ``w[i]`` times (NaN where the direct
+    call raises)."""
+    drawn_classes = counts > 0
+    if drawn_classes.sum() < 2:
+        return np.nan
+    drawn = np.flatnonzero(w)
+    rooted = xs[drawn] * np.sqrt(w[drawn])[:, None]
+    try:
+        return _logme_gram(rooted.T @ rooted, class_sums[drawn_classes], counts[drawn_classes], n)
+    except CriterionError:
+        return np.nan
 
 
 def _logme_or_nan(x: np.ndarray, y: np.ndarray, opts: CriterionOptions) -> float:
