@@ -14,8 +14,8 @@ throughput does not depend on pixel values), with the same torch thread count th
   ``identical`` field), and the ratio measures only the trainer's overhead. A second plain loop
   without augmentation (a float batch, pre-normalized) shows what the augmentation costs.
 - **Extraction**: :func:`entropi.host.ladder.train.extract_features` (what ``stage_score``
-  calls, batch 512) against ``torch.cat([encoder(normalize(x[i:i+512])) ...]).numpy()`` under
-  ``torch.no_grad()``.
+  calls, batch 128 on the CPU: ``forward_batch_size``) against
+  ``torch.cat([encoder(normalize(x[i:i+128])) ...]).numpy()`` under ``torch.no_grad()``.
 - **Variants** of the plain loop, each against the plain fp32 loop: ``channels_last``, bfloat16
   autocast, ``torch.compile`` (compiled once before timing; the compile time is recorded) and
   one torch thread instead of all. For each, how far its weights (training, after ``--steps``
@@ -714,7 +714,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2, help="training batches per timed call")
     p.add_argument("--batch", type=int, default=256, help="training batch (the quickstart's)")
-    p.add_argument("--ebatch", type=int, default=512, help="extraction batch (extract_features')")
+    p.add_argument(
+        "--ebatch", type=int, default=128, help="extraction batch (extract_features' on the CPU)"
+    )
     p.add_argument("--extract-images", type=int, default=1024, help="images per extraction call")
     p.add_argument("--repeats", type=int, default=9, help="rounds of the entropi/plain ratios")
     p.add_argument("--variant-repeats", type=int, default=5, help="rounds of each variant")
