@@ -72,12 +72,13 @@ What entropi keeps (the measurements behind each line are in the table above):
 - Not kept: `torch.compile`: weights and features not bit-identical, and the compile seconds
   (below; a cold inductor cache took 70 s for training and 23 s for extraction on this machine,
   a warm one far less) are paid by every process that trains or scores.
-- Not kept: one torch thread instead of one per core. Faster here only because the machine was
-  oversubscribed (load average far above the cores: a two-thread OpenMP team waits at every
-  barrier for a descheduled thread); on a quiet machine two threads do more work. On a shared
-  machine set `OMP_NUM_THREADS=1` yourself. Inter-op threads are not measured: eager training
-  and extraction run no inter-op parallel work, and `torch.set_num_interop_threads` can be set
-  only once per process.
+- Not kept: one torch thread instead of one per core. On an idle machine two threads do more
+  work (`1 thread` rows); it was faster only while the machine was oversubscribed (load average
+  far above the cores: a two-thread OpenMP team waits at every barrier for a descheduled
+  thread). On a shared machine set `OMP_NUM_THREADS=1` yourself; a run that must train the same
+  ladder anywhere pins its training threads instead (`[pretrain] threads`, the quickstart: 2).
+  Inter-op threads are not measured: eager training and extraction run no inter-op parallel
+  work, and `torch.set_num_interop_threads` can be set only once per process.
 """
 
 
