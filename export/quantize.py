@@ -82,6 +82,7 @@ from entropi.common.files import atomic_write_bytes
 from ._errors import ExportError, VerificationError, require
 from .fold import fold_batchnorm
 from .tflite_export import dense_weight, import_converter, quiet_converter
+from .threads import cpu_threads
 from .verify import ModelSource, load_model_bytes, open_tflite
 from .weights import SparseStats
 
@@ -284,12 +285,8 @@ def one_thread():
     (``aminmax`` of a 64 x 32 x 32 activation: 2.7 ms against 0.04 ms). The quickstart rung's
     int8 files are the same bytes either way (measured); on one thread the calibration no
     longer depends on how many cores the machine has."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def tflite_int8_bytes(

@@ -5,10 +5,10 @@ the key exists: the quickstart's pick moved with the machine's thread count)."""
 import pytest
 import torch
 
+from entropi.export.threads import cpu_threads
 from entropi.host.ladder.models import build_model
 from entropi.host.ladder.train import train
 from entropi.host.run.config import ConfigError, PretrainConfig
-from entropi.host.run.torch_device import cpu_threads
 
 
 def _trained(outer_threads: int, threads: int) -> dict[str, torch.Tensor]:

@@ -18,11 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from entropi.common.errors import EntropiError
+from entropi.export.threads import cpu_threads
 
 from ..data import iterate_batches
 from ..run import distributed
 from ..run.progress import progress
-from ..run.torch_device import DeviceUnavailableError, cpu_threads, pick_device
+from ..run.torch_device import DeviceUnavailableError, pick_device
 from .prune import Masks, apply_masks
 from .regularizers import regularized_loss, regularizer_views
 

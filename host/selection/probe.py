@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from entropi.export.threads import cpu_threads
+
 from ..run.config import ProbeConfig
 from .criteria import stratified_folds
 from .entropy import FeatureError
@@ -66,10 +68,7 @@ def linear_probe(
     On the CPU this runs single-threaded: the matrices are small, and intra-op threading made the
     probe 18x slower on a busy 2-core machine (9.6 s vs 0.55 s for 5,000 x 256, 20 epochs).
     """
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(1)
-    try:
+    with cpu_threads(1, device):
         return _linear_probe(
             train_x,
             train_y,
@@ -80,8 +79,6 @@ def linear_probe(
             seed=seed,
             device=device,
         )
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _linear_probe(
