@@ -70,13 +70,16 @@ def _points(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.2f}"
 
 
+def _probe_seconds(rungs: list[RungScores]) -> float | None:
+    """The probe's seconds over every rung (None when a rung did not record them)."""
+    times = [seconds_or_none(r.probe_seconds) for r in rungs]
+    return None if any(t is None for t in times) else sum(times)
+
+
 def _probe_cost(rungs: list[RungScores]) -> str:
     """The probe's seconds over every rung, beside the criteria's (empty when not recorded)."""
-
-    times = [seconds_or_none(r.probe_seconds) for r in rungs]
-    if any(t is None for t in times):
-        return ""
-    return f", against {sum(times):.2f} for the probe it predicts"
+    probe_s = _probe_seconds(rungs)
+    return "" if probe_s is None else f", against {probe_s:.2f} for the probe it predicts"
 
 
 def _selection_cost(rungs: list[RungScores], res: dict) -> list[str]:
@@ -84,15 +87,14 @@ def _selection_cost(rungs: list[RungScores], res: dict) -> list[str]:
     bootstrap) against the probe it predicts; nothing when a time was not recorded (or a
     stored one is not a number of seconds)."""
     boot, cpu = seconds_or_none(res.get("seconds")), seconds_or_none(res.get("cpu_seconds"))
-    probe = [seconds_or_none(r.probe_seconds) for r in rungs]
+    probe_s = _probe_seconds(rungs)
     crit = []
     for r in rungs:
         t = r.criterion_seconds
-        times = [seconds_or_none(v) for v in t.values()] if isinstance(t, dict) and t else [None]
-        crit += times
-    if boot is None or cpu is None or any(t is None for t in probe + crit):
+        crit += [seconds_or_none(v) for v in t.values()] if isinstance(t, dict) and t else [None]
+    if boot is None or cpu is None or probe_s is None or any(t is None for t in crit):
         return []
-    criteria_s, probe_s = sum(crit), sum(probe)
+    criteria_s = sum(crit)
     total = criteria_s + boot
     return [
         "",

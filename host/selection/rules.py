@@ -370,13 +370,8 @@ def bootstrap_values(
     # and bincounts): the columns are independent, so the values are the same at any count
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     workers = min(n_rungs, cores, BOOTSTRAP_WORKERS)
-    with one_blas_thread():
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(column, range(n_rungs)))
-        else:
-            for r in range(n_rungs):
-                column(r)
+    with one_blas_thread(), ThreadPoolExecutor(max(workers, 1)) as pool:
+        list(pool.map(column, range(n_rungs)))
     return values
 
 
