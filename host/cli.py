@@ -14,13 +14,19 @@ Building the parser imports no torch, so `entropi --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.lib import format as npy
 
 from entropi.common.cliargs import (
     LazyChoices,
@@ -39,11 +45,30 @@ from entropi.common.errors import (
     say,
     sigterm_raises,
 )
+from entropi.common.lock import lock_folder
 from entropi.common.provenance import package_version
+from entropi.device.budget import format_size
 
 from .analysis.commands import add_command as add_analysis_commands
 from .deployment.runtimes import RUNTIMES
-from .run.config import DataConfig, DeployConfig, EntropyConfig, ExportConfig, SelectConfig
+from .run.config import (
+    ConfigError,
+    DataConfig,
+    DeployConfig,
+    EntropyConfig,
+    ExportConfig,
+    SelectConfig,
+    load_config,
+)
+from .selection.criteria import (
+    CRITERIA,
+    CriterionError,
+    CriterionOptions,
+    as_criterion,
+    compute_criteria,
+)
+from .selection.entropy import FeatureError, state_entropy
+from .selection.rules import stored_value
 
 __all__ = ["main"]
 
@@ -73,8 +98,6 @@ def _overrides(a: argparse.Namespace) -> list[str]:
 
 
 def _load(a: argparse.Namespace):
-    # lazy: keeps `entropi --help` from importing torch
-    from .run.config import load_config
 
     return load_config(a.config, _overrides(a))
 
@@ -111,8 +134,6 @@ def _torchrun_argv(a: argparse.Namespace, command: str = "run") -> list[str]:
 def _torchrun(a: argparse.Namespace, command: str) -> int | None:
     """With ``--nproc N`` > 1 or ``--max-restarts K`` > 0: run ``command`` under torchrun and
     return its exit status; None when this process is to run it itself."""
-    # lazy: keeps `entropi --help` from importing torch
-    from .run.config import ConfigError
 
     if a.nproc < 1 or a.max_restarts < 0:
         raise ConfigError(
@@ -120,11 +141,6 @@ def _torchrun(a: argparse.Namespace, command: str) -> int | None:
         )
     if a.nproc == 1 and a.max_restarts == 0:
         return None
-    # lazy: keeps `entropi --help` from importing torch
-    import os
-
-    # lazy: keeps `entropi --help` from importing torch
-    import subprocess
 
     if os.environ.get("TORCHELASTIC_RUN_ID"):
         raise ConfigError("--nproc / --max-restarts start torchrun: not from inside torchrun")
@@ -159,8 +175,6 @@ def _in_job(fn: Callable[[], Any], again: str) -> tuple[Any, bool]:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    # lazy: keeps `entropi --help` from importing torch
-    from .run.config import ConfigError
 
     status = _torchrun(a, "run")
     if status is not None:
@@ -199,8 +213,6 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 def _print_summary(results: Any, out) -> None:
     """The rung table and the pick of a :class:`~entropi.host.run.records.RunResults`."""
-    # lazy: keeps `entropi --help` from importing torch
-    from .selection.rules import stored_value
 
     crit = results.criterion
     value = f"{crit[:12]:>12}"
@@ -294,8 +306,6 @@ def _cmd_probe(a: argparse.Namespace) -> int:
         return 0
     # score RUNDIR's ladder, as it is, on another target: a new run folder sharing its rungs;
     # RUNDIR is only read (not locked, no invocation recorded), so ladders can be probed at once
-    # lazy: keeps `entropi --help` from importing torch
-    from .run.config import load_config
 
     # lazy: keeps `entropi --help` from importing torch
     from .run.rundir import NotARunError, RunDir
@@ -317,9 +327,6 @@ def _cmd_probe(a: argparse.Namespace) -> int:
 def _cmd_select(a: argparse.Namespace) -> int:
     # lazy: keeps `entropi --help` from importing torch
     from .run.stages import stage_select
-
-    # lazy: keeps `entropi --help` from importing torch
-    from .selection.criteria import as_criterion
 
     if a.criterion is not None:  # before the run is opened
         as_criterion(a.criterion)
@@ -373,11 +380,6 @@ def _load_npy(path: str, what: str, error: type[Exception]):
     """A ``.npy`` array file, its header checked before anything is read: ``error`` (one line)
     for a folder, a file that is not ``.npy``, object arrays, or a header claiming more data than
     the file holds."""
-    # lazy: keeps `entropi --help` from importing torch
-    import numpy as np
-
-    # lazy: keeps `entropi --help` from importing torch
-    from numpy.lib import format as npy
 
     p = Path(path)
     if p.is_dir():
@@ -414,14 +416,6 @@ def _load_npy(path: str, what: str, error: type[Exception]):
 
 
 def _cmd_criteria(a: argparse.Namespace) -> int:
-    # lazy: keeps `entropi --help` from importing torch
-    from .selection.criteria import (
-        CRITERIA,
-        CriterionError,
-        CriterionOptions,
-        as_criterion,
-        compute_criteria,
-    )
 
     if a.list:
         for name, c in CRITERIA.items():
@@ -455,8 +449,6 @@ def _cmd_criteria(a: argparse.Namespace) -> int:
 
 
 def _cmd_entropy(a: argparse.Namespace) -> int:
-    # lazy: keeps `entropi --help` from importing torch
-    from .selection.entropy import FeatureError, state_entropy
 
     feats = _load_npy(a.features, "features", FeatureError)
     print(json.dumps(state_entropy(feats, a.levels).as_dict(), indent=2, allow_nan=False))
@@ -466,11 +458,6 @@ def _cmd_entropy(a: argparse.Namespace) -> int:
 def _run_lock(rundir: str):
     """The run folder's lock (another writer of it is refused), or nothing when ``rundir`` is no
     run folder (the command then says what is wrong with the path)."""
-    # lazy: keeps `entropi --help` from importing torch
-    import contextlib
-
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.lock import lock_folder
 
     if not (Path(rundir) / "config.toml").is_file():  # not a run: nothing to lock or clean
         return contextlib.nullcontext()
@@ -549,9 +536,6 @@ def _cmd_bundle(a: argparse.Namespace) -> int:
         )  # fmt: skip
     print(f"bundle written to {path}: {c.form} {c.dtype}{_why(c)}")
     if a.mcu:
-        # lazy: keeps `entropi --help` from importing torch
-        from entropi.device.budget import format_size
-
         # lazy: keeps `entropi --help` from importing torch
         from .deployment.rung_export import mcu_package
 

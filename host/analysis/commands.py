@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from entropi.common.cliargs import (
     dataclass_from_args,
     rung_arg,
 )
+from entropi.common.files import atomic_write_json, atomic_write_text
+from entropi.common.lock import lock_folder
+from entropi.common.provenance import provenance
 
 from ..run.config import DataConfig, RunConfig
 from .finetune_config import FinetuneConfig, FinetuneError
@@ -35,9 +39,6 @@ __all__ = ["CKA", "CkaOptions", "add_command", "run_cka", "run_finetune"]
 def _provenance() -> dict[str, Any]:
     # lazy: keeps `entropi --help` from importing torch
     import torch  # noqa: F401 - loaded, so the provenance records its version and threads
-
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.provenance import provenance
 
     return provenance()
 
@@ -84,11 +85,6 @@ def run_finetune(
     """Fine-tune rung ``rung`` of ``run`` on its target (or ``target``) in every mode x seed;
     write ``finetune.json``, ``finetune.md`` and (``save_models``) ``models/MODE-sSEED/model.pt``
     into ``out_dir``. Returns the ``finetune.json`` content."""
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.files import atomic_write_json, atomic_write_text
-
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.lock import lock_folder
 
     # lazy: keeps `entropi --help` from importing torch
     from entropi.host.analysis.finetune import (
@@ -151,8 +147,6 @@ def run_finetune(
 
 def _plain(doc: str) -> str:
     """A docstring as one line of Markdown: Sphinx roles (``:mod:`.flops```) as code spans."""
-    # lazy: keeps `entropi --help` from importing torch
-    import re
 
     text = re.sub(r":[a-z]+:`~?\.?([^`]+)`", r"`\1`", " ".join(doc.split()))
     return text.replace("``", "`")
@@ -240,11 +234,6 @@ def run_cka(
     """Layer-by-layer minibatch CKA of models ``a`` and ``b`` (``RUNDIR[:RUNG]`` or a fine-tuned
     model folder) on the target images of ``split`` (the first ``images``; 0 = all); writes
     ``cka.json`` and ``cka.png`` into ``out_dir``."""
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.files import atomic_write_json
-
-    # lazy: keeps `entropi --help` from importing torch
-    from entropi.common.lock import lock_folder
 
     # lazy: keeps `entropi --help` from importing torch
     from entropi.host.analysis.cka import compare_models, diagonal, plot_cka
