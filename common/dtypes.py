@@ -1,4 +1,5 @@
-"""The encoder's dtypes and the int8 acceptance threshold, spelled once for every layer.
+"""The encoder's dtypes, the int8 acceptance threshold and the pruning methods, spelled once for
+every layer.
 
 An encoder file is ``float32``, or ``int8`` (full integer, calibrated on real images). A run's
 ``[export] quantize`` and the host CLI's ``--quantize`` say which files to make: ``"none"``
@@ -9,7 +10,14 @@ spellings. Plain Python: the config reads this module before torch is imported.
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_MIN_COSINE", "DEFAULT_QUANTIZE", "DTYPES", "QUANTIZE", "QUANTIZE_DTYPE"]
+__all__ = [
+    "DEFAULT_MIN_COSINE",
+    "DEFAULT_QUANTIZE",
+    "DTYPES",
+    "PRUNE_METHODS",
+    "QUANTIZE",
+    "QUANTIZE_DTYPE",
+]
 
 DTYPES: tuple[str, ...] = ("float32", "int8")
 """The dtypes an encoder file can have."""
@@ -25,3 +33,6 @@ QUANTIZE_DTYPE: dict[str, str] = {"none": "float32", "int8": "int8"}
 DEFAULT_MIN_COSINE = 0.99
 """The lowest mean cosine of int8 to float features on real images an int8 file may have (an
 export's, the MCU form's and ``[export] min_cosine``'s default)."""
+
+PRUNE_METHODS: tuple[str, ...] = ("magnitude", "channel")
+"""How a ladder's rungs were pruned (``[prune] method``, a rung record's ``method``)."""

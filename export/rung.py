@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from entropi.common.dtypes import PRUNE_METHODS
 from entropi.common.errors import EntropiError
 from entropi.common.files import atomic_write_bytes
 
@@ -50,7 +51,6 @@ __all__ = [
 RUNG_FORMAT = 2
 """Format 2 adds ``method`` and ``widths`` (channel rungs are written as 2, magnitude rungs
 still as 1, which older entropi reads: a format-1 file has neither key)."""
-PRUNE_METHODS = ("magnitude", "channel")
 MAX_WIDTH = 1 << 16
 _TENSORS = ("encoder", "head", "masks")
 

@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from entropi.common.dtypes import DEFAULT_MIN_COSINE, DEFAULT_QUANTIZE, QUANTIZE, QUANTIZE_DTYPE
+from entropi.common.dtypes import (
+    DEFAULT_MIN_COSINE,
+    DEFAULT_QUANTIZE,
+    PRUNE_METHODS,
+    QUANTIZE,
+    QUANTIZE_DTYPE,
+)
 from entropi.device.budget import format_size, parse_size, plan_memory
 from entropi.device.config import TrainConfig
 from entropi.device.errors import BudgetError, TrainConfigError
@@ -300,10 +306,6 @@ class PruneConfig:
     weights, which every runtime (TFLite Micro included) runs smaller and faster."""
 
     def __post_init__(self) -> None:
-        # here, not at the top: entropi.export imports torch, and the CLI's flags read this module
-        # lazy: keeps this module importable without torch
-        from entropi.export.rung import PRUNE_METHODS
-
         if self.method not in PRUNE_METHODS:
             raise ConfigError(
                 f"prune.method must be one of {', '.join(PRUNE_METHODS)}, got {self.method!r}"
