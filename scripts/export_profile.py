@@ -47,6 +47,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
+
+from entropi.common.files import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -235,12 +238,6 @@ def _json_diff(a, b, key: str = ""):
         yield key, a, b
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def _machine() -> dict:
     from entropi.common.provenance import cpu_model, versions
 
@@ -327,13 +324,13 @@ def profile(args) -> dict:
             entry: dict = {"runs": runs}
             for name in trees:
                 entry[name] = {
-                    key: _median([x[key] for x in runs[name]])
+                    key: median([x[key] for x in runs[name]])
                     for key in ("wall_s", "export_s", "import_s", "peak_rss_mb")
                 }
                 steps = sorted({k for x in runs[name] for k in x["phases"]})
                 entry[name]["phases"] = {
                     k: {
-                        "s": _median([x["phases"].get(k, {"s": 0.0})["s"] for x in runs[name]]),
+                        "s": median([x["phases"].get(k, {"s": 0.0})["s"] for x in runs[name]]),
                         "calls": runs[name][0]["phases"].get(k, {"calls": 0})["calls"],
                     }
                     for k in steps
@@ -455,9 +452,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--repeats must be at least 1")
     args.argv = argv
     result = profile(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "export_profile.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "export_profile.md").write_text(markdown(result))
+    atomic_write_json(args.out / "export_profile.json", result)
+    atomic_write_text(args.out / "export_profile.md", markdown(result))
     return result
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from export_profile import _git, _machine, _tree_path  # noqa: E402  (a sibling script)
 
+from entropi.common.files import atomic_write_json, atomic_write_text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CASES = ("before", "after", "after_before_data")
@@ -76,17 +78,17 @@ def run_case(case: str, tree: Path, runs: Path, overrides: list[str]) -> dict:
         raise SystemExit(
             f"{out} exists: give another --runs folder (each case starts from scratch)"
         )
-    links = Path(tempfile.mkdtemp(prefix=f"qs_profile_{case}_"))
-    env = dict(os.environ, PYTHONPATH=_tree_path(tree, links), ENTROPI_QUIET="1")
     cmd = [sys.executable, "-c", _MAIN, "run", "quickstart", "--out", str(out.resolve())]
     for o in overrides:
         cmd += ["--set", o]
     load_before = list(os.getloadavg())
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryDirectory(prefix=f"qs_profile_{case}_") as links:
+        env = dict(os.environ, PYTHONPATH=_tree_path(tree, Path(links)), ENTROPI_QUIET="1")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"{case}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
     timings = json.loads((out / "timings.json").read_text())
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.render:
         result = json.loads(Path(args.render).read_text())
         out = Path(args.out)
-        (out / "quickstart_profile.md").write_text(markdown(result))
+        atomic_write_text(out / "quickstart_profile.md", markdown(result))
         plot(result, out / "quickstart_profile.png")
         return result
     if not args.before:
@@ -244,9 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {result['cases'][case]['wall_s']:.0f} s wall", flush=True)
     result["ratios"] = ratios(result)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quickstart_profile.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "quickstart_profile.md").write_text(markdown(result))
+    atomic_write_json(out / "quickstart_profile.json", result)
+    atomic_write_text(out / "quickstart_profile.md", markdown(result))
     plot(result, out / "quickstart_profile.png")
     print(markdown(result))
     return result
