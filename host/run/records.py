@@ -261,8 +261,11 @@ def load_scores(path: str | os.PathLike, index: int | None = None) -> RungScores
 
 
 def read_scores(run: RunDir, index: int) -> RungScores:
-    """Rung ``index``'s scores in ``run`` (a missing file names the rung and how to rescore)."""
-    return RungScores.from_dict(run.read_score(index), run.score(index), index)
+    """Rung ``index``'s scores in ``run`` (a missing file names the rung and how to rescore;
+    :meth:`RunDir.read_score` has checked its fields, so they are not checked again)."""
+    return RungScores(
+        **_split(RungScores, run.read_score(index), str(run.score(index)), "a score file of")
+    )
 
 
 # --- results.json ------------------------------------------------------------------------

@@ -646,13 +646,13 @@ def completed_results(cfg: RunConfig, run: RunDir) -> RunResults | None:
             return None
         if read_scores(run, i).criteria_version != CRITERIA_VERSION:
             return None
+    if not run.report.is_file():  # (the config cannot have changed: open_run refuses that)
+        return None
     results = load_results(run.results)
     wanted = [
         (cfg.export.enabled, results.export, run.export / "export.json"),
         (cfg.export.enabled and cfg.device_train.enabled, results.device, run.head / "train.json"),
     ]
-    if not run.report.is_file():  # (the config cannot have changed: open_run refuses that)
-        return None
     if any(want and (part is None or not path.is_file()) for want, part, path in wanted):
         return None
     return results
